@@ -1,0 +1,228 @@
+"""The `asterisk-sendsms` command: serve, send, status, check-config, hash-password. Errors are one line
+on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from . import __version__
+from .config import Config, Overrides, load_config
+from .errors import ConfigError, SmsGatewayError
+from .passwords import hash_password
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+FINAL_STATES = {"delivered", "undelivered", "expired", "rejected", "failed"}
+
+
+class CliError(Exception):
+    """A one-line failure to print."""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="TOML configuration file (default: $ASTERISK_SENDSMS_CONFIG; without one the "
+                             "embedded demo defaults apply)")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="where the SQLite store and the control socket live (default: "
+                             "$ASTERISK_SENDSMS_DATA_DIR, data_dir in the file, or ~/.local/share/asterisk-sendsms)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asterisk-sendsms",
+                                     description="SMS gateway for Asterisk with an Ozeki-compatible SendSms API.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway daemon")
+    _common(serve)
+    serve.add_argument("--http", metavar="HOST:PORT", help="where the HTTP API listens (default 127.0.0.1:9509)")
+    serve.add_argument("--transport", action="append", default=[], metavar="URL",
+                       help="a transport, replacing the file's: simulator[?receipt_delay=SECONDS], "
+                            "smpp://USER:PASS@HOST:PORT?window=10&bind=trx, "
+                            "modem:///dev/ttyUSB0?baud=115200&pin=1234 (repeatable)")
+    serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                       help="overrides log_level from the file")
+
+    send = commands.add_parser("send", help="send an SMS through the running daemon")
+    _common(send)
+    send.add_argument("--to", required=True, metavar="NUMBER", help="recipient, e.g. +36201234567")
+    send.add_argument("--text", required=True, help="message text")
+    send.add_argument("--from", dest="sender", metavar="SENDER", help="sender number or name")
+    send.add_argument("--report-url", metavar="URL", help="DeliveryReportURL for the delivery notification")
+    send.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
+                      help="wait up to SECONDS for a final state and print it")
+
+    status = commands.add_parser("status", help="show a message's state, parts and history")
+    _common(status)
+    status.add_argument("sms_id", metavar="SMSID")
+    status.add_argument("--json", action="store_true", help="print the JSON the daemon returns")
+
+    check = commands.add_parser("check-config", help="validate the configuration and summarise it")
+    _common(check)
+
+    hashing = commands.add_parser("hash-password", help="print a password hash for the config file")
+    hashing.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    return parser
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    return load_config(Overrides(config_file=args.config, data_dir=args.data_dir, **extra))
+
+
+# ---------------------------------------------------------------- talking to the daemon
+
+
+async def _control(config: Config, method: str, path: str, body: dict[str, Any] | None = None
+                   ) -> tuple[int, dict[str, Any]]:
+    socket_path = config.control_socket
+    if not socket_path.exists():
+        raise CliError(f"the daemon is not running (no control socket at {socket_path}); "
+                       "start it with `asterisk-sendsms serve`")
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.request(method, f"http://daemon{path}", json=body) as response:
+                return response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        raise CliError(f"cannot talk to the daemon at {socket_path}: {exc}") from None
+
+
+def _time(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    rows = [("SmsId", data["sms_id"]), ("State", data["state"]), ("Recipient", data["recipient"]),
+            ("Sender", data["sender"] or "-"), ("User", data["username"]),
+            ("Coding", f"{data['coding']}, {data['part_count']} part(s)"), ("Transport", data["transport"] or "-"),
+            ("Attempts", str(data["attempts"])), ("Created", _time(data["created_at"])),
+            ("Updated", _time(data["updated_at"]))]
+    if data["error_code"] or data["error_text"]:
+        rows.append(("Error", f"{data['error_code']} {data['error_text']}".strip()))
+    if data["callback_url"]:
+        rows.append(("Callback", f"{data['callback_url']} ({data['callback_state'] or 'not yet'})"))
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    if data["parts"]:
+        print("Parts:")
+        for part in data["parts"]:
+            error = f" err {part['error_code']}" if part["error_code"] else ""
+            print(f"  {part['index']}  {part['smsc_id'] or '-':<24} {part['state']}{error}")
+    print("History:")
+    for entry in data["history"]:
+        print(f"  {_time(entry['at'])}  {entry['state']:<11} {entry['detail']}")
+
+
+async def _send(args: argparse.Namespace) -> int:
+    config = _config(args)
+    status, reply = await _control(config, "POST", "/api/messages", {
+        "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url})
+    if status != 201:
+        raise CliError(f"not sent: {reply.get('error', reply)}")
+    sms_id = reply["sms_id"]
+    print(sms_id)
+    deadline = time.monotonic() + args.wait
+    while args.wait > 0:
+        status, data = await _control(config, "GET", f"/api/messages/{sms_id}")
+        if data.get("state") in FINAL_STATES or time.monotonic() >= deadline:
+            print(data.get("state", reply))
+            return 0 if data.get("state") == "delivered" else EXIT_ERROR
+        await asyncio.sleep(0.2)
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    status, data = await _control(_config(args), "GET", f"/api/messages/{args.sms_id}")
+    if status != 200:
+        raise CliError(data.get("error", str(data)))
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        _print_status(data)
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    source = "embedded demo defaults" if config.demo else str(args.config or "the environment's file")
+    print(f"configuration OK ({source})")
+    print(f"  data dir: {config.data_dir}; store: {config.store.path} (synchronous={config.store.synchronous})")
+    print(f"  http: {config.http.listen}; users: {', '.join(u.name for u in config.users) or 'none'}")
+    print(f"  transports: {', '.join(f'{t.name} ({t.kind})' for t in config.transports)}")
+    for route in config.routes:
+        print(f"  route {route.prefix or '(any)'} -> {', '.join(route.transports)}")
+    return 0
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("the passwords differ")
+    if not password:
+        raise CliError("an empty password cannot be hashed")
+    print(hash_password(password))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .daemon import run_daemon
+
+    config = _config(args, http=args.http, transports=tuple(args.transport))
+    logging.basicConfig(level=args.log_level or config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(run_daemon(config))
+    except ExceptionGroup as group:
+        # A task of the daemon failed: report the first of our own errors in one line, else the traceback.
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, SmsGatewayError):
+            raise leaf from None
+        raise
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "send":
+            return asyncio.run(_send(args))
+        if args.command == "status":
+            return asyncio.run(_status(args))
+        if args.command == "check-config":
+            return _check_config(args)
+        return _hash_password(args)
+    except ConfigError as exc:
+        print(f"asterisk-sendsms: configuration error: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except (CliError, SmsGatewayError) as exc:
+        print(f"asterisk-sendsms: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,571 @@
+"""Frozen, typed configuration: loaded once from a TOML file, the environment and command-line overrides,
+validated with messages that name the key."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .addresses import parse_sender
+from .errors import ConfigError, InvalidParameter
+from .passwords import PasswordHashError, parse_hash
+
+__all__ = [
+    "CallbackConfig",
+    "Config",
+    "DispatchConfig",
+    "HostPort",
+    "HttpConfig",
+    "MessagesConfig",
+    "ModemSettings",
+    "Overrides",
+    "Route",
+    "SimulatorSettings",
+    "SmppSettings",
+    "StoreConfig",
+    "TransportConfig",
+    "UserConfig",
+    "load_config",
+    "parse_host_port",
+    "parse_transport_url",
+]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEMO_USER = "HTTP_User_1"
+DEMO_PASSWORD = "qwe123"  # noqa: S105 - the documented Ozeki example credential, demo mode only
+# scrypt hash of DEMO_PASSWORD: the demo runs with no plaintext password in its configuration either.
+DEMO_PASSWORD_HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"  # noqa: S105
+DEFAULT_HTTP_PORT = 9509
+ENV_PREFIX = "ASTERISK_SENDSMS_"
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UserConfig:
+    name: str
+    password_hash: str | None = None
+    plaintext_password: str | None = None
+    can_send: bool = True
+    allowed_sources: tuple[Network, ...] = ()  # empty: any client address
+    allowed_destinations: tuple[str, ...] = ()  # recipient prefixes; empty: any
+    default_sender: str | None = None
+    admin: bool = False  # may look up every user's messages
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    listen: HostPort = HostPort("127.0.0.1", DEFAULT_HTTP_PORT)
+    allowed_clients: tuple[Network, ...] = ()  # empty: any
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    path: Path
+    # "full" fsyncs every commit (survives power loss); "normal" survives a process crash only.
+    synchronous: str = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesConfig:
+    max_parts: int = 6
+    default_sender: str | None = None
+    validity: float = 48 * 3600.0  # seconds a message may wait for submission
+    receipt_timeout: float = 48 * 3600.0  # seconds after submission until it is marked expired
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    retry_initial: float = 5.0
+    retry_max: float = 300.0
+    max_attempts: int = 10
+    lease: float = 120.0  # a claimed message is free again after this long without progress
+    poll_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackConfig:
+    allowed_hosts: tuple[str, ...] = ()  # empty: any host
+    timeout: float = 10.0
+    retry_initial: float = 5.0
+    retry_max: float = 600.0
+    give_up_after: float = 24 * 3600.0
+    concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorSettings:
+    receipt_delay: float = 1.0
+    undeliverable_prefix: str | None = None  # recipients starting so get an UNDELIV receipt
+    reject_prefix: str | None = None  # recipients starting so are refused at submit
+
+
+@dataclass(frozen=True, slots=True)
+class SmppSettings:
+    host: str
+    port: int
+    system_id: str
+    password: str = field(repr=False)
+    bind: str = "trx"
+    window: int = 10
+    system_type: str = ""
+    throughput: float = 0.0  # messages per second, 0 = unlimited
+
+
+@dataclass(frozen=True, slots=True)
+class ModemSettings:
+    device: str
+    baud: int = 115200
+    pin: str | None = field(default=None, repr=False)
+    smsc: str | None = None
+
+
+TransportSettings = SimulatorSettings | SmppSettings | ModemSettings
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    name: str
+    kind: str
+    settings: TransportSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    prefix: str
+    transports: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path
+    store: StoreConfig
+    http: HttpConfig
+    users: tuple[UserConfig, ...]
+    transports: tuple[TransportConfig, ...]
+    routes: tuple[Route, ...]
+    messages: MessagesConfig = MessagesConfig()
+    dispatch: DispatchConfig = DispatchConfig()
+    callbacks: CallbackConfig = CallbackConfig()
+    allow_plaintext_passwords: bool = False
+    log_level: str = "INFO"
+    demo: bool = False  # embedded defaults: demo user and simulator
+
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "control.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line values; they win over the environment, which wins over the file."""
+
+    config_file: Path | None = None
+    data_dir: Path | None = None
+    http: str | None = None
+    transports: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- small parsers
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a duration such as 30, \"30s\", \"5m\" or \"48h\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ConfigError(f"{key}: expected a duration such as 30, \"30s\", \"5m\" or \"48h\", got {value!r}")
+    if seconds < 0:
+        raise ConfigError(f"{key}: a duration cannot be negative")
+    return seconds
+
+
+def parse_host_port(value: str, key: str, default_host: str = "127.0.0.1") -> HostPort:
+    text = value.strip()
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]+)|([^:\[\]]*):([0-9]+)|([0-9]+)", text)
+    if not match:
+        raise ConfigError(f"{key}: expected HOST:PORT (e.g. 127.0.0.1:{DEFAULT_HTTP_PORT}), got {value!r}")
+    host = match.group(1) or match.group(3) or default_host
+    port = int(match.group(2) or match.group(4) or match.group(5))
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} is out of range 0-65535")
+    return HostPort(host, port)
+
+
+def _networks(values: object, key: str) -> tuple[Network, ...]:
+    items = _str_list(values, key)
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _str_list(values: object, key: str) -> tuple[str, ...]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{key}: expected a list of strings")
+    return tuple(values)
+
+
+class _Table:
+    """A TOML table read key by key; keys left unread at the end are reported as unknown."""
+
+    def __init__(self, data: object, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a table")
+        self._data: dict[str, Any] = data
+        self._where = where
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self._where}.{name}" if self._where else name
+
+    def get(self, name: str, default: object = None) -> object:
+        self._seen.add(name)
+        return self._data.get(name, default)
+
+    def has(self, name: str) -> bool:
+        return name in self._data
+
+    def text(self, name: str, default: str | None = None) -> str | None:
+        value = self.get(name, default)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{self.key(name)}: expected a string")
+        return value
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{self.key(name)}: expected a whole number from {low} to {high}")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(name)}: expected true or false")
+        return value
+
+    def duration(self, name: str, default: float) -> float:
+        return parse_duration(self.get(name, default), self.key(name))
+
+    def table(self, name: str) -> _Table:
+        return _Table(self.get(name, {}), self.key(name))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise ConfigError(f"{self.key(unknown[0])}: unknown setting")
+
+
+# ---------------------------------------------------------------- transports
+
+
+def _query(query: str, key: str, allowed: Sequence[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in allowed:
+            raise ConfigError(f"{key}: unknown option {name!r} (known: {', '.join(allowed)})")
+        params[name] = value
+    return params
+
+
+def _float_opt(params: dict[str, str], name: str, default: float, key: str) -> float:
+    try:
+        value = float(params.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{key}: option {name} must be a number") from None
+    if value < 0:
+        raise ConfigError(f"{key}: option {name} cannot be negative")
+    return value
+
+
+def _int_opt(params: dict[str, str], name: str, default: int, low: int, high: int, key: str) -> int:
+    try:
+        value = int(params.get(name, default))
+    except ValueError:
+        raise ConfigError(f"{key}: option {name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: option {name} must be from {low} to {high}")
+    return value
+
+
+def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, TransportConfig]:
+    """Parse `simulator`, `smpp://USER:PASS@HOST:PORT?window=10&bind=trx` or
+    `modem:///dev/ttyUSB0?baud=115200&pin=1234`. Returns the explicit name (if any) and the transport."""
+    head, _, query = url.strip().partition("?")
+    if head in ("simulator", "simulator:", "simulator://"):
+        params = _query(query, key, ("name", "receipt_delay", "undeliverable_prefix", "reject_prefix"))
+        simulator = SimulatorSettings(
+            receipt_delay=_float_opt(params, "receipt_delay", 1.0, key),
+            undeliverable_prefix=params.get("undeliverable_prefix") or None,
+            reject_prefix=params.get("reject_prefix") or None,
+        )
+        return params.get("name"), TransportConfig("simulator", "simulator", simulator)
+    parts = urlsplit(url.strip())
+    if parts.scheme == "smpp":
+        params = _query(parts.query, key, ("name", "window", "bind", "system_type", "throughput"))
+        if not parts.hostname:
+            raise ConfigError(f"{key}: an SMPP URL needs a host: smpp://USER:PASS@HOST:PORT")
+        try:
+            port = parts.port or 2775
+        except ValueError:
+            raise ConfigError(f"{key}: SMPP port is not a number from 1 to 65535") from None
+        if not parts.username:
+            raise ConfigError(f"{key}: an SMPP URL needs a system_id: smpp://USER:PASS@HOST:PORT")
+        bind = params.get("bind", "trx")
+        if bind not in ("trx", "txrx", "tx"):
+            raise ConfigError(f"{key}: option bind must be trx (transceiver), txrx (transmitter + receiver)"
+                              " or tx (transmitter only)")
+        smpp = SmppSettings(
+            host=parts.hostname, port=port, system_id=unquote(parts.username),
+            password=unquote(parts.password or ""), bind=bind,
+            window=_int_opt(params, "window", 10, 1, 1000, key),
+            system_type=params.get("system_type", ""),
+            throughput=_float_opt(params, "throughput", 0.0, key),
+        )
+        if len(smpp.system_id) > 15 or len(smpp.password) > 8:
+            raise ConfigError(f"{key}: SMPP 3.4 allows a system_id of 15 and a password of 8 characters")
+        return params.get("name"), TransportConfig("smpp", "smpp", smpp)
+    if parts.scheme == "modem":
+        params = _query(parts.query, key, ("name", "baud", "pin", "smsc"))
+        if parts.netloc or not parts.path.startswith("/"):
+            raise ConfigError(f"{key}: a modem URL names a device path: modem:///dev/ttyUSB0")
+        pin = params.get("pin") or None
+        if pin is not None and not re.fullmatch(r"[0-9]{4,8}", pin):
+            raise ConfigError(f"{key}: option pin must be 4 to 8 digits")
+        smsc = params.get("smsc") or None
+        if smsc is not None and not re.fullmatch(r"\+?[0-9]{3,20}", smsc):
+            raise ConfigError(f"{key}: option smsc must be a phone number")
+        modem = ModemSettings(device=unquote(parts.path),
+                              baud=_int_opt(params, "baud", 115200, 300, 4_000_000, key), pin=pin, smsc=smsc)
+        return params.get("name"), TransportConfig("modem", "modem", modem)
+    raise ConfigError(f"{key}: unknown transport {url!r}; expected simulator, smpp://… or modem:///…")
+
+
+def _name_transports(entries: Sequence[tuple[str | None, TransportConfig, str]]) -> tuple[TransportConfig, ...]:
+    named: list[TransportConfig] = []
+    seen: set[str] = set()
+    for explicit, transport, key in entries:
+        name = explicit or transport.kind
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", name):
+            raise ConfigError(f"{key}: transport name {name!r} may hold letters, digits, '_', '.', '-'")
+        if name in seen:
+            raise ConfigError(f"{key}: a second transport named {name!r}; give each one a name")
+        seen.add(name)
+        named.append(TransportConfig(name, transport.kind, transport.settings))
+    return tuple(named)
+
+
+# ---------------------------------------------------------------- users and routes
+
+
+def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
+    name = table.text("name")
+    if not name:
+        raise ConfigError(f"{table.key('name')}: every user needs a name")
+    password_hash = table.text("password_hash")
+    plaintext = table.text("password")
+    if plaintext is not None and not allow_plaintext:
+        raise ConfigError(f"{table.key('password')}: plaintext passwords are refused; store a hash made by "
+                          "`asterisk-sendsms hash-password` in password_hash, or set "
+                          "allow_plaintext_passwords = true")
+    if password_hash is None and plaintext is None:
+        raise ConfigError(f"{table.key('password_hash')}: user {name!r} has no password")
+    if password_hash is not None:
+        try:
+            parse_hash(password_hash)
+        except PasswordHashError as exc:
+            raise ConfigError(f"{table.key('password_hash')}: {exc}") from None
+    default_sender = table.text("default_sender")
+    if default_sender:
+        _check_sender(default_sender, table.key("default_sender"))
+    user = UserConfig(
+        name=name, password_hash=password_hash, plaintext_password=plaintext,
+        can_send=table.flag("can_send", True),
+        allowed_sources=_networks(table.get("allowed_sources", []), table.key("allowed_sources")),
+        allowed_destinations=_str_list(table.get("allowed_destinations", []), table.key("allowed_destinations")),
+        default_sender=default_sender or None,
+        admin=table.flag("admin", False),
+    )
+    table.finish()
+    return user
+
+
+def _check_sender(value: str, key: str) -> None:
+    try:
+        parse_sender(value)
+    except InvalidParameter as exc:
+        raise ConfigError(f"{key}: {exc.reason}") from None
+
+
+def _routes(values: object, transports: tuple[TransportConfig, ...]) -> tuple[Route, ...]:
+    names = {t.name for t in transports}
+    if values is None:
+        # Without routes every recipient may use every transport, in the order they are configured.
+        return (Route("", tuple(t.name for t in transports)),) if transports else ()
+    if not isinstance(values, list):
+        raise ConfigError("routes: expected [[routes]] tables")
+    routes: list[Route] = []
+    for index, entry in enumerate(values):
+        table = _Table(entry, f"routes[{index}]")
+        prefix = table.text("prefix", "") or ""
+        if not re.fullmatch(r"\+?[0-9]*", prefix):
+            raise ConfigError(f"{table.key('prefix')}: a recipient prefix holds digits, optionally after '+'")
+        via = _str_list(table.get("transports", []), table.key("transports"))
+        if not via:
+            raise ConfigError(f"{table.key('transports')}: name at least one transport")
+        for name in via:
+            if name not in names:
+                raise ConfigError(f"{table.key('transports')}: no transport named {name!r}")
+        table.finish()
+        routes.append(Route(prefix, via))
+    return tuple(routes)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/var/lib")) / ".local" / "share")
+    return Path(base) / "asterisk-sendsms"
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | None = None) -> Config:
+    """Build the configuration. Without a file (argument or ASTERISK_SENDSMS_CONFIG) the embedded demo
+    defaults apply: the Ozeki example user and the SMSC simulator."""
+    env = os.environ if env is None else env
+    config_file = overrides.config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG")
+                                            else None)
+    demo = config_file is None
+    root = _Table(_read_file(config_file) if config_file else {}, "")
+
+    file_data_dir = root.text("data_dir")
+    data_dir_value = overrides.data_dir or env.get(ENV_PREFIX + "DATA_DIR") or file_data_dir
+    data_dir = Path(data_dir_value).expanduser() if data_dir_value else default_data_dir(env)
+    allow_plaintext = root.flag("allow_plaintext_passwords", False)
+    log_level = (root.text("log_level", "INFO") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("log_level: expected DEBUG, INFO, WARNING or ERROR")
+
+    http_table = root.table("http")
+    file_listen = http_table.text("listen")
+    listen_text = overrides.http or env.get(ENV_PREFIX + "HTTP") or file_listen
+    http = HttpConfig(
+        listen=parse_host_port(listen_text, "http.listen") if listen_text else HttpConfig().listen,
+        allowed_clients=_networks(http_table.get("allowed_clients", []), http_table.key("allowed_clients")),
+        max_body_bytes=http_table.integer("max_body_bytes", 64 * 1024, 1024, 16 * 1024 * 1024),
+    )
+    http_table.finish()
+
+    store_table = root.table("store")
+    store_path = store_table.text("path")
+    synchronous = store_table.text("synchronous", "full")
+    if synchronous not in ("full", "normal"):
+        raise ConfigError("store.synchronous: expected \"full\" or \"normal\"")
+    store = StoreConfig(path=Path(store_path) if store_path else data_dir / "messages.sqlite3",
+                        synchronous=synchronous)
+    store_table.finish()
+
+    messages_table = root.table("messages")
+    default_sender = messages_table.text("default_sender")
+    if default_sender:
+        _check_sender(default_sender, "messages.default_sender")
+    messages = MessagesConfig(
+        max_parts=messages_table.integer("max_parts", 6, 1, 255),
+        default_sender=default_sender or None,
+        validity=messages_table.duration("validity", MessagesConfig().validity),
+        receipt_timeout=messages_table.duration("receipt_timeout", MessagesConfig().receipt_timeout),
+    )
+    messages_table.finish()
+
+    dispatch_table = root.table("dispatch")
+    dispatch = DispatchConfig(
+        retry_initial=dispatch_table.duration("retry_initial", DispatchConfig().retry_initial),
+        retry_max=dispatch_table.duration("retry_max", DispatchConfig().retry_max),
+        max_attempts=dispatch_table.integer("max_attempts", DispatchConfig().max_attempts, 1, 1000),
+        lease=dispatch_table.duration("lease", DispatchConfig().lease),
+        poll_interval=dispatch_table.duration("poll_interval", DispatchConfig().poll_interval),
+    )
+    dispatch_table.finish()
+
+    callbacks_table = root.table("callbacks")
+    callbacks = CallbackConfig(
+        allowed_hosts=tuple(h.lower() for h in _str_list(callbacks_table.get("allowed_hosts", []),
+                                                         "callbacks.allowed_hosts")),
+        timeout=callbacks_table.duration("timeout", CallbackConfig().timeout),
+        retry_initial=callbacks_table.duration("retry_initial", CallbackConfig().retry_initial),
+        retry_max=callbacks_table.duration("retry_max", CallbackConfig().retry_max),
+        give_up_after=callbacks_table.duration("give_up_after", CallbackConfig().give_up_after),
+        concurrency=callbacks_table.integer("concurrency", CallbackConfig().concurrency, 1, 1000),
+    )
+    callbacks_table.finish()
+
+    if overrides.transports:
+        entries = [(*parse_transport_url(url, f"--transport {url}"), f"--transport {url}")
+                   for url in overrides.transports]
+    elif demo:
+        entries = [(*parse_transport_url("simulator"), "transport")]
+    else:
+        raw = root.get("transports", [])
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError("transports: configure at least one [[transports]] with a url")
+        entries = []
+        for index, item in enumerate(raw):
+            table = _Table(item, f"transports[{index}]")
+            url = table.text("url")
+            if not url:
+                raise ConfigError(f"{table.key('url')}: every transport needs a url")
+            explicit, transport = parse_transport_url(url, table.key("url"))
+            entries.append((table.text("name") or explicit, transport, table.key("name")))
+            table.finish()
+    transports = _name_transports(entries)
+    configured_routes = root.get("routes")
+    routes = _routes(None if overrides.transports else configured_routes, transports)
+
+    if demo:
+        users: tuple[UserConfig, ...] = (UserConfig(DEMO_USER, password_hash=DEMO_PASSWORD_HASH),)
+    else:
+        raw_users = root.get("users", [])
+        if not isinstance(raw_users, list):
+            raise ConfigError("users: expected [[users]] tables")
+        users = tuple(_user(_Table(item, f"users[{i}]"), allow_plaintext) for i, item in enumerate(raw_users))
+        names = [u.name.lower() for u in users]
+        if len(set(names)) != len(names):
+            raise ConfigError("users: two users share a name (names are case-insensitive)")
+    root.finish()
+    return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
+                  routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks,
+                  allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)

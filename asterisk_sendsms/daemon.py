@@ -1,0 +1,112 @@
+"""The daemon: builds store, transports, dispatcher, notifier, service and HTTP sites from the configuration
+and runs them in one TaskGroup until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .auth import Authenticator
+from .config import DEMO_PASSWORD, Config
+from .dispatcher import Dispatcher
+from .errors import ServiceUnavailable
+from .http_api import build_app, operator_identify, tcp_identify
+from .notifier import Notifier
+from .routing import Router
+from .service import SmsService
+from .store import make_store
+from .transports import Transport, TransportHealth, build_transport
+
+__all__ = ["run_daemon"]
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def _site(app: web.Application, config: Config) -> AsyncIterator[None]:
+    """Serve `app` on the TCP address and a control socket only the daemon's user can open."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        tcp = web.TCPSite(runner, config.http.listen.host, config.http.listen.port, reuse_address=True)
+        try:
+            await tcp.start()
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot listen on {config.http.listen}: {exc.strerror}") from None
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _control_site(app: web.Application, config: Config) -> AsyncIterator[None]:
+    path = config.control_socket
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # the store lock proves no other daemon owns this data directory
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    finally:
+        os.umask(old_umask)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _announce(config: Config) -> None:
+    transports = ", ".join(f"{t.name} ({t.kind})" for t in config.transports)
+    lines = [f"asterisk-sendsms listening on http://{config.http.listen}/api",
+             f"  store: {config.store.path}", f"  transports: {transports}",
+             f"  control socket: {config.control_socket}"]
+    if config.demo:
+        lines.append(f"  demo user: {config.users[0].name} / {DEMO_PASSWORD} (no config file given: embedded "
+                     "defaults, SMSC simulator)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def run_daemon(config: Config) -> None:
+    transports: dict[str, Transport] = {t.name: build_transport(t) for t in config.transports}
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = make_store(config.store)
+    await store.open()
+    try:
+        router = Router(config.routes)
+        notifier = Notifier(store, config.callbacks)
+        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier)
+        service = SmsService(config, store, router, dispatcher.wake)
+
+        def health() -> list[TransportHealth]:
+            return [t.health() for t in transports.values()]
+
+        authenticator = Authenticator(config.users, config.http.allowed_clients)
+        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes)
+        control = build_app(service, operator_identify, health, config.http.max_body_bytes)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        async with _site(api, config), _control_site(control, config):
+            _announce(config)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(t.run(dispatcher.on_receipt), name=f"transport {t.name}")
+                         for t in transports.values()]
+                tasks.append(group.create_task(dispatcher.run(), name="dispatcher"))
+                tasks.append(group.create_task(notifier.run(), name="notifier"))
+                await stop.wait()
+                log.info("stopping")
+                for task in tasks:
+                    task.cancel()
+    finally:
+        await store.close()

@@ -1,0 +1,166 @@
+"""The dispatcher: claims due messages from the store, hands each to a transport its route allows, records
+the outcome (submitted, retry with backoff, failed), applies receipts and expires overdue messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from .config import DispatchConfig, MessagesConfig
+from .encoding import encode_message
+from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
+from .lifecycle import State
+from .model import OutboundMessage, Receipt
+from .notifier import Notifier
+from .routing import Router
+from .store import Store
+from .transports import Transport
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SWEEP_INTERVAL = 10.0
+# No transport of the route is up: look again soon, without spending an attempt.
+NOT_READY_DELAY = 2.0
+# Longest text the encoder may have to split again at dispatch (validated at accept).
+_ANY_LENGTH = 255
+
+
+class Dispatcher:
+    def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
+                 dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._transports = dict(transports)
+        self._router = router
+        self._config = dispatch
+        self._messages = messages
+        self._notifier = notifier
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        self._capacity = sum(t.capacity for t in self._transports.values()) or 1
+        self._in_flight: dict[str, int] = {name: 0 for name in self._transports}
+        self._slot_freed = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self._in_flight.values())
+
+    async def run(self) -> None:
+        released = await self._store.release_claims(self._clock())
+        if released:
+            log.info("%d messages claimed before a restart are queued again", released)
+        for transport in self._transports.values():
+            await transport.resume(await self._store.awaiting_receipts(transport.name))
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._expiry_loop())
+            await self._claim_loop(group)
+
+    async def _claim_loop(self, group: asyncio.TaskGroup) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        while True:
+            free = self._capacity - len(pending)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wakeup.clear()
+            try:
+                batch = await self._store.claim(free, self._clock(), self._config.lease)
+            except SmsGatewayError as exc:
+                log.error("cannot claim messages: %s", exc)
+                batch = []
+            for message in batch:
+                task = group.create_task(self._dispatch(message))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                task.add_done_callback(lambda _: self._slot_freed.set())
+            if not batch:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                if await self._store.expire_overdue(self._clock()):
+                    self._notifier.wake()
+            except SmsGatewayError as exc:
+                log.error("cannot expire overdue messages: %s", exc)
+            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+
+    def _pick(self, recipient: str) -> tuple[Transport | None, bool]:
+        """The first ready transport of the recipient's route, and whether the route exists at all."""
+        names = self._router.transports_for(recipient)
+        candidates = [self._transports[n] for n in names if n in self._transports]
+        ready = [t for t in candidates if t.health().ready and self._in_flight[t.name] < t.capacity]
+        return (ready[0] if ready else None), bool(candidates)
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self._config.retry_max, self._config.retry_initial * 2 ** max(attempts - 1, 0)))
+
+    async def _dispatch(self, message: OutboundMessage) -> None:
+        try:
+            await self._submit(message)
+        except SmsGatewayError as exc:
+            # Recording the outcome failed; the claim's lease runs out and the message is tried again.
+            log.error("message %s: outcome not recorded, will retry after the lease: %s", message.sms_id, exc)
+        except Exception:
+            # A bug must not stop every other message; this one waits for its lease like above.
+            log.exception("message %s: unexpected error while dispatching", message.sms_id)
+
+    async def _submit(self, message: OutboundMessage) -> None:
+        now = self._clock()
+        transport, routed = self._pick(message.recipient)
+        if transport is None:
+            if not routed:
+                await self._store.finish(message.sms_id, State.FAILED, "NO_ROUTE",
+                                         f"no transport is configured for {message.recipient}", now)
+                self._notifier.wake()
+            else:
+                await self._store.retry_later(message.sms_id, now + NOT_READY_DELAY, "NO_TRANSPORT_READY",
+                                              "no transport of the route is ready", now, attempted=False)
+            return
+        attempt = message.previous_attempts + 1
+        encoded = encode_message(message.text, _ANY_LENGTH)
+        self._in_flight[transport.name] += 1
+        try:
+            smsc_ids = await transport.submit(message, encoded)
+        except TransientSubmitError as exc:
+            now = self._clock()
+            if attempt >= self._config.max_attempts:
+                await self._store.finish(message.sms_id, State.FAILED, exc.code or "RETRIES_EXHAUSTED",
+                                         f"gave up after {attempt} attempts: {exc.message}", now,
+                                         transport.name, attempted=True)
+                self._notifier.wake()
+            else:
+                await self._store.retry_later(message.sms_id, now + self._backoff(attempt), exc.code,
+                                              exc.message, now, attempted=True)
+            return
+        except PermanentSubmitError as exc:
+            await self._store.finish(message.sms_id, State.REJECTED, exc.code, exc.message, self._clock(),
+                                     transport.name, attempted=True)
+            self._notifier.wake()
+            return
+        finally:
+            self._in_flight[transport.name] -= 1
+        now = self._clock()
+        result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now,
+                                                  now + self._messages.receipt_timeout)
+        if result.final_state is not None:
+            self._notifier.wake()
+
+    async def on_receipt(self, receipt: Receipt) -> None:
+        result = await self._store.apply_receipt(receipt, self._clock())
+        if not result.matched:
+            log.debug("receipt for unknown SMSC id %s on %s kept for its submit", receipt.smsc_id,
+                      receipt.transport)
+        elif result.final_state is not None:
+            self._notifier.wake()

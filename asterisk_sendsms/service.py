@@ -1,0 +1,74 @@
+"""`SmsService`: the one use case every entry point calls (HTTP, CLI, AGI, FastAGI, ARI, OzML): validate,
+encode, route-check and durably accept a message; look a message up."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .addresses import parse_recipient, parse_sender
+from .auth import check_destination
+from .config import Config, UserConfig
+from .encoding import encode_message
+from .errors import InvalidParameter, MessageNotFound, NoRoute
+from .model import MessageView, NewMessage
+from .notifier import validate_callback_url
+from .routing import Router
+from .store import Store
+
+__all__ = ["Accepted", "SmsService"]
+
+MAX_TEXT_CHARACTERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    sms_id: str
+    part_count: int
+
+
+class SmsService:
+    def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._on_accepted = on_accepted
+        self._clock = clock
+
+    async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
+                   callback_url: str | None = None) -> Accepted:
+        """Validate and commit one message. Returns only after the commit; raises a `RequestError` (nothing
+        stored) or `ServiceUnavailable` (nothing stored)."""
+        to = parse_recipient(recipient)
+        sender_value = sender.strip() if sender else ""
+        sender_value = sender_value or user.default_sender or self._config.messages.default_sender or ""
+        from_ = parse_sender(sender_value).value if sender_value else None
+        if len(text) > MAX_TEXT_CHARACTERS:
+            raise InvalidParameter("Message", reason=f"longer than {MAX_TEXT_CHARACTERS} characters")
+        encoded = encode_message(text, self._config.messages.max_parts)
+        url = validate_callback_url(callback_url, self._config.callbacks) if callback_url else None
+        check_destination(user, to.value)
+        if not self._router.transports_for(to.value):
+            raise NoRoute(to.value)
+        now = self._clock()
+        message = NewMessage(
+            sms_id=str(uuid.uuid4()), username=user.name, sender=from_, recipient=to.value, text=text,
+            coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
+            expires_at=now + self._config.messages.validity)
+        await self._store.accept(message)
+        self._on_accepted()
+        return Accepted(message.sms_id, encoded.part_count)
+
+    async def status(self, user: UserConfig, sms_id: str) -> MessageView:
+        """A message as its sender (or an admin) may see it."""
+        try:
+            uuid.UUID(sms_id)
+        except ValueError:
+            raise InvalidParameter("SmsId", "Status", "not a UUID") from None
+        message = await self._store.get(sms_id.lower())
+        if message is None or not (user.admin or message.username == user.name):
+            raise MessageNotFound(sms_id)
+        return message

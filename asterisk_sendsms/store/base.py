@@ -1,0 +1,69 @@
+"""The `Store` protocol: the durable queue, message lifecycle, receipts and callback outbox behind one API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..lifecycle import State
+from ..model import CallbackJob, MessageView, NewMessage, OutboundMessage, Receipt, ReceiptResult
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Every method commits before it returns; a raised error means nothing of that call was written.
+    Errors: `ServiceUnavailable` when the storage fails, `IllegalTransition` when the lifecycle forbids
+    the change."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def accept(self, message: NewMessage) -> None: ...
+
+    async def release_claims(self, now: float) -> int:
+        """Make messages claimed by a previous run of this node due again (after a crash)."""
+        ...
+
+    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+        """Take up to `limit` due messages for dispatch (accepted/queued → queued). Those past their
+        validity are expired instead of returned."""
+        ...
+
+    async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
+                             receipt_deadline: float) -> ReceiptResult:
+        """queued → submitted with one SMSC id per part; receipts that arrived early are applied now."""
+        ...
+
+    async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
+                          attempted: bool) -> None:
+        """Back to the queue until `due_at`; `attempted` counts it as a submission attempt."""
+        ...
+
+    async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,
+                     transport: str | None = None, attempted: bool = False) -> None:
+        """Move to a final state without a receipt (failed, rejected, expired)."""
+        ...
+
+    async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
+        """Record a receipt on its part; one for an unknown SMSC id is kept until its submit is recorded."""
+        ...
+
+    async def expire_overdue(self, now: float) -> int:
+        """Submitted messages whose receipt deadline passed become expired."""
+        ...
+
+    async def awaiting_receipts(self, transport: str) -> list[tuple[str, str]]:
+        """(smsc_id, recipient) of parts on `transport` still waiting for a final receipt."""
+        ...
+
+    async def get(self, sms_id: str) -> MessageView | None: ...
+
+    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]: ...
+
+    async def callback_done(self, job_id: int, now: float) -> None: ...
+
+    async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None: ...
+
+    async def callback_abandon(self, job_id: int, error: str, now: float) -> None: ...

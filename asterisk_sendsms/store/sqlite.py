@@ -1,0 +1,451 @@
+"""SQLite implementation of the `Store`: one file in WAL mode, owned by one daemon, written by one thread
+that commits concurrent operations together (group commit) so durable accept stays fast."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import StoreConfig
+from ..encoding import Coding
+from ..errors import ServiceUnavailable, SmsGatewayError
+from ..lifecycle import State, check_transition
+from ..model import (
+    CallbackJob,
+    HistoryEntry,
+    MessageView,
+    NewMessage,
+    OutboundMessage,
+    PartOutcome,
+    PartView,
+    Receipt,
+    ReceiptResult,
+)
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    sms_id       TEXT PRIMARY KEY,
+    username     TEXT NOT NULL,
+    sender       TEXT,
+    recipient    TEXT NOT NULL,
+    text         TEXT NOT NULL,
+    coding       TEXT NOT NULL,
+    part_count   INTEGER NOT NULL,
+    state        TEXT NOT NULL,
+    transport    TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    error_code   TEXT NOT NULL DEFAULT '',
+    error_text   TEXT NOT NULL DEFAULT '',
+    callback_url TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    due_at       REAL,            -- accepted/queued: when to dispatch; submitted: receipt deadline
+    claimed      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (due_at) WHERE state IN ('accepted', 'queued');
+CREATE INDEX IF NOT EXISTS messages_receipt_deadline ON messages (due_at) WHERE state = 'submitted';
+CREATE TABLE IF NOT EXISTS parts (
+    sms_id     TEXT NOT NULL REFERENCES messages (sms_id),
+    idx        INTEGER NOT NULL,
+    transport  TEXT NOT NULL,
+    smsc_id    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    error_code TEXT NOT NULL DEFAULT '',
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (sms_id, idx)
+);
+CREATE INDEX IF NOT EXISTS parts_by_smsc_id ON parts (transport, smsc_id);
+CREATE TABLE IF NOT EXISTS history (
+    sms_id TEXT NOT NULL,
+    at     REAL NOT NULL,
+    state  TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS history_by_message ON history (sms_id);
+CREATE TABLE IF NOT EXISTS early_receipts (
+    transport  TEXT NOT NULL,
+    smsc_id    TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    error_code TEXT NOT NULL,
+    at         REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS early_receipts_key ON early_receipts (transport, smsc_id);
+CREATE TABLE IF NOT EXISTS callbacks (
+    job_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    sms_id     TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    state      TEXT NOT NULL,     -- pending, done, abandoned
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    due_at     REAL NOT NULL,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at) WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS callbacks_by_message ON callbacks (sms_id);
+"""
+
+# Receipts for ids nobody submitted are dropped after this long.
+EARLY_RECEIPT_TTL = 24 * 3600.0
+_BATCH_LIMIT = 1024
+
+
+class SqliteStore:
+    def __init__(self, config: StoreConfig) -> None:
+        self._path = config.path
+        self._synchronous = config.synchronous.upper()
+        self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # ------------------------------------------------------------ the writer thread
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(str(self._path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ServiceUnavailable(f"another asterisk-sendsms daemon is using {self._path}") from None
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot open the message store {self._path}: {exc.strerror}") from None
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), name="sqlite-store", daemon=True)
+        self._thread.start()
+        await ready
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        elif row[0] > SCHEMA_VERSION:
+            raise ServiceUnavailable(f"{self._path} has schema version {row[0]}, newer than this program's "
+                                     f"{SCHEMA_VERSION}")
+        return conn
+
+    def _serve(self, ready: asyncio.Future[None]) -> None:
+        loop = ready.get_loop()
+        try:
+            conn = self._connect()
+        except (sqlite3.Error, SmsGatewayError) as exc:
+            error = exc if isinstance(exc, SmsGatewayError) else ServiceUnavailable(
+                f"cannot open the message store {self._path}: {exc}")
+            loop.call_soon_threadsafe(_settle, ready, None, error)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while (item := self._ops.get()) is not None:
+                batch = [item]
+                while len(batch) < _BATCH_LIMIT:
+                    try:
+                        more = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._ops.put(None)
+                        break
+                    batch.append(more)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection,
+                   batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, future in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = operation(conn)
+                except Exception as exc:  # the caller gets it; the batch's other operations go on
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((future, None, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc))
+                else:
+                    outcomes.append((future, result, None))
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # Nothing of this batch is on disk: every caller hears so, none gets a result.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("message store commit failed: %s", exc)
+            outcomes = [(future, None, _unavailable(exc)) for _, future in batch]
+        for future, result, error in outcomes:
+            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None:
+            raise ServiceUnavailable("the message store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.put((operation, future))
+        return await future
+
+    # ------------------------------------------------------------ operations
+
+    async def accept(self, message: NewMessage) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO messages (sms_id, username, sender, recipient, text, coding, part_count, state,"
+                " callback_url, created_at, updated_at, expires_at, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (message.sms_id, message.username, message.sender, message.recipient, message.text,
+                 message.coding.value, message.part_count, State.ACCEPTED.value, message.callback_url,
+                 message.created_at, message.created_at, message.expires_at, message.created_at))
+            _history(conn, message.sms_id, message.created_at, State.ACCEPTED, f"by {message.username}")
+        await self._run(op)
+
+    async def release_claims(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE messages SET due_at = ?, claimed = 0 WHERE state = 'queued' AND claimed = 1",
+                                (now,)).rowcount
+        return await self._run(op)
+
+    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+        def op(conn: sqlite3.Connection) -> list[OutboundMessage]:
+            rows = conn.execute(
+                "SELECT sms_id, sender, recipient, text, attempts, expires_at, state FROM messages"
+                " WHERE state IN ('accepted', 'queued') AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, limit)).fetchall()
+            claimed: list[OutboundMessage] = []
+            for sms_id, sender, recipient, text, attempts, expires_at, state in rows:
+                if expires_at <= now:
+                    _finish(conn, sms_id, State(state), State.EXPIRED, "EXPIRED",
+                            "validity period ended before the message could be submitted", now, None)
+                    continue
+                check_transition(sms_id, State(state), State.QUEUED)
+                conn.execute("UPDATE messages SET state = 'queued', due_at = ?, claimed = 1, updated_at = ?"
+                             " WHERE sms_id = ?", (now + lease, now, sms_id))
+                if state == State.ACCEPTED:
+                    _history(conn, sms_id, now, State.QUEUED, "")
+                claimed.append(OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at))
+            return claimed
+        return await self._run(op)
+
+    async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
+                             receipt_deadline: float) -> ReceiptResult:
+        def op(conn: sqlite3.Connection) -> ReceiptResult:
+            check_transition(sms_id, _state(conn, sms_id), State.SUBMITTED)
+            conn.execute("UPDATE messages SET state = 'submitted', transport = ?, due_at = ?, claimed = 0,"
+                         " attempts = attempts + 1,"
+                         " error_code = '', error_text = '', updated_at = ? WHERE sms_id = ?",
+                         (transport, receipt_deadline, now, sms_id))
+            conn.executemany(
+                "INSERT OR REPLACE INTO parts (sms_id, idx, transport, smsc_id, state, updated_at)"
+                " VALUES (?, ?, ?, ?, 'submitted', ?)",
+                [(sms_id, index, transport, smsc_id, now) for index, smsc_id in enumerate(smsc_ids)])
+            _history(conn, sms_id, now, State.SUBMITTED, f"via {transport}, SMSC id {', '.join(smsc_ids)}")
+            result = ReceiptResult(sms_id)
+            for smsc_id in dict.fromkeys(smsc_ids):
+                early = conn.execute("SELECT outcome, error_code, at FROM early_receipts WHERE transport = ?"
+                                     " AND smsc_id = ? ORDER BY at", (transport, smsc_id)).fetchall()
+                conn.execute("DELETE FROM early_receipts WHERE transport = ? AND smsc_id = ?", (transport, smsc_id))
+                for outcome, error_code, at in early:
+                    applied = _apply_receipt(conn, Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at),
+                                             now)
+                    if applied.final_state is not None:
+                        result = applied
+            return result
+        return await self._run(op)
+
+    async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
+                          attempted: bool) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            check_transition(sms_id, _state(conn, sms_id), State.QUEUED)
+            conn.execute("UPDATE messages SET due_at = ?, claimed = 0, error_code = ?, error_text = ?,"
+                         " attempts = attempts + ?, updated_at = ? WHERE sms_id = ?",
+                         (due_at, error_code, error_text, int(attempted), now, sms_id))
+            _history(conn, sms_id, now, State.QUEUED, f"retry in {due_at - now:.0f}s: {error_code} {error_text}")
+        await self._run(op)
+
+    async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,
+                     transport: str | None = None, attempted: bool = False) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _finish(conn, sms_id, _state(conn, sms_id), state, error_code, error_text, now, transport)
+            if attempted:
+                conn.execute("UPDATE messages SET attempts = attempts + 1 WHERE sms_id = ?", (sms_id,))
+        await self._run(op)
+
+    async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
+        return await self._run(lambda conn: _apply_receipt(conn, receipt, now))
+
+    async def expire_overdue(self, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT sms_id FROM messages WHERE state = 'submitted' AND due_at <= ?",
+                                (now,)).fetchall()
+            for (sms_id,) in rows:
+                _finish(conn, sms_id, State.SUBMITTED, State.EXPIRED, "NO_RECEIPT",
+                        "no final delivery receipt arrived in time", now, None)
+            conn.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_RECEIPT_TTL,))
+            return len(rows)
+        return await self._run(op)
+
+    async def awaiting_receipts(self, transport: str) -> list[tuple[str, str]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "SELECT p.smsc_id, m.recipient FROM parts p JOIN messages m ON m.sms_id = p.sms_id"
+                " WHERE p.transport = ? AND p.state IN ('submitted', 'enroute', 'accepted')"
+                " AND m.state = 'submitted'", (transport,)).fetchall()
+            return [(smsc_id, recipient) for smsc_id, recipient in rows]
+        return await self._run(op)
+
+    async def get(self, sms_id: str) -> MessageView | None:
+        return await self._run(lambda conn: _view(conn, sms_id))
+
+    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+        def op(conn: sqlite3.Connection) -> list[CallbackJob]:
+            rows = conn.execute("SELECT job_id, sms_id, url, attempts, created_at FROM callbacks"
+                                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
+                                (now, limit)).fetchall()
+            conn.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, updated_at = ?"
+                             " WHERE job_id = ?", [(now + lease, now, row[0]) for row in rows])
+            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at)
+                    for job_id, sms_id, url, attempts, created_at in rows]
+        return await self._run(op)
+
+    async def callback_done(self, job_id: int, now: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            "UPDATE callbacks SET state = 'done', last_error = '', updated_at = ? WHERE job_id = ?", (now, job_id)))
+
+    async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            "UPDATE callbacks SET due_at = ?, last_error = ?, updated_at = ? WHERE job_id = ?",
+            (due_at, error, now, job_id)))
+
+    async def callback_abandon(self, job_id: int, error: str, now: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            "UPDATE callbacks SET state = 'abandoned', last_error = ?, updated_at = ? WHERE job_id = ?",
+            (error, now, job_id)))
+
+
+# ---------------------------------------------------------------- helpers run on the writer thread
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the write stands regardless
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _unavailable(exc: sqlite3.Error) -> ServiceUnavailable:
+    return ServiceUnavailable(f"message store error: {exc}")
+
+
+def _history(conn: sqlite3.Connection, sms_id: str, at: float, state: State, detail: str) -> None:
+    conn.execute("INSERT INTO history (sms_id, at, state, detail) VALUES (?, ?, ?, ?)",
+                 (sms_id, at, state.value, detail))
+
+
+def _state(conn: sqlite3.Connection, sms_id: str) -> State:
+    row = conn.execute("SELECT state FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()
+    if row is None:
+        raise ServiceUnavailable(f"message {sms_id} is not in the store")
+    return State(row[0])
+
+
+def _finish(conn: sqlite3.Connection, sms_id: str, current: State, target: State, error_code: str,
+            error_text: str, now: float, transport: str | None) -> None:
+    check_transition(sms_id, current, target)
+    conn.execute("UPDATE messages SET state = ?, error_code = ?, error_text = ?, transport = COALESCE(?, transport),"
+                 " due_at = NULL, claimed = 0, updated_at = ? WHERE sms_id = ?",
+                 (target.value, error_code, error_text, transport, now, sms_id))
+    _history(conn, sms_id, now, target, f"{error_code} {error_text}".strip())
+    # The callback outbox row commits with the final state, so a crash cannot lose the notification.
+    conn.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
+                 " SELECT sms_id, callback_url, 'pending', ?, ?, ? FROM messages"
+                 " WHERE sms_id = ? AND callback_url IS NOT NULL", (now, now, now, sms_id))
+
+
+def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> ReceiptResult:
+    # SMSC ids may be reused over time (some simulators restart at 0): prefer the part still waiting.
+    row = conn.execute(
+        "SELECT sms_id, idx, state FROM parts WHERE transport = ? AND smsc_id = ?"
+        " ORDER BY state IN ('submitted', 'enroute', 'accepted') DESC, updated_at DESC LIMIT 1",
+        (receipt.transport, receipt.smsc_id)).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO early_receipts (transport, smsc_id, outcome, error_code, at) VALUES (?,?,?,?,?)",
+                     (receipt.transport, receipt.smsc_id, receipt.outcome.value, receipt.error_code, receipt.at or now))
+        return ReceiptResult(None)
+    sms_id, index, part_state = row
+    if part_state in ("delivered", "undelivered", "expired", "rejected"):
+        return ReceiptResult(sms_id)  # a repeated receipt changes nothing
+    conn.execute("UPDATE parts SET state = ?, error_code = ?, updated_at = ? WHERE sms_id = ? AND idx = ?",
+                 (receipt.outcome.value, receipt.error_code, now, sms_id, index))
+    current = _state(conn, sms_id)
+    detail = f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
+    if current is not State.SUBMITTED:
+        return ReceiptResult(sms_id)  # already final (an earlier part failed); the part row keeps the news
+    if not receipt.outcome.final:
+        _history(conn, sms_id, now, State.SUBMITTED, detail)
+        return ReceiptResult(sms_id)
+    if receipt.outcome is PartOutcome.DELIVERED:
+        waiting = conn.execute("SELECT COUNT(*) FROM parts WHERE sms_id = ? AND state != 'delivered'",
+                               (sms_id,)).fetchone()[0]
+        if waiting:
+            _history(conn, sms_id, now, State.SUBMITTED, detail)
+            return ReceiptResult(sms_id)
+        _finish(conn, sms_id, current, State.DELIVERED, "", "", now, None)
+        return ReceiptResult(sms_id, State.DELIVERED)
+    target = receipt.outcome.message_state
+    _finish(conn, sms_id, current, target, receipt.error_code, detail, now, None)
+    return ReceiptResult(sms_id, target)
+
+
+def _view(conn: sqlite3.Connection, sms_id: str) -> MessageView | None:
+    row = conn.execute(
+        "SELECT sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
+        " error_code, error_text, callback_url, created_at, updated_at FROM messages WHERE sms_id = ?",
+        (sms_id,)).fetchone()
+    if row is None:
+        return None
+    parts = tuple(PartView(idx + 1, smsc_id, state, error_code, updated_at)
+                  for idx, smsc_id, state, error_code, updated_at
+                  in conn.execute("SELECT idx, smsc_id, state, error_code, updated_at FROM parts WHERE sms_id = ?"
+                                  " ORDER BY idx", (sms_id,)))
+    history = tuple(HistoryEntry(at, State(state), detail) for at, state, detail
+                    in conn.execute("SELECT at, state, detail FROM history WHERE sms_id = ? ORDER BY rowid",
+                                    (sms_id,)))
+    callback = conn.execute("SELECT state FROM callbacks WHERE sms_id = ? ORDER BY job_id DESC LIMIT 1",
+                            (sms_id,)).fetchone()
+    return MessageView(
+        sms_id=row[0], username=row[1], sender=row[2], recipient=row[3], text=row[4], coding=Coding(row[5]),
+        part_count=row[6], state=State(row[7]), transport=row[8], attempts=row[9], error_code=row[10],
+        error_text=row[11], callback_url=row[12], callback_state=callback[0] if callback else None,
+        created_at=row[13], updated_at=row[14], parts=parts, history=history)

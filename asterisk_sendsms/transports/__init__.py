@@ -1,0 +1,15 @@
+"""Transports: how messages leave the gateway. `build_transport` turns configuration into one."""
+
+from ..config import SimulatorSettings, TransportConfig
+from ..errors import ConfigError
+from .base import ReceiptSink, Transport, TransportHealth
+from .simulator import SimulatorTransport
+
+__all__ = ["ReceiptSink", "SimulatorTransport", "Transport", "TransportHealth", "build_transport"]
+
+
+def build_transport(config: TransportConfig) -> Transport:
+    if isinstance(config.settings, SimulatorSettings):
+        return SimulatorTransport(config.name, config.settings)
+    raise ConfigError(f"transport {config.name!r}: the {config.kind} transport is not available in this "
+                      "version yet; use the simulator")

@@ -1,0 +1,46 @@
+"""The `Transport` protocol the dispatcher drives; SMPP, modems and the simulator implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..encoding import EncodedMessage
+from ..model import OutboundMessage, Receipt
+
+__all__ = ["ReceiptSink", "Transport", "TransportHealth"]
+
+ReceiptSink = Callable[[Receipt], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class TransportHealth:
+    name: str
+    kind: str
+    ready: bool
+    state: str  # e.g. "ready", "connecting", "bind refused"
+    detail: str = ""
+
+
+class Transport(Protocol):
+    name: str
+    kind: str
+    # How many submits the dispatcher may have in flight on this transport at once (the SMPP window).
+    capacity: int
+
+    async def run(self, receipts: ReceiptSink) -> None:
+        """Connect and stay connected until cancelled, handing every receipt to `receipts`."""
+        ...
+
+    def health(self) -> TransportHealth: ...
+
+    async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
+        """Told at start-up which (smsc_id, recipient) parts an earlier run submitted and still wait
+        for a receipt; a transport whose peer keeps them (an SMSC) has nothing to do."""
+        ...
+
+    async def submit(self, message: OutboundMessage, encoded: EncodedMessage) -> list[str]:
+        """Submit every part; return the SMSC id of each part, in order. Raises
+        `TransientSubmitError` (try again later) or `PermanentSubmitError` (never this way)."""
+        ...

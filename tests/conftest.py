@@ -1,0 +1,168 @@
+"""Shared test helpers: free ports, the daemon started exactly as the README says, a real HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "run"
+SEED_QUERY = ("command=SendSms&Username=HTTP_User_1&Password=qwe123&Sender=%2b0615546669"
+              "&Recipient=%2b0615546670&Message=Hello+world&DeliveryReportURL=http://yourapp.com/smsdelivered.php")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Daemon:
+    """`./run serve ...` as a subprocess; `./run` execs, so the PID is the daemon's own."""
+
+    data_dir: Path
+    args: list[str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_path = self.data_dir.parent / f"daemon-{self.port}-{time.monotonic_ns()}.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ASTERISK_SENDSMS_")}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [str(RUN), "serve", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.port}",
+                 *self.args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.data_dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.output()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"daemon did not listen within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def kill9(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        if daemon.process is not None and daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(5)
+
+
+def start_daemon(started: list[Daemon], data_dir: Path, *args: str, port: int | None = None) -> Daemon:
+    daemon = Daemon(data_dir, list(args)) if port is None else Daemon(data_dir, list(args), port)
+    started.append(daemon)
+    daemon.start()
+    return daemon
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server that records the form posts it receives and answers with `status`."""
+
+    url: str
+    posts: list[dict[str, str]]
+    status: list[int]
+    arrived: asyncio.Event
+
+    async def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < count:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"only {len(self.posts)} of {count} notifications arrived: {self.posts}"
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.posts
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    posts: list[dict[str, str]] = []
+    status = [200]
+    arrived = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        form = await request.post()
+        answer = status[0]
+        if answer < 300:
+            posts.append({k: str(v) for k, v in form.items()})
+            arrived.set()
+        return web.Response(status=answer, text="ok")
+
+    app = web.Application()
+    app.router.add_post("/dlr", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield Receiver(f"http://127.0.0.1:{port}/dlr", posts, status, arrived)
+    await runner.cleanup()
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def get_status(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str,
+                     user: str = "HTTP_User_1", password: str = "qwe123") -> dict[str, object]:
+    async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth(user, password)) as r:
+        assert r.status == 200, await r.text()
+        data: dict[str, object] = await r.json()
+        return data
+
+
+async def wait_final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str, timeout: float = 20.0,
+                     **auth: str) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = await get_status(session, daemon, sms_id, **auth)
+        if data["state"] in ("delivered", "undelivered", "expired", "rejected", "failed"):
+            return data
+        assert time.monotonic() < deadline, f"{sms_id} still {data['state']}"
+        await asyncio.sleep(0.1)
