@@ -112,6 +112,8 @@ class CallbackConfig:
 @dataclass(frozen=True, slots=True)
 class SimulatorSettings:
     receipt_delay: float = 1.0
+    submit_delay: float = 0.0  # an SMSC's answer time for each submit
+    window: int = 100  # submits in flight at once
     undeliverable_prefix: str | None = None  # recipients starting so get an UNDELIV receipt
     reject_prefix: str | None = None  # recipients starting so are refused at submit
 
@@ -315,9 +317,12 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
     `modem:///dev/ttyUSB0?baud=115200&pin=1234`. Returns the explicit name (if any) and the transport."""
     head, _, query = url.strip().partition("?")
     if head in ("simulator", "simulator:", "simulator://"):
-        params = _query(query, key, ("name", "receipt_delay", "undeliverable_prefix", "reject_prefix"))
+        params = _query(query, key, ("name", "receipt_delay", "submit_delay", "window", "undeliverable_prefix",
+                                     "reject_prefix"))
         simulator = SimulatorSettings(
             receipt_delay=_float_opt(params, "receipt_delay", 1.0, key),
+            submit_delay=_float_opt(params, "submit_delay", 0.0, key),
+            window=_int_opt(params, "window", 100, 1, 100_000, key),
             undeliverable_prefix=params.get("undeliverable_prefix") or None,
             reject_prefix=params.get("reject_prefix") or None,
         )

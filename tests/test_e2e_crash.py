@@ -14,12 +14,13 @@ from .conftest import Daemon, start_daemon, wait_final
 REQUESTS = 600
 KILL_AFTER = 250
 CONCURRENCY = 16
-SIMULATOR_CAPACITY = 100
+SIMULATOR_WINDOW = 4
 
 
 async def test_kill9_loses_no_accepted_message(daemon_factory: list[Daemon], tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    args = ("--transport", "simulator?receipt_delay=0.3")
+    # A slow, narrow SMSC: at the kill some messages wait in the queue, some are claimed, some submitted.
+    args = ("--transport", f"simulator?receipt_delay=0.3&submit_delay=0.02&window={SIMULATOR_WINDOW}")
     daemon = start_daemon(daemon_factory, data_dir, *args)
     accepted: list[str] = []
     killed = asyncio.Event()
@@ -51,7 +52,7 @@ async def test_kill9_loses_no_accepted_message(daemon_factory: list[Daemon], tmp
         in_flight = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'queued' AND claimed = 1").fetchone()[0]
     print(f"\nat kill -9: {len(accepted)} SmsIds handed out, store states {states}")
     # Only messages claimed in memory at the kill are dispatched again; the window bounds them.
-    assert in_flight <= SIMULATOR_CAPACITY
+    assert in_flight <= SIMULATOR_WINDOW
 
     restarted = start_daemon(daemon_factory, data_dir, *args)
     async with aiohttp.ClientSession() as session:

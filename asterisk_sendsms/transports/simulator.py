@@ -24,9 +24,9 @@ _REDELIVERY_DELAY = 5.0
 class SimulatorTransport:
     kind = "simulator"
 
-    def __init__(self, name: str, settings: SimulatorSettings, capacity: int = 100) -> None:
+    def __init__(self, name: str, settings: SimulatorSettings) -> None:
         self.name = name
-        self.capacity = capacity
+        self.capacity = settings.window
         self._settings = settings
         self._due: list[tuple[float, int, Receipt]] = []
         self._sequence = 0
@@ -57,6 +57,8 @@ class SimulatorTransport:
         prefix = self._settings.reject_prefix
         if prefix and message.recipient.startswith(prefix):
             raise PermanentSubmitError(f"simulator refuses recipients starting {prefix}", "ESME_RINVDSTADR")
+        if self._settings.submit_delay:
+            await asyncio.sleep(self._settings.submit_delay)
         ids = [uuid.uuid4().hex[:20] for _ in encoded.segments]
         for smsc_id in ids:
             self._schedule(smsc_id, message.recipient)

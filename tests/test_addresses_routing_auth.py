@@ -1,0 +1,84 @@
+"""Unit tests of address validation, prefix routing and authentication."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from asterisk_sendsms.addresses import AddressKind, parse_recipient, parse_sender
+from asterisk_sendsms.auth import Authenticator, check_destination
+from asterisk_sendsms.config import Route, UserConfig
+from asterisk_sendsms.errors import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    ForbiddenAddress,
+    ForbiddenUser,
+    InvalidParameter,
+)
+from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.routing import Router
+
+
+@pytest.mark.parametrize(("raw", "value", "kind"), [
+    ("+36 20 123-4567", "+36201234567", AddressKind.INTERNATIONAL),
+    ("0036201234567", "+36201234567", AddressKind.INTERNATIONAL),
+    ("+0615546670", "+0615546670", AddressKind.INTERNATIONAL),  # the seed's own example
+    ("06201234567", "06201234567", AddressKind.NATIONAL),
+    ("1234", "1234", AddressKind.NATIONAL),
+])
+def test_recipients(raw: str, value: str, kind: AddressKind) -> None:
+    address = parse_recipient(raw)
+    assert (address.value, address.kind) == (value, kind)
+
+
+@pytest.mark.parametrize("raw", ["", "  ", "call me", "+1234567890123456", "12", "+36 20 abc"])
+def test_bad_recipients(raw: str) -> None:
+    with pytest.raises(InvalidParameter, match="'Recipient'"):
+        parse_recipient(raw)
+
+
+def test_senders() -> None:
+    assert parse_sender("ACME Bank").kind is AddressKind.ALPHANUMERIC
+    assert parse_sender("+3630").kind is AddressKind.INTERNATIONAL
+    with pytest.raises(InvalidParameter, match="at most 11"):
+        parse_sender("A very long sender")
+    with pytest.raises(InvalidParameter, match="cannot carry"):
+        parse_sender("Bank✓")
+
+
+def test_longest_prefix_wins() -> None:
+    router = Router([Route("", ("default",)), Route("+36", ("hu",)), Route("+3620", ("telenor",)),
+                     Route("06", ("national",))])
+    assert router.transports_for("+36201234567") == ("telenor",)
+    assert router.transports_for("+36301234567") == ("hu",)
+    assert router.transports_for("06301234567") == ("national",)
+    assert router.transports_for("+4420") == ("default",)
+    assert Router([Route("+36", ("hu",))]).transports_for("+4420") == ()
+
+
+def test_destination_permissions() -> None:
+    check_destination(UserConfig("a", allowed_destinations=("+36",)), "+3620")
+    with pytest.raises(ForbiddenUser):
+        check_destination(UserConfig("a", allowed_destinations=("+36",)), "+4420")
+    with pytest.raises(ForbiddenUser):
+        check_destination(UserConfig("a", can_send=False), "+3620")
+
+
+async def test_authentication() -> None:
+    users = [UserConfig("alice", password_hash=hash_password("pw"),
+                        allowed_sources=(ipaddress.ip_network("10.0.0.0/8"),))]
+    auth = Authenticator(users, [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("127.0.0.1/32")])
+    assert (await auth.authenticate("alice", "pw", "10.1.2.3")).name == "alice"
+    assert (await auth.authenticate("alice", "pw", "::ffff:10.1.2.3")).name == "alice"  # cached path
+    with pytest.raises(AuthenticationFailed):
+        await auth.authenticate("alice", "pW", "10.1.2.3")
+    with pytest.raises(AuthenticationFailed):
+        await auth.authenticate("bob", "pw", "10.1.2.3")
+    with pytest.raises(AuthenticationRequired):
+        await auth.authenticate(None, "pw", "10.1.2.3")
+    with pytest.raises(ForbiddenAddress):
+        await auth.authenticate("alice", "pw", "127.0.0.1")
+    auth.check_client("127.0.0.1")
+    with pytest.raises(ForbiddenAddress):
+        auth.check_client("192.168.1.1")

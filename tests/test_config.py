@@ -1,0 +1,102 @@
+"""Unit tests of configuration loading: defaults, overrides, validation messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asterisk_sendsms.config import (
+    DEMO_USER,
+    ModemSettings,
+    Overrides,
+    SimulatorSettings,
+    SmppSettings,
+    load_config,
+    parse_transport_url,
+)
+from asterisk_sendsms.errors import ConfigError
+from asterisk_sendsms.passwords import hash_password, verify_password
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_demo_defaults(tmp_path: Path) -> None:
+    config = load_config(Overrides(data_dir=tmp_path), env={})
+    assert config.demo and config.users[0].name == DEMO_USER
+    assert config.users[0].password_hash and verify_password("qwe123", config.users[0].password_hash)
+    assert config.users[0].plaintext_password is None
+    assert str(config.http.listen) == "127.0.0.1:9509"
+    assert [t.kind for t in config.transports] == ["simulator"]
+    assert config.store.path == tmp_path / "messages.sqlite3"
+
+
+def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "/from/file"\n[http]\nlisten = "127.0.0.1:1"\n[[transports]]\nurl = "simulator"\n')
+    env = {"ASTERISK_SENDSMS_CONFIG": str(path), "ASTERISK_SENDSMS_HTTP": "127.0.0.1:2"}
+    config = load_config(Overrides(), env=env)
+    assert config.data_dir == Path("/from/file") and config.http.listen.port == 2 and not config.demo
+    config = load_config(Overrides(data_dir=tmp_path, http="[::1]:3"), env=env)
+    assert config.data_dir == tmp_path and str(config.http.listen) == "[::1]:3"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("colour = 1\n[[transports]]\nurl='simulator'", "colour: unknown setting"),
+    ("[http]\nlisten = 'nowhere'\n[[transports]]\nurl='simulator'", "http.listen: expected HOST:PORT"),
+    ("[messages]\nmax_parts = 0\n[[transports]]\nurl='simulator'", "messages.max_parts: expected a whole number"),
+    ("[messages]\nvalidity = 'soon'\n[[transports]]\nurl='simulator'", "messages.validity: expected a duration"),
+    ("[[users]]\nname='a'\npassword='x'\n[[transports]]\nurl='simulator'", "users[0].password: plaintext passwords"),
+    ("[[users]]\nname='a'\npassword_hash='md5$x'\n[[transports]]\nurl='simulator'", "users[0].password_hash:"),
+    ("[[users]]\nname='a'\n[[transports]]\nurl='simulator'", "has no password"),
+    ("[[transports]]\nurl='carrier-pigeon://x'", "transports[0].url: unknown transport"),
+    ("", "transports: configure at least one"),
+    ("[[transports]]\nurl='simulator'\n[[routes]]\nprefix='+36'\ntransports=['smsc']",
+     "routes[0].transports: no transport named 'smsc'"),
+    ("[[transports]]\nurl='simulator'\n[[transports]]\nurl='simulator'", "a second transport named 'simulator'"),
+    ("[callbacks]\nallowed_hosts = 'x'\n[[transports]]\nurl='simulator'", "callbacks.allowed_hosts: expected a list"),
+    ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\nallowed_sources=['10.0.0.300']\n"
+     "[[transports]]\nurl='simulator'", "users[0].allowed_sources"),
+    ("not toml = = =", "config file"),
+])
+def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(Overrides(config_file=write(tmp_path, text)), env={})
+
+
+def test_plaintext_allowed_only_when_asked(tmp_path: Path) -> None:
+    path = write(tmp_path, "allow_plaintext_passwords = true\n[[users]]\nname='a'\npassword='x'\n"
+                           "[[transports]]\nurl='simulator'\n")
+    assert load_config(Overrides(config_file=path), env={}).users[0].plaintext_password == "x"
+
+
+def test_transport_urls() -> None:
+    name, smpp = parse_transport_url("smpp://esme:s%40cret@smsc.example:2776?window=20&bind=txrx&name=op1")
+    assert name == "op1" and isinstance(smpp.settings, SmppSettings)
+    assert (smpp.settings.host, smpp.settings.port, smpp.settings.system_id, smpp.settings.password,
+            smpp.settings.window, smpp.settings.bind) == ("smsc.example", 2776, "esme", "s@cret", 20, "txrx")
+    assert "s@cret" not in repr(smpp)
+    _, modem = parse_transport_url("modem:///dev/ttyUSB0?baud=115200&pin=1234")
+    assert modem.settings == ModemSettings("/dev/ttyUSB0", 115200, "1234")
+    _, sim = parse_transport_url("simulator?receipt_delay=0.5&undeliverable_prefix=%2B3699")
+    assert sim.settings == SimulatorSettings(receipt_delay=0.5, undeliverable_prefix="+3699")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("smpp://smsc:2775", "needs a system_id"),
+    ("smpp://u:p@smsc:99999", "port"),
+    ("smpp://u:p@smsc?window=0", "window must be from 1 to 1000"),
+    ("smpp://u:p@smsc?bind=sideways", "option bind"),
+    ("smpp://u:p@smsc?colour=red", "unknown option 'colour'"),
+    ("smpp://u:toolongpassword@smsc", "password of 8"),
+    ("modem://dev/ttyUSB0", "names a device path"),
+    ("modem:///dev/ttyUSB0?pin=12", "pin must be 4 to 8 digits"),
+    ("modem:///dev/ttyUSB0?baud=fast", "baud must be a whole number"),
+    ("simulator?receipt_delay=-1", "cannot be negative"),
+])
+def test_bad_transport_urls(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_transport_url(url, "--transport")
