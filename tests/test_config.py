@@ -36,7 +36,8 @@ def test_demo_defaults(tmp_path: Path) -> None:
 
 
 def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, 'data_dir = "/from/file"\n[http]\nlisten = "127.0.0.1:1"\n[[transports]]\nurl = "simulator"\n')
+    path = write(tmp_path, 'data_dir = "/from/file"\n[http]\nlisten = "127.0.0.1:1"\n'
+                           '[[transports]]\nurl = "simulator"\n')
     env = {"ASTERISK_SENDSMS_CONFIG": str(path), "ASTERISK_SENDSMS_HTTP": "127.0.0.1:2"}
     config = load_config(Overrides(), env=env)
     assert config.data_dir == Path("/from/file") and config.http.listen.port == 2 and not config.demo

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from asterisk_sendsms.errors import IllegalTransition
@@ -10,7 +12,7 @@ from asterisk_sendsms.lifecycle import FINAL_STATES, TRANSITIONS, State, check_t
 
 def test_the_happy_path_is_allowed() -> None:
     path = [State.ACCEPTED, State.QUEUED, State.SUBMITTED, State.DELIVERED]
-    for current, target in zip(path, path[1:], strict=False):
+    for current, target in itertools.pairwise(path):
         check_transition("id", current, target)
 
 

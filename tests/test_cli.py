@@ -1,0 +1,47 @@
+"""The command line without a daemon: check-config on the shipped sample, hash-password, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from asterisk_sendsms.passwords import verify_password
+
+from .conftest import REPO, RUN
+
+SAMPLE = REPO / "config" / "asterisk-sendsms.toml"
+
+
+def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(RUN), *args], input=stdin, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_sample_config_is_valid() -> None:
+    result = run("check-config", "--config", str(SAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("configuration OK")
+    assert "transports: simulator (simulator)" in result.stdout
+
+
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SAMPLE.read_text().replace("max_parts = 6", "max_parts = -1"))
+    result = run("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr == ("asterisk-sendsms: configuration error: messages.max_parts: expected a whole "
+                             "number from 1 to 255\n")
+
+
+def test_serve_refuses_a_transport_it_does_not_have_yet(tmp_path: Path) -> None:
+    result = run("serve", "--data-dir", str(tmp_path), "--transport", "smpp://esme:pw@127.0.0.1:2775")
+    assert result.returncode == 2
+    assert "the smpp transport is not available in this version yet" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_hash_password() -> None:
+    result = run("hash-password", "--stdin", stdin="s3cret\n")
+    assert result.returncode == 0
+    assert verify_password("s3cret", result.stdout.strip())
+    empty = run("hash-password", "--stdin", stdin="\n")
+    assert empty.returncode == 1 and empty.stderr == "asterisk-sendsms: an empty password cannot be hashed\n"
