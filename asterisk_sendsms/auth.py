@@ -46,8 +46,22 @@ class Authenticator:
         self._allowed_clients = tuple(allowed_clients)
         self._pepper = os.urandom(32)
         self._verified: dict[str, bytes] = {}
+        self._in_progress: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         # Unknown users cost a hash too, so response time does not tell which names exist.
         self._dummy_hash = hash_password(os.urandom(8).hex())
+
+    async def _verify(self, user: UserConfig, password: str, fingerprint: bytes) -> bool:
+        if user.password_hash is None:
+            return hmac.compare_digest((user.plaintext_password or "").encode(), password.encode())
+        # Concurrent requests with the same credentials share one hash computation: a burst of new
+        # connections must not start dozens of scrypt runs.
+        key = (user.name, fingerprint)
+        pending = self._in_progress.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(verify_password, password, user.password_hash))
+            self._in_progress[key] = pending
+            pending.add_done_callback(lambda _: self._in_progress.pop(key, None))
+        return await asyncio.shield(pending)
 
     def check_client(self, address: str) -> None:
         if not _allowed(address, self._allowed_clients):
@@ -66,11 +80,7 @@ class Authenticator:
         fingerprint = self._fingerprint(username, password)
         known = self._verified.get(username)
         if known is None or not hmac.compare_digest(known, fingerprint):
-            if user.password_hash is not None:
-                good = await asyncio.to_thread(verify_password, password, user.password_hash)
-            else:
-                good = hmac.compare_digest((user.plaintext_password or "").encode(), password.encode())
-            if not good:
+            if not await self._verify(user, password, fingerprint):
                 raise AuthenticationFailed()
             self._verified[username] = fingerprint
         if not _allowed(address, user.allowed_sources):

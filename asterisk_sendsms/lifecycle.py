@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from .errors import IllegalTransition
 
-__all__ = ["FINAL_STATES", "State", "check_transition", "is_final"]
+__all__ = ["FINAL_STATES", "SOURCES", "State", "check_transition", "is_final"]
 
 
 class State(StrEnum):
@@ -34,6 +34,12 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.SUBMITTED: frozenset({State.SUBMITTED, State.DELIVERED, State.UNDELIVERED, State.EXPIRED,
                                 State.REJECTED}),
     **{final: frozenset() for final in FINAL_STATES},
+}
+
+
+# For each state, the states it may be entered from: what a store's conditional UPDATE matches on.
+SOURCES: dict[State, tuple[State, ...]] = {
+    target: tuple(s for s in State if target in TRANSITIONS[s]) for target in State
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
@@ -82,3 +83,23 @@ async def test_authentication() -> None:
     auth.check_client("127.0.0.1")
     with pytest.raises(ForbiddenAddress):
         auth.check_client("192.168.1.1")
+
+
+async def test_a_burst_of_logins_costs_one_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asterisk_sendsms.auth as auth_module
+
+    calls: list[str] = []
+    real_verify = auth_module.verify_password
+
+    def counting_verify(password: str, encoded: str) -> bool:
+        calls.append(password)
+        return real_verify(password, encoded)
+
+    auth = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [])
+    monkeypatch.setattr(auth_module, "verify_password", counting_verify)
+    users = await asyncio.gather(*(auth.authenticate("alice", "pw", "127.0.0.1") for _ in range(50)))
+    assert {u.name for u in users} == {"alice"}
+    assert calls == ["pw"]
+    results = await asyncio.gather(*(auth.authenticate("alice", "bad", "127.0.0.1") for _ in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, AuthenticationFailed) for r in results) and calls == ["pw", "bad"]

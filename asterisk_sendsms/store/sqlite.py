@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from ..config import StoreConfig
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
-from ..lifecycle import State, check_transition
+from ..lifecycle import SOURCES, State, check_transition
 from ..model import (
     CallbackJob,
     HistoryEntry,
@@ -102,6 +102,7 @@ CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at) WHERE state = 'pe
 CREATE INDEX IF NOT EXISTS callbacks_by_message ON callbacks (sms_id);
 """
 
+_FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
 _BATCH_LIMIT = 1024
@@ -186,28 +187,36 @@ class SqliteStore:
 
     def _run_batch(self, conn: sqlite3.Connection,
                    batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        """Run the batch in one transaction. If any operation fails, roll back and run each alone, so one
+        caller's error never costs the others their writes."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for operation, future in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = operation(conn)
-                except Exception as exc:  # the caller gets it; the batch's other operations go on
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((future, None, _unavailable(exc) if isinstance(exc, sqlite3.Error) else exc))
-                else:
-                    outcomes.append((future, result, None))
-                conn.execute("RELEASE op")
+            results = [operation(conn) for operation, _ in batch]
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            # Nothing of this batch is on disk: every caller hears so, none gets a result.
+            outcomes = [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
+        except Exception as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            log.error("message store commit failed: %s", exc)
-            outcomes = [(future, None, _unavailable(exc)) for _, future in batch]
-        for future, result, error in outcomes:
-            future.get_loop().call_soon_threadsafe(_settle, future, result, error)
+            if len(batch) == 1:
+                outcomes = [(batch[0][1], None, _translate(exc))]
+            else:
+                outcomes = [self._run_alone(conn, operation, future) for operation, future in batch]
+        loop = outcomes[0][0].get_loop()
+        loop.call_soon_threadsafe(_settle_all, outcomes)
+
+    @staticmethod
+    def _run_alone(conn: sqlite3.Connection, operation: Operation, future: asyncio.Future[Any]
+                   ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = operation(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return future, None, _translate(exc)
+        return future, result, None
 
     async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         if self._thread is None:
@@ -244,12 +253,10 @@ class SqliteStore:
             claimed: list[OutboundMessage] = []
             for sms_id, sender, recipient, text, attempts, expires_at, state in rows:
                 if expires_at <= now:
-                    _finish(conn, sms_id, State(state), State.EXPIRED, "EXPIRED",
+                    _finish(conn, sms_id, State.EXPIRED, "EXPIRED",
                             "validity period ended before the message could be submitted", now, None)
                     continue
-                check_transition(sms_id, State(state), State.QUEUED)
-                conn.execute("UPDATE messages SET state = 'queued', due_at = ?, claimed = 1, updated_at = ?"
-                             " WHERE sms_id = ?", (now + lease, now, sms_id))
+                _move(conn, sms_id, State.QUEUED, "due_at = ?, claimed = 1, updated_at = ?", (now + lease, now))
                 if state == State.ACCEPTED:
                     _history(conn, sms_id, now, State.QUEUED, "")
                 claimed.append(OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at))
@@ -259,45 +266,37 @@ class SqliteStore:
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float) -> ReceiptResult:
         def op(conn: sqlite3.Connection) -> ReceiptResult:
-            check_transition(sms_id, _state(conn, sms_id), State.SUBMITTED)
-            conn.execute("UPDATE messages SET state = 'submitted', transport = ?, due_at = ?, claimed = 0,"
-                         " attempts = attempts + 1,"
-                         " error_code = '', error_text = '', updated_at = ? WHERE sms_id = ?",
-                         (transport, receipt_deadline, now, sms_id))
+            _move(conn, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed = 0, attempts = attempts + 1,"
+                  " error_code = '', error_text = '', updated_at = ?", (transport, receipt_deadline, now))
             conn.executemany(
                 "INSERT OR REPLACE INTO parts (sms_id, idx, transport, smsc_id, state, updated_at)"
                 " VALUES (?, ?, ?, ?, 'submitted', ?)",
                 [(sms_id, index, transport, smsc_id, now) for index, smsc_id in enumerate(smsc_ids)])
             _history(conn, sms_id, now, State.SUBMITTED, f"via {transport}, SMSC id {', '.join(smsc_ids)}")
             result = ReceiptResult(sms_id)
-            for smsc_id in dict.fromkeys(smsc_ids):
-                early = conn.execute("SELECT outcome, error_code, at FROM early_receipts WHERE transport = ?"
-                                     " AND smsc_id = ? ORDER BY at", (transport, smsc_id)).fetchall()
-                conn.execute("DELETE FROM early_receipts WHERE transport = ? AND smsc_id = ?", (transport, smsc_id))
-                for outcome, error_code, at in early:
-                    applied = _apply_receipt(conn, Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at),
-                                             now)
-                    if applied.final_state is not None:
-                        result = applied
+            placeholders = ",".join("?" * len(smsc_ids))
+            statement = ("DELETE FROM early_receipts WHERE transport = ? AND smsc_id IN"  # noqa: S608
+                         f" ({placeholders}) RETURNING smsc_id, outcome, error_code, at")
+            early = conn.execute(statement, (transport, *smsc_ids)).fetchall()
+            for smsc_id, outcome, error_code, at in sorted(early, key=lambda row: row[3]):
+                applied = _apply_receipt(conn, Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at), now)
+                if applied.final_state is not None:
+                    result = applied
             return result
         return await self._run(op)
 
     async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
                           attempted: bool) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            check_transition(sms_id, _state(conn, sms_id), State.QUEUED)
-            conn.execute("UPDATE messages SET due_at = ?, claimed = 0, error_code = ?, error_text = ?,"
-                         " attempts = attempts + ?, updated_at = ? WHERE sms_id = ?",
-                         (due_at, error_code, error_text, int(attempted), now, sms_id))
+            _move(conn, sms_id, State.QUEUED, "due_at = ?, claimed = 0, error_code = ?, error_text = ?,"
+                  " attempts = attempts + ?, updated_at = ?", (due_at, error_code, error_text, int(attempted), now))
             _history(conn, sms_id, now, State.QUEUED, f"retry in {due_at - now:.0f}s: {error_code} {error_text}")
         await self._run(op)
 
     async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,
                      transport: str | None = None, attempted: bool = False) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            _finish(conn, sms_id, _state(conn, sms_id), state, error_code, error_text, now, transport)
-            if attempted:
-                conn.execute("UPDATE messages SET attempts = attempts + 1 WHERE sms_id = ?", (sms_id,))
+            _finish(conn, sms_id, state, error_code, error_text, now, transport, int(attempted))
         await self._run(op)
 
     async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
@@ -308,8 +307,8 @@ class SqliteStore:
             rows = conn.execute("SELECT sms_id FROM messages WHERE state = 'submitted' AND due_at <= ?",
                                 (now,)).fetchall()
             for (sms_id,) in rows:
-                _finish(conn, sms_id, State.SUBMITTED, State.EXPIRED, "NO_RECEIPT",
-                        "no final delivery receipt arrived in time", now, None)
+                _finish(conn, sms_id, State.EXPIRED, "NO_RECEIPT", "no final delivery receipt arrived in time", now,
+                        None)
             conn.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_RECEIPT_TTL,))
             return len(rows)
         return await self._run(op)
@@ -364,8 +363,28 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-def _unavailable(exc: sqlite3.Error) -> ServiceUnavailable:
-    return ServiceUnavailable(f"message store error: {exc}")
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        _settle(future, result, error)
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        log.error("message store error: %s", exc)
+        return ServiceUnavailable(f"message store error: {exc}")
+    return exc
+
+
+def _move(conn: sqlite3.Connection, sms_id: str, target: State, assignments: str, params: Sequence[Any]) -> None:
+    """Change state with one conditional UPDATE whose allowed sources come from the lifecycle table."""
+    sources = SOURCES[target]
+    placeholders = ",".join("?" * len(sources))
+    # Only placeholders and this module's own column lists are formatted into the statement.
+    statement = f"UPDATE messages SET state = ?, {assignments} WHERE sms_id = ? AND state IN ({placeholders})"  # noqa: S608
+    cursor = conn.execute(statement, (target.value, *params, sms_id, *(s.value for s in sources)))
+    if cursor.rowcount == 0:
+        check_transition(sms_id, _state(conn, sms_id), target)  # raises: illegal from the current state
+        raise ServiceUnavailable(f"message {sms_id}: state changed during the update")
 
 
 def _history(conn: sqlite3.Connection, sms_id: str, at: float, state: State, detail: str) -> None:
@@ -380,12 +399,10 @@ def _state(conn: sqlite3.Connection, sms_id: str) -> State:
     return State(row[0])
 
 
-def _finish(conn: sqlite3.Connection, sms_id: str, current: State, target: State, error_code: str,
-            error_text: str, now: float, transport: str | None) -> None:
-    check_transition(sms_id, current, target)
-    conn.execute("UPDATE messages SET state = ?, error_code = ?, error_text = ?, transport = COALESCE(?, transport),"
-                 " due_at = NULL, claimed = 0, updated_at = ? WHERE sms_id = ?",
-                 (target.value, error_code, error_text, transport, now, sms_id))
+def _finish(conn: sqlite3.Connection, sms_id: str, target: State, error_code: str, error_text: str, now: float,
+            transport: str | None, attempts: int = 0) -> None:
+    _move(conn, sms_id, target, "error_code = ?, error_text = ?, transport = COALESCE(?, transport), due_at = NULL,"
+          " claimed = 0, attempts = attempts + ?, updated_at = ?", (error_code, error_text, transport, attempts, now))
     _history(conn, sms_id, now, target, f"{error_code} {error_text}".strip())
     # The callback outbox row commits with the final state, so a crash cannot lose the notification.
     conn.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
@@ -396,35 +413,34 @@ def _finish(conn: sqlite3.Connection, sms_id: str, current: State, target: State
 def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> ReceiptResult:
     # SMSC ids may be reused over time (some simulators restart at 0): prefer the part still waiting.
     row = conn.execute(
-        "SELECT sms_id, idx, state FROM parts WHERE transport = ? AND smsc_id = ?"
-        " ORDER BY state IN ('submitted', 'enroute', 'accepted') DESC, updated_at DESC LIMIT 1",
+        "SELECT p.sms_id, p.idx, p.state, m.state, m.part_count FROM parts p JOIN messages m ON m.sms_id = p.sms_id"
+        " WHERE p.transport = ? AND p.smsc_id = ?"
+        " ORDER BY p.state IN ('submitted', 'enroute', 'accepted') DESC, p.updated_at DESC LIMIT 1",
         (receipt.transport, receipt.smsc_id)).fetchone()
     if row is None:
         conn.execute("INSERT INTO early_receipts (transport, smsc_id, outcome, error_code, at) VALUES (?,?,?,?,?)",
                      (receipt.transport, receipt.smsc_id, receipt.outcome.value, receipt.error_code, receipt.at or now))
         return ReceiptResult(None)
-    sms_id, index, part_state = row
-    if part_state in ("delivered", "undelivered", "expired", "rejected"):
+    sms_id, index, part_state, message_state, part_count = row
+    if part_state in _FINAL_PART_STATES:
         return ReceiptResult(sms_id)  # a repeated receipt changes nothing
     conn.execute("UPDATE parts SET state = ?, error_code = ?, updated_at = ? WHERE sms_id = ? AND idx = ?",
                  (receipt.outcome.value, receipt.error_code, now, sms_id, index))
-    current = _state(conn, sms_id)
-    detail = f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
-    if current is not State.SUBMITTED:
+    if message_state != State.SUBMITTED:
         return ReceiptResult(sms_id)  # already final (an earlier part failed); the part row keeps the news
+    detail = f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
     if not receipt.outcome.final:
         _history(conn, sms_id, now, State.SUBMITTED, detail)
         return ReceiptResult(sms_id)
     if receipt.outcome is PartOutcome.DELIVERED:
-        waiting = conn.execute("SELECT COUNT(*) FROM parts WHERE sms_id = ? AND state != 'delivered'",
-                               (sms_id,)).fetchone()[0]
-        if waiting:
+        if part_count > 1 and conn.execute("SELECT COUNT(*) FROM parts WHERE sms_id = ? AND state != 'delivered'",
+                                           (sms_id,)).fetchone()[0]:
             _history(conn, sms_id, now, State.SUBMITTED, detail)
             return ReceiptResult(sms_id)
-        _finish(conn, sms_id, current, State.DELIVERED, "", "", now, None)
+        _finish(conn, sms_id, State.DELIVERED, "", "", now, None)
         return ReceiptResult(sms_id, State.DELIVERED)
     target = receipt.outcome.message_state
-    _finish(conn, sms_id, current, target, receipt.error_code, detail, now, None)
+    _finish(conn, sms_id, target, receipt.error_code, detail, now, None)
     return ReceiptResult(sms_id, target)
 
 
