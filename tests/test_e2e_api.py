@@ -208,32 +208,53 @@ async def test_status_is_private_to_its_sender(strict: Daemon) -> None:
             assert response.status == 401
 
 
-async def test_callback_retried_until_receiver_recovers(daemon_factory: list[Daemon], tmp_path: Path,
-                                                        receiver: Receiver) -> None:
-    config = tmp_path / "retry.toml"
-    config.write_text(f"""
+FAST_RETRY_CONFIG = """
 [callbacks]
 retry_initial = 0.2
-retry_max = 0.5
+retry_max = 0.4
 [[users]]
 name = "alice"
-password_hash = "{hash_password('pw')}"
+password_hash = "{hash}"
 [[transports]]
 url = "simulator?receipt_delay=0.1"
-""")
+"""
+
+
+async def send_with_failing_receiver(daemon_factory: list[Daemon], tmp_path: Path, receiver: Receiver
+                                     ) -> tuple[Daemon, Path, str]:
+    """A daemon retrying notifications quickly, one message delivered while its receiver answers 5xx."""
+    config = tmp_path / "retry.toml"
+    config.write_text(FAST_RETRY_CONFIG.format(hash=hash_password("pw")))
     daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
-    receiver.status[0] = 500
+    receiver.status[0] = 503
     query = f"command=SendSms&Username=alice&Password=pw&Recipient=%2b3620&Message=hi&DeliveryReportURL={receiver.url}"
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{daemon.base}/api?{query}") as response:
             _, _, sms_id = parse_reply(await response.read())
-        await wait_final(session, daemon, sms_id, user="alice", password="pw")
-        await asyncio.sleep(1.5)  # several failed attempts
-        assert receiver.posts == []
-        receiver.status[0] = 200
-        posts = await receiver.wait_for(1)
+        data = await wait_final(session, daemon, sms_id, user="alice", password="pw")
+    assert sms_id and data["state"] == "delivered" and data["callback_state"] == "pending"
+    return daemon, config, sms_id
+
+
+async def test_callback_retried_until_receiver_recovers(daemon_factory: list[Daemon], tmp_path: Path,
+                                                        receiver: Receiver) -> None:
+    daemon, _, sms_id = await send_with_failing_receiver(daemon_factory, tmp_path, receiver)
+    await asyncio.sleep(1.5)  # several failed attempts
+    assert receiver.posts == []
+    receiver.status[0] = 200
+    posts = await receiver.wait_for(1)
     assert posts[0]["SmsId"] == sms_id
     assert daemon.output().count("delivery notification to 127.0.0.1 failed") == 1  # logged once per outage
+
+
+async def test_pending_notification_survives_a_restart(daemon_factory: list[Daemon], tmp_path: Path,
+                                                       receiver: Receiver) -> None:
+    daemon, config, sms_id = await send_with_failing_receiver(daemon_factory, tmp_path, receiver)
+    daemon.kill9()
+    receiver.status[0] = 200
+    start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+    posts = await receiver.wait_for(1, timeout=10)
+    assert posts[0]["SmsId"] == sms_id and posts[0]["DeliveryStatus"] == "Delivered"
 
 
 def run_cli(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -272,3 +293,4 @@ def test_second_daemon_on_the_same_store_refuses(daemon_factory: list[Daemon], t
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "another asterisk-sendsms daemon is using" in result.stderr
+

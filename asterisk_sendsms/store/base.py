@@ -23,7 +23,8 @@ class Store(Protocol):
     async def accept(self, message: NewMessage) -> None: ...
 
     async def release_claims(self, now: float) -> int:
-        """Make messages claimed by a previous run of this node due again (after a crash)."""
+        """Make messages and notifications claimed by a previous run of this node due again (after a crash).
+        Returns the number of messages."""
         ...
 
     async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:

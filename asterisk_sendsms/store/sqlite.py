@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS callbacks (
     due_at     REAL NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    claimed    INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS callbacks_by_message ON callbacks (sms_id);
@@ -240,6 +241,7 @@ class SqliteStore:
 
     async def release_claims(self, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE callbacks SET due_at = ?, claimed = 0 WHERE state = 'pending' AND claimed = 1", (now,))
             return conn.execute("UPDATE messages SET due_at = ?, claimed = 0 WHERE state = 'queued' AND claimed = 1",
                                 (now,)).rowcount
         return await self._run(op)
@@ -330,7 +332,7 @@ class SqliteStore:
             rows = conn.execute("SELECT job_id, sms_id, url, attempts, created_at FROM callbacks"
                                 " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
                                 (now, limit)).fetchall()
-            conn.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, updated_at = ?"
+            conn.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed = 1, updated_at = ?"
                              " WHERE job_id = ?", [(now + lease, now, row[0]) for row in rows])
             return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at)
                     for job_id, sms_id, url, attempts, created_at in rows]
@@ -342,7 +344,7 @@ class SqliteStore:
 
     async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
         await self._run(lambda conn: conn.execute(
-            "UPDATE callbacks SET due_at = ?, last_error = ?, updated_at = ? WHERE job_id = ?",
+            "UPDATE callbacks SET due_at = ?, last_error = ?, claimed = 0, updated_at = ? WHERE job_id = ?",
             (due_at, error, now, job_id)))
 
     async def callback_abandon(self, job_id: int, error: str, now: float) -> None:
