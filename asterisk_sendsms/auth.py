@@ -19,6 +19,8 @@ __all__ = ["OPERATOR", "Authenticator", "check_destination"]
 
 # The local operator (the CLI on the daemon's control socket) may do anything.
 OPERATOR = UserConfig("operator", can_send=True, admin=True)
+# Sends from calls (FastAGI, ARI) when no `asterisk.user` is configured: the dialplan is trusted.
+ASTERISK_PRINCIPAL = UserConfig("asterisk", can_send=True)
 
 
 def _allowed(address: str, networks: Sequence[Network]) -> bool:

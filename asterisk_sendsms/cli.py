@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="a transport, replacing the file's: simulator[?receipt_delay=SECONDS], "
                             "smpp://USER:PASS@HOST:PORT?window=10&bind=trx, "
                             "modem:///dev/ttyUSB0?baud=115200&pin=1234 (repeatable)")
+    serve.add_argument("--fastagi", metavar="HOST:PORT",
+                       help="serve FastAGI for AGI(agi://HOST:PORT/sendsms?recipient=..&message=..), e.g. "
+                            "127.0.0.1:4573")
+    serve.add_argument("--ari", action="append", default=[], metavar="URL",
+                       help="connect to Asterisk's ARI for Stasis(sendsms,RECIPIENT,MESSAGE[,OPTIONS]): "
+                            "http://USER:PASS@HOST:8088?app=sendsms (repeatable, one per Asterisk server)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                        help="overrides log_level from the file")
 
@@ -186,7 +192,8 @@ def _hash_password(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from .daemon import run_daemon
 
-    config = _config(args, http=args.http, transports=tuple(args.transport))
+    config = _config(args, http=args.http, transports=tuple(args.transport), fastagi=args.fastagi,
+                     ari=tuple(args.ari))
     logging.basicConfig(level=args.log_level or config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

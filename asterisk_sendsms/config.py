@@ -18,6 +18,9 @@ from .errors import ConfigError, InvalidParameter
 from .passwords import PasswordHashError, parse_hash
 
 __all__ = [
+    "AgiScriptConfig",
+    "AriConfig",
+    "AsteriskConfig",
     "CallbackConfig",
     "Config",
     "DispatchConfig",
@@ -26,13 +29,17 @@ __all__ = [
     "MessagesConfig",
     "ModemSettings",
     "Overrides",
+    "PromptConfig",
     "Route",
     "SimulatorSettings",
     "SmppSettings",
+    "SpeechConfig",
     "StoreConfig",
     "TransportConfig",
     "UserConfig",
+    "load_agi_config",
     "load_config",
+    "parse_ari_url",
     "parse_host_port",
     "parse_transport_url",
 ]
@@ -154,6 +161,48 @@ class Route:
     transports: tuple[str, ...]
 
 
+DEFAULT_TTS_COMMAND = ("espeak-ng", "-v", "{voice}", "-w", "{output}", "--stdin")
+DEFAULT_FASTAGI_PORT = 4573
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechConfig:
+    cache_dir: Path
+    # argv of the text-to-speech engine: {voice}, {output} (a WAV it writes) and optionally {text};
+    # without {text} the text goes to its standard input.
+    command: tuple[str, ...] = DEFAULT_TTS_COMMAND
+    voice: str = "en"
+    timeout: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class AriConfig:
+    base_url: str  # http://host:8088 (the /ari prefix is added)
+    username: str
+    password: str = field(repr=False)
+    app: str = "sendsms"
+
+    def __str__(self) -> str:
+        return f"{self.base_url} (app {self.app})"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptConfig:
+    """What callers hear; each may be `sound:PATH` for a recorded file, or empty for silence."""
+
+    before: str = "Please wait while we send you a text message."
+    after: str = "The text message has been sent."
+    failed: str = "Sorry, the text message could not be sent."
+
+
+@dataclass(frozen=True, slots=True)
+class AsteriskConfig:
+    fastagi: HostPort | None = None
+    ari: tuple[AriConfig, ...] = ()
+    user: str | None = None  # the API user whose permissions FastAGI and ARI sends get; none: no limits
+    prompts: PromptConfig = PromptConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path
@@ -162,9 +211,11 @@ class Config:
     users: tuple[UserConfig, ...]
     transports: tuple[TransportConfig, ...]
     routes: tuple[Route, ...]
+    speech: SpeechConfig
     messages: MessagesConfig = MessagesConfig()
     dispatch: DispatchConfig = DispatchConfig()
     callbacks: CallbackConfig = CallbackConfig()
+    asterisk: AsteriskConfig = AsteriskConfig()
     allow_plaintext_passwords: bool = False
     log_level: str = "INFO"
     demo: bool = False  # embedded defaults: demo user and simulator
@@ -182,6 +233,8 @@ class Overrides:
     data_dir: Path | None = None
     http: str | None = None
     transports: tuple[str, ...] = ()
+    fastagi: str | None = None
+    ari: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------- small parsers
@@ -382,6 +435,99 @@ def _name_transports(entries: Sequence[tuple[str | None, TransportConfig, str]])
     return tuple(named)
 
 
+def parse_ari_url(url: str, key: str = "ari") -> AriConfig:
+    """`http://USER:PASS@HOST:8088?app=sendsms` (https too)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{key}: expected http://USER:PASS@HOST:8088?app=sendsms, got {url!r}")
+    if not parts.username or parts.password is None:
+        raise ConfigError(f"{key}: the ARI URL needs the ari.conf user and password: http://USER:PASS@HOST:8088")
+    try:
+        port = parts.port or 8088
+    except ValueError:
+        raise ConfigError(f"{key}: ARI port is not a number from 1 to 65535") from None
+    params = _query(parts.query, key, ("app",))
+    app = params.get("app", "sendsms")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", app):
+        raise ConfigError(f"{key}: option app must be a Stasis application name")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return AriConfig(f"{parts.scheme}://{host}:{port}", unquote(parts.username), unquote(parts.password), app)
+
+
+def _speech(table: _Table, data_dir: Path) -> SpeechConfig:
+    cache_dir = table.text("cache_dir")
+    command = table.get("command", list(DEFAULT_TTS_COMMAND))
+    command_tuple = _str_list(command, table.key("command"))
+    if not command_tuple or not any("{output}" in part for part in command_tuple):
+        raise ConfigError(f"{table.key('command')}: the command must name the WAV it writes as {{output}}")
+    for part in command_tuple:
+        try:
+            part.format_map({"text": "", "voice": "", "output": ""})
+        except (KeyError, ValueError, IndexError):
+            raise ConfigError(f"{table.key('command')}: {part!r} may use only {{text}}, {{voice}} and {{output}}")\
+                from None
+    speech = SpeechConfig(cache_dir=Path(cache_dir) if cache_dir else data_dir / "tts", command=command_tuple,
+                          voice=table.text("voice", "en") or "en",
+                          timeout=table.duration("timeout", 20.0))
+    table.finish()
+    return speech
+
+
+def _asterisk(table: _Table, overrides: Overrides, users: tuple[UserConfig, ...]) -> AsteriskConfig:
+    fastagi_text = table.text("fastagi")
+    fastagi_text = overrides.fastagi or fastagi_text
+    fastagi = parse_host_port(fastagi_text, "asterisk.fastagi") if fastagi_text else None
+    ari_urls = _str_list(table.get("ari", []), table.key("ari"))
+    if overrides.ari:
+        ari = tuple(parse_ari_url(u, f"--ari {u}") for u in overrides.ari)
+    else:
+        ari = tuple(parse_ari_url(u, f"{table.key('ari')}[{i}]") for i, u in enumerate(ari_urls))
+    user = table.text("user")
+    if user and user not in {u.name for u in users}:
+        raise ConfigError(f"{table.key('user')}: no user named {user!r}")
+    prompts = _prompts(table.table("prompts"))
+    table.finish()
+    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts)
+
+
+def _prompts(table: _Table) -> PromptConfig:
+    defaults = PromptConfig()
+    prompts = PromptConfig(before=table.text("before", defaults.before) or "",
+                           after=table.text("after", defaults.after) or "",
+                           failed=table.text("failed", defaults.failed) or "")
+    table.finish()
+    return prompts
+
+
+@dataclass(frozen=True, slots=True)
+class AgiScriptConfig:
+    """What the process AGI script needs: where the daemon is and the credentials it sends there."""
+
+    url: str
+    username: str
+    password: str = field(repr=False)
+    timeout: float = 5.0
+    speech: SpeechConfig = SpeechConfig(Path("/var/cache/asterisk-sendsms/tts"))
+    prompts: PromptConfig = PromptConfig()
+
+
+def load_agi_config(path: Path) -> AgiScriptConfig:
+    root = _Table(_read_file(path), "")
+    url = root.text("url", f"http://127.0.0.1:{DEFAULT_HTTP_PORT}") or ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"url: expected the daemon's http://HOST:PORT, got {url!r}")
+    username, password = root.text("username"), root.text("password")
+    if not username or password is None:
+        raise ConfigError("username: the AGI script needs the API user and password it sends to the daemon")
+    config = AgiScriptConfig(url=url.rstrip("/"), username=username, password=password,
+                             timeout=root.duration("timeout", 5.0),
+                             speech=_speech(root.table("speech"), Path("/var/cache/asterisk-sendsms")),
+                             prompts=_prompts(root.table("prompts")))
+    root.finish()
+    return config
+
+
 # ---------------------------------------------------------------- users and routes
 
 
@@ -570,7 +716,9 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         names = [u.name.lower() for u in users]
         if len(set(names)) != len(names):
             raise ConfigError("users: two users share a name (names are case-insensitive)")
+    speech = _speech(root.table("speech"), data_dir)
+    asterisk = _asterisk(root.table("asterisk"), overrides, users)
     root.finish()
     return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
-                  routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks,
-                  allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)
+                  routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks, speech=speech,
+                  asterisk=asterisk, allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)

@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .auth import Authenticator
+from .auth import ASTERISK_PRINCIPAL, Authenticator
 from .config import DEMO_PASSWORD, Config
 from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
+from .fastagi import FastAgiServer
 from .http_api import build_app, operator_identify, tcp_identify
 from .notifier import Notifier
 from .routing import Router
-from .service import SmsService
+from .service import ServiceBackend, SmsService
+from .speech import Speaker
 from .store import make_store
 from .transports import Transport, TransportHealth, build_transport
 
@@ -70,6 +72,9 @@ def _announce(config: Config) -> None:
     lines = [f"asterisk-sendsms listening on http://{config.http.listen}/api",
              f"  store: {config.store.path}", f"  transports: {transports}",
              f"  control socket: {config.control_socket}"]
+    if config.asterisk.fastagi is not None:
+        lines.append(f"  FastAGI: agi://{config.asterisk.fastagi}/sendsms")
+    lines.extend(f"  ARI: {ari}" for ari in config.asterisk.ari)
     if config.demo:
         lines.append(f"  demo user: {config.users[0].name} / {DEMO_PASSWORD} (no config file given: embedded "
                      "defaults, SMSC simulator)")
@@ -91,6 +96,9 @@ async def run_daemon(config: Config) -> None:
             return [t.health() for t in transports.values()]
 
         authenticator = Authenticator(config.users, config.http.allowed_clients)
+        asterisk_user = next((u for u in config.users if u.name == config.asterisk.user), ASTERISK_PRINCIPAL)
+        call_backend = ServiceBackend(service, asterisk_user)
+        speaker = Speaker(config.speech)
         api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes)
         control = build_app(service, operator_identify, health, config.http.max_body_bytes)
         stop = asyncio.Event()
@@ -104,6 +112,9 @@ async def run_daemon(config: Config) -> None:
                          for t in transports.values()]
                 tasks.append(group.create_task(dispatcher.run(), name="dispatcher"))
                 tasks.append(group.create_task(notifier.run(), name="notifier"))
+                if config.asterisk.fastagi is not None:
+                    fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts)
+                    tasks.append(group.create_task(fastagi.run(), name="fastagi"))
                 await stop.wait()
                 log.info("stopping")
                 for task in tasks:

@@ -13,12 +13,13 @@ from .auth import check_destination
 from .config import Config, UserConfig
 from .encoding import encode_message
 from .errors import InvalidParameter, MessageNotFound, NoRoute
+from .lifecycle import State
 from .model import MessageView, NewMessage
 from .notifier import validate_callback_url
 from .routing import Router
 from .store import Store
 
-__all__ = ["Accepted", "SmsService"]
+__all__ = ["Accepted", "ServiceBackend", "SmsService"]
 
 MAX_TEXT_CHARACTERS = 10_000
 
@@ -72,3 +73,18 @@ class SmsService:
         if message is None or not (user.admin or message.username == user.name):
             raise MessageNotFound(sms_id)
         return message
+
+
+class ServiceBackend:
+    """The service as the call flow's `SmsBackend`, for entry points inside the daemon (FastAGI, ARI)."""
+
+    def __init__(self, service: SmsService, user: UserConfig) -> None:
+        self._service = service
+        self._user = user
+
+    async def send(self, recipient: str, text: str, sender: str | None, report_url: str | None) -> str:
+        return (await self._service.send(self._user, recipient, text, sender, report_url)).sms_id
+
+    async def state(self, sms_id: str) -> tuple[State, str]:
+        message = await self._service.status(self._user, sms_id)
+        return message.state, " ".join(filter(None, (message.error_code, message.error_text)))

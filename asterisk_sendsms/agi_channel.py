@@ -1,0 +1,118 @@
+"""An AGI conversation over asyncio streams (a FastAGI socket or a process's stdin/stdout): bounded reads
+with timeouts, end of stream as hangup, and the `CallControl` operations the call flow uses."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from .agi import (
+    MAX_LINE,
+    AgiEnvironment,
+    AgiError,
+    AgiHangup,
+    AgiReply,
+    ReplyParser,
+    format_command,
+    parse_environment_line,
+)
+
+__all__ = ["AgiChannel", "stdio_streams"]
+
+MAX_ENVIRONMENT_LINES = 200
+# STREAM FILE answers when playback ends: a long prompt may take minutes.
+PLAYBACK_TIMEOUT = 600.0
+
+
+class AgiChannel:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 command_timeout: float = 30.0) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._timeout = command_timeout
+        self._parser = ReplyParser()
+        self._dead = False
+        self.environment = AgiEnvironment()
+
+    @property
+    def hung_up(self) -> bool:
+        return self._dead or self._parser.hung_up
+
+    def mark_hung_up(self) -> None:
+        """Called on SIGHUP (process AGI): the channel is gone, commands are no longer sent."""
+        self._dead = True
+
+    async def _readline(self, seconds: float) -> str:
+        try:
+            line = await asyncio.wait_for(self._reader.readuntil(b"\n"), seconds)
+        except asyncio.IncompleteReadError:
+            self._dead = True
+            raise AgiHangup("Asterisk closed the AGI stream") from None
+        except asyncio.LimitOverrunError:
+            raise AgiError(f"an AGI line longer than {MAX_LINE} bytes") from None
+        except TimeoutError:
+            raise AgiError(f"Asterisk did not answer within {seconds:g}s") from None
+        except (ConnectionError, OSError) as exc:
+            self._dead = True
+            raise AgiHangup(f"AGI stream broken: {exc}") from None
+        return line.decode("utf-8", errors="replace")
+
+    async def read_environment(self, within: float = 10.0) -> AgiEnvironment:
+        """Read the block up to its blank line, within `within` seconds overall and a bounded number of lines."""
+        async def read() -> None:
+            for _ in range(MAX_ENVIRONMENT_LINES):
+                if not parse_environment_line(self.environment, await self._readline(within)):
+                    return
+            raise AgiError(f"the AGI environment has more than {MAX_ENVIRONMENT_LINES} lines")
+        try:
+            await asyncio.wait_for(read(), within)
+        except TimeoutError:
+            raise AgiError(f"no complete AGI environment within {within:g}s") from None
+        return self.environment
+
+    async def command(self, command: str, *arguments: str, raw: tuple[str, ...] = (),
+                      reply_within: float | None = None) -> AgiReply:
+        if self._dead:
+            raise AgiHangup("the channel has hung up")
+        try:
+            self._writer.write(format_command(command, *arguments, raw=raw))
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._dead = True
+            raise AgiHangup(f"AGI stream broken: {exc}") from None
+        while True:
+            reply = self._parser.feed(await self._readline(reply_within or self._timeout))
+            if reply is not None:
+                return reply
+
+    # ------------------------------------------------------------ CallControl
+
+    async def answer(self) -> None:
+        await self.command("ANSWER")
+
+    async def play(self, sound: str) -> bool:
+        reply = await self.command("STREAM FILE", sound, "", reply_within=PLAYBACK_TIMEOUT)
+        return reply.result >= 0
+
+    async def set_variable(self, name: str, value: str) -> None:
+        await self.command("SET VARIABLE", name, value)
+
+    async def get_variable(self, name: str) -> str | None:
+        reply = await self.command("GET VARIABLE", name)
+        return reply.data if reply.result == 1 else None
+
+    async def verbose(self, text: str, level: int = 1) -> None:
+        await self.command("VERBOSE", text, raw=(str(level),))
+
+    async def hangup(self) -> None:
+        await self.command("HANGUP")
+
+
+async def stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Process AGI: Asterisk writes to our stdin and reads our stdout."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_LINE)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer

@@ -1,0 +1,61 @@
+"""The FastAGI server in the daemon: `AGI(agi://host:4573/sendsms?recipient=...&message=...)`. Every
+connection is read with bounds and timeouts; a peer that leaves at any point costs nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from .agi import MAX_LINE, AgiError
+from .agi_channel import AgiChannel
+from .callflow import Prompter, SmsBackend, send_sms_from_params
+from .config import HostPort, PromptConfig
+from .errors import ServiceUnavailable, SmsGatewayError
+
+__all__ = ["FastAgiServer"]
+
+log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT = 10.0
+
+
+class FastAgiServer:
+    def __init__(self, listen: HostPort, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig) -> None:
+        self._listen = listen
+        self._backend = backend
+        self._prompter = prompter
+        self._prompts = prompts
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                group.create_task(self._serve(reader, writer))
+            try:
+                server = await asyncio.start_server(connected, self._listen.host, self._listen.port, limit=MAX_LINE)
+            except OSError as exc:
+                raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror}") from None
+            async with server:
+                await server.serve_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        channel = AgiChannel(reader, writer)
+        peer = writer.get_extra_info("peername")
+        try:
+            environment = await channel.read_environment(HEADER_TIMEOUT)
+            script = environment.script
+            if script == "sendsms":
+                await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, environment.params)
+            else:
+                log.warning("FastAGI request for unknown script %r from %s", script, peer)
+                with contextlib.suppress(SmsGatewayError):
+                    await channel.set_variable("SMS_STATUS", "FAILED")
+                    await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}'; use sendsms")
+        except AgiError as exc:
+            log.info("FastAGI connection from %s ended: %s", peer, exc.message)
+        except Exception:
+            log.exception("FastAGI connection from %s failed", peer)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
