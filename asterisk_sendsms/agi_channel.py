@@ -31,29 +31,31 @@ class AgiChannel:
         self._writer = writer
         self._timeout = command_timeout
         self._parser = ReplyParser()
-        self._dead = False
+        self._signalled = False  # SIGHUP: the caller is gone, the AGI stream still works
+        self._closed = False  # the stream itself is gone
         self.environment = AgiEnvironment()
 
     @property
     def hung_up(self) -> bool:
-        return self._dead or self._parser.hung_up
+        return self._signalled or self._closed or self._parser.hung_up
 
     def mark_hung_up(self) -> None:
-        """Called on SIGHUP (process AGI): the channel is gone, commands are no longer sent."""
-        self._dead = True
+        """Called on SIGHUP (process AGI). Commands still go through: Asterisk keeps reading them, and
+        variables set now are seen by the dialplan's `h` extension."""
+        self._signalled = True
 
     async def _readline(self, seconds: float) -> str:
         try:
             line = await asyncio.wait_for(self._reader.readuntil(b"\n"), seconds)
         except asyncio.IncompleteReadError:
-            self._dead = True
+            self._closed = True
             raise AgiHangup("Asterisk closed the AGI stream") from None
         except asyncio.LimitOverrunError:
             raise AgiError(f"an AGI line longer than {MAX_LINE} bytes") from None
         except TimeoutError:
             raise AgiError(f"Asterisk did not answer within {seconds:g}s") from None
         except (ConnectionError, OSError) as exc:
-            self._dead = True
+            self._closed = True
             raise AgiHangup(f"AGI stream broken: {exc}") from None
         return line.decode("utf-8", errors="replace")
 
@@ -72,13 +74,13 @@ class AgiChannel:
 
     async def command(self, command: str, *arguments: str, raw: tuple[str, ...] = (),
                       reply_within: float | None = None) -> AgiReply:
-        if self._dead:
-            raise AgiHangup("the channel has hung up")
+        if self._closed:
+            raise AgiHangup("the AGI stream is closed")
         try:
             self._writer.write(format_command(command, *arguments, raw=raw))
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
-            self._dead = True
+            self._closed = True
             raise AgiHangup(f"AGI stream broken: {exc}") from None
         while True:
             reply = self._parser.feed(await self._readline(reply_within or self._timeout))

@@ -162,8 +162,9 @@ class _Channel:
         self.prompter = prompter
         self.voice = voice
 
-    async def run(self, what: str, operation: Callable[[], Awaitable[object]]) -> None:
-        if self.call.hung_up:
+    async def run(self, what: str, operation: Callable[[], Awaitable[object]], needs_caller: bool = True) -> None:
+        """Sounds and hangups need the caller; variables are set even after a hangup, for the `h` extension."""
+        if needs_caller and self.call.hung_up:
             return
         try:
             await operation()
@@ -199,7 +200,7 @@ async def run_send_sms(call: CallControl, backend: SmsBackend, prompter: Prompte
             # Accepted (it will be sent) but its progress is unknown: say so without calling it failed.
             outcome = CallOutcome(sms_id, "QUEUED", f"status unknown: {exc.message}")
     for name, value in (("SMS_ID", outcome.sms_id), ("SMS_STATUS", outcome.status), ("SMS_ERROR", outcome.error)):
-        await channel.run(f"set {name}", functools.partial(call.set_variable, name, value))
+        await channel.run(f"set {name}", functools.partial(call.set_variable, name, value), needs_caller=False)
     if options.announce:
         if outcome.status == "FAILED":
             await channel.say(prompts.failed if options.failed is None else options.failed)
@@ -227,6 +228,6 @@ async def send_sms_from_params(call: CallControl, backend: SmsBackend, prompter:
         log.info("SendSms on a call refused: %s", exc.message)
         channel = _Channel(call, prompter, None)
         for name, value in (("SMS_ID", ""), ("SMS_STATUS", "FAILED"), ("SMS_ERROR", exc.message)):
-            await channel.run(f"set {name}", functools.partial(call.set_variable, name, value))
+            await channel.run(f"set {name}", functools.partial(call.set_variable, name, value), needs_caller=False)
         return CallOutcome("", "FAILED", exc.message)
     return await run_send_sms(call, backend, prompter, prompts, recipient, text, options)
