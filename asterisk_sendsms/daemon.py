@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from .ari import AriApp
 from .auth import ASTERISK_PRINCIPAL, Authenticator
 from .config import DEMO_PASSWORD, Config
 from .dispatcher import Dispatcher
@@ -115,6 +116,9 @@ async def run_daemon(config: Config) -> None:
                 if config.asterisk.fastagi is not None:
                     fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts)
                     tasks.append(group.create_task(fastagi.run(), name="fastagi"))
+                for ari in config.asterisk.ari:
+                    app = AriApp(ari, call_backend, speaker, config.asterisk.prompts)
+                    tasks.append(group.create_task(app.run(), name=f"ari {ari}"))
                 await stop.wait()
                 log.info("stopping")
                 for task in tasks:
