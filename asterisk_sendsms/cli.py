@@ -173,6 +173,11 @@ def _check_config(args: argparse.Namespace) -> int:
     print(f"  transports: {', '.join(f'{t.name} ({t.kind})' for t in config.transports)}")
     for route in config.routes:
         print(f"  route {route.prefix or '(any)'} -> {', '.join(route.transports)}")
+    if config.asterisk.fastagi is not None:
+        print(f"  FastAGI: agi://{config.asterisk.fastagi}/sendsms")
+    for ari in config.asterisk.ari:
+        print(f"  ARI: {ari}")
+    print(f"  prompts cache: {config.speech.cache_dir} (voice {config.speech.voice})")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from asterisk_sendsms.config import load_agi_config
 from asterisk_sendsms.passwords import verify_password
 
 from .conftest import REPO, RUN
@@ -21,6 +22,12 @@ def test_sample_config_is_valid() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("configuration OK")
     assert "transports: simulator (simulator)" in result.stdout
+
+
+def test_sample_agi_config_is_valid() -> None:
+    config = load_agi_config(REPO / "config" / "agi.toml")
+    assert config.url == "http://127.0.0.1:9509" and config.username == "asterisk"
+    assert config.speech.cache_dir == Path("/var/cache/asterisk-sendsms/tts")
 
 
 def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
