@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 
 from . import __version__
-from .config import Config, Overrides, load_config
+from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
 from .errors import ConfigError, SmsGatewayError
 from .passwords import hash_password
 
@@ -55,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a transport, replacing the file's: simulator[?receipt_delay=SECONDS], "
                             "smpp://USER:PASS@HOST:PORT?window=10&bind=trx, "
                             "modem:///dev/ttyUSB0?baud=115200&pin=1234 (repeatable)")
-    serve.add_argument("--fastagi", metavar="HOST:PORT",
-                       help="serve FastAGI for AGI(agi://HOST:PORT/sendsms?recipient=..&message=..), e.g. "
-                            "127.0.0.1:4573")
+    serve.add_argument("--fastagi", metavar="HOST:PORT", nargs="?", const=f"127.0.0.1:{DEFAULT_FASTAGI_PORT}",
+                       help="serve FastAGI for AGI(agi://HOST:PORT/sendsms?recipient=..&message=..); "
+                            f"without a value on 127.0.0.1:{DEFAULT_FASTAGI_PORT}")
     serve.add_argument("--ari", action="append", default=[], metavar="URL",
                        help="connect to Asterisk's ARI for Stasis(sendsms,RECIPIENT,MESSAGE[,OPTIONS]): "
                             "http://USER:PASS@HOST:8088?app=sendsms (repeatable, one per Asterisk server)")
