@@ -109,6 +109,8 @@ async def run() -> int:
 
 
 def main() -> int:
+    # Until the event loop takes SIGHUP over, a hangup must not kill the script either.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sendsms.agi: %(message)s")
     return asyncio.run(run())
 

@@ -58,6 +58,9 @@ async def _control_site(app: web.Application, config: Config) -> AsyncIterator[N
     old_umask = os.umask(0o177)
     try:
         await web.UnixSite(runner, str(path)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServiceUnavailable(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     try:

@@ -66,10 +66,10 @@ class SmsService:
     async def status(self, user: UserConfig, sms_id: str) -> MessageView:
         """A message as its sender (or an admin) may see it."""
         try:
-            uuid.UUID(sms_id)
+            canonical = str(uuid.UUID(sms_id))
         except ValueError:
             raise InvalidParameter("SmsId", "Status", "not a UUID") from None
-        message = await self._store.get(sms_id.lower())
+        message = await self._store.get(canonical)
         if message is None or not (user.admin or message.username == user.name):
             raise MessageNotFound(sms_id)
         return message
