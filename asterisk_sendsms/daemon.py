@@ -109,6 +109,10 @@ async def run_daemon(config: Config) -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        fastagi = None
+        if config.asterisk.fastagi is not None:
+            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts)
+            await fastagi.bind()
         async with _site(api, config), _control_site(control, config):
             _announce(config)
             async with asyncio.TaskGroup() as group:
@@ -116,8 +120,7 @@ async def run_daemon(config: Config) -> None:
                          for t in transports.values()]
                 tasks.append(group.create_task(dispatcher.run(), name="dispatcher"))
                 tasks.append(group.create_task(notifier.run(), name="notifier"))
-                if config.asterisk.fastagi is not None:
-                    fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts)
+                if fastagi is not None:
                     tasks.append(group.create_task(fastagi.run(), name="fastagi"))
                 for ari in config.asterisk.ari:
                     app = AriApp(ari, call_backend, speaker, config.asterisk.prompts)

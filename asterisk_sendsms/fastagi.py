@@ -26,17 +26,29 @@ class FastAgiServer:
         self._backend = backend
         self._prompter = prompter
         self._prompts = prompts
+        self._server: asyncio.Server | None = None
+        self._group: asyncio.TaskGroup | None = None
+
+    async def bind(self) -> None:
+        """Take the port now, so the daemon says it is ready only once Asterisk can connect."""
+        try:
+            self._server = await asyncio.start_server(self._connected, self._listen.host, self._listen.port,
+                                                      limit=MAX_LINE, start_serving=False)
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror}") from None
+
+    def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._group is not None  # connections are accepted only inside run()
+        self._group.create_task(self._serve(reader, writer))
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                group.create_task(self._serve(reader, writer))
-            try:
-                server = await asyncio.start_server(connected, self._listen.host, self._listen.port, limit=MAX_LINE)
-            except OSError as exc:
-                raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror}") from None
-            async with server:
-                await server.serve_forever()
+        if self._server is None:
+            await self.bind()
+        assert self._server is not None
+        # The connections end (TaskGroup) before the listening socket closes.
+        async with self._server, asyncio.TaskGroup() as group:
+            self._group = group
+            await self._server.serve_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         channel = AgiChannel(reader, writer)
