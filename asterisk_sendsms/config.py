@@ -135,6 +135,14 @@ class SmppSettings:
     window: int = 10
     system_type: str = ""
     throughput: float = 0.0  # messages per second, 0 = unlimited
+    ids: str = "same"  # how submit_sm_resp ids and receipt ids relate: same, hex-dec, dec-hex
+    long: str = "udh"  # long messages: udh (concatenation header) or sar (SAR TLVs)
+    enquire_link: float = 30.0  # seconds of silence before an enquire_link
+    response_timeout: float = 10.0
+    source_ton: int | None = None  # forced TON/NPI; None: chosen from each address
+    source_npi: int | None = None
+    dest_ton: int | None = None
+    dest_npi: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +373,17 @@ def _int_opt(params: dict[str, str], name: str, default: int, low: int, high: in
     return value
 
 
+def _choice(params: dict[str, str], name: str, choices: Sequence[str], key: str) -> str:
+    value = params.get(name, choices[0])
+    if value not in choices:
+        raise ConfigError(f"{key}: option {name} must be one of {', '.join(choices)}")
+    return value
+
+
+def _optional_int(params: dict[str, str], name: str, key: str) -> int | None:
+    return _int_opt(params, name, 0, 0, 255, key) if name in params else None
+
+
 def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, TransportConfig]:
     """Parse `simulator`, `smpp://USER:PASS@HOST:PORT?window=10&bind=trx` or
     `modem:///dev/ttyUSB0?baud=115200&pin=1234`. Returns the explicit name (if any) and the transport."""
@@ -382,7 +401,9 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
         return params.get("name"), TransportConfig("simulator", "simulator", simulator)
     parts = urlsplit(url.strip())
     if parts.scheme == "smpp":
-        params = _query(parts.query, key, ("name", "window", "bind", "system_type", "throughput"))
+        params = _query(parts.query, key, ("name", "window", "bind", "system_type", "throughput", "ids", "long",
+                                           "enquire_link", "response_timeout", "source_ton", "source_npi",
+                                           "dest_ton", "dest_npi"))
         if not parts.hostname:
             raise ConfigError(f"{key}: an SMPP URL needs a host: smpp://USER:PASS@HOST:PORT")
         try:
@@ -401,6 +422,12 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             window=_int_opt(params, "window", 10, 1, 1000, key),
             system_type=params.get("system_type", ""),
             throughput=_float_opt(params, "throughput", 0.0, key),
+            ids=_choice(params, "ids", ("same", "hex-dec", "dec-hex"), key),
+            long=_choice(params, "long", ("udh", "sar"), key),
+            enquire_link=_float_opt(params, "enquire_link", 30.0, key) or 30.0,
+            response_timeout=_float_opt(params, "response_timeout", 10.0, key) or 10.0,
+            source_ton=_optional_int(params, "source_ton", key), source_npi=_optional_int(params, "source_npi", key),
+            dest_ton=_optional_int(params, "dest_ton", key), dest_npi=_optional_int(params, "dest_npi", key),
         )
         if len(smpp.system_id) > 15 or len(smpp.password) > 8:
             raise ConfigError(f"{key}: SMPP 3.4 allows a system_id of 15 and a password of 8 characters")

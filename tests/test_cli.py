@@ -40,9 +40,9 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_transport_it_does_not_have_yet(tmp_path: Path) -> None:
-    result = run("serve", "--data-dir", str(tmp_path), "--transport", "smpp://esme:pw@127.0.0.1:2775")
+    result = run("serve", "--data-dir", str(tmp_path), "--transport", "modem:///dev/ttyUSB0")
     assert result.returncode == 2
-    assert "the smpp transport is not available in this version yet" in result.stderr
+    assert "the modem transport is not available in this version yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -1,6 +1,6 @@
 """Transports: how messages leave the gateway. `build_transport` turns configuration into one."""
 
-from ..config import SimulatorSettings, TransportConfig
+from ..config import SimulatorSettings, SmppSettings, TransportConfig
 from ..errors import ConfigError
 from .base import ReceiptSink, Transport, TransportHealth
 from .simulator import SimulatorTransport
@@ -11,5 +11,9 @@ __all__ = ["ReceiptSink", "SimulatorTransport", "Transport", "TransportHealth", 
 def build_transport(config: TransportConfig) -> Transport:
     if isinstance(config.settings, SimulatorSettings):
         return SimulatorTransport(config.name, config.settings)
+    if isinstance(config.settings, SmppSettings):
+        from ..smpp.transport import SmppTransport  # the SMPP package imports this one
+
+        return SmppTransport(config.name, config.settings)
     raise ConfigError(f"transport {config.name!r}: the {config.kind} transport is not available in this "
                       "version yet; use the simulator")

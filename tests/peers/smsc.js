@@ -1,0 +1,147 @@
+// An SMSC for the tests, on the npm package `smpp` (an implementation independent of ours) in server mode.
+// Configured by one JSON argument; reports what it receives as JSON lines on stdout.
+//   port, system_id, password       where it listens and whom it binds
+//   receipt_delay_ms                delay of the delivery receipt after the submit_sm_resp
+//   receipts_first                  send the receipt before the submit_sm_resp
+//   id_form                         "dec" (default), "hex-dec" (hex in the resp, decimal in the receipt),
+//                                   "padded" (leading zeros in the resp only), "restart-at-zero"
+//   receipt_tlvs                    add receipted_message_id and message_state TLVs
+//   throttle_first                  answer ESME_RTHROTTLED to the first N submit_sm
+//   drop_after                      drop the connection on the Nth submit_sm (unanswered)
+//   silent_after                    never answer submit_sm after the Nth
+//   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
+//   intermediate                    send an ENROUTE receipt before the final one
+'use strict';
+const smpp = require('smpp');
+
+const cfg = JSON.parse(process.argv[2] || '{}');
+let nextId = cfg.id_form === 'restart-at-zero' ? 0 : 1000;
+let submits = 0;
+const receivers = [];
+
+function out(event) {
+  process.stdout.write(JSON.stringify(event) + '\n');
+}
+
+function stamp() {
+  const d = new Date();
+  const p = (n) => String(n).padStart(2, '0');
+  return p(d.getUTCFullYear() % 100) + p(d.getUTCMonth() + 1) + p(d.getUTCDate()) + p(d.getUTCHours()) + p(d.getUTCMinutes());
+}
+
+function text(sm) {
+  if (sm === undefined || sm === null) return '';
+  if (typeof sm === 'string') return sm;
+  if (Buffer.isBuffer(sm)) return sm.toString('latin1');
+  return typeof sm.message === 'string' ? sm.message : Buffer.from(sm.message || []).toString('latin1');
+}
+
+function udh(sm) {
+  if (!sm || !sm.udh) return '';
+  return sm.udh.map((b) => Buffer.from(b).toString('hex')).join('');
+}
+
+function receiver() {
+  for (let i = receivers.length - 1; i >= 0; i--) {
+    if (!receivers[i].closed && !receivers[i].socket.destroyed) return receivers[i];
+  }
+  return null;
+}
+
+// Receipts wait here while no receiver is bound, as a real SMSC keeps them for the next bind.
+const pendingReceipts = [];
+
+function flushReceipts() {
+  while (pendingReceipts.length && receiver()) sendReceipt(...pendingReceipts.shift());
+}
+
+function sendReceipt(submit, respId, receiptId, stat) {
+  const session = receiver();
+  if (!session) {
+    pendingReceipts.push([submit, respId, receiptId, stat]);
+    return;
+  }
+  const body = 'id:' + receiptId + ' sub:001 dlvrd:' + (stat === 'DELIVRD' ? '001' : '000') +
+    ' submit date:' + stamp() + ' done date:' + stamp() + ' stat:' + stat + ' err:' +
+    (stat === 'DELIVRD' ? '000' : '001') + ' Text:' + text(submit.short_message).slice(0, 20);
+  const options = {
+    source_addr: submit.destination_addr,
+    destination_addr: submit.source_addr,
+    esm_class: 4,
+    short_message: Buffer.from(body, 'latin1'),
+  };
+  if (cfg.receipt_tlvs) {
+    options.receipted_message_id = respId;
+    options.message_state = { DELIVRD: 2, UNDELIV: 5, ENROUTE: 1 }[stat];
+  }
+  session.deliver_sm(options, (resp) => out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status }));
+}
+
+function bind(session, pdu, mode) {
+  if (pdu.system_id !== cfg.system_id || pdu.password !== cfg.password) {
+    out({ event: 'bind', ok: false, system_id: pdu.system_id });
+    session.send(pdu.response({ command_status: smpp.ESME_RINVPASWD }));
+    return;
+  }
+  out({ event: 'bind', ok: true, mode });
+  if (mode !== 'tx') receivers.push(session);
+  session.send(pdu.response({ system_id: 'testsmsc' }));
+  setTimeout(flushReceipts, 50);
+}
+
+function onSubmit(session, pdu) {
+  submits += 1;
+  const n = submits;
+  const sar = pdu.sar_msg_ref_num !== undefined
+    ? { ref: pdu.sar_msg_ref_num, total: pdu.sar_total_segments, seq: pdu.sar_segment_seqnum } : null;
+  out({
+    event: 'submit', n, source: pdu.source_addr, source_ton: pdu.source_addr_ton, source_npi: pdu.source_addr_npi,
+    dest: pdu.destination_addr, dest_ton: pdu.dest_addr_ton, dest_npi: pdu.dest_addr_npi, esm_class: pdu.esm_class,
+    data_coding: pdu.data_coding, registered_delivery: pdu.registered_delivery, udh: udh(pdu.short_message),
+    message: text(pdu.short_message), sar,
+  });
+  if (cfg.drop_after && n === cfg.drop_after) {
+    session.destroy();
+    return;
+  }
+  if (cfg.silent_after !== undefined && n > cfg.silent_after) return;
+  if (n <= (cfg.throttle_first || 0)) {
+    session.send(pdu.response({ command_status: smpp.ESME_RTHROTTLED }));
+    return;
+  }
+  const dest = pdu.destination_addr;
+  if (cfg.reject_prefix && dest.startsWith(cfg.reject_prefix)) {
+    session.send(pdu.response({ command_status: smpp.ESME_RINVDSTADR }));
+    return;
+  }
+  const id = nextId++;
+  let respId = String(id);
+  if (cfg.id_form === 'hex-dec') respId = id.toString(16).toUpperCase();
+  if (cfg.id_form === 'padded') respId = String(id).padStart(12, '0');
+  const receiptId = String(id);
+  const stat = cfg.undeliverable_prefix && dest.startsWith(cfg.undeliverable_prefix) ? 'UNDELIV' : 'DELIVRD';
+  const respond = () => session.send(pdu.response({ message_id: respId }));
+  const receipt = () => {
+    if (cfg.intermediate) sendReceipt(pdu, respId, receiptId, 'ENROUTE');
+    if (pdu.registered_delivery & 1) sendReceipt(pdu, respId, receiptId, stat);
+  };
+  if (cfg.receipts_first) {
+    receipt();
+    setTimeout(respond, 100);
+  } else {
+    respond();
+    setTimeout(receipt, cfg.receipt_delay_ms || 20);
+  }
+}
+
+const server = smpp.createServer((session) => {
+  session.on('close', () => { session.closed = true; out({ event: 'close' }); });
+  session.on('error', () => { session.closed = true; });
+  session.on('bind_transceiver', (pdu) => bind(session, pdu, 'trx'));
+  session.on('bind_transmitter', (pdu) => bind(session, pdu, 'tx'));
+  session.on('bind_receiver', (pdu) => bind(session, pdu, 'rx'));
+  session.on('enquire_link', (pdu) => session.send(pdu.response()));
+  session.on('unbind', (pdu) => { out({ event: 'unbind' }); session.send(pdu.response()); session.close(); });
+  session.on('submit_sm', (pdu) => onSubmit(session, pdu));
+});
+server.listen(cfg.port || 2775, '127.0.0.1', () => out({ event: 'listening', port: cfg.port }));

@@ -1,0 +1,268 @@
+"""The SMPP transport in the real daemon against an independent SMSC (the npm package `smpp` in server mode,
+tests/peers/smsc.js): bind, submit, receipts, long messages, UCS-2, throttling, dropped connections, wrong
+passwords, receipts before responses, id forms."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from lxml import etree
+
+from asterisk_sendsms.passwords import hash_password
+
+from .conftest import REPO, Daemon, Receiver, basic_auth, free_port, start_daemon, wait_final
+
+PEERS = REPO / "tests" / "peers"
+
+
+@dataclass
+class Smsc:
+    port: int
+    process: subprocess.Popen[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def submits(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "submit"]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"SMSC events: {self.events[-10:]}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def smsc_factory() -> Iterator[Callable[..., Smsc]]:
+    started: list[Smsc] = []
+
+    def start(**options: Any) -> Smsc:
+        port = free_port()
+        config = {"port": port, "system_id": "esme", "password": "secret", **options}
+        process = subprocess.Popen(["node", str(PEERS / "smsc.js"), json.dumps(config)], stdout=subprocess.PIPE,
+                                   text=True)
+        smsc = Smsc(port, process)
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                smsc.events.append(json.loads(line))
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "listening" for e in smsc.events):
+            assert process.poll() is None and time.monotonic() < deadline, "the test SMSC did not start"
+            time.sleep(0.05)
+        started.append(smsc)
+        return smsc
+
+    yield start
+    for smsc in started:
+        smsc.process.kill()
+        smsc.process.wait(5)
+
+
+def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
+            password: str = "secret") -> Daemon:
+    config = tmp_path / "smpp.toml"
+    config.write_text(f"""
+[dispatch]
+retry_initial = 0.3
+retry_max = 1
+[callbacks]
+retry_initial = 0.2
+[[users]]
+name = "alice"
+password_hash = "{hash_password('pw')}"
+[[transports]]
+name = "operator"
+url = "smpp://esme:{password}@127.0.0.1:{smsc.port}?window=10&enquire_link=1{options}"
+""")
+    return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+
+
+async def send(session: aiohttp.ClientSession, daemon: Daemon, recipient: str, text: str, sender: str = "",
+               report_url: str = "") -> str:
+    form = {"Command": "SendSms", "Username": "alice", "Password": "pw", "Recipient": recipient, "Message": text}
+    if sender:
+        form["Sender"] = sender
+    if report_url:
+        form["DeliveryReportURL"] = report_url
+    async with session.post(f"{daemon.base}/api", data=form) as response:
+        root = etree.fromstring(await response.read())
+    assert root.findtext("Code") == "200", etree.tostring(root)
+    return root.findtext("SmsId") or ""
+
+
+async def final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str, timeout: float = 20) -> dict[str, Any]:
+    return await wait_final(session, daemon, sms_id, timeout, user="alice", password="pw")
+
+
+async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any,
+                                           receiver: Receiver) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "Your receipt: 12.50 EUR", "+3612345678", receiver.url)
+        data = await final(session, daemon, sms_id)
+        async with session.get(f"{daemon.base}/healthz") as response:
+            health = await response.json()
+    assert data["state"] == "delivered" and data["transport"] == "operator"
+    [submit] = smsc.submits()
+    assert (submit["source"], submit["source_ton"], submit["source_npi"]) == ("3612345678", 1, 1)
+    assert (submit["dest"], submit["dest_ton"], submit["dest_npi"]) == ("36201234567", 1, 1)
+    assert submit["registered_delivery"] == 1 and submit["data_coding"] == 0
+    assert submit["message"] == "Your receipt: 12.50 EUR"
+    assert data["parts"][0]["smsc_id"] == "1000"
+    [post] = await receiver.wait_for(1)
+    assert post["SmsId"] == sms_id and post["DeliveryStatus"] == "Delivered"
+    assert health["transports"][0]["ready"] and "trx: bound" in health["transports"][0]["state"]
+
+
+async def test_long_gsm_and_ucs2_messages_with_udh(daemon_factory: list[Daemon], tmp_path: Path,
+                                                   smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    gsm = "Order 17: " + "€ [ok] " * 40  # extension characters, 3 parts
+    ucs2 = "Rendelés visszaigazolva 😀 " * 4  # UCS-2 with surrogate pairs: 108 units, 2 parts
+    async with aiohttp.ClientSession() as session:
+        ids = [await send(session, daemon, "+36201234567", text, "ACME") for text in (gsm, ucs2)]
+        results = [await final(session, daemon, sms_id) for sms_id in ids]
+    assert [r["state"] for r in results] == ["delivered", "delivered"]
+    assert [r["part_count"] for r in results] == [3, 2]
+    gsm_parts = [s for s in smsc.submits() if s["data_coding"] == 0]
+    ucs2_parts = [s for s in smsc.submits() if s["data_coding"] == 8]
+    assert "".join(s["message"] for s in gsm_parts) == gsm
+    assert "".join(s["message"] for s in ucs2_parts) == ucs2
+    assert [s["udh"][-4:] for s in gsm_parts] == ["0301", "0302", "0303"]
+    assert all(s["esm_class"] & 0x40 and s["source"] == "ACME" and s["source_ton"] == 5 for s in gsm_parts)
+    assert len({s["udh"][:-2] for s in gsm_parts}) == 1  # one reference for the whole message
+
+
+async def test_sar_tlvs_instead_of_udh(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, "&long=sar")
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "x" * 200))
+    assert data["state"] == "delivered"
+    parts = smsc.submits()
+    assert [p["sar"]["seq"] for p in parts] == [1, 2] and {p["sar"]["total"] for p in parts} == {2}
+    assert all(p["udh"] == "" and not p["esm_class"] & 0x40 for p in parts)
+
+
+@pytest.mark.parametrize(("smsc_options", "url_options"), [
+    ({"id_form": "hex-dec"}, "&ids=hex-dec"),
+    ({"id_form": "hex-dec", "receipt_tlvs": True}, "&ids=hex-dec"),
+    ({"id_form": "padded"}, ""),
+    ({"receipts_first": True}, ""),
+    ({"id_form": "restart-at-zero", "receipt_tlvs": True}, ""),
+])
+async def test_receipts_correlate_whatever_the_id_form(daemon_factory: list[Daemon], tmp_path: Path,
+                                                       smsc_factory: Any, smsc_options: dict[str, Any],
+                                                       url_options: str) -> None:
+    smsc = smsc_factory(**smsc_options)
+    daemon = gateway(daemon_factory, tmp_path, smsc, url_options)
+    async with aiohttp.ClientSession() as session:
+        ids = [await send(session, daemon, f"+3620{i:07d}", f"message {i}") for i in range(5)]
+        results = [await final(session, daemon, sms_id) for sms_id in ids]
+    assert [r["state"] for r in results] == ["delivered"] * 5
+    assert all(e["status"] == 0 for e in smsc.events if e["event"] == "receipt_resp")
+
+
+async def test_intermediate_receipts_are_recorded_not_final(daemon_factory: list[Daemon], tmp_path: Path,
+                                                            smsc_factory: Any) -> None:
+    smsc = smsc_factory(intermediate=True, receipt_delay_ms=200)
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "hi"))
+    details = [h["detail"] for h in data["history"]]
+    assert data["state"] == "delivered" and any(d.startswith("part 1: enroute") for d in details)
+
+
+async def test_throttling_slows_down_and_keeps_the_message(daemon_factory: list[Daemon], tmp_path: Path,
+                                                           smsc_factory: Any) -> None:
+    smsc = smsc_factory(throttle_first=3)
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "patience"))
+    assert data["state"] == "delivered" and data["attempts"] == 1  # retried within the submit
+    assert len(smsc.submits()) == 4
+    assert "ESME_RTHROTTLED: pausing" in daemon.output()
+
+
+async def test_permanent_refusal_is_rejected_with_its_status_name(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                  smsc_factory: Any, receiver: Receiver) -> None:
+    smsc = smsc_factory(reject_prefix="3699", undeliverable_prefix="3698")
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        rejected = await send(session, daemon, "+36991234567", "no", report_url=receiver.url)
+        undelivered = await send(session, daemon, "+36981234567", "no", report_url=receiver.url)
+        states = [(await final(session, daemon, i))["state"] for i in (rejected, undelivered)]
+    assert states == ["rejected", "undelivered"]
+    posts = {p["SmsId"]: p for p in await receiver.wait_for(2)}
+    assert posts[rejected]["ErrorCode"] == "ESME_RINVDSTADR"
+    assert posts[undelivered]["DeliveryStatus"] == "Undelivered"
+
+
+async def test_dropped_connection_mid_window_loses_nothing(daemon_factory: list[Daemon], tmp_path: Path,
+                                                           smsc_factory: Any) -> None:
+    smsc = smsc_factory(drop_after=4)
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        ids = await asyncio.gather(*(send(session, daemon, f"+3620{i:07d}", f"burst {i}") for i in range(12)))
+        results = [await final(session, daemon, sms_id, timeout=30) for sms_id in ids]
+    assert [r["state"] for r in results] == ["delivered"] * 12
+    binds = [e for e in smsc.events if e["event"] == "bind" and e["ok"]]
+    assert len(binds) >= 2  # it rebound after the drop
+    resent = len(smsc.submits()) - 12
+    print(f"\n12 messages, connection dropped on the 4th submit_sm: all delivered, {resent} submit_sm sent again")
+
+
+async def test_wrong_password_is_reported_once_and_messages_wait(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                 smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, password="wrong-pw")
+    await smsc.wait_for(lambda: any(e["event"] == "bind" for e in smsc.events))
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "waiting")
+        await asyncio.sleep(1.5)
+        async with session.get(f"{daemon.base}/healthz") as response:
+            health = await response.json()
+            assert response.status == 503
+        async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+            state = (await r.json())["state"]
+    assert state in ("accepted", "queued")  # kept, not failed
+    assert "bind refused: ESME_RINVPASWD" in health["transports"][0]["state"]
+    assert daemon.output().count("bind refused: ESME_RINVPASWD") == 1
+    assert "wrong-pw" not in daemon.output()
+
+
+async def test_unanswered_submit_goes_back_to_the_queue(daemon_factory: list[Daemon], tmp_path: Path,
+                                                        smsc_factory: Any) -> None:
+    smsc = smsc_factory(silent_after=0)
+    daemon = gateway(daemon_factory, tmp_path, smsc, "&response_timeout=0.5")
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "anyone?")
+        await smsc.wait_for(lambda: len(smsc.submits()) >= 2)
+        async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+            data = await r.json()
+    assert data["state"] == "queued" and data["error_code"] == "RESPONSE_TIMEOUT"
+
+
+async def test_transmitter_and_receiver_binds(daemon_factory: list[Daemon], tmp_path: Path,
+                                              smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, "&bind=txrx")
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "two binds"))
+    assert data["state"] == "delivered"
+    assert sorted(e["mode"] for e in smsc.events if e["event"] == "bind" and e["ok"]) == ["rx", "tx"]
