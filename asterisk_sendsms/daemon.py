@@ -31,6 +31,8 @@ __all__ = ["run_daemon"]
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE = 10.0
+
 
 @contextlib.asynccontextmanager
 async def _site(app: web.Application, config: Config) -> AsyncIterator[None]:
@@ -118,7 +120,7 @@ async def run_daemon(config: Config) -> None:
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(t.run(dispatcher.on_receipt), name=f"transport {t.name}")
                          for t in transports.values()]
-                tasks.append(group.create_task(dispatcher.run(), name="dispatcher"))
+                dispatching = group.create_task(dispatcher.run(), name="dispatcher")
                 tasks.append(group.create_task(notifier.run(), name="notifier"))
                 if fastagi is not None:
                     tasks.append(group.create_task(fastagi.run(), name="fastagi"))
@@ -126,7 +128,13 @@ async def run_daemon(config: Config) -> None:
                     app = AriApp(ari, call_backend, speaker, config.asterisk.prompts)
                     tasks.append(group.create_task(app.run(), name=f"ari {ari}"))
                 await stop.wait()
-                log.info("stopping")
+                log.info("stopping: waiting for the submits in flight, then unbinding")
+                # Submits already on the wire get their answers first, so a restart does not send them again.
+                dispatcher.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(dispatching), SHUTDOWN_GRACE)
+                except TimeoutError:
+                    dispatching.cancel()
                 for task in tasks:
                     task.cancel()
     finally:

@@ -44,6 +44,7 @@ class Dispatcher:
         self._capacity = sum(t.capacity for t in self._transports.values()) or 1
         self._in_flight: dict[str, int] = {name: 0 for name in self._transports}
         self._slot_freed = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -59,18 +60,27 @@ class Dispatcher:
         for transport in self._transports.values():
             await transport.resume(await self._store.awaiting_receipts(transport.name))
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._expiry_loop())
+            expiry = group.create_task(self._expiry_loop())
             await self._claim_loop(group)
+            expiry.cancel()  # the submits in flight finish before the group closes
+
+    def stop(self) -> None:
+        """Claim nothing more; `run` returns once the submits in flight have their answers."""
+        self._stopping = True
+        self._wakeup.set()
+        self._slot_freed.set()
 
     async def _claim_loop(self, group: asyncio.TaskGroup) -> None:
         pending: set[asyncio.Task[None]] = set()
-        while True:
+        while not self._stopping:
             free = self._capacity - len(pending)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
             self._wakeup.clear()
+            if self._stopping:
+                break
             try:
                 batch = await self._store.claim(free, self._clock(), self._config.lease)
             except SmsGatewayError as exc:

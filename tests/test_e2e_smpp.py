@@ -126,6 +126,8 @@ async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_pat
     [post] = await receiver.wait_for(1)
     assert post["SmsId"] == sms_id and post["DeliveryStatus"] == "Delivered"
     assert health["transports"][0]["ready"] and "trx: bound" in health["transports"][0]["state"]
+    assert daemon.stop() == 0
+    assert any(e["event"] == "unbind" for e in smsc.events)  # a polite goodbye on SIGTERM
 
 
 async def test_long_gsm_and_ucs2_messages_with_udh(daemon_factory: list[Daemon], tmp_path: Path,

@@ -36,6 +36,7 @@ THROTTLE_PAUSE_MAX = 30.0
 THROTTLE_RETRIES = 20
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
+UNBIND_GRACE = 2.0
 # Errors after which the same message may go through later (SMPP 3.4 and common SMSC practice).
 TRANSIENT = {Status.ESME_RSYSERR, Status.ESME_RX_T_APPN, Status.ESME_RMSGQFUL, Status.ESME_RTHROTTLED,
              Status.ESME_RINVBNDSTS}
@@ -300,9 +301,21 @@ class SmppTransport:
             log.info("SMPP %s (%s) bound to %s:%d as %s", self.name, link.mode, settings.host, settings.port,
                      settings.system_id)
             keepalive = group.create_task(self._keepalive(link))
-            await reading
+            try:
+                await asyncio.shield(reading)
+            except asyncio.CancelledError:
+                await self._unbind(link)
+                reading.cancel()
+                raise
             keepalive.cancel()
             return "the SMSC closed the connection", 0.0
+
+    async def _unbind(self, link: _Link) -> None:
+        """Shutting down (the dispatcher has let the window drain): unbind politely."""
+        if link.bound:
+            with contextlib.suppress(SmsGatewayError, OSError):
+                await asyncio.wait_for(link.request(Pdu(Command.UNBIND)), UNBIND_GRACE)
+                log.info("SMPP %s (%s) unbound", self.name, link.mode)
 
     async def _keepalive(self, link: _Link) -> None:
         interval = self._settings.enquire_link
