@@ -224,6 +224,7 @@ class Config:
     dispatch: DispatchConfig = DispatchConfig()
     callbacks: CallbackConfig = CallbackConfig()
     asterisk: AsteriskConfig = AsteriskConfig()
+    incoming_url: str | None = None  # where IncomingSMS notifications go
     allow_plaintext_passwords: bool = False
     log_level: str = "INFO"
     demo: bool = False  # embedded defaults: demo user and simulator
@@ -743,9 +744,17 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         names = [u.name.lower() for u in users]
         if len(set(names)) != len(names):
             raise ConfigError("users: two users share a name (names are case-insensitive)")
+    incoming_table = root.table("incoming")
+    incoming_url = incoming_table.text("url") or None
+    if incoming_url:
+        parts = urlsplit(incoming_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError("incoming.url: expected an http:// or https:// URL")
+    incoming_table.finish()
     speech = _speech(root.table("speech"), data_dir)
     asterisk = _asterisk(root.table("asterisk"), overrides, users)
     root.finish()
     return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
                   routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks, speech=speech,
-                  asterisk=asterisk, allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)
+                  asterisk=asterisk, incoming_url=incoming_url, allow_plaintext_passwords=allow_plaintext,
+                  log_level=log_level, demo=demo)

@@ -95,7 +95,8 @@ async def run_daemon(config: Config) -> None:
     try:
         router = Router(config.routes)
         notifier = Notifier(store, config.callbacks)
-        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier)
+        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
+                                config.incoming_url)
         service = SmsService(config, store, router, dispatcher.wake)
 
         def health() -> list[TransportHealth]:
@@ -118,7 +119,7 @@ async def run_daemon(config: Config) -> None:
         async with _site(api, config), _control_site(control, config):
             _announce(config)
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(t.run(dispatcher.on_receipt), name=f"transport {t.name}")
+                tasks = [group.create_task(t.run(dispatcher), name=f"transport {t.name}")
                          for t in transports.values()]
                 dispatching = group.create_task(dispatcher.run(), name="dispatcher")
                 tasks.append(group.create_task(notifier.run(), name="notifier"))

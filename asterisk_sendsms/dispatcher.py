@@ -12,7 +12,7 @@ from .config import DispatchConfig, MessagesConfig
 from .encoding import encode_message
 from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from .lifecycle import State
-from .model import OutboundMessage, Receipt
+from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
 from .routing import Router
 from .store import Store
@@ -32,13 +32,14 @@ _ANY_LENGTH = 255
 class Dispatcher:
     def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
                  dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
-                 clock: Callable[[], float] = time.time) -> None:
+                 incoming_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._transports = dict(transports)
         self._router = router
         self._config = dispatch
         self._messages = messages
         self._notifier = notifier
+        self._incoming_url = incoming_url
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._capacity = sum(t.capacity for t in self._transports.values()) or 1
@@ -166,6 +167,13 @@ class Dispatcher:
                                                   now + self._messages.receipt_timeout)
         if result.final_state is not None:
             self._notifier.wake()
+
+    async def on_incoming(self, part: IncomingPart) -> None:
+        incoming_id = await self._store.store_incoming(part, self._incoming_url)
+        if incoming_id is not None:
+            log.info("incoming SMS %s from %s to %s via %s", incoming_id, part.sender, part.recipient, part.transport)
+            if self._incoming_url:
+                self._notifier.wake()
 
     async def on_receipt(self, receipt: Receipt) -> None:
         result = await self._store.apply_receipt(receipt, self._clock())

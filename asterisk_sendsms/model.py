@@ -12,6 +12,8 @@ from .lifecycle import State
 __all__ = [
     "CallbackJob",
     "HistoryEntry",
+    "IncomingPart",
+    "IncomingView",
     "MessageView",
     "NewMessage",
     "OutboundMessage",
@@ -93,10 +95,35 @@ class ReceiptResult:
 @dataclass(frozen=True, slots=True)
 class CallbackJob:
     job_id: int
-    sms_id: str
+    sms_id: str  # the message's SmsId, or the incoming message's id
     url: str
     attempts: int  # including this one
     created_at: float
+    kind: str = "delivery"  # "delivery" (SMSDeliveryReport) or "incoming" (IncomingSMS)
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPart:
+    """One received (MO) SMS or one part of a concatenated one, decoded by its transport."""
+
+    transport: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: float
+    reference: int = 0  # concatenation reference; parts of one message share it
+    total: int = 1
+    sequence: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingView:
+    sms_id: str
+    transport: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ import aiohttp
 
 from .config import CallbackConfig
 from .errors import InvalidParameter, SmsGatewayError
-from .model import CallbackJob, MessageView
+from .model import CallbackJob, IncomingView, MessageView
 from .store import Store
 
-__all__ = ["Notifier", "delivery_report_form", "validate_callback_url"]
+__all__ = ["Notifier", "delivery_report_form", "incoming_form", "validate_callback_url"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,18 @@ def delivery_report_form(message: MessageView) -> dict[str, str]:
     }
 
 
+def incoming_form(message: IncomingView) -> dict[str, str]:
+    return {
+        "NotificationName": "IncomingSMS",
+        "SmsId": message.sms_id,
+        "Sender": message.sender,
+        "Recipient": message.recipient,
+        "Message": message.text,
+        "ReceiveTime": _iso(message.received_at),
+        "Transport": message.transport,
+    }
+
+
 class Notifier:
     def __init__(self, store: Store, policy: CallbackConfig, clock: Callable[[], float] = time.time) -> None:
         self._store = store
@@ -97,12 +109,12 @@ class Notifier:
 
     async def _deliver(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
         try:
-            message = await self._store.get(job.sms_id)
-            if message is None:
+            form = await self._form(job)
+            if form is None:
                 await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
                 return
             host = urlsplit(job.url).hostname or job.url
-            error = await self._post(session, job.url, delivery_report_form(message))
+            error = await self._post(session, job.url, form)
             now = self._clock()
             if error is None:
                 await self._store.callback_done(job.job_id, now)
@@ -124,6 +136,13 @@ class Notifier:
             log.error("notification %s for %s not recorded: %s", job.job_id, job.sms_id, exc)
         finally:
             self._slots.release()
+
+    async def _form(self, job: CallbackJob) -> dict[str, str] | None:
+        if job.kind == "incoming":
+            incoming = await self._store.get_incoming(job.sms_id)
+            return incoming_form(incoming) if incoming else None
+        message = await self._store.get(job.sms_id)
+        return delivery_report_form(message) if message else None
 
     @staticmethod
     async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> str | None:

@@ -72,9 +72,9 @@ def smsc_factory() -> Iterator[Callable[..., Smsc]]:
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
-            password: str = "secret") -> Daemon:
+            password: str = "secret", extra: str = "") -> Daemon:
     config = tmp_path / "smpp.toml"
-    config.write_text(f"""
+    config.write_text(f"""{extra}
 [dispatch]
 retry_initial = 0.3
 retry_max = 1
@@ -268,3 +268,20 @@ async def test_transmitter_and_receiver_binds(daemon_factory: list[Daemon], tmp_
         data = await final(session, daemon, await send(session, daemon, "+36201234567", "two binds"))
     assert data["state"] == "delivered"
     assert sorted(e["mode"] for e in smsc.events if e["event"] == "bind" and e["ok"]) == ["rx", "tx"]
+
+
+async def test_incoming_sms_are_stored_and_posted(daemon_factory: list[Daemon], tmp_path: Path,
+                                                  smsc_factory: Any, receiver: Receiver) -> None:
+    long_text = "Please call me back about order 17, I will be at home all afternoon. " * 3
+    smsc = smsc_factory(mo=[{"source": "36201234567", "dest": "1234", "text": "STOP"},
+                            {"source": "36209876543", "dest": "1234", "text": long_text, "parts": 2},
+                            {"source": "36205555555", "dest": "1234", "text": "Köszönöm 😀"}])
+    gateway(daemon_factory, tmp_path, smsc, extra=f'[incoming]\nurl = "{receiver.url}"\n')
+    posts = await receiver.wait_for(3)
+    by_sender = {p["Sender"]: p for p in posts}
+    assert all(p["NotificationName"] == "IncomingSMS" and p["Recipient"] == "1234" for p in posts)
+    assert by_sender["+36201234567"]["Message"] == "STOP"
+    assert by_sender["+36209876543"]["Message"] == long_text  # both parts, in order, as one message
+    assert by_sender["+36205555555"]["Message"] == "Köszönöm 😀"
+    await smsc.wait_for(lambda: len([e for e in smsc.events if e["event"] == "mo_resp"]) == 4)
+    assert all(e["status"] == 0 for e in smsc.events if e["event"] == "mo_resp")

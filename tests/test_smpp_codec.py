@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from asterisk_sendsms.model import PartOutcome
 from asterisk_sendsms.smpp.pdu import Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
-from asterisk_sendsms.smpp.receipts import IdForm, canonical_id, parse_receipt, receipt_key, submit_key
+from asterisk_sendsms.smpp.receipts import (
+    IdForm,
+    MoText,
+    canonical_id,
+    decode_mo,
+    parse_receipt,
+    receipt_key,
+    submit_key,
+)
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "smpp"
 
@@ -134,3 +142,16 @@ def test_framing_refuses_absurd_lengths() -> None:
         frame_length(b"\xff\xff\xff\xff")
     with pytest.raises(PduError):
         frame_length(b"\0\0\0\x01")
+
+
+def test_incoming_text_and_concatenation() -> None:
+    emoji = "😀".encode("utf-16-be")
+    udh16 = Pdu(Command.DELIVER_SM, params={
+        "esm_class": 0x40, "data_coding": 8, "short_message": bytes.fromhex("06080401020302") + emoji})
+    assert decode_mo(udh16) == MoText("😀", 0x0102, 3, 2)
+    sar = Pdu(Command.DELIVER_SM, params={"short_message": bytes([0x1B, 0x65])},
+              tlvs={Tlv.SAR_MSG_REF_NUM: b"\x00\x07", Tlv.SAR_TOTAL_SEGMENTS: b"\x02", Tlv.SAR_SEGMENT_SEQNUM: b"\x01"})
+    assert decode_mo(sar) == MoText("€", 7, 2, 1)
+    nonsense = Pdu(Command.DELIVER_SM,
+                   params={"esm_class": 0x40, "short_message": bytes.fromhex("050003010205") + b"x"})
+    assert decode_mo(nonsense) == MoText("x")  # part 5 of 2: taken as a whole message

@@ -1,6 +1,6 @@
-"""Delivery receipts without I/O: the `id: sub: dlvrd: submit date: done date: stat: err: text:` text in
-any capitalisation, the receipt TLVs, and the SMSC id forms that must meet (hex vs decimal, leading zeros,
-case)."""
+"""Receipts and incoming messages without I/O: the `id: sub: dlvrd: submit date: done date: stat: err: text:`
+receipt text in any capitalisation, the receipt TLVs, the SMSC id forms that must meet (hex vs decimal,
+leading zeros, case), and the text and concatenation of incoming SMS."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..encoding import decode_gsm7
 from ..model import PartOutcome
 from .pdu import Command, Pdu, Tlv
 
-__all__ = ["IdForm", "ParsedReceipt", "canonical_id", "is_receipt", "parse_receipt"]
+__all__ = ["IdForm", "MoText", "ParsedReceipt", "canonical_id", "decode_mo", "is_receipt", "parse_receipt"]
 
 _FIELD = re.compile(r"(?i)\b(id|sub|dlvrd|submit date|done date|stat|err|text):")
 _STATES = {
@@ -106,3 +107,44 @@ def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
     if outcome is PartOutcome.DELIVERED and error.strip("0") == "":
         error = ""
     return ParsedReceipt(key, outcome, error, fields)
+
+
+@dataclass(frozen=True, slots=True)
+class MoText:
+    text: str
+    reference: int = 0
+    total: int = 1
+    sequence: int = 1
+
+
+def _decode(payload: bytes, data_coding: int) -> str:
+    if data_coding == 8:
+        return payload.decode("utf-16-be", errors="replace")
+    if data_coding in (0, 1) and all(b < 0x80 for b in payload):
+        # SMSC default alphabet: GSM 03.38 septets, one per octet
+        return decode_gsm7(payload) if data_coding == 0 else payload.decode("ascii")
+    return payload.decode("latin-1")
+
+
+def decode_mo(pdu: Pdu) -> MoText:
+    """The text of an incoming deliver_sm/data_sm, with its concatenation (UDH or SAR TLVs) if any."""
+    payload = pdu.tlvs.get(Tlv.MESSAGE_PAYLOAD) or pdu.octets("short_message")
+    reference, total, sequence = 0, 1, 1
+    if pdu.number("esm_class") & 0x40 and payload:
+        header, payload = payload[1:1 + payload[0]], payload[1 + payload[0]:]
+        position = 0
+        while position + 2 <= len(header):
+            element, size = header[position], header[position + 1]
+            value = header[position + 2:position + 2 + size]
+            if element == 0x00 and size == 3:
+                reference, total, sequence = value[0], value[1], value[2]
+            elif element == 0x08 and size == 4:
+                reference, total, sequence = int.from_bytes(value[:2], "big"), value[2], value[3]
+            position += 2 + size
+    elif Tlv.SAR_MSG_REF_NUM in pdu.tlvs:
+        reference = int.from_bytes(pdu.tlvs[Tlv.SAR_MSG_REF_NUM], "big")
+        total = pdu.tlvs.get(Tlv.SAR_TOTAL_SEGMENTS, b"\x01")[0]
+        sequence = pdu.tlvs.get(Tlv.SAR_SEGMENT_SEQNUM, b"\x01")[0]
+    if not 1 <= sequence <= total:
+        reference, total, sequence = 0, 1, 1  # a header that makes no sense: take the part as a whole message
+    return MoText(_decode(payload, pdu.number("data_coding")), reference, total, sequence)

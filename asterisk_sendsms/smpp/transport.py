@@ -17,10 +17,10 @@ from ..addresses import AddressKind, parse_recipient, parse_sender
 from ..config import SmppSettings
 from ..encoding import Coding, EncodedMessage, concat_udh
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
-from ..model import OutboundMessage, Receipt
-from ..transports.base import ReceiptSink, TransportHealth
+from ..model import IncomingPart, OutboundMessage, Receipt
+from ..transports.base import TransportHealth, TransportSink
 from .pdu import Command, Pdu, PduError, Status, Tlv, status_name
-from .receipts import IdForm, is_receipt, parse_receipt, submit_key
+from .receipts import IdForm, decode_mo, is_receipt, parse_receipt, submit_key
 from .session import BindState, SmppSession
 
 __all__ = ["SmppTransport"]
@@ -138,7 +138,7 @@ class SmppTransport:
         self._pacer = _Pacer(settings.throughput)
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
         self._links = [_Link(mode, settings.response_timeout) for mode in modes]
-        self._receipts: ReceiptSink | None = None
+        self._sink: TransportSink | None = None
         self._group: asyncio.TaskGroup | None = None
 
     # ------------------------------------------------------------ Transport protocol
@@ -155,8 +155,8 @@ class SmppTransport:
     async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
         """The SMSC keeps receipts for us across our restart; nothing to do."""
 
-    async def run(self, receipts: ReceiptSink) -> None:
-        self._receipts = receipts
+    async def run(self, sink: TransportSink) -> None:
+        self._sink = sink
         async with asyncio.TaskGroup() as group:
             self._group = group
             for link in self._links:
@@ -349,23 +349,31 @@ class SmppTransport:
                     link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
 
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
+        """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
         status = Status.ESME_ROK
-        if is_receipt(pdu):
-            parsed = parse_receipt(pdu, self._form)
-            if parsed is None:
-                log.warning("SMPP %s: a receipt without id or state: %r", self.name,
-                            pdu.octets("short_message")[:160])
-            elif self._receipts is not None:
-                try:
-                    await self._receipts(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
-                except SmsGatewayError as exc:
-                    # Not stored: the SMSC must keep it and send it again.
-                    log.error("SMPP %s: receipt for %s not stored (%s); asking the SMSC to retry", self.name,
-                              parsed.key, exc.message)
-                    status = Status.ESME_RX_T_APPN
-        else:
-            log.warning("SMPP %s: incoming SMS from %s not accepted: this version does not store incoming "
-                        "messages; the SMSC keeps it", self.name, pdu.text("source_addr"))
+        try:
+            if is_receipt(pdu):
+                parsed = parse_receipt(pdu, self._form)
+                if parsed is None:
+                    log.warning("SMPP %s: a receipt without id or state: %r", self.name,
+                                pdu.octets("short_message")[:160])
+                elif self._sink is not None:
+                    await self._sink.on_receipt(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
+            elif self._sink is not None:
+                mo = decode_mo(pdu)
+                await self._sink.on_incoming(IncomingPart(
+                    self.name, _address(pdu, "source"), _address(pdu, "dest"), mo.text, time.time(),
+                    mo.reference, mo.total, mo.sequence))
+        except SmsGatewayError as exc:
+            log.error("SMPP %s: %s not stored (%s); asking the SMSC to send it again", self.name,
+                      "receipt" if is_receipt(pdu) else "incoming SMS", exc.message)
             status = Status.ESME_RX_T_APPN
         if link.bound:
             link.send(link.session.respond(pdu, status, message_id=""))
+
+
+def _address(pdu: Pdu, which: str) -> str:
+    """An address as we write numbers: '+' for international (TON 1)."""
+    value = pdu.text("source_addr" if which == "source" else "destination_addr")
+    ton = pdu.number("source_addr_ton" if which == "source" else "dest_addr_ton")
+    return f"+{value}" if ton == 1 and value and not value.startswith("+") else value

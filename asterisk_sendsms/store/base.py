@@ -6,7 +6,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from ..lifecycle import State
-from ..model import CallbackJob, MessageView, NewMessage, OutboundMessage, Receipt, ReceiptResult
+from ..model import (
+    CallbackJob,
+    IncomingPart,
+    IncomingView,
+    MessageView,
+    NewMessage,
+    OutboundMessage,
+    Receipt,
+    ReceiptResult,
+)
 
 __all__ = ["Store"]
 
@@ -60,6 +69,13 @@ class Store(Protocol):
         ...
 
     async def get(self, sms_id: str) -> MessageView | None: ...
+
+    async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
+        """Keep a received SMS (or part). Returns the id of the complete message once every part is in,
+        with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""
+        ...
+
+    async def get_incoming(self, incoming_id: str) -> IncomingView | None: ...
 
     async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]: ...
 

@@ -10,6 +10,7 @@ import os
 import queue
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,8 @@ from ..lifecycle import SOURCES, State, check_transition
 from ..model import (
     CallbackJob,
     HistoryEntry,
+    IncomingPart,
+    IncomingView,
     MessageView,
     NewMessage,
     OutboundMessage,
@@ -97,10 +100,30 @@ CREATE TABLE IF NOT EXISTS callbacks (
     last_error TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    claimed    INTEGER NOT NULL DEFAULT 0
+    claimed    INTEGER NOT NULL DEFAULT 0,
+    kind       TEXT NOT NULL DEFAULT 'delivery'   -- delivery (SMSDeliveryReport), incoming (IncomingSMS)
 );
 CREATE INDEX IF NOT EXISTS callbacks_due ON callbacks (due_at) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS callbacks_by_message ON callbacks (sms_id);
+CREATE TABLE IF NOT EXISTS incoming (
+    incoming_id TEXT PRIMARY KEY,
+    transport   TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    recipient   TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incoming_parts (
+    transport   TEXT NOT NULL,
+    sender      TEXT NOT NULL,
+    reference   INTEGER NOT NULL,
+    total       INTEGER NOT NULL,
+    sequence    INTEGER NOT NULL,
+    recipient   TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (transport, sender, reference, total, sequence)
+);
 """
 
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
@@ -327,15 +350,46 @@ class SqliteStore:
     async def get(self, sms_id: str) -> MessageView | None:
         return await self._run(lambda conn: _view(conn, sms_id))
 
+    async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            text, received_at = part.text, part.received_at
+            if part.total > 1:
+                key = (part.transport, part.sender, part.reference, part.total)
+                conn.execute("INSERT OR IGNORE INTO incoming_parts VALUES (?,?,?,?,?,?,?,?)",
+                             (*key, part.sequence, part.recipient, part.text, part.received_at))
+                where = "transport = ? AND sender = ? AND reference = ? AND total = ?"
+                parts = conn.execute(f"SELECT text, received_at FROM incoming_parts WHERE {where}"  # noqa: S608
+                                     " ORDER BY sequence", key).fetchall()
+                if len(parts) < part.total:
+                    return None
+                conn.execute(f"DELETE FROM incoming_parts WHERE {where}", key)  # noqa: S608
+                text, received_at = "".join(t for t, _ in parts), parts[0][1]
+            incoming_id = str(uuid.uuid4())
+            conn.execute("INSERT INTO incoming VALUES (?,?,?,?,?,?)",
+                         (incoming_id, part.transport, part.sender, part.recipient, text, received_at))
+            if callback_url:
+                conn.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at, kind)"
+                             " VALUES (?, ?, 'pending', ?, ?, ?, 'incoming')",
+                             (incoming_id, callback_url, part.received_at, part.received_at, part.received_at))
+            return incoming_id
+        return await self._run(op)
+
+    async def get_incoming(self, incoming_id: str) -> IncomingView | None:
+        def op(conn: sqlite3.Connection) -> IncomingView | None:
+            row = conn.execute("SELECT incoming_id, transport, sender, recipient, text, received_at FROM incoming"
+                               " WHERE incoming_id = ?", (incoming_id,)).fetchone()
+            return IncomingView(*row) if row else None
+        return await self._run(op)
+
     async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
         def op(conn: sqlite3.Connection) -> list[CallbackJob]:
-            rows = conn.execute("SELECT job_id, sms_id, url, attempts, created_at FROM callbacks"
+            rows = conn.execute("SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
                                 " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?",
                                 (now, limit)).fetchall()
             conn.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed = 1, updated_at = ?"
                              " WHERE job_id = ?", [(now + lease, now, row[0]) for row in rows])
-            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at)
-                    for job_id, sms_id, url, attempts, created_at in rows]
+            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at, kind)
+                    for job_id, sms_id, url, attempts, created_at, kind in rows]
         return await self._run(op)
 
     async def callback_done(self, job_id: int, now: float) -> None:

@@ -2,10 +2,10 @@
 
 from ..config import SimulatorSettings, SmppSettings, TransportConfig
 from ..errors import ConfigError
-from .base import ReceiptSink, Transport, TransportHealth
+from .base import Transport, TransportHealth, TransportSink
 from .simulator import SimulatorTransport
 
-__all__ = ["ReceiptSink", "SimulatorTransport", "Transport", "TransportHealth", "build_transport"]
+__all__ = ["SimulatorTransport", "Transport", "TransportHealth", "TransportSink", "build_transport"]
 
 
 def build_transport(config: TransportConfig) -> Transport:

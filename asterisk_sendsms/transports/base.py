@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..encoding import EncodedMessage
-from ..model import OutboundMessage, Receipt
+from ..model import IncomingPart, OutboundMessage, Receipt
 
-__all__ = ["ReceiptSink", "Transport", "TransportHealth"]
+__all__ = ["Transport", "TransportHealth", "TransportSink"]
 
-ReceiptSink = Callable[[Receipt], Awaitable[None]]
+
+class TransportSink(Protocol):
+    """Where a transport hands what arrives; each returns once it is stored (raises `SmsGatewayError` if it
+    could not be, so the transport can make its peer send it again)."""
+
+    async def on_receipt(self, receipt: Receipt) -> None: ...
+
+    async def on_incoming(self, part: IncomingPart) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +36,8 @@ class Transport(Protocol):
     # How many submits the dispatcher may have in flight on this transport at once (the SMPP window).
     capacity: int
 
-    async def run(self, receipts: ReceiptSink) -> None:
-        """Connect and stay connected until cancelled, handing every receipt to `receipts`."""
+    async def run(self, sink: TransportSink) -> None:
+        """Connect and stay connected until cancelled, handing receipts and incoming SMS to `sink`."""
         ...
 
     def health(self) -> TransportHealth: ...

@@ -13,7 +13,7 @@ from ..config import SimulatorSettings
 from ..encoding import EncodedMessage
 from ..errors import PermanentSubmitError, SmsGatewayError
 from ..model import OutboundMessage, PartOutcome, Receipt
-from .base import ReceiptSink, TransportHealth
+from .base import TransportHealth, TransportSink
 
 __all__ = ["SimulatorTransport"]
 
@@ -64,7 +64,7 @@ class SimulatorTransport:
             self._schedule(smsc_id, message.recipient)
         return ids
 
-    async def run(self, receipts: ReceiptSink) -> None:
+    async def run(self, sink: TransportSink) -> None:
         self._running = True
         try:
             while True:
@@ -84,7 +84,8 @@ class SimulatorTransport:
                 now = time.monotonic()
                 while self._due and self._due[0][0] <= now and len(batch) < _RECEIPT_BATCH:
                     batch.append(heapq.heappop(self._due)[2])
-                results = await asyncio.gather(*(receipts(receipt) for receipt in batch), return_exceptions=True)
+                results = await asyncio.gather(*(sink.on_receipt(receipt) for receipt in batch),
+                                         return_exceptions=True)
                 for receipt, result in zip(batch, results, strict=True):
                     if isinstance(result, SmsGatewayError):
                         # Not recorded (store trouble): an SMSC would send it again later, so do we.

@@ -11,6 +11,8 @@
 //   silent_after                    never answer submit_sm after the Nth
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
+//   mo                              incoming SMS to deliver after the first receiving bind:
+//                                   [{source, dest, text, parts}] (parts > 1: concatenated with a UDH)
 'use strict';
 const smpp = require('smpp');
 
@@ -77,6 +79,24 @@ function sendReceipt(submit, respId, receiptId, stat) {
   session.deliver_sm(options, (resp) => out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status }));
 }
 
+let moSent = false;
+let moReference = 40;
+
+function sendMo(mo) {
+  const session = receiver();
+  const parts = mo.parts || 1;
+  const size = Math.ceil(mo.text.length / parts);
+  const reference = moReference++;
+  for (let i = 0; i < parts; i++) {
+    const chunk = mo.text.slice(i * size, (i + 1) * size);
+    const options = { source_addr: mo.source, source_addr_ton: 1, source_addr_npi: 1,
+      destination_addr: mo.dest, esm_class: 0 };
+    options.short_message = parts > 1
+      ? { udh: Buffer.from([0x05, 0x00, 0x03, reference, parts, i + 1]), message: chunk } : chunk;
+    session.deliver_sm(options, (resp) => out({ event: 'mo_resp', part: i + 1, status: resp.command_status }));
+  }
+}
+
 function bind(session, pdu, mode) {
   if (pdu.system_id !== cfg.system_id || pdu.password !== cfg.password) {
     out({ event: 'bind', ok: false, system_id: pdu.system_id });
@@ -87,6 +107,10 @@ function bind(session, pdu, mode) {
   if (mode !== 'tx') receivers.push(session);
   session.send(pdu.response({ system_id: 'testsmsc' }));
   setTimeout(flushReceipts, 50);
+  if (mode !== 'tx' && cfg.mo && !moSent) {
+    moSent = true;
+    setTimeout(() => cfg.mo.forEach(sendMo), 300);
+  }
 }
 
 function onSubmit(session, pdu) {
