@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 EXPIRY_SWEEP_INTERVAL = 10.0
 # No transport of the route is up: look again soon, without spending an attempt.
 NOT_READY_DELAY = 2.0
+STORE_PIPELINE = 256
 # Longest text the encoder may have to split again at dispatch (validated at accept).
 _ANY_LENGTH = 255
 
@@ -42,17 +43,14 @@ class Dispatcher:
         self._incoming_url = incoming_url
         self._clock = clock
         self._wakeup = asyncio.Event()
-        self._capacity = sum(t.capacity for t in self._transports.values()) or 1
-        self._in_flight: dict[str, int] = {name: 0 for name in self._transports}
+        # Beyond the transports' windows, room for messages whose outcome is being committed: the store's
+        # fsync must not hold a window slot.
+        self._capacity = sum(t.capacity for t in self._transports.values()) + STORE_PIPELINE
         self._slot_freed = asyncio.Event()
         self._stopping = False
 
     def wake(self) -> None:
         self._wakeup.set()
-
-    @property
-    def in_flight(self) -> int:
-        return sum(self._in_flight.values())
 
     async def run(self) -> None:
         released = await self._store.release_claims(self._clock())
@@ -111,7 +109,7 @@ class Dispatcher:
         """The first ready transport of the recipient's route, and whether the route exists at all."""
         names = self._router.transports_for(recipient)
         candidates = [self._transports[n] for n in names if n in self._transports]
-        ready = [t for t in candidates if t.health().ready and self._in_flight[t.name] < t.capacity]
+        ready = [t for t in candidates if t.health().ready]
         return (ready[0] if ready else None), bool(candidates)
 
     def _backoff(self, attempts: int) -> float:
@@ -141,7 +139,6 @@ class Dispatcher:
             return
         attempt = message.previous_attempts + 1
         encoded = encode_message(message.text, _ANY_LENGTH)
-        self._in_flight[transport.name] += 1
         try:
             smsc_ids = await transport.submit(message, encoded)
         except TransientSubmitError as exc:
@@ -160,8 +157,6 @@ class Dispatcher:
                                      transport.name, attempted=True)
             self._notifier.wake()
             return
-        finally:
-            self._in_flight[transport.name] -= 1
         now = self._clock()
         result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now,
                                                   now + self._messages.receipt_timeout)

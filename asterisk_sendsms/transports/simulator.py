@@ -31,6 +31,7 @@ class SimulatorTransport:
         self._due: list[tuple[float, int, Receipt]] = []
         self._sequence = 0
         self._wakeup = asyncio.Event()
+        self._window = asyncio.Semaphore(settings.window)
         self._running = False
 
     def health(self) -> TransportHealth:
@@ -57,9 +58,10 @@ class SimulatorTransport:
         prefix = self._settings.reject_prefix
         if prefix and message.recipient.startswith(prefix):
             raise PermanentSubmitError(f"simulator refuses recipients starting {prefix}", "ESME_RINVDSTADR")
-        if self._settings.submit_delay:
-            await asyncio.sleep(self._settings.submit_delay)
         ids = [uuid.uuid4().hex[:20] for _ in encoded.segments]
+        if self._settings.submit_delay:
+            async with self._window:
+                await asyncio.sleep(self._settings.submit_delay)
         for smsc_id in ids:
             self._schedule(smsc_id, message.recipient)
         return ids

@@ -11,6 +11,7 @@
 //   silent_after                    never answer submit_sm after the Nth
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
+//   quiet                           no line per submit_sm or receipt (benchmarks); SIGUSR2 prints the counts
 //   mo                              incoming SMS to deliver after the first receiving bind:
 //                                   [{source, dest, text, parts}] (parts > 1: concatenated with a UDH)
 'use strict';
@@ -21,9 +22,14 @@ let nextId = cfg.id_form === 'restart-at-zero' ? 0 : 1000;
 let submits = 0;
 const receivers = [];
 
+const stats = { submits: 0, first: 0, last: 0, receipts_acked: 0, receipts_sent: 0 };
+
 function out(event) {
+  if (cfg.quiet && (event.event === 'submit' || event.event === 'receipt_resp')) return;
   process.stdout.write(JSON.stringify(event) + '\n');
 }
+
+process.on('SIGUSR2', () => process.stdout.write(JSON.stringify({ event: 'stats', ...stats }) + '\n'));
 
 function stamp() {
   const d = new Date();
@@ -76,7 +82,11 @@ function sendReceipt(submit, respId, receiptId, stat) {
     options.receipted_message_id = respId;
     options.message_state = { DELIVRD: 2, UNDELIV: 5, ENROUTE: 1 }[stat];
   }
-  session.deliver_sm(options, (resp) => out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status }));
+  stats.receipts_sent += 1;
+  session.deliver_sm(options, (resp) => {
+    if (resp.command_status === 0) stats.receipts_acked += 1;
+    out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status });
+  });
 }
 
 let moSent = false;
@@ -116,6 +126,10 @@ function bind(session, pdu, mode) {
 function onSubmit(session, pdu) {
   submits += 1;
   const n = submits;
+  const now = Date.now();
+  stats.submits = n;
+  if (!stats.first) stats.first = now;
+  stats.last = now;
   const sar = pdu.sar_msg_ref_num !== undefined
     ? { ref: pdu.sar_msg_ref_num, total: pdu.sar_total_segments, seq: pdu.sar_segment_seqnum } : null;
   out({

@@ -1,0 +1,386 @@
+"""Benchmark: HTTP SendSms to SMPP, ours side by side with Kannel, against the same SMSC peer (the npm `smpp`
+server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed SMPP client.
+
+    .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100]
+
+Needs node with tests/peers/node_modules (`./run test` installs it) and Debian's kannel (apt-get install kannel).
+Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL) and always asks for
+receipts; Kannel runs with its default configuration (no store file).
+"""
+
+# ruff: noqa: ASYNC109, ASYNC110, ASYNC220 - a benchmark driver polling other processes; simple beats clever here
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from asterisk_sendsms.smpp.pdu import Command, Pdu  # noqa: E402
+from asterisk_sendsms.smpp.session import SmppSession  # noqa: E402
+
+DEMO_HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"
+TEXT = "Your payment of 42 EUR was received. Thank you!"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mib(*pids: int) -> float:
+    total = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1])
+    return total / 1024
+
+
+@dataclass
+class Peer:
+    process: subprocess.Popen[str]
+    port: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls) -> Peer:
+        port = free_port()
+        config = {"port": port, "system_id": "esme", "password": "secret", "quiet": True, "receipt_delay_ms": 20}
+        process = subprocess.Popen(["node", str(REPO / "tests" / "peers" / "smsc.js"), json.dumps(config)],
+                                   stdout=subprocess.PIPE, text=True)
+        peer = cls(process, port)
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                peer.events.append(json.loads(line))
+
+        threading.Thread(target=read, daemon=True).start()
+        while not any(e["event"] == "listening" for e in peer.events):
+            time.sleep(0.02)
+        return peer
+
+    async def bound(self, count: int = 1) -> None:
+        while len([e for e in self.events if e["event"] == "bind" and e["ok"]]) < count:
+            await asyncio.sleep(0.05)
+
+    async def stats(self) -> dict[str, Any]:
+        before = len(self.events)
+        self.process.send_signal(signal.SIGUSR2)
+        while not any(e["event"] == "stats" for e in self.events[before:]):
+            await asyncio.sleep(0.01)
+        return next(e for e in self.events[before:] if e["event"] == "stats")
+
+    async def wait_submits(self, count: int, timeout: float = 300) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = await self.stats()
+            if stats["submits"] >= count or time.monotonic() > deadline:
+                return stats
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@dataclass
+class Result:
+    system: str
+    case: str
+    window: int
+    accepted: float = 0.0
+    submitted: float = 0.0
+    callbacks: float = 0.0
+    rss: float = 0.0
+    errors: int = 0
+
+
+class Callbacks:
+    """The delivery-report receiver both gateways call."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def handle(request: web.Request) -> web.Response:
+            await request.read()
+            self.count += 1
+            return web.Response(text="ok")
+        app = web.Application()
+        app.router.add_route("*", "/dlr", handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def wait(self, count: int, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def load(urls: list[str], concurrency: int, accepted_marker: bytes) -> tuple[float, int]:
+    """GET every URL with `concurrency` connections; returns (seconds, errors)."""
+    errors = 0
+    pending = iter(urls)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for url in pending:
+            try:
+                async with session.get(url) as response:
+                    if accepted_marker not in await response.read():
+                        errors += 1
+            except aiohttp.ClientError:
+                errors += 1
+
+    start = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return time.perf_counter() - start, errors
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool) -> Result:
+    peer, callbacks = Peer.start(), Callbacks()
+    await callbacks.start()
+    work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    config = work / "bench.toml"
+    config.write_text(f"""
+[callbacks]
+concurrency = 64
+[[users]]
+name = "HTTP_User_1"
+password_hash = "{DEMO_HASH}"
+[[transports]]
+url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
+""")
+    port = free_port()
+    log = (work / "daemon.log").open("wb")
+    daemon = subprocess.Popen([str(REPO / "run"), "serve", "--config", str(config), "--data-dir", str(work),
+                               "--http", f"127.0.0.1:{port}", "--log-level", "WARNING"], stdout=log, stderr=log)
+    try:
+        wait_port(port)
+        await peer.bound()
+        report = f"&DeliveryReportURL=http://127.0.0.1:{callbacks.port}/dlr" if with_callbacks else ""
+        base = (f"http://127.0.0.1:{port}/api?command=SendSms&Username=HTTP_User_1&Password=qwe123"
+                f"&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620")
+        start = time.time()
+        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency, b"<SmsId>")
+        stats = await peer.wait_submits(messages - errors)
+        result = Result("ours", "receipts + callbacks" if with_callbacks else "receipts", window,
+                        messages / seconds, stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
+        if with_callbacks:
+            await callbacks.wait(messages - errors)
+            result.callbacks = callbacks.count / (time.time() - start)
+        result.rss = peak_rss_mib(daemon.pid)
+        return result
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(30)
+        log.close()
+        peer.stop()
+        await callbacks.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+KANNEL_CONF = """
+group = core
+admin-port = {admin}
+admin-password = bench
+smsbox-port = {smsbox}
+log-level = 2
+log-file = "{work}/bearerbox.log"
+box-allow-ip = 127.0.0.1
+dlr-storage = internal
+
+group = smsc
+smsc = smpp
+smsc-id = peer
+host = 127.0.0.1
+port = {peer}
+transceiver-mode = true
+smsc-username = esme
+smsc-password = secret
+system-type = ""
+max-pending-submits = {window}
+msg-id-type = 0x00
+enquire-link-interval = 30
+
+group = smsbox
+bearerbox-host = 127.0.0.1
+bearerbox-port = {smsbox}
+sendsms-port = {sendsms}
+log-level = 2
+log-file = "{work}/smsbox.log"
+
+group = sendsms-user
+username = bench
+password = bench
+max-messages = 10
+concatenation = true
+"""
+
+
+async def run_kannel(messages: int, concurrency: int, window: int, mode: str) -> Result:
+    peer, callbacks = Peer.start(), Callbacks()
+    await callbacks.start()
+    work = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
+    ports = {"admin": free_port(), "smsbox": free_port(), "sendsms": free_port()}
+    config = work / "kannel.conf"
+    config.write_text(KANNEL_CONF.format(work=work, peer=peer.port, window=window, **ports))
+    bearerbox = subprocess.Popen(["bearerbox", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    smsbox = None
+    try:
+        wait_port(ports["smsbox"])
+        smsbox = subprocess.Popen(["smsbox", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(ports["sendsms"])
+        await peer.bound()
+        dlr = ""
+        if mode != "no receipts":
+            dlr = "&dlr-mask=1"
+        if mode == "receipts + callbacks":
+            dlr += f"&dlr-url=http%3A%2F%2F127.0.0.1%3A{callbacks.port}%2Fdlr%3Fid%3D%25i%26s%3D%25d"
+        base = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
+                f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
+        start = time.time()
+        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency, b"Accepted")
+        stats = await peer.wait_submits(messages - errors)
+        result = Result("Kannel", mode, window, messages / seconds,
+                        stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
+        if mode == "receipts + callbacks":
+            await callbacks.wait(messages - errors)
+            result.callbacks = callbacks.count / (time.time() - start)
+        result.rss = peak_rss_mib(bearerbox.pid, smsbox.pid)
+        return result
+    finally:
+        for process in (smsbox, bearerbox):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        peer.stop()
+        await callbacks.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def run_ceiling(messages: int, window: int) -> Result:
+    """A raw windowed SMPP client on our codec: what the peer itself can take."""
+    peer = Peer.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", peer.port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        session = SmppSession()
+        slots = asyncio.Semaphore(window)
+        done = asyncio.Event()
+        answered = 0
+
+        async def read() -> None:
+            nonlocal answered
+            while data := await reader.read(65536):
+                for pdu in session.receive_data(data):
+                    if pdu.command is Command.SUBMIT_SM_RESP:
+                        answered += 1
+                        slots.release()
+                        if answered == messages:
+                            done.set()
+                    elif pdu.command is Command.DELIVER_SM:
+                        writer.write(session.respond(pdu, 0, message_id=""))
+
+        reading = asyncio.create_task(read())
+        writer.write(session.request(Pdu(Command.BIND_TRANSCEIVER, params={
+            "system_id": "esme", "password": "secret", "interface_version": 0x34})))
+        await peer.bound()
+        start = time.perf_counter()
+        for index in range(messages):
+            await slots.acquire()
+            writer.write(session.request(Pdu(Command.SUBMIT_SM, params={
+                "source_addr_ton": 1, "source_addr_npi": 1, "source_addr": "3612345678", "dest_addr_ton": 1,
+                "dest_addr_npi": 1, "destination_addr": f"3620{index:07d}", "registered_delivery": 1,
+                "short_message": TEXT.encode()})))
+        await done.wait()
+        rate = messages / (time.perf_counter() - start)
+        reading.cancel()
+        writer.close()
+        return Result("raw client", "peer ceiling", window, rate, rate)
+    finally:
+        peer.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--windows", default="1,10,100")
+    args = parser.parse_args()
+    if not (REPO / "tests" / "peers" / "node_modules" / "smpp").is_dir():
+        sys.exit("bench: the test SMSC is not installed; run ./run test once (or npm install in tests/peers)")
+    if shutil.which("bearerbox") is None:
+        sys.exit("bench: Kannel is not installed: apt-get install kannel")
+    windows = [int(w) for w in args.windows.split(",")]
+    results: list[Result] = []
+    for window in windows:
+        results.append(await run_ceiling(args.messages, window))
+        for with_callbacks in (False, True):
+            results.append(await run_ours(args.messages, args.concurrency, window, with_callbacks))
+        for mode in ("no receipts", "receipts", "receipts + callbacks"):
+            results.append(await run_kannel(args.messages, args.concurrency, window, mode))
+        print(f"window {window} done", file=sys.stderr)
+    print(f"\n{args.messages} one-part messages per case, {args.concurrency} concurrent HTTP clients, "
+          f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer\n")
+    header = (f"{'system':<11} {'case':<21} {'window':>6} {'accepted/s':>11} {'submitted/s':>12} "
+              f"{'callbacks/s':>12} {'peak RSS MiB':>13} {'errors':>7}")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        callbacks = f"{r.callbacks:12.0f}" if r.callbacks else f"{'-':>12}"
+        print(f"{r.system:<11} {r.case:<21} {r.window:>6} {r.accepted:11.0f} {r.submitted:12.0f} {callbacks} "
+              f"{r.rss:13.1f} {r.errors:7d}")
+    print()
+    for window in windows:
+        ours = next(r for r in results if r.system == "ours" and r.window == window and r.case == "receipts")
+        kannel = next(r for r in results if r.system == "Kannel" and r.window == window and r.case == "receipts")
+        ceiling = next(r for r in results if r.system == "raw client" and r.window == window)
+        print(f"window {window:>3}: ours/Kannel submitted {ours.submitted / max(kannel.submitted, 1e-9):.2f}, "
+              f"ours/limit {ours.submitted / max(ceiling.submitted, 1e-9):.2f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
