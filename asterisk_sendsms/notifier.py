@@ -141,7 +141,7 @@ class Notifier:
         if job.kind == "incoming":
             incoming = await self._store.get_incoming(job.sms_id)
             return incoming_form(incoming) if incoming else None
-        message = await self._store.get(job.sms_id)
+        message = await self._store.get(job.sms_id, detail=False)
         return delivery_report_form(message) if message else None
 
     @staticmethod

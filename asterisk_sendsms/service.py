@@ -63,13 +63,13 @@ class SmsService:
         self._on_accepted()
         return Accepted(message.sms_id, encoded.part_count)
 
-    async def status(self, user: UserConfig, sms_id: str) -> MessageView:
+    async def status(self, user: UserConfig, sms_id: str, detail: bool = True) -> MessageView:
         """A message as its sender (or an admin) may see it."""
         try:
             canonical = str(uuid.UUID(sms_id))
         except ValueError:
             raise InvalidParameter("SmsId", "Status", "not a UUID") from None
-        message = await self._store.get(canonical)
+        message = await self._store.get(canonical, detail)
         if message is None or not (user.admin or message.username == user.name):
             raise MessageNotFound(sms_id)
         return message
@@ -86,5 +86,5 @@ class ServiceBackend:
         return (await self._service.send(self._user, recipient, text, sender, report_url)).sms_id
 
     async def state(self, sms_id: str) -> tuple[State, str]:
-        message = await self._service.status(self._user, sms_id)
+        message = await self._service.status(self._user, sms_id, detail=False)
         return message.state, " ".join(filter(None, (message.error_code, message.error_text)))

@@ -68,7 +68,9 @@ class Store(Protocol):
         """(smsc_id, recipient) of parts on `transport` still waiting for a final receipt."""
         ...
 
-    async def get(self, sms_id: str) -> MessageView | None: ...
+    async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
+        """The message; without `detail` its parts, history and callback state are left out (cheaper)."""
+        ...
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
         """Keep a received SMS (or part). Returns the id of the complete message once every part is in,

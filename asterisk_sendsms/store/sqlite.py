@@ -60,7 +60,12 @@ CREATE TABLE IF NOT EXISTS messages (
     updated_at   REAL NOT NULL,
     expires_at   REAL NOT NULL,
     due_at       REAL,            -- accepted/queued: when to dispatch; submitted: receipt deadline
-    claimed      INTEGER NOT NULL DEFAULT 0
+    claimed      INTEGER NOT NULL DEFAULT 0,
+    -- When each step of the happy path was first reached; the history table keeps only the other events
+    -- (retries, intermediate receipts), which spares four writes per message.
+    queued_at    REAL,
+    submitted_at REAL,
+    done_at      REAL
 );
 CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (due_at) WHERE state IN ('accepted', 'queued');
 CREATE INDEX IF NOT EXISTS messages_receipt_deadline ON messages (due_at) WHERE state = 'submitted';
@@ -259,7 +264,6 @@ class SqliteStore:
                 (message.sms_id, message.username, message.sender, message.recipient, message.text,
                  message.coding.value, message.part_count, State.ACCEPTED.value, message.callback_url,
                  message.created_at, message.created_at, message.expires_at, message.created_at))
-            _history(conn, message.sms_id, message.created_at, State.ACCEPTED, f"by {message.username}")
         await self._run(op)
 
     async def release_claims(self, now: float) -> int:
@@ -272,18 +276,17 @@ class SqliteStore:
     async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
         def op(conn: sqlite3.Connection) -> list[OutboundMessage]:
             rows = conn.execute(
-                "SELECT sms_id, sender, recipient, text, attempts, expires_at, state FROM messages"
+                "SELECT sms_id, sender, recipient, text, attempts, expires_at FROM messages"
                 " WHERE state IN ('accepted', 'queued') AND due_at <= ? ORDER BY due_at LIMIT ?",
                 (now, limit)).fetchall()
             claimed: list[OutboundMessage] = []
-            for sms_id, sender, recipient, text, attempts, expires_at, state in rows:
+            for sms_id, sender, recipient, text, attempts, expires_at in rows:
                 if expires_at <= now:
                     _finish(conn, sms_id, State.EXPIRED, "EXPIRED",
                             "validity period ended before the message could be submitted", now, None)
                     continue
-                _move(conn, sms_id, State.QUEUED, "due_at = ?, claimed = 1, updated_at = ?", (now + lease, now))
-                if state == State.ACCEPTED:
-                    _history(conn, sms_id, now, State.QUEUED, "")
+                _move(conn, sms_id, State.QUEUED, "due_at = ?, claimed = 1, updated_at = ?,"
+                      " queued_at = COALESCE(queued_at, ?)", (now + lease, now, now))
                 claimed.append(OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at))
             return claimed
         return await self._run(op)
@@ -292,12 +295,12 @@ class SqliteStore:
                              receipt_deadline: float) -> ReceiptResult:
         def op(conn: sqlite3.Connection) -> ReceiptResult:
             _move(conn, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed = 0, attempts = attempts + 1,"
-                  " error_code = '', error_text = '', updated_at = ?", (transport, receipt_deadline, now))
+                  " error_code = '', error_text = '', updated_at = ?, submitted_at = ?",
+                  (transport, receipt_deadline, now, now))
             conn.executemany(
                 "INSERT OR REPLACE INTO parts (sms_id, idx, transport, smsc_id, state, updated_at)"
                 " VALUES (?, ?, ?, ?, 'submitted', ?)",
                 [(sms_id, index, transport, smsc_id, now) for index, smsc_id in enumerate(smsc_ids)])
-            _history(conn, sms_id, now, State.SUBMITTED, f"via {transport}, SMSC id {', '.join(smsc_ids)}")
             result = ReceiptResult(sms_id)
             placeholders = ",".join("?" * len(smsc_ids))
             statement = ("DELETE FROM early_receipts WHERE transport = ? AND smsc_id IN"  # noqa: S608
@@ -347,8 +350,8 @@ class SqliteStore:
             return [(smsc_id, recipient) for smsc_id, recipient in rows]
         return await self._run(op)
 
-    async def get(self, sms_id: str) -> MessageView | None:
-        return await self._run(lambda conn: _view(conn, sms_id))
+    async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
+        return await self._run(lambda conn: _view(conn, sms_id, detail))
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
@@ -458,8 +461,8 @@ def _state(conn: sqlite3.Connection, sms_id: str) -> State:
 def _finish(conn: sqlite3.Connection, sms_id: str, target: State, error_code: str, error_text: str, now: float,
             transport: str | None, attempts: int = 0) -> None:
     _move(conn, sms_id, target, "error_code = ?, error_text = ?, transport = COALESCE(?, transport), due_at = NULL,"
-          " claimed = 0, attempts = attempts + ?, updated_at = ?", (error_code, error_text, transport, attempts, now))
-    _history(conn, sms_id, now, target, f"{error_code} {error_text}".strip())
+          " claimed = 0, attempts = attempts + ?, updated_at = ?, done_at = ?",
+          (error_code, error_text, transport, attempts, now, now))
     # The callback outbox row commits with the final state, so a crash cannot lose the notification.
     conn.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
                  " SELECT sms_id, callback_url, 'pending', ?, ?, ? FROM messages"
@@ -500,24 +503,41 @@ def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> Re
     return ReceiptResult(sms_id, target)
 
 
-def _view(conn: sqlite3.Connection, sms_id: str) -> MessageView | None:
+def _view(conn: sqlite3.Connection, sms_id: str, detail: bool = True) -> MessageView | None:
     row = conn.execute(
         "SELECT sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
-        " error_code, error_text, callback_url, created_at, updated_at FROM messages WHERE sms_id = ?",
-        (sms_id,)).fetchone()
+        " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at"
+        " FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()
     if row is None:
         return None
+    if not detail:
+        return _message_view(row, None, (), ())
     parts = tuple(PartView(idx + 1, smsc_id, state, error_code, updated_at)
                   for idx, smsc_id, state, error_code, updated_at
                   in conn.execute("SELECT idx, smsc_id, state, error_code, updated_at FROM parts WHERE sms_id = ?"
                                   " ORDER BY idx", (sms_id,)))
-    history = tuple(HistoryEntry(at, State(state), detail) for at, state, detail
-                    in conn.execute("SELECT at, state, detail FROM history WHERE sms_id = ? ORDER BY rowid",
-                                    (sms_id,)))
+    queued_at, submitted_at, done_at = row[15:18]
+    steps = [HistoryEntry(row[13], State.ACCEPTED, f"by {row[1]}")]
+    if queued_at is not None:
+        steps.append(HistoryEntry(queued_at, State.QUEUED, ""))
+    if submitted_at is not None:
+        ids = ", ".join(p.smsc_id or "-" for p in parts)
+        steps.append(HistoryEntry(submitted_at, State.SUBMITTED, f"via {row[8]}, SMSC id {ids}"))
+    events = [HistoryEntry(at, State(state), detail) for at, state, detail
+              in conn.execute("SELECT at, state, detail FROM history WHERE sms_id = ? ORDER BY rowid", (sms_id,))]
+    if done_at is not None:
+        events.append(HistoryEntry(done_at, State(row[7]), f"{row[10]} {row[11]}".strip()))
+    # Steps first on equal times: a receipt can be recorded in the same instant as its submit.
+    history = tuple(sorted(steps + events, key=lambda entry: entry.at))
     callback = conn.execute("SELECT state FROM callbacks WHERE sms_id = ? ORDER BY job_id DESC LIMIT 1",
                             (sms_id,)).fetchone()
+    return _message_view(row, callback[0] if callback else None, parts, history)
+
+
+def _message_view(row: tuple[Any, ...], callback_state: str | None, parts: tuple[PartView, ...],
+                  history: tuple[HistoryEntry, ...]) -> MessageView:
     return MessageView(
         sms_id=row[0], username=row[1], sender=row[2], recipient=row[3], text=row[4], coding=Coding(row[5]),
         part_count=row[6], state=State(row[7]), transport=row[8], attempts=row[9], error_code=row[10],
-        error_text=row[11], callback_url=row[12], callback_state=callback[0] if callback else None,
+        error_text=row[11], callback_url=row[12], callback_state=callback_state,
         created_at=row[13], updated_at=row[14], parts=parts, history=history)
