@@ -103,9 +103,6 @@ class AgiChannel:
         reply = await self.command("GET VARIABLE", name)
         return reply.data if reply.result == 1 else None
 
-    async def verbose(self, text: str, level: int = 1) -> None:
-        await self.command("VERBOSE", text, raw=(str(level),))
-
     async def hangup(self) -> None:
         await self.command("HANGUP")
 

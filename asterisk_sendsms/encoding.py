@@ -63,12 +63,6 @@ class EncodedMessage:
     def part_count(self) -> int:
         return len(self.segments)
 
-    @property
-    def units(self) -> int:
-        """Septets (GSM) or UTF-16 code units (UCS-2) of the whole text."""
-        size = sum(len(s.payload) for s in self.segments)
-        return size if self.coding is Coding.GSM7 else size // 2
-
 
 def gsm7_septets(char: str) -> bytes | None:
     """The septets of one character in the GSM default alphabet, or None if it has none."""

@@ -139,7 +139,6 @@ class SmppTransport:
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
         self._links = [_Link(mode, settings.response_timeout) for mode in modes]
         self._sink: TransportSink | None = None
-        self._group: asyncio.TaskGroup | None = None
 
     # ------------------------------------------------------------ Transport protocol
 
@@ -158,7 +157,6 @@ class SmppTransport:
     async def run(self, sink: TransportSink) -> None:
         self._sink = sink
         async with asyncio.TaskGroup() as group:
-            self._group = group
             for link in self._links:
                 group.create_task(self._keep_bound(link))
 
@@ -220,9 +218,12 @@ class SmppTransport:
                 self._pacer.recovered()
                 return submit_key(response.text("message_id"), self._form)
             if status in SLOW_DOWN:
+                already = self._pacer.pause > THROTTLE_PAUSE_INITIAL  # in an episode since the last success
                 pause = self._pacer.slow_down()
-                log.info("SMSC %s answered %s: pausing %.1fs, then the same part again", self.name,
-                         status_name(status), pause)
+                # Once when the throttling starts, not once per refused part.
+                log.log(logging.DEBUG if already else logging.INFO,
+                        "SMSC %s answered %s: pausing %.1fs, then the same part again", self.name,
+                        status_name(status), pause)
                 continue
             if status in TRANSIENT:
                 raise TransientSubmitError(f"the SMSC answered {status_name(status)}", status_name(status))
