@@ -2,6 +2,7 @@
 server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed SMPP client.
 
     .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100]
+    .venv/bin/python bench/smpp_bench.py --soak 1000000    # ours only: RSS while that many messages pass
 
 Needs node with tests/peers/node_modules (`./run test` installs it) and Debian's kannel (apt-get install kannel).
 Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL) and always asks for
@@ -44,6 +45,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def peak_rss_mib(*pids: int) -> float:
@@ -176,7 +184,8 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool) -> Result:
+async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
+                   rss_every: int = 0) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
@@ -201,7 +210,15 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
         base = (f"http://127.0.0.1:{port}/api?command=SendSms&Username=HTTP_User_1&Password=qwe123"
                 f"&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620")
         start = time.time()
-        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency, b"<SmsId>")
+        seconds, errors = 0.0, 0
+        step = rss_every or messages
+        for first in range(0, messages, step):
+            chunk = [f"{base}{i:07d}" for i in range(first, min(messages, first + step))]
+            took, failed = await load(chunk, concurrency, b"<SmsId>")
+            seconds, errors = seconds + took, errors + failed
+            if rss_every:
+                print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(daemon.pid):6.1f} MiB, "
+                      f"peak {peak_rss_mib(daemon.pid):6.1f} MiB", flush=True)
         stats = await peer.wait_submits(messages - errors)
         result = Result("ours", "receipts + callbacks" if with_callbacks else "receipts", window,
                         messages / seconds, stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
@@ -349,11 +366,18 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--windows", default="1,10,100")
+    parser.add_argument("--soak", type=int, default=0, metavar="N",
+                        help="only ours (window 100, receipts and callbacks): N messages, RSS every N/10")
     args = parser.parse_args()
     if not (REPO / "tests" / "peers" / "node_modules" / "smpp").is_dir():
         sys.exit("bench: the test SMSC is not installed; run ./run test once (or npm install in tests/peers)")
     if shutil.which("bearerbox") is None:
         sys.exit("bench: Kannel is not installed: apt-get install kannel")
+    if args.soak:
+        result = await run_ours(args.soak, args.concurrency, 100, True, rss_every=max(1, args.soak // 10))
+        print(f"soak: {args.soak} messages, {result.errors} errors, {result.submitted:.0f} submitted/s, "
+              f"{result.callbacks:.0f} callbacks/s, peak RSS {result.rss:.1f} MiB")
+        return
     windows = [int(w) for w in args.windows.split(",")]
     results: list[Result] = []
     for window in windows:
