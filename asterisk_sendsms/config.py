@@ -151,6 +151,7 @@ class ModemSettings:
     baud: int = 115200
     pin: str | None = field(default=None, repr=False)
     smsc: str | None = None
+    timeout: float = 10.0  # seconds a command may take before the modem counts as silent
 
 
 TransportSettings = SimulatorSettings | SmppSettings | ModemSettings
@@ -434,7 +435,7 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             raise ConfigError(f"{key}: SMPP 3.4 allows a system_id of 15 and a password of 8 characters")
         return params.get("name"), TransportConfig("smpp", "smpp", smpp)
     if parts.scheme == "modem":
-        params = _query(parts.query, key, ("name", "baud", "pin", "smsc"))
+        params = _query(parts.query, key, ("name", "baud", "pin", "smsc", "timeout"))
         if parts.netloc or not parts.path.startswith("/"):
             raise ConfigError(f"{key}: a modem URL names a device path: modem:///dev/ttyUSB0")
         pin = params.get("pin") or None
@@ -444,7 +445,8 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
         if smsc is not None and not re.fullmatch(r"\+?[0-9]{3,20}", smsc):
             raise ConfigError(f"{key}: option smsc must be a phone number")
         modem = ModemSettings(device=unquote(parts.path),
-                              baud=_int_opt(params, "baud", 115200, 300, 4_000_000, key), pin=pin, smsc=smsc)
+                              baud=_int_opt(params, "baud", 115200, 300, 4_000_000, key), pin=pin, smsc=smsc,
+                              timeout=_float_opt(params, "timeout", 10.0, key) or 10.0)
         return params.get("name"), TransportConfig("modem", "modem", modem)
     raise ConfigError(f"{key}: unknown transport {url!r}; expected simulator, smpp://… or modem:///…")
 

@@ -39,13 +39,6 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path) -> None:
                              "number from 1 to 255\n")
 
 
-def test_serve_refuses_a_transport_it_does_not_have_yet(tmp_path: Path) -> None:
-    result = run("serve", "--data-dir", str(tmp_path), "--transport", "modem:///dev/ttyUSB0")
-    assert result.returncode == 2
-    assert "the modem transport is not available in this version yet" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-
-
 def test_hash_password() -> None:
     result = run("hash-password", "--stdin", stdin="s3cret\n")
     assert result.returncode == 0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from asterisk_sendsms.encoding import GSM_BASIC, GSM_EXTENSION, encode_message
 from asterisk_sendsms.model import PartOutcome
+from asterisk_sendsms.modem.at import AtParser, Prompt, Response, Unsolicited, cms_code
 from asterisk_sendsms.modem.pdu import Deliver, StatusReport, decode_pdu, encode_submit, validity_octet
 
 
@@ -64,11 +65,13 @@ def test_status_report_request_and_validity_bits() -> None:
     assert [validity_octet(s) for s in (300, 3600, 43200, 86400, 7 * 86400, 10**9)] == [0, 11, 143, 167, 173, 255]
 
 
-gsm = st.sampled_from(sorted(set(GSM_BASIC.replace("\x1b", "")) | set(GSM_EXTENSION)))
+# The reference decoder maps the extension's form feed (0x1B 0x0A) to nothing (its table says 'ÿ'): left out
+# here; our own round trip of it is in test_encoding.
+gsm = st.sampled_from(sorted(set(GSM_BASIC.replace("\x1b", "")) | set(GSM_EXTENSION) - {"\f"}))
 
 
 @settings(max_examples=60)
-@given(st.text(gsm, min_size=1, max_size=500) | st.text(min_size=1, max_size=200))
+@given(st.text(gsm, min_size=1, max_size=500) | st.text(min_size=1, max_size=200).filter(lambda t: "\f" not in t))
 def test_any_text_survives_the_independent_decoder(text: str) -> None:
     encoded = encode_message(text, 255)
     parts = [theirs(encode_submit("+441234567890", encoded.coding, segment, part=(7, encoded.part_count, n)).hex)
@@ -108,3 +111,28 @@ def test_deliveries_match_the_independent_decoder() -> None:
     ours = decode_pdu(alpha)
     assert isinstance(ours, Deliver) and ours.text == "Зд"
     assert reference.decodeSmsPdu(alpha)["number"] == ours.sender
+
+
+def test_at_parser_echo_prompt_and_unsolicited_between_command_and_result() -> None:
+    parser = AtParser()
+    assert parser.command("AT+CPIN?") == b"AT+CPIN?\r"
+    assert parser.feed(b"AT+CPIN?\r\r\n+CPIN: READY\r\n") == []  # echo, then an intermediate line
+    [response] = parser.feed(b"\r\nOK\r\n")
+    assert isinstance(response, Response) and response.ok and response.value("+CPIN:") == "READY"
+    parser.command("AT+CMGS=23")
+    assert parser.feed(b"\r\n> ") == [Prompt()]
+    events = parser.feed(b"\r\n+CDS: 25\r\n0006...\r\n\r\n+CMGS: 17\r\n\r\nOK\r\n")
+    assert events[0] == Unsolicited("+CDS:", "+CDS: 25", "0006...")
+    assert isinstance(events[1], Response) and events[1].value("+CMGS:") == "17"
+    parser.command("AT+CMGS=23")
+    [refused] = parser.feed(b"\r\n+CMS ERROR: 500\r\n")
+    assert isinstance(refused, Response) and not refused.ok and cms_code(refused.final) == 500
+    assert parser.feed(b'\r\n+CMTI: "SM",3\r\nRING\r\n') == [Unsolicited("+CMTI:", '+CMTI: "SM",3'),
+                                                             Unsolicited("RING", "RING")]
+
+
+@given(st.binary(max_size=400))
+def test_at_parser_survives_garbage(data: bytes) -> None:
+    parser = AtParser()
+    parser.command("AT")
+    parser.feed(data)

@@ -1,6 +1,6 @@
 """Transports: how messages leave the gateway. `build_transport` turns configuration into one."""
 
-from ..config import SimulatorSettings, SmppSettings, TransportConfig
+from ..config import ModemSettings, SimulatorSettings, SmppSettings, TransportConfig
 from ..errors import ConfigError
 from .base import Transport, TransportHealth, TransportSink
 from .simulator import SimulatorTransport
@@ -15,5 +15,8 @@ def build_transport(config: TransportConfig) -> Transport:
         from ..smpp.transport import SmppTransport  # the SMPP package imports this one
 
         return SmppTransport(config.name, config.settings)
-    raise ConfigError(f"transport {config.name!r}: the {config.kind} transport is not available in this "
-                      "version yet; use the simulator")
+    if isinstance(config.settings, ModemSettings):
+        from ..modem.transport import ModemTransport
+
+        return ModemTransport(config.name, config.settings)
+    raise ConfigError(f"transport {config.name!r}: unknown kind {config.kind!r}")

@@ -1,0 +1,179 @@
+"""A GSM modem emulator on a real pseudo-terminal: AT commands in PDU mode, echo on or off, SIM PIN, +CMS
+errors, a modem that goes silent, status reports (+CDS) before or after the AT+CMGS result, incoming SMS
+announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+import tty
+from dataclasses import dataclass, field
+from typing import Any
+
+from gsmmodem import pdu as reference
+
+
+def _address(number: str) -> str:
+    digits = number.lstrip("+")
+    padded = digits + ("F" if len(digits) % 2 else "")
+    swapped = "".join(padded[i + 1] + padded[i] for i in range(0, len(padded), 2))
+    return f"{len(digits):02X}{'91' if number.startswith('+') else '81'}{swapped}"
+
+
+TIMESTAMP = "62115201510340"  # 2026-11-25 10:15:30 +01:00
+
+
+def status_report_pdu(reference_number: int, recipient: str, status: int) -> str:
+    return f"00 06 {reference_number:02X} {_address(recipient)} {TIMESTAMP} {TIMESTAMP} {status:02X}".replace(" ", "")
+
+
+def deliver_pdu(sender: str, text: str) -> str:
+    septets = reference.encodeGsm7(text)
+    packed = reference.packSeptets(septets)
+    return f"00 04 {_address(sender)} 00 00 {TIMESTAMP} {len(septets):02X} {bytes(packed).hex().upper()}".replace(
+        " ", "")
+
+
+@dataclass
+class FakeModem:
+    echo: bool = True
+    pin: str | None = None
+    cms_on_send: int | None = None  # answer every AT+CMGS PDU with this +CMS ERROR
+    silent_after: int | None = None  # stop answering after this many commands...
+    silent_for: float = 0.0  # ...for this long
+    report_status: int | None = 0x00  # TP-ST of the status report, None for none
+    report_delay: float = 0.1
+    report_first: bool = False  # the +CDS arrives before the AT+CMGS result
+    incoming: list[tuple[str, str]] = field(default_factory=list)  # (sender, text) announced after AT+CNMI
+    commands: list[str] = field(default_factory=list)
+    submits: list[dict[str, Any]] = field(default_factory=list)
+    stored: dict[int, str] = field(default_factory=dict)
+    deleted: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self._unlocked = self.pin is None
+        self._reference = 0
+        self._silent_until = 0.0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.close(self.master)
+        os.close(self.slave)
+
+    def _write(self, text: str) -> None:
+        with self._lock:
+            os.write(self.master, text.encode("latin-1"))
+
+    def _reply(self, *lines: str) -> None:
+        self._write("".join(f"\r\n{line}\r\n" for line in lines))
+
+    def _run(self) -> None:
+        buffer = b""
+        pdu_mode = False
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                buffer += os.read(self.master, 4096)
+            except OSError:
+                time.sleep(0.05)  # no process has the terminal open right now
+                continue
+            while True:
+                if pdu_mode:
+                    if b"\x1a" not in buffer:
+                        break
+                    data, buffer = buffer.split(b"\x1a", 1)
+                    pdu_mode = False
+                    self._on_pdu(data.decode("latin-1").strip())
+                    continue
+                if b"\r" not in buffer:
+                    break
+                raw, buffer = buffer.split(b"\r", 1)
+                line = raw.decode("latin-1").strip()
+                if line:
+                    pdu_mode = self._on_line(line)
+
+    def _on_line(self, line: str) -> bool:
+        """Answer a command; True when a PDU follows."""
+        self.commands.append(line)
+        if self.silent_after is not None and len(self.commands) == self.silent_after + 1:
+            self._silent_until = time.monotonic() + self.silent_for
+        if time.monotonic() < self._silent_until:
+            return False
+        if self.echo:
+            self._write(line + "\r")
+        upper = line.upper()
+        if upper == "ATE0":
+            self.echo = False
+            self._reply("OK")
+        elif upper in ("AT", "AT+CMEE=1", "AT+CMGF=0") or upper.startswith("AT+CSCA="):
+            self._reply("OK")
+        elif upper == "AT+CPIN?":
+            self._reply("+CPIN: READY" if self._unlocked else "+CPIN: SIM PIN", "OK")
+        elif upper.startswith("AT+CPIN="):
+            if line.split("=", 1)[1].strip('"') == self.pin:
+                self._unlocked = True
+                self._reply("OK")
+            else:
+                self._reply("+CME ERROR: 16")
+        elif upper.startswith("AT+CNMI="):
+            self._reply("OK")
+            for index, (sender, text) in enumerate(self.incoming, 1):
+                self.stored[index] = deliver_pdu(sender, text)
+                self._reply(f'+CMTI: "SM",{index}')
+            self.incoming = []
+        elif upper.startswith("AT+CMGS="):
+            if not self._unlocked:
+                self._reply("+CMS ERROR: 311")
+                return False
+            self._write("\r\n> ")
+            return True
+        elif upper.startswith("AT+CMGR="):
+            index = int(upper.split("=")[1])
+            if index in self.stored:
+                pdu = self.stored[index]
+                self._reply(f"+CMGR: 0,,{len(pdu) // 2 - 1}\r\n{pdu}", "OK")
+            else:
+                self._reply("+CMS ERROR: 321")
+        elif upper.startswith("AT+CMGD="):
+            index = int(upper.split("=")[1])
+            self.stored.pop(index, None)
+            self.deleted.append(index)
+            self._reply("OK")
+        else:
+            self._reply("ERROR")
+        return False
+
+    def _on_pdu(self, pdu_hex: str) -> None:
+        decoded = reference.decodeSmsPdu(pdu_hex)
+        self.submits.append(decoded)
+        if time.monotonic() < self._silent_until:
+            return
+        if self.cms_on_send is not None:
+            self._reply(f"+CMS ERROR: {self.cms_on_send}")
+            return
+        self._reference = (self._reference + 1) % 256
+        number = self._reference
+        report = None
+        data = bytes.fromhex(pdu_hex)
+        wants_report = bool(data[1 + data[0]] & 0x20)  # TP-SRR of the submit
+        if self.report_status is not None and wants_report:
+            pdu = status_report_pdu(number, str(decoded["number"]), self.report_status)
+            report = f"+CDS: {len(pdu) // 2 - 1}\r\n{pdu}"
+        if report and self.report_first:
+            self._reply(report)
+            report = None
+        self._reply(f"+CMGS: {number}", "OK")
+        if report:
+            threading.Timer(self.report_delay, self._reply, (report,)).start()

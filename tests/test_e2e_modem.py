@@ -1,0 +1,136 @@
+"""The modem transport in the real daemon, driving the emulator through a real pseudo-terminal's device path
+as a user would configure it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from asterisk_sendsms.passwords import hash_password
+
+from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
+from .peers.fake_modem import FakeModem
+from .test_e2e_smpp import send
+
+
+@pytest.fixture
+def modem_factory() -> Iterator[Callable[..., FakeModem]]:
+    modems: list[FakeModem] = []
+
+    def make(**options: Any) -> FakeModem:
+        modem = FakeModem(**options)
+        modems.append(modem)
+        return modem
+
+    yield make
+    for modem in modems:
+        modem.close()
+
+
+def gateway(daemon_factory: list[Daemon], tmp_path: Path, modem: FakeModem, options: str = "",
+            extra: str = "") -> Daemon:
+    config = tmp_path / "modem.toml"
+    config.write_text(f"""{extra}
+[dispatch]
+retry_initial = 0.3
+retry_max = 1
+[[users]]
+name = "alice"
+password_hash = "{hash_password('pw')}"
+[[transports]]
+name = "gsm"
+url = "modem://{modem.path}?timeout=1{options}"
+""")
+    return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+
+
+async def final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str, timeout: float = 30) -> dict[str, Any]:
+    return await wait_final(session, daemon, sms_id, timeout, user="alice", password="pw")
+
+
+async def test_send_in_pdu_mode_and_correlate_status_reports(daemon_factory: list[Daemon], tmp_path: Path,
+                                                            modem_factory: Any) -> None:
+    modem = modem_factory()
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    long_text = "Köszönjük a rendelést! Szállítás holnap 😀 " * 3
+    async with aiohttp.ClientSession() as session:
+        short = await final(session, daemon, await send(session, daemon, "+36201234567", "Hello [world] €"))
+        long = await final(session, daemon, await send(session, daemon, "+36207654321", long_text))
+    assert short["state"] == "delivered" and long["state"] == "delivered"
+    assert modem.commands[:6] == ["AT", "ATE0", "AT+CMEE=1", "AT+CPIN?", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0"]
+    first, *rest = modem.submits
+    assert first["number"] == "+36201234567" and first["text"] == "Hello [world] €"
+    texts = [str(p["text"]).encode("utf-16-be", "surrogatepass").decode("utf-16-be") for p in rest]
+    assert "".join(texts) == long_text and len(rest) == long["part_count"] > 1
+    assert [p["smsc_id"] for p in long["parts"]] == [f"{n}:+36207654321" for n in range(2, 2 + len(rest))]
+
+
+async def test_echo_off_pin_and_report_before_result(daemon_factory: list[Daemon], tmp_path: Path,
+                                                     modem_factory: Any) -> None:
+    modem = modem_factory(echo=False, pin="1234", report_first=True)
+    daemon = gateway(daemon_factory, tmp_path, modem, "&pin=1234")
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "PIN ok"))
+    assert data["state"] == "delivered"
+    assert 'AT+CPIN="1234"' in modem.commands
+
+
+async def test_missing_pin_is_reported_and_the_message_waits(daemon_factory: list[Daemon], tmp_path: Path,
+                                                             modem_factory: Any) -> None:
+    modem = modem_factory(pin="1234")
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "waiting for the PIN")
+        await asyncio.sleep(1.5)
+        async with session.get(f"{daemon.base}/healthz") as response:
+            health = await response.json()
+        async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+            state = (await r.json())["state"]
+    assert "the SIM asks for a PIN" in health["transports"][0]["state"] and not health["transports"][0]["ready"]
+    assert state in ("accepted", "queued") and modem.submits == []
+    assert daemon.output().count("the SIM asks for a PIN") == 1
+
+
+async def test_cms_errors_retry_or_reject(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any,
+                                          receiver: Receiver) -> None:
+    modem = modem_factory(cms_on_send=500)
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "try again")
+        await asyncio.sleep(1.5)
+        modem.cms_on_send = None  # the network recovers
+        retried = await final(session, daemon, sms_id)
+        modem.cms_on_send = 21  # short message transfer rejected: never going through
+        rejected = await final(session, daemon, await send(session, daemon, "+36201234567", "no", "",
+                                                           receiver.url))
+    assert retried["state"] == "delivered" and retried["attempts"] > 1
+    assert rejected["state"] == "rejected" and rejected["error_code"] == "CMS_21"
+    [post] = await receiver.wait_for(1)
+    assert post["DeliveryStatus"] == "Rejected" and post["ErrorCode"] == "CMS_21"
+
+
+async def test_a_silent_modem_is_reset_and_nothing_is_lost(daemon_factory: list[Daemon], tmp_path: Path,
+                                                          modem_factory: Any) -> None:
+    modem = modem_factory(silent_after=6, silent_for=2.5)  # goes quiet on the first AT+CMGS
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "are you there?"))
+    assert data["state"] == "delivered" and data["attempts"] >= 2
+    assert "stopped answering" in daemon.output() or "no answer" in daemon.output()
+    assert modem.commands.count("AT+CMGF=0") >= 2  # initialised again after the reset
+
+
+async def test_incoming_sms_read_stored_deleted_and_posted(daemon_factory: list[Daemon], tmp_path: Path,
+                                                           modem_factory: Any, receiver: Receiver) -> None:
+    modem = modem_factory(incoming=[("+36301112222", "Call me back please")])
+    gateway(daemon_factory, tmp_path, modem, extra=f'[incoming]\nurl = "{receiver.url}"')
+    [post] = await receiver.wait_for(1)
+    assert post["NotificationName"] == "IncomingSMS" and post["Sender"] == "+36301112222"
+    assert post["Message"] == "Call me back please" and post["Transport"] == "gsm"
+    await asyncio.sleep(0.3)
+    assert modem.deleted == [1] and modem.stored == {}
