@@ -168,6 +168,8 @@ class TransportConfig:
 class Route:
     prefix: str
     transports: tuple[str, ...]
+    # "failover": the first ready transport; "round-robin": ready transports in turn (a modem pool)
+    balance: str = "failover"
 
 
 DEFAULT_TTS_COMMAND = ("espeak-ng", "-v", "{voice}", "-w", "{output}", "--stdin")
@@ -619,8 +621,11 @@ def _routes(values: object, transports: tuple[TransportConfig, ...]) -> tuple[Ro
         for name in via:
             if name not in names:
                 raise ConfigError(f"{table.key('transports')}: no transport named {name!r}")
+        balance = table.text("balance", "failover") or "failover"
+        if balance not in ("failover", "round-robin"):
+            raise ConfigError(f"{table.key('balance')}: expected \"failover\" or \"round-robin\"")
         table.finish()
-        routes.append(Route(prefix, via))
+        routes.append(Route(prefix, via, balance))
     return tuple(routes)
 
 

@@ -48,6 +48,7 @@ class Dispatcher:
         self._capacity = sum(t.capacity for t in self._transports.values()) + STORE_PIPELINE
         self._slot_freed = asyncio.Event()
         self._stopping = False
+        self._turns: dict[str, int] = {}
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -106,11 +107,17 @@ class Dispatcher:
             await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
 
     def _pick(self, recipient: str) -> tuple[Transport | None, bool]:
-        """The first ready transport of the recipient's route, and whether the route exists at all."""
-        names = self._router.transports_for(recipient)
-        candidates = [self._transports[n] for n in names if n in self._transports]
+        """A ready transport of the recipient's route (the first, or the next in turn for round-robin), and
+        whether the route exists at all."""
+        route = self._router.route_for(recipient)
+        candidates = [self._transports[n] for n in route.transports if n in self._transports] if route else []
         ready = [t for t in candidates if t.health().ready]
-        return (ready[0] if ready else None), bool(candidates)
+        if not ready or route is None:
+            return None, bool(candidates)
+        if route.balance == "round-robin":
+            turn = self._turns[route.prefix] = self._turns.get(route.prefix, -1) + 1
+            return ready[turn % len(ready)], True
+        return ready[0], True
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self._config.retry_max, self._config.retry_initial * 2 ** max(attempts - 1, 0)))

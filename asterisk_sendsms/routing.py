@@ -23,9 +23,9 @@ class Router:
         self._routes = sorted(routes, key=lambda r: (len(r.prefix.lstrip("+")), r.prefix.startswith("+")),
                               reverse=True)
 
-    def transports_for(self, recipient: str) -> tuple[str, ...]:
-        """Transport names in order of preference; empty when no route serves the recipient."""
+    def route_for(self, recipient: str) -> Route | None:
+        """The most specific route serving the recipient, if any."""
         for route in self._routes:
             if prefix_matches(recipient, route.prefix):
-                return route.transports
-        return ()
+                return route
+        return None

@@ -52,7 +52,7 @@ class SmsService:
         encoded = encode_message(text, self._config.messages.max_parts)
         url = validate_callback_url(callback_url, self._config.callbacks) if callback_url else None
         check_destination(user, to.value)
-        if not self._router.transports_for(to.value):
+        if self._router.route_for(to.value) is None:
             raise NoRoute(to.value)
         now = self._clock()
         message = NewMessage(

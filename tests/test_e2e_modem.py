@@ -134,3 +134,52 @@ async def test_incoming_sms_read_stored_deleted_and_posted(daemon_factory: list[
     assert post["Message"] == "Call me back please" and post["Transport"] == "gsm"
     await asyncio.sleep(0.3)
     assert modem.deleted == [1] and modem.stored == {}
+
+
+async def test_stored_status_reports_are_read_and_deleted(daemon_factory: list[Daemon], tmp_path: Path,
+                                                          modem_factory: Any) -> None:
+    modem = modem_factory(reports_stored=True, report_status=0x46)  # validity period expired
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "late"))
+    assert data["state"] == "expired" and data["error_code"] == "46"
+    await asyncio.sleep(0.3)
+    assert "AT+CMGR=101" in modem.commands and modem.deleted == [101]
+
+
+def pool(daemon_factory: list[Daemon], tmp_path: Path, modems: list[FakeModem], balance: str) -> Daemon:
+    transports = "".join(f'[[transports]]\nname = "gsm{i}"\nurl = "modem://{m.path}?timeout=1&pin=1234"\n'
+                         for i, m in enumerate(modems))
+    config = tmp_path / "pool.toml"
+    config.write_text(f"""
+[[users]]
+name = "alice"
+password_hash = "{hash_password('pw')}"
+{transports}
+[[routes]]
+prefix = "+36"
+transports = [{", ".join(f'"gsm{i}"' for i in range(len(modems)))}]
+balance = "{balance}"
+""")
+    return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+
+
+async def test_modem_pool_round_robin(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any) -> None:
+    modems = [modem_factory(), modem_factory()]
+    daemon = pool(daemon_factory, tmp_path, modems, "round-robin")
+    await asyncio.sleep(1.0)  # both initialised
+    async with aiohttp.ClientSession() as session:
+        for i in range(4):
+            data = await final(session, daemon, await send(session, daemon, f"+3620{i:07d}", f"pool {i}"))
+            assert data["state"] == "delivered"
+    assert [len(m.submits) for m in modems] == [2, 2]
+
+
+async def test_failover_to_the_next_modem(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any) -> None:
+    modems = [modem_factory(pin="9999"), modem_factory()]  # the first SIM refuses our PIN: never ready
+    daemon = pool(daemon_factory, tmp_path, modems, "failover")
+    async with aiohttp.ClientSession() as session:
+        states = [(await final(session, daemon, await send(session, daemon, "+36201234567", f"fo {i}")))["state"]
+                  for i in range(3)]
+    assert states == ["delivered"] * 3 and modems[0].submits == [] and len(modems[1].submits) == 3
+    assert "AT+CPIN=\"1234\" refused: +CME ERROR: 16 (incorrect password)" in daemon.output()

@@ -46,6 +46,7 @@ class FakeModem:
     report_status: int | None = 0x00  # TP-ST of the status report, None for none
     report_delay: float = 0.1
     report_first: bool = False  # the +CDS arrives before the AT+CMGS result
+    reports_stored: bool = False  # reports are stored and announced with +CDSI instead of +CDS
     incoming: list[tuple[str, str]] = field(default_factory=list)  # (sender, text) announced after AT+CNMI
     commands: list[str] = field(default_factory=list)
     submits: list[dict[str, Any]] = field(default_factory=list)
@@ -171,6 +172,10 @@ class FakeModem:
         if self.report_status is not None and wants_report:
             pdu = status_report_pdu(number, str(decoded["number"]), self.report_status)
             report = f"+CDS: {len(pdu) // 2 - 1}\r\n{pdu}"
+            if self.reports_stored:
+                index = 100 + number
+                self.stored[index] = pdu
+                report = f'+CDSI: "SR",{index}'
         if report and self.report_first:
             self._reply(report)
             report = None
