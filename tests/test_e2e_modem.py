@@ -183,3 +183,14 @@ async def test_failover_to_the_next_modem(daemon_factory: list[Daemon], tmp_path
                   for i in range(3)]
     assert states == ["delivered"] * 3 and modems[0].submits == [] and len(modems[1].submits) == 3
     assert "AT+CPIN=\"1234\" refused: +CME ERROR: 16 (incorrect password)" in daemon.output()
+
+
+async def test_text_mode_fallback(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any) -> None:
+    modem = modem_factory(pdu_mode=False)
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        sent = await final(session, daemon, await send(session, daemon, "+36201234567", "Plain text mode"))
+        refused = await final(session, daemon, await send(session, daemon, "+36201234567", "Unicode ő"))
+    assert sent["state"] == "delivered" and modem.submits == [{"number": "+36201234567", "text": "Plain text mode"}]
+    assert refused["state"] == "rejected" and refused["error_code"] == "TEXT_MODE"
+    assert "AT+CMGF=1" in modem.commands and "has no PDU mode" in daemon.output()

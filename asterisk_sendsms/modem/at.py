@@ -13,7 +13,7 @@ FINAL_OK = ("OK",)
 FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:", "NO CARRIER")
 # Unsolicited codes; those in WITH_PDU are followed by a PDU line.
 UNSOLICITED = ("+CDS:", "+CDSI:", "+CMTI:", "+CMT:", "RING", "+CLIP:", "^RSSI:", "^BOOT:")
-WITH_PDU = ("+CDS:", "+CMT:")
+WITH_PDU = ("+CDS:", "+CMT:")  # in text mode +CDS carries its fields on its own line
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +59,7 @@ def cms_code(final: str) -> int | None:
 @dataclass
 class AtParser:
     pending: str | None = None  # the command line awaiting its final result
+    text_mode: bool = False  # AT+CMGF=1: +CDS is one line; +CMT is followed by the text
     _buffer: bytearray = field(default_factory=bytearray)
     _lines: list[str] = field(default_factory=list)
     _awaiting_pdu: str | None = None  # the unsolicited line whose PDU comes next
@@ -104,7 +105,7 @@ class AtParser:
             return None  # the echo of our own command
         for code in UNSOLICITED:
             if line.startswith(code):
-                if code in WITH_PDU:
+                if code == "+CMT:" or (code in WITH_PDU and not self.text_mode):
                     self._awaiting_pdu = line
                     return None
                 return Unsolicited(code, line)

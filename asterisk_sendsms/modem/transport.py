@@ -14,7 +14,7 @@ from typing import Any
 import serial
 
 from ..config import ModemSettings
-from ..encoding import EncodedMessage
+from ..encoding import Coding, EncodedMessage
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
@@ -97,6 +97,12 @@ class ModemTransport:
         if not self._ready:
             raise TransientSubmitError(f"modem {self.name} is not ready ({self.state})", "MODEM_NOT_READY")
         reference = int.from_bytes(message.sms_id.encode()[:2], "big") & 0xFF
+        if self._parser.text_mode:
+            if encoded.coding is not Coding.GSM7 or encoded.part_count > 1:
+                raise PermanentSubmitError(f"modem {self.name} has only text mode: it cannot send long or Unicode "
+                                           "texts", "TEXT_MODE")
+            return [await self._send(f'AT+CMGS="{message.recipient}"', message.text.encode("latin-1", "replace"),
+                                     message.recipient)]
         ids: list[str] = []
         for number, segment in enumerate(encoded.segments, 1):
             part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
@@ -104,7 +110,7 @@ class ModemTransport:
                 pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc)
             except ModemPduError as exc:
                 raise PermanentSubmitError(exc.message, "PDU") from None
-            ids.append(await self._send(pdu.hex, pdu.tpdu_length, message.recipient))
+            ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
         return ids
 
     # ------------------------------------------------------------ the serial session
@@ -222,13 +228,21 @@ class ModemTransport:
             await self._checked(f'AT+CPIN="{self._settings.pin}"')
         elif pin_state != "READY":
             raise ModemError(f"the SIM is not ready: +CPIN: {pin_state}")
-        await self._checked("AT+CMGF=0")
+        self._parser.text_mode = False
+        if not (await self.command("AT+CMGF=0")).ok:
+            # A modem without PDU mode: text mode sends one-part GSM texts, with a status report request.
+            await self._checked("AT+CMGF=1")
+            await self._checked('AT+CSCS="GSM"')
+            await self._checked("AT+CSMP=49,167,0,0")
+            self._parser.text_mode = True
+            log.warning("modem %s has no PDU mode: text mode sends one-part GSM texts only", self.name)
         if self._settings.smsc:
             await self._checked(f'AT+CSCA="{self._settings.smsc}"')
         # New SMS stored and announced (+CMTI), status reports routed straight to us (+CDS).
         await self._checked("AT+CNMI=2,1,0,1,0")
 
-    async def _send(self, pdu_hex: str, tpdu_length: int, recipient: str) -> str:
+    async def _send(self, command: str, body: bytes, recipient: str) -> str:
+        """AT+CMGS, the `> ` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
         async with self._lock:
             if self._serial is None:
                 raise TransientSubmitError("the modem is not open", "MODEM_NOT_READY")
@@ -236,7 +250,7 @@ class ModemTransport:
             self._prompt = loop.create_future()
             self._response = loop.create_future()
             try:
-                self._write(self._parser.command(f"AT+CMGS={tpdu_length}"))
+                self._write(self._parser.command(command))
                 waiters: set[asyncio.Future[Any]] = {self._prompt, self._response}
                 await asyncio.wait(waiters, timeout=self._settings.timeout, return_when=asyncio.FIRST_COMPLETED)
                 if self._response.done() and not self._prompt.done():  # refused before the prompt
@@ -246,7 +260,7 @@ class ModemTransport:
                     self._broken.set()
                     raise ModemSilent(f"no '> ' prompt after AT+CMGS within {self._settings.timeout:g}s")
                 self._prompt.result()
-                self._write(pdu_hex.encode("ascii") + CTRL_Z)
+                self._write(body + CTRL_Z)
                 await self._wait(self._response, self._settings.timeout * SEND_TIMEOUT_FACTOR, "the PDU")
             except ModemSilent as exc:
                 raise TransientSubmitError(f"modem {self.name}: {exc.message}", "MODEM_SILENT") from None
@@ -268,7 +282,9 @@ class ModemTransport:
         while True:
             event = await self._unsolicited.get()
             try:
-                if event.code in ("+CDS:", "+CMT:") and event.pdu:
+                if event.code == "+CDS:" and event.pdu is None:
+                    await self._on_text_report(sink, event.line)
+                elif event.code in ("+CDS:", "+CMT:") and event.pdu:
                     await self._on_pdu(sink, event.pdu)
                 elif event.code in ("+CMTI:", "+CDSI:"):
                     await self._read_stored(sink, event.line.split(",")[-1].strip())
@@ -283,6 +299,18 @@ class ModemTransport:
         elif isinstance(decoded, Deliver):
             await sink.on_incoming(IncomingPart(self.name, decoded.sender, "", decoded.text, time.time(),
                                                 decoded.reference, decoded.total, decoded.sequence))
+
+    async def _on_text_report(self, sink: TransportSink, line: str) -> None:
+        """+CDS: <fo>,<mr>,"<ra>",<tora>,"<scts>","<dt>",<st> (text mode)."""
+        fields = [f.strip().strip('"') for f in line[len("+CDS:"):].split(",")]
+        if len(fields) < 7 or not fields[1].isdigit() or not fields[-1].isdigit():
+            raise ModemError(f"unreadable status report {line!r}")
+        recipient = fields[2]
+        if fields[3] == "145" and not recipient.startswith("+"):
+            recipient = "+" + recipient
+        report = StatusReport(int(fields[1]), recipient, int(fields[-1]), None)
+        await sink.on_receipt(Receipt(self.name, f"{report.reference}:{report.recipient}", report.outcome,
+                                      f"{report.status:02X}"))
 
     async def _read_stored(self, sink: TransportSink, index: str) -> None:
         if not index.isdigit():

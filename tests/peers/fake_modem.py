@@ -47,6 +47,7 @@ class FakeModem:
     report_delay: float = 0.1
     report_first: bool = False  # the +CDS arrives before the AT+CMGS result
     reports_stored: bool = False  # reports are stored and announced with +CDSI instead of +CDS
+    pdu_mode: bool = True  # False: an old modem that knows only text mode (AT+CMGF=1)
     incoming: list[tuple[str, str]] = field(default_factory=list)  # (sender, text) announced after AT+CNMI
     commands: list[str] = field(default_factory=list)
     submits: list[dict[str, Any]] = field(default_factory=list)
@@ -58,6 +59,8 @@ class FakeModem:
         tty.setraw(self.slave)
         self.path = os.ttyname(self.slave)
         self._unlocked = self.pin is None
+        self._text_mode = False
+        self._text_number: str | None = None
         self._reference = 0
         self._silent_until = 0.0
         self._stop = threading.Event()
@@ -118,7 +121,12 @@ class FakeModem:
         if upper == "ATE0":
             self.echo = False
             self._reply("OK")
-        elif upper in ("AT", "AT+CMEE=1", "AT+CMGF=0") or upper.startswith("AT+CSCA="):
+        elif upper == "AT+CMGF=0":
+            self._reply("OK" if self.pdu_mode else "ERROR")
+        elif upper == "AT+CMGF=1" or upper.startswith(("AT+CSCS=", "AT+CSMP=")):
+            self._text_mode = upper == "AT+CMGF=1" or self._text_mode
+            self._reply("OK")
+        elif upper in ("AT", "AT+CMEE=1") or upper.startswith("AT+CSCA="):
             self._reply("OK")
         elif upper == "AT+CPIN?":
             self._reply("+CPIN: READY" if self._unlocked else "+CPIN: SIM PIN", "OK")
@@ -138,6 +146,7 @@ class FakeModem:
             if not self._unlocked:
                 self._reply("+CMS ERROR: 311")
                 return False
+            self._text_number = line.split("=", 1)[1].strip('"') if self._text_mode else None
             self._write("\r\n> ")
             return True
         elif upper.startswith("AT+CMGR="):
@@ -156,7 +165,20 @@ class FakeModem:
             self._reply("ERROR")
         return False
 
+    def _on_text(self, text: str) -> None:
+        number = self._text_number or ""
+        self.submits.append({"number": number, "text": text})
+        self._reference = (self._reference + 1) % 256
+        self._reply(f"+CMGS: {self._reference}", "OK")
+        if self.report_status is not None:
+            report = (f'+CDS: 6,{self._reference},"{number.lstrip("+")}",{145 if number.startswith("+") else 129},'
+                      f'"26/11/25,10:15:30+04","26/11/25,10:15:40+04",{self.report_status}')
+            threading.Timer(self.report_delay, self._reply, (report,)).start()
+
     def _on_pdu(self, pdu_hex: str) -> None:
+        if self._text_mode:
+            self._on_text(pdu_hex)
+            return
         decoded = reference.decodeSmsPdu(pdu_hex)
         self.submits.append(decoded)
         if time.monotonic() < self._silent_until:
