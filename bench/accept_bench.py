@@ -4,36 +4,23 @@ rate through the simulator to the final receipt, delivery notifications per seco
     .venv/bin/python bench/accept_bench.py [--messages 20000] [--concurrency 64]
 
 The daemon runs as `./run serve` (as users run it); the load generator and the notification receiver run in
-this process. Kannel is compared once the SMPP transport exists (bench of the SMPP issue): Kannel cannot talk
-to our in-process simulator.
+this process. The comparison with Kannel is bench/smpp_bench.py: Kannel cannot talk to our simulator.
 """
+
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-
-REPO = Path(__file__).resolve().parent.parent
-DEMO_HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from common import Daemon, free_port, peak_rss_mib
 
 
 @dataclass
@@ -46,31 +33,15 @@ class Result:
     errors: int
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def run_case(label: str, synchronous: str, messages: int, concurrency: int, callbacks: bool) -> Result:
-    work = Path(tempfile.mkdtemp(prefix="sendsms-bench-"))
-    config = work / "bench.toml"
-    config.write_text(f"""
+    daemon = Daemon(f"""
 [store]
 synchronous = "{synchronous}"
 [callbacks]
 concurrency = 64
-[[users]]
-name = "HTTP_User_1"
-password_hash = "{DEMO_HASH}"
 [[transports]]
 url = "simulator?receipt_delay=0.2&window=1000"
 """)
-    port = free_port()
-    log = (work / "daemon.log").open("wb")
-    daemon = subprocess.Popen([str(REPO / "run"),  # noqa: ASYNC220 - started once, before the load "serve", "--config", str(config), "--data-dir", str(work),
-                               "--http", f"127.0.0.1:{port}", "--log-level", "WARNING"], stdout=log, stderr=log)
     received = 0
     all_received = asyncio.Event()
 
@@ -89,15 +60,9 @@ url = "simulator?receipt_delay=0.2&window=1000"
     dlr_port = free_port()
     await web.TCPSite(runner, "127.0.0.1", dlr_port).start()
     try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.1)
         report = f"&DeliveryReportURL=http://127.0.0.1:{dlr_port}/dlr" if callbacks else ""
-        base = (f"http://127.0.0.1:{port}/api?command=SendSms&Username=HTTP_User_1&Password=qwe123"
-                f"&Sender=%2b3612345678&Message=Your+payment+of+42+EUR+was+received{report}&Recipient=%2b3620")
+        base = (f"{daemon.api}&Sender=%2b3612345678&Message=Your+payment+of+42+EUR+was+received{report}"
+                "&Recipient=%2b3620")
         errors = 0
         counter = iter(range(messages))
 
@@ -114,7 +79,7 @@ url = "simulator?receipt_delay=0.2&window=1000"
             start = time.perf_counter()
             await asyncio.gather(*(worker(session) for _ in range(concurrency)))
             accepted_s = time.perf_counter() - start
-        store = work / "messages.sqlite3"
+        store = daemon.work / "messages.sqlite3"
         while True:
             with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
                 done = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'delivered'").fetchone()[0]
@@ -127,12 +92,10 @@ url = "simulator?receipt_delay=0.2&window=1000"
             await asyncio.wait_for(all_received.wait(), 600)
             callbacks_per_s = messages / (time.perf_counter() - start)
         return Result(label, messages / accepted_s, messages / delivered_s, callbacks_per_s,
-                      peak_rss_mib(daemon.pid), errors)
+                      peak_rss_mib(daemon.process.pid), errors)
     finally:
         await runner.cleanup()
-        os.kill(daemon.pid, signal.SIGTERM)
-        daemon.wait(30)
-        log.close()
+        daemon.stop()
 
 
 async def main() -> None:

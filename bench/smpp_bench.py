@@ -30,37 +30,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from common import REPO, Daemon, free_port, peak_rss_mib, rss_mib, wait_port
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from asterisk_sendsms.smpp.pdu import Command, Pdu
+from asterisk_sendsms.smpp.session import SmppSession
 
-from asterisk_sendsms.smpp.pdu import Command, Pdu  # noqa: E402
-from asterisk_sendsms.smpp.session import SmppSession  # noqa: E402
-
-DEMO_HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"
 TEXT = "Your payment of 42 EUR was received. Thank you!"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def peak_rss_mib(*pids: int) -> float:
-    total = 0
-    for pid in pids:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1])
-    return total / 1024
 
 
 @dataclass
@@ -173,42 +148,20 @@ async def load(urls: list[str], concurrency: int, accepted_marker: bytes) -> tup
     return time.perf_counter() - start, errors
 
 
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
                    rss_every: int = 0) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
-    work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
-    config = work / "bench.toml"
-    config.write_text(f"""
+    daemon = Daemon(f"""
 [callbacks]
 concurrency = 64
-[[users]]
-name = "HTTP_User_1"
-password_hash = "{DEMO_HASH}"
 [[transports]]
 url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
 """)
-    port = free_port()
-    log = (work / "daemon.log").open("wb")
-    daemon = subprocess.Popen([str(REPO / "run"), "serve", "--config", str(config), "--data-dir", str(work),
-                               "--http", f"127.0.0.1:{port}", "--log-level", "WARNING"], stdout=log, stderr=log)
     try:
-        wait_port(port)
         await peer.bound()
         report = f"&DeliveryReportURL=http://127.0.0.1:{callbacks.port}/dlr" if with_callbacks else ""
-        base = (f"http://127.0.0.1:{port}/api?command=SendSms&Username=HTTP_User_1&Password=qwe123"
-                f"&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620")
+        base = f"{daemon.api}&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620"
         start = time.time()
         seconds, errors = 0.0, 0
         step = rss_every or messages
@@ -217,23 +170,22 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
             took, failed = await load(chunk, concurrency, b"<SmsId>")
             seconds, errors = seconds + took, errors + failed
             if rss_every:
-                print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(daemon.pid):6.1f} MiB, "
-                      f"peak {peak_rss_mib(daemon.pid):6.1f} MiB", flush=True)
+                pid = daemon.process.pid
+                print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(pid):6.1f} MiB, "
+                      f"peak {peak_rss_mib(pid):6.1f} MiB", flush=True)
         stats = await peer.wait_submits(messages - errors)
         result = Result("ours", "receipts + callbacks" if with_callbacks else "receipts", window,
                         messages / seconds, stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
         if with_callbacks:
             await callbacks.wait(messages - errors)
             result.callbacks = callbacks.count / (time.time() - start)
-        result.rss = peak_rss_mib(daemon.pid)
+        result.rss = peak_rss_mib(daemon.process.pid)
         return result
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
-        log.close()
+        daemon.stop()
         peer.stop()
         await callbacks.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(daemon.work, ignore_errors=True)
 
 
 KANNEL_CONF = """

@@ -1,0 +1,70 @@
+"""Helpers the benchmarks share: ports, memory readings, and the daemon started as users start it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+# scrypt hash of "qwe123", the Ozeki example's password
+DEMO_HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def rss_mib(pid: int) -> float:
+    return _status_kib(pid, "VmRSS:") / 1024
+
+
+def peak_rss_mib(*pids: int) -> float:
+    return sum(_status_kib(pid, "VmHWM:") for pid in pids) / 1024
+
+
+class Daemon:
+    """`./run serve` with a configuration of the benchmark's own (a user with DEMO_HASH is prepended)."""
+
+    def __init__(self, config: str) -> None:
+        self.work = Path(tempfile.mkdtemp(prefix="sendsms-bench-"))
+        (self.work / "bench.toml").write_text(f'[[users]]\nname = "HTTP_User_1"\npassword_hash = "{DEMO_HASH}"\n'
+                                              + config)
+        self.port = free_port()
+        self._log: IO[bytes] = (self.work / "daemon.log").open("wb")
+        self.process = subprocess.Popen(
+            [str(REPO / "run"), "serve", "--config", str(self.work / "bench.toml"), "--data-dir", str(self.work),
+             "--http", f"127.0.0.1:{self.port}", "--log-level", "WARNING"], stdout=self._log, stderr=self._log)
+        wait_port(self.port)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api?command=SendSms&Username=HTTP_User_1&Password=qwe123"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        self._log.close()
