@@ -125,15 +125,17 @@ async def test_a_silent_modem_is_reset_and_nothing_is_lost(daemon_factory: list[
     assert modem.commands.count("AT+CMGF=0") >= 2  # initialised again after the reset
 
 
-async def test_incoming_sms_read_stored_deleted_and_posted(daemon_factory: list[Daemon], tmp_path: Path,
-                                                           modem_factory: Any, receiver: Receiver) -> None:
-    modem = modem_factory(incoming=[("+36301112222", "Call me back please")])
+@pytest.mark.parametrize("direct", [False, True])
+async def test_incoming_sms_stored_and_posted(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any,
+                                              receiver: Receiver, direct: bool) -> None:
+    modem = modem_factory(incoming=[("+36301112222", "Call me back please")], incoming_direct=direct)
     gateway(daemon_factory, tmp_path, modem, extra=f'[incoming]\nurl = "{receiver.url}"')
     [post] = await receiver.wait_for(1)
     assert post["NotificationName"] == "IncomingSMS" and post["Sender"] == "+36301112222"
     assert post["Message"] == "Call me back please" and post["Transport"] == "gsm"
     await asyncio.sleep(0.3)
-    assert modem.deleted == [1] and modem.stored == {}
+    # +CMTI: read from the SIM, then deleted there (after it was stored); +CMT: never on the SIM
+    assert modem.deleted == ([] if direct else [1]) and modem.stored == {}
 
 
 async def test_stored_status_reports_are_read_and_deleted(daemon_factory: list[Daemon], tmp_path: Path,

@@ -49,6 +49,7 @@ class FakeModem:
     reports_stored: bool = False  # reports are stored and announced with +CDSI instead of +CDS
     pdu_mode: bool = True  # False: an old modem that knows only text mode (AT+CMGF=1)
     incoming: list[tuple[str, str]] = field(default_factory=list)  # (sender, text) announced after AT+CNMI
+    incoming_direct: bool = False  # deliver them with +CMT (not stored) instead of +CMTI
     commands: list[str] = field(default_factory=list)
     submits: list[dict[str, Any]] = field(default_factory=list)
     stored: dict[int, str] = field(default_factory=dict)
@@ -139,7 +140,11 @@ class FakeModem:
         elif upper.startswith("AT+CNMI="):
             self._reply("OK")
             for index, (sender, text) in enumerate(self.incoming, 1):
-                self.stored[index] = deliver_pdu(sender, text)
+                pdu = deliver_pdu(sender, text)
+                if self.incoming_direct:
+                    self._reply(f"+CMT: ,{len(pdu) // 2 - 1}\r\n{pdu}")
+                    continue
+                self.stored[index] = pdu
                 self._reply(f'+CMTI: "SM",{index}')
             self.incoming = []
         elif upper.startswith("AT+CMGS="):
