@@ -106,6 +106,39 @@ class AgiChannel:
     async def hangup(self) -> None:
         await self.command("HANGUP")
 
+    # ------------------------------------------------------------ OzmlCall
+
+    async def collect_digits(self, seconds: float, max_digits: int, terminator: str) -> str:
+        digits = ""
+        while len(digits) < max_digits:
+            reply = await self.command("WAIT FOR DIGIT", raw=(str(int(seconds * 1000)),),
+                                       reply_within=seconds + self._timeout)
+            if reply.result <= 0:  # 0: silence until the timeout; -1: the channel went away
+                break
+            digit = chr(reply.result)
+            if digit == terminator:
+                break
+            digits += digit
+        return digits
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self.command("EXEC", "SendDTMF", digits)
+
+    async def transfer(self, context: str | None, extension: str) -> None:
+        # Where the dialplan goes on when this AGI ends.
+        if context:
+            await self.command("SET CONTEXT", context)
+        await self.command("SET EXTENSION", extension)
+        await self.command("SET PRIORITY", raw=("1",))
+
+    async def reject(self, reason: str) -> None:
+        await self.command("EXEC", "Hangup", "17" if reason == "busy" else "21")  # Q.850: busy / rejected
+
+    async def record(self, name: str, max_seconds: float) -> str | None:
+        reply = await self.command("RECORD FILE", name, "wav", "#", raw=(str(int(max_seconds * 1000)),),
+                                   reply_within=max_seconds + self._timeout)
+        return name if reply.result >= 0 else None
+
 
 async def stdio_streams() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Process AGI: Asterisk writes to our stdin and reads our stdout."""

@@ -17,6 +17,7 @@ import aiohttp
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import AriConfig, PromptConfig
 from .errors import SmsGatewayError
+from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
 
@@ -69,6 +70,8 @@ class AriChannel:
         self._path = f"/channels/{quote(channel_id, safe='')}"
         self._gone = False
         self._playbacks: dict[str, asyncio.Future[bool]] = {}
+        self._digits: asyncio.Queue[str] = asyncio.Queue()
+        self._recordings: dict[str, asyncio.Future[bool]] = {}
 
     @property
     def hung_up(self) -> bool:
@@ -79,6 +82,12 @@ class AriChannel:
         if kind in HANGUP_EVENTS:
             self._gone = True
             self._settle_playbacks(False)
+        elif kind == "ChannelDtmfReceived":
+            self._digits.put_nowait(str(event.get("digit", "")))
+        elif kind in ("RecordingFinished", "RecordingFailed"):
+            future = self._recordings.pop(str(event.get("recording", {}).get("name")), None)
+            if future is not None and not future.done():
+                future.set_result(kind == "RecordingFinished")
         elif kind == "PlaybackFinished":
             playback = event.get("playback", {})
             future = self._playbacks.pop(str(playback.get("id")), None)
@@ -86,10 +95,12 @@ class AriChannel:
                 future.set_result(playback.get("state") == "done")
 
     def _settle_playbacks(self, result: bool) -> None:
-        for future in self._playbacks.values():
-            if not future.done():
-                future.set_result(result)
-        self._playbacks.clear()
+        for waiting in (self._playbacks, self._recordings):
+            for future in waiting.values():
+                if not future.done():
+                    future.set_result(result)
+            waiting.clear()
+        self._digits.put_nowait("")  # wakes a digit collector: nothing more will come
 
     def connection_lost(self) -> None:
         """Events may be missed while the websocket is down: nobody waits for a playback forever."""
@@ -128,15 +139,54 @@ class AriChannel:
     async def continue_in_dialplan(self) -> None:
         await self._call("POST", "/continue")
 
+    # ------------------------------------------------------------ OzmlCall
+
+    async def collect_digits(self, seconds: float, max_digits: int, terminator: str) -> str:
+        digits = ""
+        while len(digits) < max_digits and not self._gone:
+            try:
+                digit = await asyncio.wait_for(self._digits.get(), seconds)
+            except TimeoutError:
+                break
+            if not digit or digit == terminator:
+                break
+            digits += digit
+        return digits
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self._call("POST", "/dtmf", dtmf=digits)
+
+    async def transfer(self, context: str | None, extension: str) -> None:
+        params = {"extension": extension, "priority": "1", **({"context": context} if context else {})}
+        await self._call("POST", "/continue", **params)
+        self._gone = True
+
+    async def reject(self, reason: str) -> None:
+        await self._call("DELETE", reason="busy" if reason == "busy" else "normal")
+        self._gone = True
+
+    async def record(self, name: str, max_seconds: float) -> str | None:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._recordings[name] = future
+        await self._call("POST", "/record", name=name, format="wav", maxDurationSeconds=str(int(max_seconds)),
+                         terminateOn="#", ifExists="overwrite")
+        try:
+            done = await asyncio.wait_for(asyncio.shield(future), max_seconds + REST_TIMEOUT)
+        except TimeoutError:
+            done = False
+        return name if done else None
+
 
 class AriApp:
     """One Asterisk server's connection for our Stasis application."""
 
-    def __init__(self, config: AriConfig, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig) -> None:
+    def __init__(self, config: AriConfig, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig,
+                 ozml: OzmlRunner) -> None:
         self._config = config
         self._backend = backend
         self._prompter = prompter
         self._prompts = prompts
+        self._ozml = ozml
         self._channels: dict[str, AriChannel] = {}
         self.connected = False
 
@@ -193,19 +243,24 @@ class AriApp:
                 return
             channel = AriChannel(rest, channel_id)
             self._channels[channel_id] = channel
-            group.create_task(self._handle(channel, args))
+            group.create_task(self._handle(channel, args, event.get("channel") or {}))
             return
-        playback_target = str((event.get("playback") or {}).get("target_uri", ""))
-        if playback_target.startswith("channel:"):
-            channel_id = playback_target[len("channel:"):]
+        target = str((event.get("playback") or event.get("recording") or {}).get("target_uri", ""))
+        if target.startswith("channel:"):
+            channel_id = target[len("channel:"):]
         known = self._channels.get(channel_id)
         if known is not None:
             known.on_event(event)
 
-    async def _handle(self, channel: AriChannel, args: list[str]) -> None:
-        params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
-        params.update(recipient=args[0], message=args[1])
+    async def _handle(self, channel: AriChannel, args: list[str], description: dict[str, Any]) -> None:
         try:
+            if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
+                caller = str((description.get("caller") or {}).get("number", ""))
+                callee = str((description.get("dialplan") or {}).get("exten", ""))
+                await self._ozml.run_url(channel, CallDetails(channel.id, caller, callee), args[1])
+                return
+            params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
+            params.update(recipient=args[0], message=args[1])
             outcome = await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, params)
             if not channel.hung_up:  # back to the dialplan's next priority, SMS_* variables set
                 await channel.continue_in_dialplan()

@@ -21,6 +21,7 @@ from .errors import ServiceUnavailable
 from .fastagi import FastAgiServer
 from .http_api import build_app, operator_identify, tcp_identify
 from .notifier import Notifier
+from .ozml_runner import OzmlRunner
 from .routing import Router
 from .service import ServiceBackend, SmsService
 from .speech import Speaker
@@ -106,6 +107,9 @@ async def run_daemon(config: Config) -> None:
         asterisk_user = next((u for u in config.users if u.name == config.asterisk.user), ASTERISK_PRINCIPAL)
         call_backend = ServiceBackend(service, asterisk_user)
         speaker = Speaker(config.speech)
+        recordings = config.data_dir / "recordings"
+        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings))
+        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts)
         api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes)
         control = build_app(service, operator_identify, health, config.http.max_body_bytes)
         stop = asyncio.Event()
@@ -114,7 +118,8 @@ async def run_daemon(config: Config) -> None:
             loop.add_signal_handler(signum, stop.set)
         fastagi = None
         if config.asterisk.fastagi is not None:
-            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts)
+            recordings.mkdir(parents=True, exist_ok=True)
+            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml)
             await fastagi.bind()
         async with _site(api, config), _control_site(control, config):
             _announce(config)
@@ -126,7 +131,7 @@ async def run_daemon(config: Config) -> None:
                 if fastagi is not None:
                     tasks.append(group.create_task(fastagi.run(), name="fastagi"))
                 for ari in config.asterisk.ari:
-                    app = AriApp(ari, call_backend, speaker, config.asterisk.prompts)
+                    app = AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
                     tasks.append(group.create_task(app.run(), name=f"ari {ari}"))
                 await stop.wait()
                 log.info("stopping: waiting for the submits in flight, then unbinding")

@@ -12,6 +12,7 @@ from .agi_channel import AgiChannel
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import HostPort, PromptConfig
 from .errors import ServiceUnavailable, SmsGatewayError
+from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["FastAgiServer"]
 
@@ -21,11 +22,13 @@ HEADER_TIMEOUT = 10.0
 
 
 class FastAgiServer:
-    def __init__(self, listen: HostPort, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig) -> None:
+    def __init__(self, listen: HostPort, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig,
+                 ozml: OzmlRunner) -> None:
         self._listen = listen
         self._backend = backend
         self._prompter = prompter
         self._prompts = prompts
+        self._ozml = ozml
         self._server: asyncio.Server | None = None
         self._group: asyncio.TaskGroup | None = None
 
@@ -58,11 +61,16 @@ class FastAgiServer:
             script = environment.script
             if script == "sendsms":
                 await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, environment.params)
+            elif script == "ozml" and environment.params.get("url"):
+                details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
+                                      environment.variables.get("agi_dnid", ""))
+                await self._ozml.run_url(channel, details, environment.params["url"])
             else:
                 log.warning("FastAGI request for unknown script %r from %s", script, peer)
                 with contextlib.suppress(SmsGatewayError):
                     await channel.set_variable("SMS_STATUS", "FAILED")
-                    await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}'; use sendsms")
+                    await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}': use sendsms, or "
+                                                            "ozml?url=...")
         except AgiError as exc:
             log.info("FastAGI connection from %s ended: %s", peer, exc.message)
         except Exception:

@@ -33,6 +33,10 @@ class FakeAriChannel:
     played: list[tuple[str, str]] = field(default_factory=list)  # (media, done|failed)
     requests: list[str] = field(default_factory=list)
     continued: bool = False
+    continued_to: dict[str, str] = field(default_factory=dict)
+    dtmf_sent: list[str] = field(default_factory=list)
+    recordings: list[str] = field(default_factory=list)
+    hangup_reason: str = ''
     gone: bool = False
     queue: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -71,6 +75,8 @@ class FakeAri:
         app.router.add_post("/ari/channels/{id}/play", self._play)
         app.router.add_post("/ari/channels/{id}/play/{playback}", self._play)
         app.router.add_post("/ari/channels/{id}/continue", self._continue)
+        app.router.add_post("/ari/channels/{id}/dtmf", self._dtmf)
+        app.router.add_post("/ari/channels/{id}/record", self._record)
         app.router.add_delete("/ari/channels/{id}", self._hangup)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
@@ -215,11 +221,38 @@ class FakeAri:
             channel.played.append((playback["media_uri"], state))
             await self.emit("PlaybackFinished", playback={**playback, "state": state})
 
+    async def caller_keys(self, channel: FakeAriChannel, digits: str) -> None:
+        for digit in digits:
+            await self.emit("ChannelDtmfReceived", digit=digit, duration_ms=100, channel=channel.json())
+
+    async def _dtmf(self, request: web.Request) -> web.Response:
+        channel = self._channel(request, "dtmf")
+        if channel is None:
+            return web.json_response(NOT_FOUND, status=404)
+        channel.dtmf_sent.append(request.query.get("dtmf", ""))
+        return web.Response(status=204)
+
+    async def _record(self, request: web.Request) -> web.Response:
+        channel = self._channel(request, "record")
+        if channel is None:
+            return web.json_response(NOT_FOUND, status=404)
+        name = request.query.get("name", "")
+        channel.recordings.append(name)
+        recording = {"name": name, "format": request.query.get("format", "wav"), "state": "recording",
+                     "target_uri": f"channel:{channel.id}"}
+
+        async def finish() -> None:
+            await asyncio.sleep(0.05)
+            await self.emit("RecordingFinished", recording={**recording, "state": "done"})
+        asyncio.get_running_loop().create_task(finish())
+        return web.json_response(recording, status=201)
+
     async def _continue(self, request: web.Request) -> web.Response:
         channel = self._channel(request, "continue")
         if channel is None:
             return web.json_response(NOT_FOUND, status=404)
         channel.continued = True
+        channel.continued_to = dict(request.query)
         channel.gone = True  # it left the application
         await self.emit("StasisEnd", channel=channel.json())
         return web.Response(status=204)
@@ -228,5 +261,6 @@ class FakeAri:
         channel = self._channel(request, "hangup")
         if channel is None:
             return web.json_response(NOT_FOUND, status=404)
+        channel.hangup_reason = request.query.get("reason", "normal")
         await self._end(channel, soft=False)
         return web.Response(status=204)

@@ -24,10 +24,12 @@ COMMANDS = {
     "ANSWER": (0, 0), "HANGUP": (0, 1), "NOOP": (0, 99), "VERBOSE": (1, 2), "GET VARIABLE": (1, 1),
     "GET FULL VARIABLE": (1, 2), "SET VARIABLE": (2, 2), "STREAM FILE": (2, 3), "EXEC": (1, 99),
     "SAY DIGITS": (2, 2), "SAY ALPHA": (2, 2), "GET DATA": (1, 3), "DATABASE PUT": (3, 3),
-    "CHANNEL STATUS": (0, 1),
+    "CHANNEL STATUS": (0, 1), "WAIT FOR DIGIT": (1, 1), "SET CONTEXT": (1, 1), "SET EXTENSION": (1, 1),
+    "SET PRIORITY": (1, 1), "RECORD FILE": (4, 8),
 }
 # Commands Asterisk refuses on a hung-up channel (511); the rest still work, as the transcripts show.
-NEEDS_LIVE_CHANNEL = {"ANSWER", "STREAM FILE", "SAY DIGITS", "SAY ALPHA", "GET DATA"}
+NEEDS_LIVE_CHANNEL = {"ANSWER", "STREAM FILE", "SAY DIGITS", "SAY ALPHA", "GET DATA", "WAIT FOR DIGIT",
+                      "RECORD FILE"}
 DEAD = "511 Command Not Permitted on a dead channel or intercepted by a callee"
 
 
@@ -77,7 +79,8 @@ class FakeChannel:
     played: list[Playback] = field(default_factory=list)
     hung_up: bool = False
     hangup_line_pending: bool = False
-    on_hangup: list[object] = field(default_factory=list)
+    dtmf: str = ""  # what the caller will key in, one digit per WAIT FOR DIGIT
+    location: dict[str, str] = field(default_factory=dict)  # SET CONTEXT/EXTENSION/PRIORITY
 
     def environment_block(self) -> bytes:
         lines = [f"{name}: {value}" for name, value in self.environment.items()]
@@ -158,6 +161,20 @@ class FakeChannel:
         if command == "HANGUP":
             self.hang_up()
             return "200 result=1"
+        if command == "WAIT FOR DIGIT":
+            if not self.dtmf:
+                return "200 result=0"  # the timeout passed in silence
+            digit, self.dtmf = self.dtmf[0], self.dtmf[1:]
+            return f"200 result={ord(digit)}"
+        if command in ("SET CONTEXT", "SET EXTENSION", "SET PRIORITY"):
+            self.location[command.split()[1].lower()] = args[0]
+            return "200 result=0"
+        if command == "RECORD FILE":
+            Path(f"{args[0]}.{args[1]}").write_bytes(b"RIFF")
+            return "200 result=0 endpos=8000"
+        if command == "EXEC" and args[0].lower() == "hangup":
+            self.hang_up()
+            return "200 result=-1"
         if command == "CHANNEL STATUS":
             return "200 result=6"
         if command == "DATABASE PUT":

@@ -1,0 +1,160 @@
+"""OzML on calls: the seed's script run as written over FastAGI and over ARI against the fakes and the real
+daemon, a UserInput round trip through the application's web server, and a script that cannot be fetched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from asterisk_sendsms.passwords import hash_password
+
+from .conftest import Daemon, free_port, get_status, start_daemon
+from .peers.fake_ari import FakeAri
+from .peers.fake_asterisk import FakeChannel, base_environment, run_fastagi
+from .test_e2e_ari import finished
+from .test_ozml import SEED
+
+
+@dataclass
+class App:
+    """The web application that serves OzML and receives the call's notifications."""
+
+    base: str
+    posts: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    port = free_port()
+    served = App(f"http://127.0.0.1:{port}")
+
+    async def handle(request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        served.posts.append((request.path, form))
+        if request.path == "/seed":
+            return web.Response(text=SEED, content_type="text/xml")
+        if request.path == "/menu":
+            return web.Response(text=f'<Response><UserInput ForwardToUrl="{served.base}/dtmf" MaxDigits="6" '
+                                     'Timeout="2"><Speak>Enter your order number</Speak></UserInput></Response>')
+        if request.path == "/dtmf":
+            return web.Response(text=f'<Response><SendSms Recipient="+36201234567">Order {form["Dtmf"]} confirmed'
+                                     '</SendSms><SendDTMF>1#</SendDTMF><BlindTransfer>sales,100</BlindTransfer>'
+                                     '</Response>')
+        return web.Response(status=404)
+
+    server = web.Application()
+    server.router.add_post("/{name}", handle)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield served
+    await runner.cleanup()
+
+
+def gateway(daemon_factory: list[Daemon], tmp_path: Path, *args: str) -> Daemon:
+    config = tmp_path / "ozml.toml"
+    config.write_text(f"""
+[speech]
+cache_dir = "{tmp_path / 'tts'}"
+[[users]]
+name = "viewer"
+password_hash = "{hash_password('viewer-secret')}"
+admin = true
+[[transports]]
+url = "simulator?receipt_delay=0.1"
+""")
+    return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config), *args)
+
+
+def words(channel: FakeChannel) -> list[str]:
+    return [" ".join(line.split(" ")[:2]) if line.split(" ")[0] in ("SET", "STREAM", "WAIT") else line.split(" ")[0]
+            for line, _ in channel.log]
+
+
+async def test_seed_script_over_fastagi(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
+    port = free_port()
+    daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
+    query = f"url={app.base}/seed"
+    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                           agi_network_script=f"ozml?{query}", agi_callerid="+36301112222"),
+                          tmp_path / "sounds")
+    await run_fastagi(channel, "127.0.0.1", port)
+    assert words(channel) == ["ANSWER", "STREAM FILE", "SET VARIABLE", "SET VARIABLE", "SET VARIABLE",
+                              "STREAM FILE", "HANGUP"]
+    assert len(channel.played) == 2  # both Speak commands were heard
+    [(path, form)] = app.posts
+    assert path == "/seed" and form["NotificationName"] == "CallConnected" and form["Caller"] == "+36301112222"
+    async with aiohttp.ClientSession() as session:
+        message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
+    assert (message["recipient"], message["text"]) == ("+062554670", "Hello! How are you?")
+
+
+async def test_seed_script_over_ari(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
+    ari = FakeAri(tmp_path / "sounds")
+    await ari.start(free_port())
+    try:
+        daemon = gateway(daemon_factory, tmp_path, "--ari", f"http://asterisk:ari-secret@127.0.0.1:{ari.port}")
+        await ari.wait_connected()
+        channel = await finished(await ari.call("ozml", f"{app.base}/seed"))
+        assert channel.requests == ["answer", "play", "variable", "variable", "variable", "play", "hangup"]
+        assert [state for _, state in channel.played] == ["done", "done"]
+        async with aiohttp.ClientSession() as session:
+            message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
+        assert message["recipient"] == "+062554670" and message["text"] == "Hello! How are you?"
+    finally:
+        await ari.stop()
+
+
+async def test_user_input_round_trip_over_fastagi(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
+    port = free_port()
+    daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
+    query = f"url={app.base}/menu"
+    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds", dtmf="4711#9")
+    await run_fastagi(channel, "127.0.0.1", port)
+    assert [p for p, _ in app.posts] == ["/menu", "/dtmf"] and app.posts[1][1]["Dtmf"] == "4711"
+    assert app.posts[1][1]["NotificationName"] == "DtmfEntered"
+    assert 'EXEC "SendDTMF" "1#"' in [line for line, _ in channel.log]
+    assert channel.location == {"context": "sales", "extension": "100", "priority": "1"}
+    async with aiohttp.ClientSession() as session:
+        message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
+    assert message["text"] == "Order 4711 confirmed"
+
+
+async def test_user_input_round_trip_over_ari(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
+    ari = FakeAri(tmp_path / "sounds")
+    await ari.start(free_port())
+    try:
+        gateway(daemon_factory, tmp_path, "--ari", f"http://asterisk:ari-secret@127.0.0.1:{ari.port}")
+        await ari.wait_connected()
+        channel = await ari.call("ozml", f"{app.base}/menu")
+        deadline = time.monotonic() + 10
+        while "play" not in channel.requests:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await ari.caller_keys(channel, "815#")
+        await finished(channel)
+        assert app.posts[1][1]["Dtmf"] == "815"
+        assert channel.dtmf_sent == ["1#"] and channel.continued_to == {"extension": "100", "priority": "1",
+                                                                       "context": "sales"}
+    finally:
+        await ari.stop()
+
+
+async def test_a_script_that_cannot_be_fetched_ends_the_call_politely(daemon_factory: list[Daemon],
+                                                                      tmp_path: Path, app: App) -> None:
+    port = free_port()
+    daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
+    query = f"url={app.base}/missing"
+    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    await run_fastagi(channel, "127.0.0.1", port)
+    assert words(channel) == ["ANSWER", "STREAM FILE", "HANGUP"]  # "sorry", then goodbye
+    assert "answered HTTP 404" in daemon.output()
