@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import uuid
 from typing import Any
@@ -188,11 +189,27 @@ class AriApp:
         self._prompts = prompts
         self._ozml = ozml
         self._channels: dict[str, AriChannel] = {}
+        self._rest: AriRest | None = None
         self.connected = False
+
+    def __str__(self) -> str:
+        return str(self._config)
+
+    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
+        if self._rest is None or not self.connected:
+            raise AriError(f"ARI {self._config} is not connected")
+        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30"}
+        if caller_id:
+            params["callerId"] = caller_id
+        body = await self._rest.call("POST", "/channels", **params)
+        try:
+            return str(json.loads(body)["id"])
+        except (ValueError, KeyError, TypeError):
+            raise AriError("ARI answered the originate without a channel id") from None
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
-            rest = AriRest(session, self._config)
+            rest = self._rest = AriRest(session, self._config)
             backoff = BACKOFF_INITIAL
             reported = False
             while True:

@@ -212,6 +212,8 @@ class AsteriskConfig:
     ari: tuple[AriConfig, ...] = ()
     user: str | None = None  # the API user whose permissions FastAGI and ARI sends get; none: no limits
     prompts: PromptConfig = PromptConfig()
+    # The Ozeki Call command dials a number through this (an endpoint like PJSIP/100 is dialled as it is).
+    dial: str = "Local/{number}@from-internal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -518,8 +520,11 @@ def _asterisk(table: _Table, overrides: Overrides, users: tuple[UserConfig, ...]
     if user and user not in {u.name for u in users}:
         raise ConfigError(f"{table.key('user')}: no user named {user!r}")
     prompts = _prompts(table.table("prompts"))
+    dial = table.text("dial", AsteriskConfig().dial) or AsteriskConfig().dial
+    if "{number}" not in dial:
+        raise ConfigError(f"{table.key('dial')}: the dial string needs {{number}}, e.g. \"PJSIP/{{number}}@trunk\"")
     table.finish()
-    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts)
+    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts, dial=dial)
 
 
 def _prompts(table: _Table) -> PromptConfig:

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .ari import AriApp
 from .auth import ASTERISK_PRINCIPAL, Authenticator
+from .calls import CallService
 from .config import DEMO_PASSWORD, Config
 from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
@@ -110,7 +111,10 @@ async def run_daemon(config: Config) -> None:
         recordings = config.data_dir / "recordings"
         agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings))
         ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts)
-        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes)
+        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
+                    for ari in config.asterisk.ari]
+        calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
+        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes, calls)
         control = build_app(service, operator_identify, health, config.http.max_body_bytes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -130,9 +134,7 @@ async def run_daemon(config: Config) -> None:
                 tasks.append(group.create_task(notifier.run(), name="notifier"))
                 if fastagi is not None:
                     tasks.append(group.create_task(fastagi.run(), name="fastagi"))
-                for ari in config.asterisk.ari:
-                    app = AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
-                    tasks.append(group.create_task(app.run(), name=f"ari {ari}"))
+                tasks.extend(group.create_task(app.run(), name=f"ari {app}") for app in ari_apps)
                 await stop.wait()
                 log.info("stopping: waiting for the submits in flight, then unbinding")
                 # Submits already on the wire get their answers first, so a restart does not send them again.

@@ -14,10 +14,11 @@ from typing import Any
 from aiohttp import web
 
 from .auth import OPERATOR, Authenticator
+from .calls import CallService
 from .config import UserConfig
 from .errors import InvalidParameter, ParseError, ServiceUnavailable, SmsGatewayError, UnknownCommand
 from .model import MessageView
-from .ozeki import SUCCESS_MESSAGE, command_result, merge_params, parse_form, send_sms_params
+from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
 from .service import SmsService
 from .transports import TransportHealth
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 Identify = Callable[[web.Request, dict[str, str]], Awaitable[UserConfig]]
 HealthSource = Callable[[], list[TransportHealth]]
 
-COMMANDS = {"sendsms": "SendSms"}
+COMMANDS = {"sendsms": "SendSms", "call": "Call"}
 XML_TYPE = "text/xml"
 
 
@@ -75,7 +76,8 @@ def _message_json(message: MessageView) -> dict[str, Any]:
     return data
 
 
-def build_app(service: SmsService, identify: Identify, health: HealthSource, max_body: int) -> web.Application:
+def build_app(service: SmsService, identify: Identify, health: HealthSource, max_body: int,
+              calls: CallService | None = None) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.route("*", "/api")
@@ -93,9 +95,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
                 command = raw_command
                 raise UnknownCommand(raw_command)
             user = await identify(request, params)
-            send = send_sms_params(params)
-            accepted = await service.send(user, send.recipient, send.message, send.sender,
-                                          send.delivery_report_url)
+            values = await run_command(command, user, params)
         except SmsGatewayError as exc:
             log.info("%s from %s refused: %d %s", command or "request", _client(request), exc.ozeki_code,
                      exc.message)
@@ -105,9 +105,22 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
             error = ParseError(f"the request body is larger than {max_body} bytes")
             return web.Response(body=command_result(command, error.ozeki_code, error.message), status=413,
                                 content_type=XML_TYPE, charset="utf-8")
-        log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
-        return web.Response(body=command_result(command, 200, SUCCESS_MESSAGE, accepted.sms_id),
+        return web.Response(body=command_result(command, 200, SUCCESS_MESSAGE, **values),
                             content_type=XML_TYPE, charset="utf-8")
+
+    async def run_command(command: str, user: UserConfig, params: dict[str, str]) -> dict[str, str]:
+        """Run an Ozeki command; returns the reply's values."""
+        if command == "Call":
+            if calls is None:
+                raise UnknownCommand("Call")
+            call = call_params(params)
+            call_id = await calls.call(user, call.dialed, call.url, call.caller_id)
+            log.info("call %s to %s originated for %s", call_id, call.dialed, user.name)
+            return {"CallId": call_id}
+        send = send_sms_params(params)
+        accepted = await service.send(user, send.recipient, send.message, send.sender, send.delivery_report_url)
+        log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
+        return {"SmsId": accepted.sms_id}
 
     def json_error(exc: SmsGatewayError) -> web.Response:
         return web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status)

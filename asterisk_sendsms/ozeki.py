@@ -12,7 +12,8 @@ from lxml import etree
 
 from .errors import InvalidParameter, ParseError
 
-__all__ = ["SendSmsParams", "command_result", "merge_params", "parse_form", "send_sms_params"]
+__all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "merge_params", "parse_form",
+           "send_sms_params"]
 
 XSD = "http://www.w3.org/2001/XMLSchema"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -47,6 +48,26 @@ def merge_params(*sources: Mapping[str, str] | list[tuple[str, str]]) -> dict[st
 
 
 @dataclass(frozen=True, slots=True)
+class CallParams:
+    username: str | None
+    password: str | None
+    dialed: str
+    url: str
+    caller_id: str | None
+
+
+def call_params(params: Mapping[str, str]) -> CallParams:
+    dialed = (params.get("dialed") or "").strip()
+    if not dialed:
+        raise InvalidParameter("Dialed", "Call")
+    url = (params.get("url") or "").strip()
+    if not url:
+        raise InvalidParameter("Url", "Call")
+    return CallParams(params.get("username"), params.get("password"), _number(dialed) or dialed, url,
+                      _number(params.get("callerid")) or None)
+
+
+@dataclass(frozen=True, slots=True)
 class SendSmsParams:
     username: str | None
     password: str | None
@@ -77,15 +98,15 @@ def send_sms_params(params: Mapping[str, str]) -> SendSmsParams:
         delivery_report_url=report_url)
 
 
-def command_result(command: str | None, code: int, message: str, sms_id: str | None = None) -> bytes:
+def command_result(command: str | None, code: int, message: str, **values: str) -> bytes:
     """The reply document, exactly as Ozeki writes it: declaration, both namespace declarations, Code,
-    Message and (on success) SmsId."""
+    Message and, on success, the command's values (SmsId, CallId)."""
     name = "OzApi_CommandResult"
     if command and _COMMAND_NAME.fullmatch(command):
         name += "_" + command
     root = etree.Element(name, nsmap={"xsd": XSD, "xsi": XSI})
     etree.SubElement(root, "Code").text = str(code)
     etree.SubElement(root, "Message").text = message
-    if sms_id is not None:
-        etree.SubElement(root, "SmsId").text = sms_id
+    for element, value in values.items():
+        etree.SubElement(root, element).text = value
     return b'<?xml version="1.0"?>\n' + etree.tostring(root, encoding="utf-8")

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
@@ -158,3 +159,29 @@ async def test_a_script_that_cannot_be_fetched_ends_the_call_politely(daemon_fac
     await run_fastagi(channel, "127.0.0.1", port)
     assert words(channel) == ["ANSWER", "STREAM FILE", "HANGUP"]  # "sorry", then goodbye
     assert "answered HTTP 404" in daemon.output()
+
+
+async def test_http_call_command_originates_and_runs_the_script(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                 app: App) -> None:
+    ari = FakeAri(tmp_path / "sounds")
+    await ari.start(free_port())
+    try:
+        daemon = gateway(daemon_factory, tmp_path, "--ari", f"http://asterisk:ari-secret@127.0.0.1:{ari.port}")
+        await ari.wait_connected()
+        query = f"command=Call&Username=viewer&Password=viewer-secret&Dialed=%2b36201234567&Url={app.base}/seed"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.base}/api?{query}") as response:
+                root = etree.fromstring(await response.read())
+            assert root.tag == "OzApi_CommandResult_Call" and root.findtext("Code") == "200", etree.tostring(root)
+            call_id = root.findtext("CallId") or ""
+            channel = await finished(ari.channels[call_id])
+            message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
+            bad = "command=Call&Username=viewer&Password=viewer-secret&Dialed=%2b3620&Url=ftp://x/y"
+            async with session.get(f"{daemon.base}/api?{bad}") as response:
+                refused = etree.fromstring(await response.read())
+        assert ari.originated[0]["endpoint"] == "Local/+36201234567@from-internal"
+        assert ari.originated[0]["appArgs"] == f"ozml,{app.base}/seed"
+        assert channel.requests[-1] == "hangup" and message["text"] == "Hello! How are you?"
+        assert refused.findtext("Code") == "302" and "'Url'" in (refused.findtext("Message") or "")
+    finally:
+        await ari.stop()

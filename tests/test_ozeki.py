@@ -52,7 +52,7 @@ def test_missing_parameters(query: str, name: str) -> None:
 
 
 def test_reply_has_the_seed_shape() -> None:
-    body = command_result("SendSms", 200, SUCCESS_MESSAGE, "6b5c6978-0cd6-4a58-86fc-3d1b279b9201")
+    body = command_result("SendSms", 200, SUCCESS_MESSAGE, SmsId="6b5c6978-0cd6-4a58-86fc-3d1b279b9201")
     assert body.startswith(b'<?xml version="1.0"?>\n<OzApi_CommandResult_SendSms xmlns:xsd="http://www.w3.org/2001/'
                            b'XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">')
     root = etree.fromstring(body)

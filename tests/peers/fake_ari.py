@@ -59,6 +59,7 @@ class FakeAri:
         self.sockets: list[web.WebSocketResponse] = []
         self.connections = 0
         self.refused_auth = 0
+        self.originated: list[dict[str, str]] = []
         self.down = False
         self._ids = itertools.count(7)
         self._runner: web.AppRunner | None = None
@@ -69,6 +70,7 @@ class FakeAri:
     async def start(self, port: int) -> None:
         app = web.Application(middlewares=[self._auth])
         app.router.add_get("/ari/events", self._events)
+        app.router.add_post("/ari/channels", self._originate)
         app.router.add_post("/ari/channels/{id}/answer", self._answer)
         app.router.add_post("/ari/channels/{id}/variable", self._set_variable)
         app.router.add_get("/ari/channels/{id}/variable", self._get_variable)
@@ -140,6 +142,23 @@ class FakeAri:
         self.channels[channel.id] = channel
         await self.emit("StasisStart", args=list(args), channel=channel.json())
         return channel
+
+    async def _originate(self, request: web.Request) -> web.Response:
+        params = dict(request.query)
+        if "/" not in params.get("endpoint", ""):
+            return web.json_response({"error": "Allocation failed"}, status=500)
+        self.originated.append(params)
+        number = next(self._ids)
+        channel = FakeAriChannel(f"1795570300.{number}", f"{params['endpoint']}-0000000{number}",
+                                 ",".join([self.app, params.get("appArgs", "")]), state="Down")
+        self.channels[channel.id] = channel
+
+        async def answered() -> None:  # the callee picks up: the channel enters the application
+            await asyncio.sleep(0.1)
+            channel.state = "Up"
+            await self.emit("StasisStart", args=params.get("appArgs", "").split(","), channel=channel.json())
+        asyncio.get_running_loop().create_task(answered())
+        return web.json_response(channel.json())
 
     async def caller_hangs_up(self, channel: FakeAriChannel) -> None:
         await self._end(channel, soft=True)
