@@ -1,6 +1,6 @@
-"""The process AGI script: `AGI(sendsms.agi,RECIPIENT,MESSAGE[,OPTIONS])`. It asks the daemon over HTTP
-(it never binds to an SMSC), reports through SMS_ID/SMS_STATUS/SMS_ERROR, survives the SIGHUP Asterisk
-sends at hangup, and fails fast with SMS_STATUS=FAILED when the daemon is down."""
+"""The process AGI scripts `AGI(sendsms.agi,RECIPIENT,MESSAGE[,OPTIONS])` and `AGI(ozml.agi,SCRIPT)`. They
+ask the daemon over HTTP (never binding to an SMSC), report through SMS_ID/SMS_STATUS/SMS_ERROR, survive the
+SIGHUP Asterisk sends at hangup, and fail fast with SMS_STATUS=FAILED when the daemon is down."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from .callflow import send_sms_from_params
 from .config import AgiScriptConfig, load_agi_config
 from .errors import RequestError, ServiceUnavailable, SmsGatewayError
 from .lifecycle import State
+from .ozml_runner import CallDetails, OzmlRunner
 from .speech import Speaker
 
-__all__ = ["HttpBackend", "main"]
+__all__ = ["HttpBackend", "main", "ozml_main"]
 
 log = logging.getLogger("sendsms.agi")
 
@@ -83,16 +84,15 @@ async def _fail(channel: AgiChannel, error: str) -> None:
             return
 
 
-async def run() -> int:
+async def run(action: str) -> int:
+    """`sendsms`: AGI(sendsms.agi,RECIPIENT,MESSAGE[,OPTIONS]); `ozml`: AGI(ozml.agi,URL_PATH_OR_XML)."""
     reader, writer = await stdio_streams()
     channel = AgiChannel(reader, writer)
-    # Asterisk sends SIGHUP at hangup; the default action would kill us before the SMS is handed over.
+    # Asterisk sends SIGHUP at hangup; the default action would kill us before the work is handed over.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, channel.mark_hung_up)
     try:
         environment = await channel.read_environment()
         args = [*environment.args, "", "", ""]
-        params = {k.lower(): v for k, v in parse_qsl(args[2], keep_blank_values=True)}
-        params.update(recipient=args[0], message=args[1])
         try:
             config = load_agi_config(await _config_path(channel))
         except SmsGatewayError as exc:
@@ -100,7 +100,16 @@ async def run() -> int:
             return 0
         async with aiohttp.ClientSession() as session:
             backend = HttpBackend(session, config)
-            outcome = await send_sms_from_params(channel, backend, Speaker(config.speech), config.prompts, params)
+            speaker = Speaker(config.speech)
+            if action == "ozml":
+                details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
+                                      environment.variables.get("agi_dnid", ""))
+                await OzmlRunner(backend, speaker, config.prompts, config.record_dir).run_source(
+                    channel, details, args[0])
+                return 0
+            params = {k.lower(): v for k, v in parse_qsl(args[2], keep_blank_values=True)}
+            params.update(recipient=args[0], message=args[1])
+            outcome = await send_sms_from_params(channel, backend, speaker, config.prompts, params)
     except AgiError as exc:
         log.error("AGI conversation failed: %s", exc.message)
         return 0
@@ -108,11 +117,15 @@ async def run() -> int:
     return 0
 
 
-def main() -> int:
+def main(action: str = "sendsms") -> int:
     # Until the event loop takes SIGHUP over, a hangup must not kill the script either.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="sendsms.agi: %(message)s")
-    return asyncio.run(run())
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"{action}.agi: %(message)s")
+    return asyncio.run(run(action))
+
+
+def ozml_main() -> int:
+    return main("ozml")
 
 
 if __name__ == "__main__":

@@ -172,6 +172,7 @@ class Route:
     balance: str = "failover"
 
 
+DEFAULT_RECORD_DIR = "/var/spool/asterisk/recording"
 DEFAULT_TTS_COMMAND = ("espeak-ng", "-v", "{voice}", "-w", "{output}", "--stdin")
 DEFAULT_FASTAGI_PORT = 4573
 
@@ -546,6 +547,7 @@ class AgiScriptConfig:
     timeout: float = 5.0
     speech: SpeechConfig = SpeechConfig(Path("/var/cache/asterisk-sendsms/tts"))
     prompts: PromptConfig = PromptConfig()
+    record_dir: str = DEFAULT_RECORD_DIR  # where OzML <Record> writes on the Asterisk host
 
 
 def load_agi_config(path: Path) -> AgiScriptConfig:
@@ -560,7 +562,8 @@ def load_agi_config(path: Path) -> AgiScriptConfig:
     config = AgiScriptConfig(url=url.rstrip("/"), username=username, password=password,
                              timeout=root.duration("timeout", 5.0),
                              speech=_speech(root.table("speech"), Path("/var/cache/asterisk-sendsms")),
-                             prompts=_prompts(root.table("prompts")))
+                             prompts=_prompts(root.table("prompts")),
+                             record_dir=root.text("record_dir", DEFAULT_RECORD_DIR) or "")
     root.finish()
     return config
 

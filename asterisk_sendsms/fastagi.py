@@ -61,10 +61,10 @@ class FastAgiServer:
             script = environment.script
             if script == "sendsms":
                 await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, environment.params)
-            elif script == "ozml" and environment.params.get("url"):
+            elif script == "ozml" and environment.params.get("url", "").startswith(("http://", "https://")):
                 details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
                                       environment.variables.get("agi_dnid", ""))
-                await self._ozml.run_url(channel, details, environment.params["url"])
+                await self._ozml.run_source(channel, details, environment.params["url"])
             else:
                 log.warning("FastAGI request for unknown script %r from %s", script, peer)
                 with contextlib.suppress(SmsGatewayError):

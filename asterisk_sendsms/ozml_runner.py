@@ -9,6 +9,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -75,6 +76,14 @@ class CallDetails:
                 "Callee": self.callee, **extra}
 
 
+def _read_script(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_SCRIPT_BYTES + 1)
+    except OSError as exc:
+        raise OzmlError(f"cannot read the script {path}: {exc.strerror}") from None
+
+
 class _Stop(Exception):
     """The script ended the call (Hangup, Reject, BlindTransfer)."""
 
@@ -88,12 +97,17 @@ class OzmlRunner:
         self._record_dir = record_dir  # AGI: a directory of ours; ARI: "" (Asterisk keeps recordings)
         self._unknown_ends_call = unknown_ends_call
 
-    async def run_url(self, call: OzmlCall, details: CallDetails, url: str) -> None:
-        """Fetch the call's script as the Ozeki phone system does (a POST with CallConnected) and run it;
-        a script that cannot be fetched ends the call politely."""
+    async def run_source(self, call: OzmlCall, details: CallDetails, source: str) -> None:
+        """Run a script given as a URL (fetched as the Ozeki phone system does: a POST with CallConnected), a
+        file path, or inline XML; a script that cannot be had ends the call politely."""
         async with aiohttp.ClientSession() as session:
             try:
-                commands = await self.fetch(session, url, details.form("CallConnected"))
+                if source.lstrip().startswith("<"):
+                    commands = parse_ozml(source)
+                elif source.startswith("/"):
+                    commands = parse_ozml(_read_script(Path(source)))
+                else:
+                    commands = await self.fetch(session, source, details.form("CallConnected"))
             except OzmlError as exc:
                 log.warning("OzML for call %s: %s", details.call_id, exc.message)
                 await self._quietly(call.answer)

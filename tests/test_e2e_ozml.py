@@ -16,9 +16,10 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, free_port, get_status, start_daemon
+from .conftest import REPO, Daemon, free_port, get_status, start_daemon
 from .peers.fake_ari import FakeAri
-from .peers.fake_asterisk import FakeChannel, base_environment, run_fastagi
+from .peers.fake_asterisk import FakeChannel, base_environment, run_fastagi, run_process_agi
+from .test_e2e_agi import agi_env
 from .test_e2e_ari import finished
 from .test_ozml import SEED
 
@@ -185,3 +186,23 @@ async def test_http_call_command_originates_and_runs_the_script(daemon_factory: 
         assert refused.findtext("Code") == "302" and "'Url'" in (refused.findtext("Message") or "")
     finally:
         await ari.stop()
+
+
+async def test_process_agi_runs_a_script_from_a_file_and_inline(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                 app: App) -> None:
+    daemon = gateway(daemon_factory, tmp_path)
+    script = tmp_path / "receipt.xml"
+    script.write_text(SEED)
+    env = agi_env(tmp_path, daemon.base)
+    env["ASTERISK_SENDSMS_AGI_CONFIG"] = str(tmp_path / "viewer-agi.toml")
+    (tmp_path / "viewer-agi.toml").write_text(
+        f'url = "{daemon.base}"\nusername = "viewer"\npassword = "viewer-secret"\n'
+        f'[speech]\ncache_dir = "{tmp_path / "agi-tts"}"\n')
+    ozml_agi = REPO / "agi-bin" / "ozml.agi"
+    for source in (str(script), "<Response><SendSms Recipient='+3620'>inline</SendSms><Hangup/></Response>"):
+        channel = FakeChannel(base_environment("ozml.agi"), tmp_path / "sounds")
+        assert await run_process_agi(channel, ozml_agi, [source], env) == 0
+        assert words(channel)[-1] == "HANGUP" and channel.variables["SMS_STATUS"] in ("QUEUED", "SENT")
+    async with aiohttp.ClientSession() as session:
+        message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
+    assert message["text"] == "inline"
