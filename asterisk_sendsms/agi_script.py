@@ -104,8 +104,8 @@ async def run(action: str) -> int:
             if action == "ozml":
                 details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
                                       environment.variables.get("agi_dnid", ""))
-                await OzmlRunner(backend, speaker, config.prompts, config.record_dir).run_source(
-                    channel, details, args[0])
+                runner = OzmlRunner(backend, speaker, config.prompts, config.record_dir, config.ozml_unknown_ends_call)
+                await runner.run_source(channel, details, args[0], args[1] or None)
                 return 0
             params = {k.lower(): v for k, v in parse_qsl(args[2], keep_blank_values=True)}
             params.update(recipient=args[0], message=args[1])

@@ -274,7 +274,8 @@ class AriApp:
             if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
                 caller = str((description.get("caller") or {}).get("number", ""))
                 callee = str((description.get("dialplan") or {}).get("exten", ""))
-                await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1])
+                await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
+                                            args[2] if len(args) > 2 and args[2] else None)
                 return
             params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
             params.update(recipient=args[0], message=args[1])

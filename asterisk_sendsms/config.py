@@ -215,6 +215,7 @@ class AsteriskConfig:
     prompts: PromptConfig = PromptConfig()
     # The Ozeki Call command dials a number through this (an endpoint like PJSIP/100 is dialled as it is).
     dial: str = "Local/{number}@from-internal"
+    ozml_unknown_ends_call: bool = False  # an unknown OzML command: skipped (default) or the call ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,8 +525,17 @@ def _asterisk(table: _Table, overrides: Overrides, users: tuple[UserConfig, ...]
     dial = table.text("dial", AsteriskConfig().dial) or AsteriskConfig().dial
     if "{number}" not in dial:
         raise ConfigError(f"{table.key('dial')}: the dial string needs {{number}}, e.g. \"PJSIP/{{number}}@trunk\"")
+    unknown = _ozml_unknown(table)
     table.finish()
-    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts, dial=dial)
+    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts, dial=dial,
+                          ozml_unknown_ends_call=unknown)
+
+
+def _ozml_unknown(table: _Table) -> bool:
+    value = table.text("ozml_unknown", "skip")
+    if value not in ("skip", "hangup"):
+        raise ConfigError(f"{table.key('ozml_unknown')}: expected \"skip\" or \"hangup\"")
+    return value == "hangup"
 
 
 def _prompts(table: _Table) -> PromptConfig:
@@ -548,6 +558,7 @@ class AgiScriptConfig:
     speech: SpeechConfig = SpeechConfig(Path("/var/cache/asterisk-sendsms/tts"))
     prompts: PromptConfig = PromptConfig()
     record_dir: str = DEFAULT_RECORD_DIR  # where OzML <Record> writes on the Asterisk host
+    ozml_unknown_ends_call: bool = False
 
 
 def load_agi_config(path: Path) -> AgiScriptConfig:
@@ -563,7 +574,8 @@ def load_agi_config(path: Path) -> AgiScriptConfig:
                              timeout=root.duration("timeout", 5.0),
                              speech=_speech(root.table("speech"), Path("/var/cache/asterisk-sendsms")),
                              prompts=_prompts(root.table("prompts")),
-                             record_dir=root.text("record_dir", DEFAULT_RECORD_DIR) or "")
+                             record_dir=root.text("record_dir", DEFAULT_RECORD_DIR) or "",
+                             ozml_unknown_ends_call=_ozml_unknown(root))
     root.finish()
     return config
 

@@ -109,8 +109,9 @@ async def run_daemon(config: Config) -> None:
         call_backend = ServiceBackend(service, asterisk_user)
         speaker = Speaker(config.speech)
         recordings = config.data_dir / "recordings"
-        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings))
-        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts)
+        unknown_ends_call = config.asterisk.ozml_unknown_ends_call
+        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings), unknown_ends_call)
+        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
         ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None

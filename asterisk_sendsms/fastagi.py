@@ -64,7 +64,8 @@ class FastAgiServer:
             elif script == "ozml" and environment.params.get("url", "").startswith(("http://", "https://")):
                 details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
                                       environment.variables.get("agi_dnid", ""))
-                await self._ozml.run_source(channel, details, environment.params["url"])
+                await self._ozml.run_source(channel, details, environment.params["url"],
+                                            environment.params.get("error_url") or None)
             else:
                 log.warning("FastAGI request for unknown script %r from %s", script, peer)
                 with contextlib.suppress(SmsGatewayError):

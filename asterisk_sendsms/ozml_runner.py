@@ -97,27 +97,42 @@ class OzmlRunner:
         self._record_dir = record_dir  # AGI: a directory of ours; ARI: "" (Asterisk keeps recordings)
         self._unknown_ends_call = unknown_ends_call
 
-    async def run_source(self, call: OzmlCall, details: CallDetails, source: str) -> None:
+    async def run_source(self, call: OzmlCall, details: CallDetails, source: str, error_url: str | None = None
+                         ) -> None:
         """Run a script given as a URL (fetched as the Ozeki phone system does: a POST with CallConnected), a
-        file path, or inline XML; a script that cannot be had ends the call politely."""
+        file path, or inline XML, following GoTo and UserInput answers. If it cannot be had or run, the OzML
+        that `error_url` answers to a POST of the error runs instead; failing that, the call ends politely."""
         async with aiohttp.ClientSession() as session:
+            await self._quietly(call.answer)  # OzML runs on a connected call, as on the Ozeki phone system
             try:
-                if source.lstrip().startswith("<"):
-                    commands = parse_ozml(source)
-                elif source.startswith("/"):
-                    commands = parse_ozml(_read_script(Path(source)))
-                else:
-                    commands = await self.fetch(session, source, details.form("CallConnected"))
-            except OzmlError as exc:
-                log.warning("OzML for call %s: %s", details.call_id, exc.message)
-                await self._quietly(call.answer)
-                if self._prompts.failed and not call.hung_up:
-                    with contextlib.suppress(SmsGatewayError):
-                        await call.play(await self._prompter.prompt(self._prompts.failed))
-                await self._quietly(call.hangup)
+                await self._follow(call, details, await self._load(session, details, source), session)
                 return
-        await self._quietly(call.answer)  # OzML runs on a connected call, as on the Ozeki phone system
-        await self.run(call, details, commands)
+            except _Stop:
+                return
+            except OzmlError as exc:
+                log.warning("OzML on call %s: %s", details.call_id, exc.message)
+                error = exc.message
+            if error_url:
+                try:
+                    commands = await self.fetch(session, error_url, details.form("Error", Error=error))
+                    await self._follow(call, details, commands, session)
+                    return
+                except _Stop:
+                    return
+                except OzmlError as exc:
+                    log.warning("OzML error script for call %s: %s", details.call_id, exc.message)
+            if self._prompts.failed and not call.hung_up:
+                with contextlib.suppress(SmsGatewayError):
+                    await call.play(await self._prompter.prompt(self._prompts.failed))
+            await self._quietly(call.hangup)
+
+    async def _load(self, session: aiohttp.ClientSession, details: CallDetails, source: str
+                    ) -> tuple[Command, ...]:
+        if source.lstrip().startswith("<"):
+            return parse_ozml(source)
+        if source.startswith("/"):
+            return parse_ozml(_read_script(Path(source)))
+        return await self.fetch(session, source, details.form("CallConnected"))
 
     async def fetch(self, session: aiohttp.ClientSession, url: str, form: Mapping[str, str]) -> tuple[Command, ...]:
         """POST the call's details to `url` and parse the OzML it answers."""
@@ -133,21 +148,15 @@ class OzmlRunner:
             raise OzmlError(f"cannot fetch the script at {url}: {exc or type(exc).__name__}") from None
         return parse_ozml(body)
 
-    async def run(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...]) -> None:
-        """Run a script to its end; a script that fails ends the call politely."""
-        async with aiohttp.ClientSession() as session:
-            try:
-                for _ in range(MAX_SCRIPTS):
-                    following = await self._run_script(call, details, commands, session)
-                    if following is None:
-                        return
-                    commands = following
-                raise OzmlError(f"more than {MAX_SCRIPTS} scripts followed in one call")
-            except _Stop:
+    async def _follow(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
+                      session: aiohttp.ClientSession) -> None:
+        """Run a script and the scripts it leads to; raises `_Stop` when one ends the call."""
+        for _ in range(MAX_SCRIPTS):
+            following = await self._run_script(call, details, commands, session)
+            if following is None:
                 return
-            except OzmlError as exc:
-                log.warning("OzML on call %s stopped: %s", details.call_id, exc.message)
-                await self._quietly(call.hangup)
+            commands = following
+        raise OzmlError(f"more than {MAX_SCRIPTS} scripts followed in one call")
 
     @staticmethod
     async def _quietly(operation: Callable[[], Awaitable[object]]) -> None:

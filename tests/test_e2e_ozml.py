@@ -42,6 +42,10 @@ async def app() -> AsyncIterator[App]:
         served.posts.append((request.path, form))
         if request.path == "/seed":
             return web.Response(text=SEED, content_type="text/xml")
+        if request.path == "/error":
+            return web.Response(text="<Response><Speak>We are sorry.</Speak><Hangup/></Response>")
+        if request.path == "/odd":
+            return web.Response(text="<Response><Dance/><Speak>never heard</Speak></Response>")
         if request.path == "/menu":
             return web.Response(text=f'<Response><UserInput ForwardToUrl="{served.base}/dtmf" MaxDigits="6" '
                                      'Timeout="2"><Speak>Enter your order number</Speak></UserInput></Response>')
@@ -206,3 +210,21 @@ async def test_process_agi_runs_a_script_from_a_file_and_inline(daemon_factory: 
     async with aiohttp.ClientSession() as session:
         message = await get_status(session, daemon, channel.variables["SMS_ID"], "viewer", "viewer-secret")
     assert message["text"] == "inline"
+
+
+async def test_error_url_and_unknown_commands(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
+    port = free_port()
+    daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
+    query = f"url={app.base}/missing&error_url={app.base}/error"
+    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    await run_fastagi(channel, "127.0.0.1", port)
+    assert [p for p, _ in app.posts] == ["/missing", "/error"]
+    assert app.posts[1][1]["NotificationName"] == "Error" and "HTTP 404" in app.posts[1][1]["Error"]
+    assert words(channel) == ["ANSWER", "STREAM FILE", "HANGUP"]
+    query = f"url={app.base}/odd"
+    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    await run_fastagi(channel, "127.0.0.1", port)
+    assert words(channel) == ["ANSWER", "STREAM FILE"]  # <Dance/> skipped by default, the Speak still heard
+    assert "unknown command <Dance> at line 1; skipped" in daemon.output()
