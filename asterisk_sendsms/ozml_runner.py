@@ -18,6 +18,7 @@ import aiohttp
 from .callflow import CallControl, Prompter, SmsBackend, agi_status
 from .config import PromptConfig
 from .errors import SmsGatewayError
+from .speech import SpeechError
 from .ozml import (
     BlindTransfer,
     Command,
@@ -109,7 +110,9 @@ class OzmlRunner:
                 return
             except _Stop:
                 return
-            except OzmlError as exc:
+            except SmsGatewayError as exc:  # the script, or Asterisk refusing one of its commands
+                if call.hung_up:
+                    return
                 log.warning("OzML on call %s: %s", details.call_id, exc.message)
                 error = exc.message
             if error_url:
@@ -167,8 +170,14 @@ class OzmlRunner:
             log.info("call operation skipped: %s", exc.message)
 
     async def _say(self, call: OzmlCall, command: Speak | Play) -> None:
-        sound = command.sound if isinstance(command, Play) else await self._prompter.prompt(command.text,
-                                                                                          command.voice)
+        if isinstance(command, Play):
+            await call.play(command.sound)
+            return
+        try:
+            sound = await self._prompter.prompt(command.text, command.voice)
+        except SpeechError as exc:  # a missing voice must not cut the script short
+            log.warning("OzML <Speak> skipped: %s", exc.message)
+            return
         await call.play(sound)
 
     async def _run_script(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
