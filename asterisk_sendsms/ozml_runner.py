@@ -18,7 +18,6 @@ import aiohttp
 from .callflow import CallControl, Prompter, SmsBackend, agi_status
 from .config import PromptConfig
 from .errors import SmsGatewayError
-from .speech import SpeechError
 from .ozml import (
     BlindTransfer,
     Command,
@@ -36,6 +35,7 @@ from .ozml import (
     UserInput,
     parse_ozml,
 )
+from .speech import SpeechError
 
 __all__ = ["CallDetails", "OzmlCall", "OzmlRunner"]
 
