@@ -100,6 +100,8 @@ class CallbackJob:
     attempts: int  # including this one
     created_at: float
     kind: str = "delivery"  # "delivery" (SMSDeliveryReport) or "incoming" (IncomingSMS)
+    # What the notification reports, read with the claim (None if it was no longer in the store)
+    subject: MessageView | IncomingView | None = None
 
 
 @dataclass(frozen=True, slots=True)

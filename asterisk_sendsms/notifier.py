@@ -22,6 +22,7 @@ __all__ = ["Notifier", "delivery_report_form", "incoming_form", "validate_callba
 log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
+DONE_BATCH_DELAY = 0.05
 _LEASE_MARGIN = 30.0
 
 
@@ -80,6 +81,8 @@ class Notifier:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._failing: set[str] = set()  # hosts already reported as failing (log once per outage)
+        self._done: list[int] = []
+        self._done_waiting = asyncio.Event()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -91,6 +94,7 @@ class Notifier:
         timeout = aiohttp.ClientTimeout(total=self._policy.timeout)
         lease = self._policy.timeout + _LEASE_MARGIN
         async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as group:
+            group.create_task(self._record_done())
             while True:
                 self._wakeup.clear()
                 try:
@@ -109,7 +113,7 @@ class Notifier:
 
     async def _deliver(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
         try:
-            form = await self._form(job)
+            form = self._form(job)
             if form is None:
                 await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
                 return
@@ -117,7 +121,8 @@ class Notifier:
             error = await self._post(session, job.url, form)
             now = self._clock()
             if error is None:
-                await self._store.callback_done(job.job_id, now)
+                self._done.append(job.job_id)
+                self._done_waiting.set()
                 if host in self._failing:
                     self._failing.discard(host)
                     log.info("delivery notifications to %s succeed again", host)
@@ -137,12 +142,27 @@ class Notifier:
         finally:
             self._slots.release()
 
-    async def _form(self, job: CallbackJob) -> dict[str, str] | None:
-        if job.kind == "incoming":
-            incoming = await self._store.get_incoming(job.sms_id)
-            return incoming_form(incoming) if incoming else None
-        message = await self._store.get(job.sms_id, detail=False)
-        return delivery_report_form(message) if message else None
+    @staticmethod
+    def _form(job: CallbackJob) -> dict[str, str] | None:
+        if isinstance(job.subject, IncomingView):
+            return incoming_form(job.subject)
+        if isinstance(job.subject, MessageView):
+            return delivery_report_form(job.subject)
+        return None
+
+    async def _record_done(self) -> None:
+        """Successful posts are marked done in batches: one store write for many notifications. A crash
+        before the write sends those again (at least once, as receivers of notifications expect)."""
+        while True:
+            await self._done_waiting.wait()
+            await asyncio.sleep(DONE_BATCH_DELAY)
+            self._done_waiting.clear()
+            batch, self._done = self._done, []
+            try:
+                await self._store.callbacks_done(batch, self._clock())
+            except SmsGatewayError as exc:
+                log.error("%d delivered notifications not marked done (they may be sent again): %s", len(batch),
+                          exc)
 
     @staticmethod
     async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> str | None:

@@ -52,7 +52,7 @@ async def main() -> None:
     while len(jobs) < args.messages:
         jobs += await store.claim_callbacks(1000, now + 2, 60)
     timings["claim callbacks"] = time.perf_counter() - start
-    await stage("callback done", [store.callback_done(j.job_id, now) for j in jobs])
+    await stage("callback done", [store.callbacks_done([j.job_id], now) for j in jobs])
     await store.close()
     total = sum(timings.values())
     print(f"{args.messages} messages, synchronous={args.synchronous}, {BATCH} concurrent callers")

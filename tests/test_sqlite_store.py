@@ -15,7 +15,7 @@ from asterisk_sendsms.config import StoreConfig
 from asterisk_sendsms.encoding import Coding
 from asterisk_sendsms.errors import IllegalTransition, ServiceUnavailable
 from asterisk_sendsms.lifecycle import State
-from asterisk_sendsms.model import NewMessage, PartOutcome, Receipt
+from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt
 from asterisk_sendsms.store import SqliteStore
 
 NOW = 1_800_000_000.0
@@ -56,8 +56,9 @@ async def test_happy_path_and_history(store: SqliteStore) -> None:
     assert view.callback_state == "pending"
     [job] = await store.claim_callbacks(10, NOW + 3, 30)
     assert job.sms_id == sms_id and job.attempts == 1
+    assert isinstance(job.subject, MessageView) and job.subject.state is State.DELIVERED  # read with the claim
     assert await store.claim_callbacks(10, NOW + 3, 30) == []  # leased
-    await store.callback_done(job.job_id, NOW + 4)
+    await store.callbacks_done([job.job_id], NOW + 4)
     assert (await store.get(sms_id)).callback_state == "done"  # type: ignore[union-attr]
 
 

@@ -9,7 +9,6 @@ from ..lifecycle import State
 from ..model import (
     CallbackJob,
     IncomingPart,
-    IncomingView,
     MessageView,
     NewMessage,
     OutboundMessage,
@@ -77,11 +76,11 @@ class Store(Protocol):
         with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""
         ...
 
-    async def get_incoming(self, incoming_id: str) -> IncomingView | None: ...
+    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+        """Due notifications, each with its subject (the message or incoming SMS) read alongside."""
+        ...
 
-    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]: ...
-
-    async def callback_done(self, job_id: int, now: float) -> None: ...
+    async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None: ...
 
     async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None: ...
 

@@ -377,13 +377,6 @@ class SqliteStore:
             return incoming_id
         return await self._run(op)
 
-    async def get_incoming(self, incoming_id: str) -> IncomingView | None:
-        def op(conn: sqlite3.Connection) -> IncomingView | None:
-            row = conn.execute("SELECT incoming_id, transport, sender, recipient, text, received_at FROM incoming"
-                               " WHERE incoming_id = ?", (incoming_id,)).fetchone()
-            return IncomingView(*row) if row else None
-        return await self._run(op)
-
     async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
         def op(conn: sqlite3.Connection) -> list[CallbackJob]:
             rows = conn.execute("SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
@@ -391,13 +384,16 @@ class SqliteStore:
                                 (now, limit)).fetchall()
             conn.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed = 1, updated_at = ?"
                              " WHERE job_id = ?", [(now + lease, now, row[0]) for row in rows])
-            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at, kind)
+            # The subject is read in the same operation: one store round trip per batch, not per job.
+            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at, kind,
+                                _incoming(conn, sms_id) if kind == "incoming" else _view(conn, sms_id, False))
                     for job_id, sms_id, url, attempts, created_at, kind in rows]
         return await self._run(op)
 
-    async def callback_done(self, job_id: int, now: float) -> None:
-        await self._run(lambda conn: conn.execute(
-            "UPDATE callbacks SET state = 'done', last_error = '', updated_at = ? WHERE job_id = ?", (now, job_id)))
+    async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None:
+        await self._run(lambda conn: conn.executemany(
+            "UPDATE callbacks SET state = 'done', last_error = '', updated_at = ? WHERE job_id = ?",
+            [(now, job_id) for job_id in job_ids]))
 
     async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
         await self._run(lambda conn: conn.execute(
@@ -501,6 +497,12 @@ def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> Re
     target = receipt.outcome.message_state
     _finish(conn, sms_id, target, receipt.error_code, detail, now, None)
     return ReceiptResult(sms_id, target)
+
+
+def _incoming(conn: sqlite3.Connection, incoming_id: str) -> IncomingView | None:
+    row = conn.execute("SELECT incoming_id, transport, sender, recipient, text, received_at FROM incoming"
+                       " WHERE incoming_id = ?", (incoming_id,)).fetchone()
+    return IncomingView(*row) if row else None
 
 
 def _view(conn: sqlite3.Connection, sms_id: str, detail: bool = True) -> MessageView | None:
