@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 DONE_BATCH_DELAY = 0.05
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 _LEASE_MARGIN = 30.0
 
 
@@ -168,7 +169,9 @@ class Notifier:
     async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> str | None:
         """POST the form; None on a 2xx answer, else what went wrong."""
         try:
-            async with session.post(url, data=form, allow_redirects=False) as response:
+            # Encoded here: aiohttp's FormData machinery costs more than the rest of the request.
+            async with session.post(url, data=urlencode(form).encode("utf-8"), headers=FORM_HEADERS,
+                                    allow_redirects=False) as response:
                 await response.read()
                 if 200 <= response.status < 300:
                     return None
