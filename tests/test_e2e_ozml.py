@@ -79,6 +79,13 @@ url = "simulator?receipt_delay=0.1"
     return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config), *args)
 
 
+def ozml_call(port: int, tmp_path: Path, query: str, **extra: str) -> FakeChannel:
+    """Asterisk's side of AGI(agi://127.0.0.1:PORT/ozml?QUERY)."""
+    dtmf = extra.pop("dtmf", "")
+    return FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
+                                        agi_network_script=f"ozml?{query}", **extra), tmp_path / "sounds", dtmf=dtmf)
+
+
 def words(channel: FakeChannel) -> list[str]:
     return [" ".join(line.split(" ")[:2]) if line.split(" ")[0] in ("SET", "STREAM", "WAIT") else line.split(" ")[0]
             for line, _ in channel.log]
@@ -87,10 +94,7 @@ def words(channel: FakeChannel) -> list[str]:
 async def test_seed_script_over_fastagi(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
     port = free_port()
     daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
-    query = f"url={app.base}/seed"
-    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
-                                           agi_network_script=f"ozml?{query}", agi_callerid="+36301112222"),
-                          tmp_path / "sounds")
+    channel = ozml_call(port, tmp_path, f"url={app.base}/seed", agi_callerid="+36301112222")
     await run_fastagi(channel, "127.0.0.1", port)
     assert words(channel) == ["ANSWER", "STREAM FILE", "SET VARIABLE", "SET VARIABLE", "SET VARIABLE",
                               "STREAM FILE", "HANGUP"]
@@ -121,9 +125,7 @@ async def test_seed_script_over_ari(daemon_factory: list[Daemon], tmp_path: Path
 async def test_user_input_round_trip_over_fastagi(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
     port = free_port()
     daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
-    query = f"url={app.base}/menu"
-    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
-                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds", dtmf="4711#9")
+    channel = ozml_call(port, tmp_path, f"url={app.base}/menu", dtmf="4711#9")
     await run_fastagi(channel, "127.0.0.1", port)
     assert [p for p, _ in app.posts] == ["/menu", "/dtmf"] and app.posts[1][1]["Dtmf"] == "4711"
     assert app.posts[1][1]["NotificationName"] == "DtmfEntered"
@@ -158,9 +160,7 @@ async def test_a_script_that_cannot_be_fetched_ends_the_call_politely(daemon_fac
                                                                       tmp_path: Path, app: App) -> None:
     port = free_port()
     daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
-    query = f"url={app.base}/missing"
-    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
-                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    channel = ozml_call(port, tmp_path, f"url={app.base}/missing")
     await run_fastagi(channel, "127.0.0.1", port)
     assert words(channel) == ["ANSWER", "STREAM FILE", "HANGUP"]  # "sorry", then goodbye
     assert "answered HTTP 404" in daemon.output()
@@ -215,16 +215,12 @@ async def test_process_agi_runs_a_script_from_a_file_and_inline(daemon_factory: 
 async def test_error_url_and_unknown_commands(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
     port = free_port()
     daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")
-    query = f"url={app.base}/missing&error_url={app.base}/error"
-    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
-                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    channel = ozml_call(port, tmp_path, f"url={app.base}/missing&error_url={app.base}/error")
     await run_fastagi(channel, "127.0.0.1", port)
     assert [p for p, _ in app.posts] == ["/missing", "/error"]
     assert app.posts[1][1]["NotificationName"] == "Error" and "HTTP 404" in app.posts[1][1]["Error"]
     assert words(channel) == ["ANSWER", "STREAM FILE", "HANGUP"]
-    query = f"url={app.base}/odd"
-    channel = FakeChannel(base_environment(f"agi://127.0.0.1:{port}/ozml?{query}", agi_network="yes",
-                                           agi_network_script=f"ozml?{query}"), tmp_path / "sounds")
+    channel = ozml_call(port, tmp_path, f"url={app.base}/odd")
     await run_fastagi(channel, "127.0.0.1", port)
     assert words(channel) == ["ANSWER", "STREAM FILE"]  # <Dance/> skipped by default, the Speak still heard
     assert "unknown command <Dance> at line 1; skipped" in daemon.output()
