@@ -136,6 +136,7 @@ class SmppSettings:
     system_type: str = ""
     throughput: float = 0.0  # messages per second, 0 = unlimited
     ids: str = "same"  # how submit_sm_resp ids and receipt ids relate: same, hex-dec, dec-hex
+    receipts: bool = True  # registered_delivery=1 on every part
     long: str = "udh"  # long messages: udh (concatenation header) or sar (SAR TLVs)
     enquire_link: float = 30.0  # seconds of silence before an enquire_link
     response_timeout: float = 10.0
@@ -410,6 +411,7 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
     parts = urlsplit(url.strip())
     if parts.scheme == "smpp":
         params = _query(parts.query, key, ("name", "window", "bind", "system_type", "throughput", "ids", "long",
+                                           "receipts",
                                            "enquire_link", "response_timeout", "source_ton", "source_npi",
                                            "dest_ton", "dest_npi"))
         if not parts.hostname:
@@ -431,6 +433,7 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             system_type=params.get("system_type", ""),
             throughput=_float_opt(params, "throughput", 0.0, key),
             ids=_choice(params, "ids", ("same", "hex-dec", "dec-hex"), key),
+            receipts=_choice(params, "receipts", ("yes", "no"), key) == "yes",
             long=_choice(params, "long", ("udh", "sar"), key),
             enquire_link=_float_opt(params, "enquire_link", 30.0, key) or 30.0,
             response_timeout=_float_opt(params, "response_timeout", 10.0, key) or 10.0,

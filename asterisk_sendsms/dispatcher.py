@@ -165,8 +165,8 @@ class Dispatcher:
             self._notifier.wake()
             return
         now = self._clock()
-        result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now,
-                                                  now + self._messages.receipt_timeout)
+        deadline = now + self._messages.receipt_timeout if transport.expects_receipts else None
+        result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now, deadline)
         if result.final_state is not None:
             self._notifier.wake()
 

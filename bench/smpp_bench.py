@@ -149,14 +149,14 @@ async def load(urls: list[str], concurrency: int, accepted_marker: bytes) -> tup
 
 
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
-                   rss_every: int = 0) -> Result:
+                   rss_every: int = 0, receipts: bool = True) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     daemon = Daemon(f"""
 [callbacks]
 concurrency = 64
 [[transports]]
-url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
+url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' if receipts else 'no'}"
 """)
     try:
         await peer.bound()
@@ -174,7 +174,8 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
                 print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(pid):6.1f} MiB, "
                       f"peak {peak_rss_mib(pid):6.1f} MiB", flush=True)
         stats = await peer.wait_submits(messages - errors)
-        result = Result("ours", "receipts + callbacks" if with_callbacks else "receipts", window,
+        case = "receipts + callbacks" if with_callbacks else "receipts" if receipts else "no receipts"
+        result = Result("ours", case, window,
                         messages / seconds, stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
         if with_callbacks:
             await callbacks.wait(messages - errors)
@@ -334,6 +335,7 @@ async def main() -> None:
     results: list[Result] = []
     for window in windows:
         results.append(await run_ceiling(args.messages, window))
+        results.append(await run_ours(args.messages, args.concurrency, window, False, receipts=False))
         for with_callbacks in (False, True):
             results.append(await run_ours(args.messages, args.concurrency, window, with_callbacks))
         for mode in ("no receipts", "receipts", "receipts + callbacks"):
@@ -351,11 +353,13 @@ async def main() -> None:
               f"{r.rss:13.1f} {r.errors:7d}")
     print()
     for window in windows:
-        ours = next(r for r in results if r.system == "ours" and r.window == window and r.case == "receipts")
-        kannel = next(r for r in results if r.system == "Kannel" and r.window == window and r.case == "receipts")
         ceiling = next(r for r in results if r.system == "raw client" and r.window == window)
-        print(f"window {window:>3}: ours/Kannel submitted {ours.submitted / max(kannel.submitted, 1e-9):.2f}, "
-              f"ours/limit {ours.submitted / max(ceiling.submitted, 1e-9):.2f}")
+        for case in ("no receipts", "receipts", "receipts + callbacks"):
+            ours = next(r for r in results if r.system == "ours" and r.window == window and r.case == case)
+            kannel = next(r for r in results if r.system == "Kannel" and r.window == window and r.case == case)
+            print(f"window {window:>3}, {case:<21}: ours/Kannel submitted "
+                  f"{ours.submitted / max(kannel.submitted, 1e-9):.2f}, "
+                  f"ours/limit {ours.submitted / max(ceiling.submitted, 1e-9):.2f}")
 
 
 if __name__ == "__main__":

@@ -285,3 +285,17 @@ async def test_incoming_sms_are_stored_and_posted(daemon_factory: list[Daemon], 
     assert by_sender["+36205555555"]["Message"] == "Köszönöm 😀"
     await smsc.wait_for(lambda: len([e for e in smsc.events if e["event"] == "mo_resp"]) == 4)
     assert all(e["status"] == 0 for e in smsc.events if e["event"] == "mo_resp")
+
+
+async def test_a_route_without_receipts(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, "&receipts=no")
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "no receipt wanted")
+        await smsc.wait_for(lambda: len(smsc.submits()) == 1)
+        await asyncio.sleep(0.5)
+        async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+            data = await r.json()
+    assert smsc.submits()[0]["registered_delivery"] == 0
+    assert data["state"] == "submitted"  # the last thing that will be known of it; it does not expire
+    assert not any(e["event"] == "receipt_resp" for e in smsc.events)

@@ -53,6 +53,7 @@ def _explain(final: str) -> str:
 
 
 class ModemTransport:
+    expects_receipts = True
     kind = "modem"
     capacity = 1  # one SMS at a time per modem
 

@@ -132,6 +132,7 @@ class SmppTransport:
     def __init__(self, name: str, settings: SmppSettings) -> None:
         self.name = name
         self.capacity = settings.window
+        self.expects_receipts = settings.receipts
         self._settings = settings
         self._form = IdForm(settings.ids)
         self._window = asyncio.Semaphore(settings.window)
@@ -190,7 +191,8 @@ class SmppTransport:
             "service_type": "", "destination_addr": destination.value.lstrip("+"),
             "dest_addr_ton": dest_ton if settings.dest_ton is None else settings.dest_ton,
             "dest_addr_npi": dest_npi if settings.dest_npi is None else settings.dest_npi,
-            "registered_delivery": 1, "data_coding": 0 if encoded.coding is Coding.GSM7 else 8, "esm_class": 0,
+            "registered_delivery": 1 if settings.receipts else 0, "esm_class": 0,
+            "data_coding": 0 if encoded.coding is Coding.GSM7 else 8,
         }
         source_ton, source_npi, source = 0, 0, ""
         if message.sender:

@@ -292,7 +292,7 @@ class SqliteStore:
         return await self._run(op)
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
-                             receipt_deadline: float) -> ReceiptResult:
+                             receipt_deadline: float | None) -> ReceiptResult:
         def op(conn: sqlite3.Connection) -> ReceiptResult:
             _move(conn, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed = 0, attempts = attempts + 1,"
                   " error_code = '', error_text = '', updated_at = ?, submitted_at = ?",

@@ -35,6 +35,8 @@ class Transport(Protocol):
     kind: str
     # How many submits the dispatcher may have in flight on this transport at once (the SMPP window).
     capacity: int
+    # False for a route that asks for no delivery receipts: its messages stay `submitted`, never expire.
+    expects_receipts: bool
 
     async def run(self, sink: TransportSink) -> None:
         """Connect and stay connected until cancelled, handing receipts and incoming SMS to `sink`."""

@@ -22,6 +22,7 @@ _REDELIVERY_DELAY = 5.0
 
 
 class SimulatorTransport:
+    expects_receipts = True
     kind = "simulator"
 
     def __init__(self, name: str, settings: SimulatorSettings) -> None:
