@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import getpass
 import json
-import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import aiohttp
 from . import __version__
 from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
 from .errors import ConfigError, SmsGatewayError
+from .logs import configure_logging
 from .passwords import hash_password
 
 __all__ = ["main"]
@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                             "http://USER:PASS@HOST:8088?app=sendsms (repeatable, one per Asterisk server)")
     serve.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                        help="overrides log_level from the file")
+    serve.add_argument("--log-format", choices=("text", "json"), default="text",
+                       help="log lines on stderr as text, or one JSON object per line (journald, log shippers)")
 
     send = commands.add_parser("send", help="send an SMS through the running daemon")
     _common(send)
@@ -83,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
     hashing = commands.add_parser("hash-password", help="print a password hash for the config file")
     hashing.add_argument("--stdin", action="store_true", help="read the password from standard input")
+
+    install = commands.add_parser("install-agi", help="install sendsms.agi and ozml.agi into Asterisk's agi-bin, "
+                                                      "running with this installation's Python")
+    install.add_argument("--dir", type=Path, default=Path("/var/lib/asterisk/agi-bin"), metavar="DIR",
+                         help="Asterisk's agi-bin (astagidir in asterisk.conf; default /var/lib/asterisk/agi-bin)")
     return parser
 
 
@@ -181,6 +188,23 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+AGI_SCRIPTS = {"sendsms.agi": "main", "ozml.agi": "ozml_main"}
+
+
+def _install_agi(args: argparse.Namespace) -> int:
+    """Write small launchers whose first line is this Python, so Asterisk runs them with the package."""
+    target: Path = args.dir
+    if not target.is_dir():
+        raise CliError(f"{target} is not a directory (is Asterisk installed? pass --dir)")
+    for name, function in AGI_SCRIPTS.items():
+        path = target / name
+        path.write_text(f"#!{sys.executable}\n# Installed by asterisk-sendsms install-agi.\nimport sys\n\n"
+                        f"from asterisk_sendsms.agi_script import {function}\n\nsys.exit({function}())\n")
+        path.chmod(0o755)
+        print(f"installed {path}")
+    return 0
+
+
 def _hash_password(args: argparse.Namespace) -> int:
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -199,8 +223,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config(args, http=args.http, transports=tuple(args.transport), fastagi=args.fastagi,
                      ari=tuple(args.ari))
-    logging.basicConfig(level=args.log_level or config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level or config.log_level, args.log_format)
     try:
         asyncio.run(run_daemon(config))
     except ExceptionGroup as group:
@@ -225,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "install-agi":
+            return _install_agi(args)
         return _hash_password(args)
     except ConfigError as exc:
         print(f"asterisk-sendsms: configuration error: {exc.message}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 from asterisk_sendsms.config import load_agi_config
 from asterisk_sendsms.passwords import verify_password
 
-from .conftest import REPO, RUN
+from .conftest import REPO, RUN, free_port
 
 SAMPLE = REPO / "config" / "asterisk-sendsms.toml"
 
@@ -45,3 +45,33 @@ def test_hash_password() -> None:
     assert verify_password("s3cret", result.stdout.strip())
     empty = run("hash-password", "--stdin", stdin="\n")
     assert empty.returncode == 1 and empty.stderr == "asterisk-sendsms: an empty password cannot be hashed\n"
+
+
+def test_install_agi_writes_launchers_for_this_python(tmp_path: Path) -> None:
+    result = run("install-agi", "--dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    for name in ("sendsms.agi", "ozml.agi"):
+        script = tmp_path / name
+        first = script.read_text().splitlines()[0]
+        assert first.startswith("#!/") and "python" in first
+        assert script.stat().st_mode & 0o111
+        check = subprocess.run([first[2:], "-c", "import asterisk_sendsms.agi_script"], check=False)
+        assert check.returncode == 0  # that interpreter has the package
+    missing = run("install-agi", "--dir", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "is not a directory" in missing.stderr
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    import json
+    import signal
+    import time
+
+    port = free_port()
+    process = subprocess.Popen([str(RUN), "serve", "--data-dir", str(tmp_path), "--http", f"127.0.0.1:{port}",
+                                "--log-format", "json"], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith("stopping") for r in records)
