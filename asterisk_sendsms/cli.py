@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import getpass
 import json
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -68,12 +70,26 @@ def _parser() -> argparse.ArgumentParser:
 
     send = commands.add_parser("send", help="send an SMS through the running daemon")
     _common(send)
-    send.add_argument("--to", required=True, metavar="NUMBER", help="recipient, e.g. +36201234567")
-    send.add_argument("--text", required=True, help="message text")
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="NUMBER", help="recipient, e.g. +36201234567")
+    target.add_argument("--csv", type=Path, metavar="FILE",
+                        help="bulk: one message per row; a 'recipient' column (or the first), and 'text' or --text")
+    send.add_argument("--text", help="message text; with --csv a template: {column} takes the row's value")
+    send.add_argument("--rate", type=float, default=20.0, metavar="N",
+                      help="bulk: messages per second handed to the daemon (default 20)")
     send.add_argument("--from", dest="sender", metavar="SENDER", help="sender number or name")
     send.add_argument("--report-url", metavar="URL", help="DeliveryReportURL for the delivery notification")
     send.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
                       help="wait up to SECONDS for a final state and print it")
+
+    listing = commands.add_parser("messages", help="list messages, newest first")
+    _common(listing)
+    listing.add_argument("--state", help="accepted, queued, submitted, delivered, undelivered, expired, rejected "
+                                         "or failed")
+    listing.add_argument("--recipient", metavar="PREFIX", help="recipients starting with PREFIX")
+    listing.add_argument("--since", type=float, metavar="SECONDS", help="created in the last SECONDS")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
 
     status = commands.add_parser("status", help="show a message's state, parts and history")
     _common(status)
@@ -100,19 +116,35 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
 # ---------------------------------------------------------------- talking to the daemon
 
 
-async def _control(config: Config, method: str, path: str, body: dict[str, Any] | None = None
-                   ) -> tuple[int, dict[str, Any]]:
-    socket_path = config.control_socket
-    if not socket_path.exists():
-        raise CliError(f"the daemon is not running (no control socket at {socket_path}); "
-                       "start it with `asterisk-sendsms serve`")
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.request(method, f"http://daemon{path}", json=body) as response:
+class Control:
+    """The daemon's control socket (the JSON API without a password: file permissions guard it)."""
+
+    def __init__(self, config: Config) -> None:
+        self._path = config.control_socket
+        if not self._path.exists():
+            raise CliError(f"the daemon is not running (no control socket at {self._path}); "
+                           "start it with `asterisk-sendsms serve`")
+        self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self._path)),
+                                              timeout=aiohttp.ClientTimeout(total=30))
+
+    async def __aenter__(self) -> Control:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._session.close()
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        try:
+            async with self._session.request(method, f"http://daemon{path}", json=body) as response:
                 return response.status, await response.json(content_type=None)
-    except (aiohttp.ClientError, OSError, ValueError) as exc:
-        raise CliError(f"cannot talk to the daemon at {socket_path}: {exc}") from None
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise CliError(f"cannot talk to the daemon at {self._path}: {exc}") from None
+
+
+async def _control(config: Config, method: str, path: str, body: dict[str, Any] | None = None
+                   ) -> tuple[int, Any]:
+    async with Control(config) as control:
+        return await control.call(method, path, body)
 
 
 def _time(timestamp: float) -> str:
@@ -144,6 +176,10 @@ def _print_status(data: dict[str, Any]) -> None:
 
 async def _send(args: argparse.Namespace) -> int:
     config = _config(args)
+    if args.csv is not None:
+        return await _send_bulk(config, args)
+    if not args.text:
+        raise CliError("--text is required")
     status, reply = await _control(config, "POST", "/api/messages", {
         "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url})
     if status != 201:
@@ -157,6 +193,88 @@ async def _send(args: argparse.Namespace) -> int:
             print(data.get("state", reply))
             return 0 if data.get("state") == "delivered" else EXIT_ERROR
         await asyncio.sleep(0.2)
+    return 0
+
+
+def _rows(path: Path, template: str | None) -> list[tuple[int, str, str]]:
+    """(line number, recipient, text) of every row; a row that cannot be made is reported, not sent."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames:
+                raise CliError(f"{path} is empty")
+            fields = [f.strip().lower() for f in reader.fieldnames]
+            reader.fieldnames = fields
+            number_column = next((f for f in ("recipient", "number", "to", "phone") if f in fields), fields[0])
+            if template is None and "text" not in fields:
+                raise CliError(f"{path} has no 'text' column: give --text")
+            rows = []
+            for row in reader:
+                values = {k: (v or "").strip() for k, v in row.items() if k}
+                text = template.format_map(_Missing(values)) if template is not None else values.get("text", "")
+                rows.append((reader.line_num, values.get(number_column, ""), text))
+            return rows
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CliError(f"{path} is not a UTF-8 CSV file: {exc}") from None
+
+
+class _Missing(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise CliError(f"--text names {{{key}}}, which is not a column of the CSV file")
+
+
+async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
+    rows = _rows(args.csv, args.text)
+    refused: list[tuple[int, str, str]] = []
+    accepted = 0
+    started = time.monotonic()
+    interactive = sys.stderr.isatty()
+    async with Control(config) as control:
+        for done, (line, recipient, text) in enumerate(rows, 1):
+            await asyncio.sleep(max(0.0, started + (done - 1) / args.rate - time.monotonic()))
+            status, reply = await control.call("POST", "/api/messages", {
+                "recipient": recipient, "text": text, "sender": args.sender,
+                "delivery_report_url": args.report_url})
+            if status == 201:
+                accepted += 1
+            else:
+                refused.append((line, recipient, str(reply.get("error", reply))))
+            if interactive or done == len(rows) or done % 100 == 0:
+                width = 30
+                filled = width * done // len(rows)
+                print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{len(rows)}", end="" if interactive
+                      else "\n", file=sys.stderr, flush=True)
+    if interactive:
+        print(file=sys.stderr)
+    elapsed = time.monotonic() - started
+    for line, recipient, error in refused:
+        print(f"line {line}: {recipient or '(no recipient)'}: {error}")
+    print(f"{'rows':<10} {len(rows)}\n{'accepted':<10} {accepted}\n{'refused':<10} {len(refused)}\n"
+          f"{'seconds':<10} {elapsed:.1f}\n{'per second':<10} {len(rows) / max(elapsed, 1e-9):.1f}")
+    return 0 if not refused else EXIT_ERROR
+
+
+async def _messages(args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.state:
+        query["state"] = args.state
+    if args.recipient:
+        query["recipient"] = args.recipient
+    if args.since:
+        query["since"] = str(time.time() - args.since)
+    status, data = await _control(_config(args), "GET", f"/api/messages?{urlencode(query)}")
+    if status != 200:
+        raise CliError(data.get("error", str(data)))
+    if args.json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'created':<23}  {'SmsId':<36}  {'state':<11}  {'recipient':<16}  text")
+    for message in data:
+        text = message["text"].replace("\n", " ")
+        print(f"{_time(message['created_at'])}  {message['sms_id']}  {message['state']:<11}  "
+              f"{message['recipient']:<16}  {text[:40] + ('…' if len(text) > 40 else '')}")
     return 0
 
 
@@ -246,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_send(args))
         if args.command == "status":
             return asyncio.run(_status(args))
+        if args.command == "messages":
+            return asyncio.run(_messages(args))
         if args.command == "check-config":
             return _check_config(args)
         if args.command == "install-agi":

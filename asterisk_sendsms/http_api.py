@@ -142,6 +142,22 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
             return json_error(exc)
         return web.json_response({"sms_id": accepted.sms_id, "parts": accepted.part_count}, status=201)
 
+    @routes.get("/api/messages")
+    async def json_list(request: web.Request) -> web.Response:
+        try:
+            params = parse_form(request.rel_url.raw_query_string)
+            user = await identify(request, params)
+            try:
+                since = float(params["since"]) if params.get("since") else None
+                limit = int(params.get("limit") or 50)
+            except ValueError:
+                raise InvalidParameter("since/limit", "Messages", "numbers expected") from None
+            found = await service.messages(user, params.get("state") or None, params.get("recipient") or None,
+                                           since, limit)
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response([_message_json(m) for m in found])
+
     @routes.get("/api/messages/{sms_id}")
     async def json_status(request: web.Request) -> web.Response:
         try:

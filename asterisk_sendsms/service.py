@@ -63,6 +63,17 @@ class SmsService:
         self._on_accepted()
         return Accepted(message.sms_id, encoded.part_count)
 
+    async def messages(self, user: UserConfig, state: str | None, recipient: str | None, since: float | None,
+                       limit: int) -> list[MessageView]:
+        """The user's messages (an admin's: everyone's), newest first."""
+        try:
+            wanted = State(state) if state else None
+        except ValueError:
+            raise InvalidParameter("state", "Messages", f"one of {', '.join(s.value for s in State)}") from None
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidParameter("limit", "Messages", f"from 1 to {MAX_LIST}")
+        return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit)
+
     async def status(self, user: UserConfig, sms_id: str, detail: bool = True) -> MessageView:
         """A message as its sender (or an admin) may see it."""
         try:
@@ -73,6 +84,9 @@ class SmsService:
         if message is None or not (user.admin or message.username == user.name):
             raise MessageNotFound(sms_id)
         return message
+
+
+MAX_LIST = 1000
 
 
 class ServiceBackend:

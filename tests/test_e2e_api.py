@@ -4,6 +4,7 @@ real HTTP server, the CLI run as a user runs it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import time
@@ -300,3 +301,26 @@ def test_second_daemon_on_the_same_store_refuses(daemon_factory: list[Daemon], t
     assert result.returncode == 1
     assert "another asterisk-sendsms daemon is using" in result.stderr
 
+
+
+def test_bulk_send_from_csv_reports_bad_rows_by_line(daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    start_daemon(daemon_factory, data_dir, "--transport", "simulator?receipt_delay=0.1")
+    rows = tmp_path / "customers.csv"
+    rows.write_text("Name,Number\nAnna,+36201111111\nBéla,not-a-number\nCili,+36202222222\n,\nDani,+36203333333\n",
+                    encoding="utf-8")
+    result = subprocess.run([str(RUN), "send", "--csv", str(rows), "--text", "Hi {name}, your order shipped.",
+                             "--rate", "50", "--data-dir", str(data_dir)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1  # some rows were refused
+    assert "line 3: not-a-number: Missing or invalid parameter 'Recipient'" in result.stdout
+    assert "line 5: (no recipient)" in result.stdout
+    assert "accepted   3" in result.stdout and "refused    2" in result.stdout
+    listing = run_cli("messages", "--json", data_dir=data_dir)
+    assert listing.returncode == 0, listing.stderr
+    texts = sorted(m["text"] for m in json.loads(listing.stdout))
+    assert texts == ["Hi Anna, your order shipped.", "Hi Cili, your order shipped.", "Hi Dani, your order shipped."]
+    only = run_cli("messages", "--recipient", "+3620222", data_dir=data_dir)
+    assert only.returncode == 0 and "+36202222222" in only.stdout and "+36201111111" not in only.stdout
+    bad = run_cli("messages", "--state", "lost", data_dir=data_dir)
+    assert bad.returncode == 1 and "'state'" in bad.stderr

@@ -72,6 +72,11 @@ class Store(Protocol):
         """The message; without `detail` its parts, history and callback state are left out (cheaper)."""
         ...
 
+    async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
+                            since: float | None, limit: int) -> list[MessageView]:
+        """Newest first, without parts and history; `recipient` is a prefix; `username` None means all."""
+        ...
+
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
         """Keep a received SMS (or part). Returns the id of the complete message once every part is in,
         with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""

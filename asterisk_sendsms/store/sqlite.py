@@ -69,6 +69,7 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_dispatch ON messages (due_at) WHERE state IN ('accepted', 'queued');
 CREATE INDEX IF NOT EXISTS messages_receipt_deadline ON messages (due_at) WHERE state = 'submitted';
+CREATE INDEX IF NOT EXISTS messages_by_time ON messages (created_at);
 CREATE TABLE IF NOT EXISTS parts (
     sms_id     TEXT NOT NULL REFERENCES messages (sms_id),
     idx        INTEGER NOT NULL,
@@ -131,6 +132,8 @@ CREATE TABLE IF NOT EXISTS incoming_parts (
 );
 """
 
+_VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
+                 " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at")
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
@@ -353,6 +356,23 @@ class SqliteStore:
     async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
         return await self._run(lambda conn: _view(conn, sms_id, detail))
 
+    async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
+                            since: float | None, limit: int) -> list[MessageView]:
+        def op(conn: sqlite3.Connection) -> list[MessageView]:
+            where: list[str] = ["created_at >= ?"]
+            params: list[float | str] = [since or 0.0]
+            for column, value in (("username", username), ("state", state.value if state else None)):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    params.append(value)
+            if recipient:
+                where.append("recipient LIKE ? ESCAPE '\\'")
+                params.append(recipient.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+            rows = conn.execute(f"SELECT {_VIEW_COLUMNS} FROM messages WHERE {' AND '.join(where)}"  # noqa: S608
+                                " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
+            return [_message_view(row, None, (), ()) for row in rows]
+        return await self._run(op)
+
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
             text, received_at = part.text, part.received_at
@@ -506,10 +526,7 @@ def _incoming(conn: sqlite3.Connection, incoming_id: str) -> IncomingView | None
 
 
 def _view(conn: sqlite3.Connection, sms_id: str, detail: bool = True) -> MessageView | None:
-    row = conn.execute(
-        "SELECT sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
-        " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at"
-        " FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()
+    row = conn.execute(f"SELECT {_VIEW_COLUMNS} FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()  # noqa: S608
     if row is None:
         return None
     if not detail:
