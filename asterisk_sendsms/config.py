@@ -765,7 +765,8 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     routes = _routes(None if overrides.transports else configured_routes, transports)
 
     if demo:
-        users: tuple[UserConfig, ...] = (UserConfig(DEMO_USER, password_hash=DEMO_PASSWORD_HASH),)
+        # The demo user may also open the status page.
+        users: tuple[UserConfig, ...] = (UserConfig(DEMO_USER, password_hash=DEMO_PASSWORD_HASH, admin=True),)
     else:
         raw_users = root.get("users", [])
         if not isinstance(raw_users, list):

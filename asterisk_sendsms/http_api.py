@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -16,10 +17,20 @@ from aiohttp import web
 from .auth import OPERATOR, Authenticator
 from .calls import CallService
 from .config import UserConfig
-from .errors import InvalidParameter, ParseError, ServiceUnavailable, SmsGatewayError, UnknownCommand
+from .errors import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    ForbiddenUser,
+    InvalidParameter,
+    ParseError,
+    ServiceUnavailable,
+    SmsGatewayError,
+    UnknownCommand,
+)
 from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
 from .service import SmsService
+from .status_page import render_status_page
 from .transports import TransportHealth
 
 __all__ = ["build_app"]
@@ -166,6 +177,23 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
         except SmsGatewayError as exc:
             return json_error(exc)
         return web.json_response(_message_json(message))
+
+    @routes.get("/status")
+    async def status_page(request: web.Request) -> web.Response:
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            if not user.admin:
+                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            now = time.time()
+            latest = [await service.status(user, m.sms_id) for m in await service.messages(user, None, None, None, 20)]
+            page = render_status_page(health(), await service.stats(now - 3600), latest, now)
+        except (AuthenticationRequired, AuthenticationFailed) as exc:
+            return web.Response(status=401, text=exc.message,
+                                headers={"WWW-Authenticate": 'Basic realm="asterisk-sendsms", charset="UTF-8"'})
+        except SmsGatewayError as exc:
+            return web.Response(status=exc.http_status, text=exc.message)
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:

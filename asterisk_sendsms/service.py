@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .addresses import parse_recipient, parse_sender
 from .auth import check_destination
@@ -73,6 +74,9 @@ class SmsService:
         if not 1 <= limit <= MAX_LIST:
             raise InvalidParameter("limit", "Messages", f"from 1 to {MAX_LIST}")
         return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit)
+
+    async def stats(self, since: float) -> dict[str, Any]:
+        return await self._store.stats(since)
 
     async def status(self, user: UserConfig, sms_id: str, detail: bool = True) -> MessageView:
         """A message as its sender (or an admin) may see it."""

@@ -324,3 +324,28 @@ def test_bulk_send_from_csv_reports_bad_rows_by_line(daemon_factory: list[Daemon
     assert only.returncode == 0 and "+36202222222" in only.stdout and "+36201111111" not in only.stdout
     bad = run_cli("messages", "--state", "lost", data_dir=data_dir)
     assert bad.returncode == 1 and "'state'" in bad.stderr
+
+
+async def test_status_page(demo: Daemon) -> None:
+    from lxml import html
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{demo.base}/api?{SEED_QUERY}") as response:
+            _, _, sms_id = parse_reply(await response.read())
+        await wait_final(session, demo, sms_id)
+        async with session.get(f"{demo.base}/status") as response:
+            assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Basic")
+        async with session.get(f"{demo.base}/status", headers=basic_auth("HTTP_User_1", "qwe123")) as response:
+            assert response.status == 200 and response.content_type == "text/html"
+            page = html.fromstring(await response.read())
+    assert page.xpath("//meta[@http-equiv='refresh']")
+    assert "simulator" in page.get_element_by_id("transports").text_content()
+    latest = page.get_element_by_id("latest").text_content()
+    assert sms_id in latest and "delivered" in latest and "+0615546670" in latest
+    assert page.xpath("//svg[@id='rate-chart']//rect") and page.xpath("//svg[@id='outcome-chart']//rect")
+
+
+async def test_status_page_needs_an_admin(strict: Daemon) -> None:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"{strict.base}/status", headers=basic_auth("alice", "alice-secret")) as response:
+        assert response.status == 403 and "not an admin" in await response.text()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..lifecycle import State
 from ..model import (
@@ -75,6 +75,11 @@ class Store(Protocol):
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
                             since: float | None, limit: int) -> list[MessageView]:
         """Newest first, without parts and history; `recipient` is a prefix; `username` None means all."""
+        ...
+
+    async def stats(self, since: float) -> dict[str, Any]:
+        """For the status page: `states` (count per state since), `per_minute` (minute number → messages
+        accepted), `queue` (waiting to be sent), `pending_callbacks`."""
         ...
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:

@@ -373,6 +373,18 @@ class SqliteStore:
             return [_message_view(row, None, (), ()) for row in rows]
         return await self._run(op)
 
+    async def stats(self, since: float) -> dict[str, Any]:
+        def op(conn: sqlite3.Connection) -> dict[str, Any]:
+            states = dict(conn.execute("SELECT state, COUNT(*) FROM messages WHERE created_at >= ? GROUP BY state",
+                                       (since,)).fetchall())
+            per_minute = dict(conn.execute(
+                "SELECT CAST(created_at / 60 AS INTEGER), COUNT(*) FROM messages WHERE created_at >= ?"
+                " GROUP BY 1", (since,)).fetchall())
+            queue = conn.execute("SELECT COUNT(*) FROM messages WHERE state IN ('accepted', 'queued')").fetchone()[0]
+            callbacks = conn.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
+            return {"states": states, "per_minute": per_minute, "queue": queue, "pending_callbacks": callbacks}
+        return await self._run(op)
+
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
             text, received_at = part.text, part.received_at
