@@ -10,7 +10,7 @@ import getpass
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true", help="print JSON")
 
+    follow = commands.add_parser("tail", help="follow the daemon's events live (Ctrl-C ends)")
+    _common(follow)
+    follow.add_argument("--json", action="store_true", help="print each event as JSON")
+
     status = commands.add_parser("status", help="show a message's state, parts and history")
     _common(status)
     status.add_argument("sms_id", metavar="SMSID")
@@ -139,6 +143,18 @@ class Control:
                 return response.status, await response.json(content_type=None)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             raise CliError(f"cannot talk to the daemon at {self._path}: {exc}") from None
+
+    async def stream(self, path: str) -> AsyncIterator[dict[str, Any]]:
+        try:
+            async with self._session.get(f"http://daemon{path}",
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as response:
+                if response.status != 200:
+                    raise CliError(str((await response.json(content_type=None)).get("error")))
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            raise CliError(f"lost the daemon at {self._path}: {exc}") from None
 
 
 async def _control(config: Config, method: str, path: str, body: dict[str, Any] | None = None
@@ -256,6 +272,17 @@ async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
     return 0 if not refused else EXIT_ERROR
 
 
+async def _tail(args: argparse.Namespace) -> int:
+    async with Control(_config(args)) as control:
+        async for event in control.stream("/api/events"):
+            if args.json:
+                print(json.dumps(event, ensure_ascii=False), flush=True)
+                continue
+            details = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "event", "sms_id"))
+            print(f"{_time(event['time'])}  {event['event']:<11} {event['sms_id']}  {details}", flush=True)
+    return 0
+
+
 async def _messages(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
     if args.state:
@@ -366,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(args))
         if args.command == "messages":
             return asyncio.run(_messages(args))
+        if args.command == "tail":
+            return asyncio.run(_tail(args))
         if args.command == "check-config":
             return _check_config(args)
         if args.command == "install-agi":

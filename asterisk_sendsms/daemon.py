@@ -19,6 +19,7 @@ from .calls import CallService
 from .config import DEMO_PASSWORD, Config
 from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
+from .events import EventHub
 from .fastagi import FastAgiServer
 from .http_api import build_app, operator_identify, tcp_identify
 from .notifier import Notifier
@@ -34,12 +35,13 @@ __all__ = ["run_daemon"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
+SHUTDOWN_HTTP = 2.0  # requests still open at shutdown (a `tail` follower) get this long
 
 
 @contextlib.asynccontextmanager
 async def _site(app: web.Application, config: Config) -> AsyncIterator[None]:
     """Serve `app` on the TCP address and a control socket only the daemon's user can open."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
     await runner.setup()
     try:
         tcp = web.TCPSite(runner, config.http.listen.host, config.http.listen.port, reuse_address=True)
@@ -57,7 +59,7 @@ async def _control_site(app: web.Application, config: Config) -> AsyncIterator[N
     path = config.control_socket
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # the store lock proves no other daemon owns this data directory
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
     await runner.setup()
     old_umask = os.umask(0o177)
     try:
@@ -97,9 +99,10 @@ async def run_daemon(config: Config) -> None:
     try:
         router = Router(config.routes)
         notifier = Notifier(store, config.callbacks)
+        events = EventHub()
         dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
-                                config.incoming_url)
-        service = SmsService(config, store, router, dispatcher.wake)
+                                config.incoming_url, events)
+        service = SmsService(config, store, router, dispatcher.wake, events)
 
         def health() -> list[TransportHealth]:
             return [t.health() for t in transports.values()]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from .config import DispatchConfig, MessagesConfig
 from .encoding import encode_message
 from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
+from .events import EventHub
 from .lifecycle import State
 from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
@@ -33,7 +34,8 @@ _ANY_LENGTH = 255
 class Dispatcher:
     def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
                  dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
-                 incoming_url: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 incoming_url: str | None = None, events: EventHub | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._transports = dict(transports)
         self._router = router
@@ -41,6 +43,7 @@ class Dispatcher:
         self._messages = messages
         self._notifier = notifier
         self._incoming_url = incoming_url
+        self._events = events or EventHub()
         self._clock = clock
         self._wakeup = asyncio.Event()
         # Beyond the transports' windows, room for messages whose outcome is being committed: the store's
@@ -155,20 +158,25 @@ class Dispatcher:
                                          f"gave up after {attempt} attempts: {exc.message}", now,
                                          transport.name, attempted=True)
                 self._notifier.wake()
+                self._events.publish("failed", message.sms_id, error=exc.message)
             else:
                 await self._store.retry_later(message.sms_id, now + self._backoff(attempt), exc.code,
                                               exc.message, now, attempted=True)
+                self._events.publish("retry", message.sms_id, error=exc.message, attempt=attempt)
             return
         except PermanentSubmitError as exc:
             await self._store.finish(message.sms_id, State.REJECTED, exc.code, exc.message, self._clock(),
                                      transport.name, attempted=True)
             self._notifier.wake()
+            self._events.publish("rejected", message.sms_id, error=f"{exc.code} {exc.message}".strip())
             return
         now = self._clock()
         deadline = now + self._messages.receipt_timeout if transport.expects_receipts else None
         result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now, deadline)
+        self._events.publish("submitted", message.sms_id, transport=transport.name, smsc_ids=smsc_ids)
         if result.final_state is not None:
             self._notifier.wake()
+            self._events.publish(result.final_state.value, message.sms_id)
 
     async def on_incoming(self, part: IncomingPart) -> None:
         incoming_id = await self._store.store_incoming(part, self._incoming_url)
@@ -184,3 +192,4 @@ class Dispatcher:
                       receipt.transport)
         elif result.final_state is not None:
             self._notifier.wake()
+            self._events.publish(result.final_state.value, result.sms_id or "", error=receipt.error_code)

@@ -178,6 +178,21 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
             return json_error(exc)
         return web.json_response(_message_json(message))
 
+    @routes.get("/api/events")
+    async def event_stream(request: web.Request) -> web.StreamResponse:
+        """Live events, one JSON object per line, until the client leaves (admins only)."""
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            if not user.admin:
+                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        async with service.events.subscribe() as queue:
+            while True:
+                await response.write((json.dumps(await queue.get()) + "\n").encode())
+
     @routes.get("/status")
     async def status_page(request: web.Request) -> web.Response:
         try:

@@ -14,6 +14,7 @@ from .auth import check_destination
 from .config import Config, UserConfig
 from .encoding import encode_message
 from .errors import InvalidParameter, MessageNotFound, NoRoute
+from .events import EventHub
 from .lifecycle import State
 from .model import MessageView, NewMessage
 from .notifier import validate_callback_url
@@ -33,11 +34,12 @@ class Accepted:
 
 class SmsService:
     def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 events: EventHub | None = None, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._store = store
         self._router = router
         self._on_accepted = on_accepted
+        self.events = events or EventHub()
         self._clock = clock
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
@@ -62,6 +64,8 @@ class SmsService:
             expires_at=now + self._config.messages.validity)
         await self._store.accept(message)
         self._on_accepted()
+        self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=user.name,
+                            parts=encoded.part_count)
         return Accepted(message.sms_id, encoded.part_count)
 
     async def messages(self, user: UserConfig, state: str | None, recipient: str | None, since: float | None,

@@ -349,3 +349,26 @@ async def test_status_page_needs_an_admin(strict: Daemon) -> None:
     async with aiohttp.ClientSession() as session, \
             session.get(f"{strict.base}/status", headers=basic_auth("alice", "alice-secret")) as response:
         assert response.status == 403 and "not an admin" in await response.text()
+
+
+def test_tail_follows_events(daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    start_daemon(daemon_factory, data_dir, "--transport", "simulator?receipt_delay=0.2")
+    follower = subprocess.Popen([str(RUN), "tail", "--json", "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
+                                text=True)
+    try:
+        time.sleep(1.0)  # subscribed
+        sent = run_cli("send", "--to", "+36201234567", "--text", "followed", "--wait", "10", data_dir=data_dir)
+        sms_id = sent.stdout.split()[0]
+        seen: list[str] = []
+        assert follower.stdout is not None
+        for line in follower.stdout:
+            event = json.loads(line)
+            if event["sms_id"] == sms_id:
+                seen.append(event["event"])
+            if "delivered" in seen:
+                break
+    finally:
+        follower.kill()
+        follower.wait(10)
+    assert seen == ["accepted", "submitted", "delivered"]
