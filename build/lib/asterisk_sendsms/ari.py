@@ -1,0 +1,293 @@
+"""The ARI listener: a thin aiohttp client for the few REST calls and the event websocket. It handles
+`Stasis(sendsms,RECIPIENT,MESSAGE[,OPTIONS])` channels, each in its own task, reconnects with backoff and
+survives Asterisk restarts. (The `ari` package cannot be imported on Python 3.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+import aiohttp
+
+from .callflow import Prompter, SmsBackend, send_sms_from_params
+from .config import AriConfig, PromptConfig
+from .errors import SmsGatewayError
+from .ozml_runner import CallDetails, OzmlRunner
+
+__all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
+
+log = logging.getLogger(__name__)
+
+PLAYBACK_TIMEOUT = 600.0
+REST_TIMEOUT = 10.0
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+HANGUP_EVENTS = ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed")
+
+
+class AriError(SmsGatewayError):
+    """An ARI request failed."""
+
+
+class ChannelGone(AriError):
+    """404: the channel has hung up."""
+
+
+class AriRest:
+    def __init__(self, session: aiohttp.ClientSession, config: AriConfig) -> None:
+        self._session = session
+        self._base = f"{config.base_url}/ari"
+        credentials = f"{config.username}:{config.password}".encode()
+        self.auth_header = "Basic " + base64.b64encode(credentials).decode("ascii")
+
+    async def call(self, method: str, path: str, **params: str) -> Any:
+        try:
+            async with self._session.request(method, f"{self._base}{path}", params=params,
+                                             headers={"Authorization": self.auth_header},
+                                             timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT)) as response:
+                body = await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise AriError(f"ARI {method} {path}: {exc or type(exc).__name__}") from None
+        if status == 404:
+            raise ChannelGone(f"ARI {method} {path}: channel not found")
+        if status >= 300:
+            raise AriError(f"ARI {method} {path}: HTTP {status} {body[:200].decode(errors='replace')}")
+        return body
+
+
+class AriChannel:
+    """One channel in our Stasis application, as the call flow's `CallControl`."""
+
+    def __init__(self, rest: AriRest, channel_id: str) -> None:
+        self._rest = rest
+        self.id = channel_id
+        self._path = f"/channels/{quote(channel_id, safe='')}"
+        self._gone = False
+        self._playbacks: dict[str, asyncio.Future[bool]] = {}
+        self._digits: asyncio.Queue[str] = asyncio.Queue()
+        self._recordings: dict[str, asyncio.Future[bool]] = {}
+
+    @property
+    def hung_up(self) -> bool:
+        return self._gone
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind in HANGUP_EVENTS:
+            self._gone = True
+            self._settle_playbacks(False)
+        elif kind == "ChannelDtmfReceived":
+            self._digits.put_nowait(str(event.get("digit", "")))
+        elif kind in ("RecordingFinished", "RecordingFailed"):
+            future = self._recordings.pop(str(event.get("recording", {}).get("name")), None)
+            if future is not None and not future.done():
+                future.set_result(kind == "RecordingFinished")
+        elif kind == "PlaybackFinished":
+            playback = event.get("playback", {})
+            future = self._playbacks.pop(str(playback.get("id")), None)
+            if future is not None and not future.done():
+                future.set_result(playback.get("state") == "done")
+
+    def _settle_playbacks(self, result: bool) -> None:
+        for waiting in (self._playbacks, self._recordings):
+            for future in waiting.values():
+                if not future.done():
+                    future.set_result(result)
+            waiting.clear()
+        self._digits.put_nowait("")  # wakes a digit collector: nothing more will come
+
+    def connection_lost(self) -> None:
+        """Events may be missed while the websocket is down: nobody waits for a playback forever."""
+        self._settle_playbacks(False)
+
+    async def _call(self, method: str, suffix: str = "", **params: str) -> Any:
+        try:
+            return await self._rest.call(method, self._path + suffix, **params)
+        except ChannelGone:
+            self._gone = True
+            raise
+
+    async def answer(self) -> None:
+        await self._call("POST", "/answer")
+
+    async def play(self, sound: str) -> bool:
+        # Our own playback id, registered before the request: the finished event cannot outrun us.
+        playback_id = str(uuid.uuid4())
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._playbacks[playback_id] = future
+        try:
+            await self._call("POST", f"/play/{playback_id}", media=f"sound:{sound}")
+            return await asyncio.wait_for(asyncio.shield(future), PLAYBACK_TIMEOUT)
+        except TimeoutError:
+            return False
+        finally:
+            self._playbacks.pop(playback_id, None)
+
+    async def set_variable(self, name: str, value: str) -> None:
+        await self._call("POST", "/variable", variable=name, value=value)
+
+    async def hangup(self) -> None:
+        await self._call("DELETE")
+        self._gone = True
+
+    async def continue_in_dialplan(self) -> None:
+        await self._call("POST", "/continue")
+
+    # ------------------------------------------------------------ OzmlCall
+
+    async def collect_digits(self, seconds: float, max_digits: int, terminator: str) -> str:
+        digits = ""
+        while len(digits) < max_digits and not self._gone:
+            try:
+                digit = await asyncio.wait_for(self._digits.get(), seconds)
+            except TimeoutError:
+                break
+            if not digit or digit == terminator:
+                break
+            digits += digit
+        return digits
+
+    async def send_dtmf(self, digits: str) -> None:
+        await self._call("POST", "/dtmf", dtmf=digits)
+
+    async def transfer(self, context: str | None, extension: str) -> None:
+        params = {"extension": extension, "priority": "1", **({"context": context} if context else {})}
+        await self._call("POST", "/continue", **params)
+        self._gone = True
+
+    async def reject(self, reason: str) -> None:
+        await self._call("DELETE", reason="busy" if reason == "busy" else "normal")
+        self._gone = True
+
+    async def record(self, name: str, max_seconds: float) -> str | None:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._recordings[name] = future
+        await self._call("POST", "/record", name=name, format="wav", maxDurationSeconds=str(int(max_seconds)),
+                         terminateOn="#", ifExists="overwrite")
+        try:
+            done = await asyncio.wait_for(asyncio.shield(future), max_seconds + REST_TIMEOUT)
+        except TimeoutError:
+            done = False
+        return name if done else None
+
+
+class AriApp:
+    """One Asterisk server's connection for our Stasis application."""
+
+    def __init__(self, config: AriConfig, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig,
+                 ozml: OzmlRunner) -> None:
+        self._config = config
+        self._backend = backend
+        self._prompter = prompter
+        self._prompts = prompts
+        self._ozml = ozml
+        self._channels: dict[str, AriChannel] = {}
+        self._rest: AriRest | None = None
+        self.connected = False
+
+    def __str__(self) -> str:
+        return str(self._config)
+
+    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
+        if self._rest is None or not self.connected:
+            raise AriError(f"ARI {self._config} is not connected")
+        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30"}
+        if caller_id:
+            params["callerId"] = caller_id
+        body = await self._rest.call("POST", "/channels", **params)
+        try:
+            return str(json.loads(body)["id"])
+        except (ValueError, KeyError, TypeError):
+            raise AriError("ARI answered the originate without a channel id") from None
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
+            rest = self._rest = AriRest(session, self._config)
+            backoff = BACKOFF_INITIAL
+            reported = False
+            while True:
+                try:
+                    await self._listen(session, rest, group)
+                    problem = "closed the event stream"
+                except aiohttp.WSServerHandshakeError as exc:
+                    problem = (f"refused the ari.conf user {self._config.username!r} (HTTP 401)" if exc.status == 401
+                               else f"refused the event stream (HTTP {exc.status})")
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    problem = str(exc) or type(exc).__name__
+                if self.connected:
+                    backoff, reported = BACKOFF_INITIAL, False
+                self.connected = False
+                for channel in self._channels.values():
+                    channel.connection_lost()
+                if not reported:
+                    log.warning("ARI %s: %s; reconnecting with backoff", self._config, problem)
+                    reported = True
+                await asyncio.sleep(backoff)
+                backoff = min(BACKOFF_MAX, backoff * 2)
+
+    async def _listen(self, session: aiohttp.ClientSession, rest: AriRest, group: asyncio.TaskGroup) -> None:
+        url = f"{self._config.base_url}/ari/events"
+        params = {"app": self._config.app, "subscribeAll": "false"}
+        async with session.ws_connect(url, params=params, headers={"Authorization": rest.auth_header},
+                                      heartbeat=30.0, max_msg_size=4 * 1024 * 1024) as websocket:
+            self.connected = True
+            log.info("ARI %s connected", self._config)
+            async for message in websocket:
+                if message.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    event = message.json()
+                except ValueError:
+                    log.warning("ARI %s sent an event that is not JSON", self._config)
+                    continue
+                if isinstance(event, dict):
+                    self._dispatch(event, rest, group)
+
+    def _dispatch(self, event: dict[str, Any], rest: AriRest, group: asyncio.TaskGroup) -> None:
+        channel_id = str((event.get("channel") or {}).get("id", ""))
+        if event.get("type") == "StasisStart":
+            args = [str(a) for a in event.get("args", [])]
+            if len(args) < 2 or channel_id in self._channels:
+                # Not a Stasis(sendsms,RECIPIENT,MESSAGE) call, e.g. the other half of a Local channel.
+                log.debug("ARI: leaving channel %s alone (args %s)", channel_id, args)
+                return
+            channel = AriChannel(rest, channel_id)
+            self._channels[channel_id] = channel
+            group.create_task(self._handle(channel, args, event.get("channel") or {}))
+            return
+        target = str((event.get("playback") or event.get("recording") or {}).get("target_uri", ""))
+        if target.startswith("channel:"):
+            channel_id = target[len("channel:"):]
+        known = self._channels.get(channel_id)
+        if known is not None:
+            known.on_event(event)
+
+    async def _handle(self, channel: AriChannel, args: list[str], description: dict[str, Any]) -> None:
+        try:
+            if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
+                caller = str((description.get("caller") or {}).get("number", ""))
+                callee = str((description.get("dialplan") or {}).get("exten", ""))
+                await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
+                                            args[2] if len(args) > 2 and args[2] else None)
+                return
+            params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
+            params.update(recipient=args[0], message=args[1])
+            outcome = await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, params)
+            if not channel.hung_up:  # back to the dialplan's next priority, SMS_* variables set
+                await channel.continue_in_dialplan()
+            log.debug("ARI channel %s: %s", channel.id, outcome.status)
+        except SmsGatewayError as exc:
+            log.info("ARI channel %s: %s", channel.id, exc.message)
+        except Exception:
+            log.exception("ARI channel %s failed", channel.id)
+        finally:
+            self._channels.pop(channel.id, None)
+            with contextlib.suppress(Exception):
+                channel.connection_lost()

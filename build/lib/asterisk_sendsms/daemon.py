@@ -1,0 +1,153 @@
+"""The daemon: builds store, transports, dispatcher, notifier, service and HTTP sites from the configuration
+and runs them in one TaskGroup until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from .ari import AriApp
+from .auth import ASTERISK_PRINCIPAL, Authenticator
+from .calls import CallService
+from .config import DEMO_PASSWORD, Config
+from .dispatcher import Dispatcher
+from .errors import ServiceUnavailable
+from .events import EventHub
+from .fastagi import FastAgiServer
+from .http_api import build_app, operator_identify, tcp_identify
+from .notifier import Notifier
+from .ozml_runner import OzmlRunner
+from .routing import Router
+from .service import ServiceBackend, SmsService
+from .speech import Speaker
+from .store import make_store
+from .transports import Transport, TransportHealth, build_transport
+
+__all__ = ["run_daemon"]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+SHUTDOWN_HTTP = 2.0  # requests still open at shutdown (a `tail` follower) get this long
+
+
+@contextlib.asynccontextmanager
+async def _site(app: web.Application, config: Config) -> AsyncIterator[None]:
+    """Serve `app` on the TCP address and a control socket only the daemon's user can open."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
+    await runner.setup()
+    try:
+        tcp = web.TCPSite(runner, config.http.listen.host, config.http.listen.port, reuse_address=True)
+        try:
+            await tcp.start()
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot listen on {config.http.listen}: {exc.strerror}") from None
+        yield
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _control_site(app: web.Application, config: Config) -> AsyncIterator[None]:
+    path = config.control_socket
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # the store lock proves no other daemon owns this data directory
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
+    await runner.setup()
+    old_umask = os.umask(0o177)
+    try:
+        await web.UnixSite(runner, str(path)).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ServiceUnavailable(f"cannot create the control socket {path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old_umask)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _announce(config: Config) -> None:
+    transports = ", ".join(f"{t.name} ({t.kind})" for t in config.transports)
+    lines = [f"asterisk-sendsms listening on http://{config.http.listen}/api",
+             f"  store: {config.store.path}", f"  transports: {transports}",
+             f"  control socket: {config.control_socket}"]
+    if config.asterisk.fastagi is not None:
+        lines.append(f"  FastAGI: agi://{config.asterisk.fastagi}/sendsms")
+    lines.extend(f"  ARI: {ari}" for ari in config.asterisk.ari)
+    if config.demo:
+        lines.append(f"  demo user: {config.users[0].name} / {DEMO_PASSWORD} (no config file given: embedded "
+                     "defaults, SMSC simulator)")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def run_daemon(config: Config) -> None:
+    transports: dict[str, Transport] = {t.name: build_transport(t) for t in config.transports}
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = make_store(config.store)
+    await store.open()
+    try:
+        router = Router(config.routes)
+        notifier = Notifier(store, config.callbacks)
+        events = EventHub()
+        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
+                                config.incoming_url, events)
+        service = SmsService(config, store, router, dispatcher.wake, events)
+
+        def health() -> list[TransportHealth]:
+            return [t.health() for t in transports.values()]
+
+        authenticator = Authenticator(config.users, config.http.allowed_clients)
+        asterisk_user = next((u for u in config.users if u.name == config.asterisk.user), ASTERISK_PRINCIPAL)
+        call_backend = ServiceBackend(service, asterisk_user)
+        speaker = Speaker(config.speech)
+        recordings = config.data_dir / "recordings"
+        unknown_ends_call = config.asterisk.ozml_unknown_ends_call
+        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings), unknown_ends_call)
+        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
+        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
+                    for ari in config.asterisk.ari]
+        calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
+        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes, calls)
+        control = build_app(service, operator_identify, health, config.http.max_body_bytes)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        fastagi = None
+        if config.asterisk.fastagi is not None:
+            recordings.mkdir(parents=True, exist_ok=True)
+            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml)
+            await fastagi.bind()
+        async with _site(api, config), _control_site(control, config):
+            _announce(config)
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(t.run(dispatcher), name=f"transport {t.name}")
+                         for t in transports.values()]
+                dispatching = group.create_task(dispatcher.run(), name="dispatcher")
+                tasks.append(group.create_task(notifier.run(), name="notifier"))
+                if fastagi is not None:
+                    tasks.append(group.create_task(fastagi.run(), name="fastagi"))
+                tasks.extend(group.create_task(app.run(), name=f"ari {app}") for app in ari_apps)
+                await stop.wait()
+                log.info("stopping: waiting for the submits in flight, then unbinding")
+                # Submits already on the wire get their answers first, so a restart does not send them again.
+                dispatcher.stop()
+                try:
+                    await asyncio.wait_for(asyncio.shield(dispatching), SHUTDOWN_GRACE)
+                except TimeoutError:
+                    dispatching.cancel()
+                for task in tasks:
+                    task.cancel()
+    finally:
+        await store.close()

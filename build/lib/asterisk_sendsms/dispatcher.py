@@ -1,0 +1,195 @@
+"""The dispatcher: claims due messages from the store, hands each to a transport its route allows, records
+the outcome (submitted, retry with backoff, failed), applies receipts and expires overdue messages."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+from .config import DispatchConfig, MessagesConfig
+from .encoding import encode_message
+from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
+from .events import EventHub
+from .lifecycle import State
+from .model import IncomingPart, OutboundMessage, Receipt
+from .notifier import Notifier
+from .routing import Router
+from .store import Store
+from .transports import Transport
+
+__all__ = ["Dispatcher"]
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SWEEP_INTERVAL = 10.0
+# No transport of the route is up: look again soon, without spending an attempt.
+NOT_READY_DELAY = 2.0
+STORE_PIPELINE = 256
+# Longest text the encoder may have to split again at dispatch (validated at accept).
+_ANY_LENGTH = 255
+
+
+class Dispatcher:
+    def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
+                 dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
+                 incoming_url: str | None = None, events: EventHub | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._transports = dict(transports)
+        self._router = router
+        self._config = dispatch
+        self._messages = messages
+        self._notifier = notifier
+        self._incoming_url = incoming_url
+        self._events = events or EventHub()
+        self._clock = clock
+        self._wakeup = asyncio.Event()
+        # Beyond the transports' windows, room for messages whose outcome is being committed: the store's
+        # fsync must not hold a window slot.
+        self._capacity = sum(t.capacity for t in self._transports.values()) + STORE_PIPELINE
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._turns: dict[str, int] = {}
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        released = await self._store.release_claims(self._clock())
+        if released:
+            log.info("%d messages claimed before a restart are queued again", released)
+        for transport in self._transports.values():
+            await transport.resume(await self._store.awaiting_receipts(transport.name))
+        async with asyncio.TaskGroup() as group:
+            expiry = group.create_task(self._expiry_loop())
+            await self._claim_loop(group)
+            expiry.cancel()  # the submits in flight finish before the group closes
+
+    def stop(self) -> None:
+        """Claim nothing more; `run` returns once the submits in flight have their answers."""
+        self._stopping = True
+        self._wakeup.set()
+        self._slot_freed.set()
+
+    async def _claim_loop(self, group: asyncio.TaskGroup) -> None:
+        pending: set[asyncio.Task[None]] = set()
+        while not self._stopping:
+            free = self._capacity - len(pending)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wakeup.clear()
+            if self._stopping:
+                break
+            try:
+                batch = await self._store.claim(free, self._clock(), self._config.lease)
+            except SmsGatewayError as exc:
+                log.error("cannot claim messages: %s", exc)
+                batch = []
+            for message in batch:
+                task = group.create_task(self._dispatch(message))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                task.add_done_callback(lambda _: self._slot_freed.set())
+            if not batch:
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
+                except TimeoutError:
+                    pass
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            try:
+                if await self._store.expire_overdue(self._clock()):
+                    self._notifier.wake()
+            except SmsGatewayError as exc:
+                log.error("cannot expire overdue messages: %s", exc)
+            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+
+    def _pick(self, recipient: str) -> tuple[Transport | None, bool]:
+        """A ready transport of the recipient's route (the first, or the next in turn for round-robin), and
+        whether the route exists at all."""
+        route = self._router.route_for(recipient)
+        candidates = [self._transports[n] for n in route.transports if n in self._transports] if route else []
+        ready = [t for t in candidates if t.health().ready]
+        if not ready or route is None:
+            return None, bool(candidates)
+        if route.balance == "round-robin":
+            turn = self._turns[route.prefix] = self._turns.get(route.prefix, -1) + 1
+            return ready[turn % len(ready)], True
+        return ready[0], True
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self._config.retry_max, self._config.retry_initial * 2 ** max(attempts - 1, 0)))
+
+    async def _dispatch(self, message: OutboundMessage) -> None:
+        try:
+            await self._submit(message)
+        except SmsGatewayError as exc:
+            # Recording the outcome failed; the claim's lease runs out and the message is tried again.
+            log.error("message %s: outcome not recorded, will retry after the lease: %s", message.sms_id, exc)
+        except Exception:
+            # A bug must not stop every other message; this one waits for its lease like above.
+            log.exception("message %s: unexpected error while dispatching", message.sms_id)
+
+    async def _submit(self, message: OutboundMessage) -> None:
+        now = self._clock()
+        transport, routed = self._pick(message.recipient)
+        if transport is None:
+            if not routed:
+                await self._store.finish(message.sms_id, State.FAILED, "NO_ROUTE",
+                                         f"no transport is configured for {message.recipient}", now)
+                self._notifier.wake()
+            else:
+                await self._store.retry_later(message.sms_id, now + NOT_READY_DELAY, "NO_TRANSPORT_READY",
+                                              "no transport of the route is ready", now, attempted=False)
+            return
+        attempt = message.previous_attempts + 1
+        encoded = encode_message(message.text, _ANY_LENGTH)
+        try:
+            smsc_ids = await transport.submit(message, encoded)
+        except TransientSubmitError as exc:
+            now = self._clock()
+            if attempt >= self._config.max_attempts:
+                await self._store.finish(message.sms_id, State.FAILED, exc.code or "RETRIES_EXHAUSTED",
+                                         f"gave up after {attempt} attempts: {exc.message}", now,
+                                         transport.name, attempted=True)
+                self._notifier.wake()
+                self._events.publish("failed", message.sms_id, error=exc.message)
+            else:
+                await self._store.retry_later(message.sms_id, now + self._backoff(attempt), exc.code,
+                                              exc.message, now, attempted=True)
+                self._events.publish("retry", message.sms_id, error=exc.message, attempt=attempt)
+            return
+        except PermanentSubmitError as exc:
+            await self._store.finish(message.sms_id, State.REJECTED, exc.code, exc.message, self._clock(),
+                                     transport.name, attempted=True)
+            self._notifier.wake()
+            self._events.publish("rejected", message.sms_id, error=f"{exc.code} {exc.message}".strip())
+            return
+        now = self._clock()
+        deadline = now + self._messages.receipt_timeout if transport.expects_receipts else None
+        result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now, deadline)
+        self._events.publish("submitted", message.sms_id, transport=transport.name, smsc_ids=smsc_ids)
+        if result.final_state is not None:
+            self._notifier.wake()
+            self._events.publish(result.final_state.value, message.sms_id)
+
+    async def on_incoming(self, part: IncomingPart) -> None:
+        incoming_id = await self._store.store_incoming(part, self._incoming_url)
+        if incoming_id is not None:
+            log.info("incoming SMS %s from %s to %s via %s", incoming_id, part.sender, part.recipient, part.transport)
+            if self._incoming_url:
+                self._notifier.wake()
+
+    async def on_receipt(self, receipt: Receipt) -> None:
+        result = await self._store.apply_receipt(receipt, self._clock())
+        if not result.matched:
+            log.debug("receipt for unknown SMSC id %s on %s kept for its submit", receipt.smsc_id,
+                      receipt.transport)
+        elif result.final_state is not None:
+            self._notifier.wake()
+            self._events.publish(result.final_state.value, result.sms_id or "", error=receipt.error_code)

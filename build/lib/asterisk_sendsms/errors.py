@@ -1,0 +1,165 @@
+"""The one exception tree of asterisk-sendsms; each error knows its Ozeki code, HTTP status and AGI status.
+
+    SmsGatewayError
+    ├── RequestError                 the caller asked for something wrong
+    │   ├── ParseError               300  request cannot be parsed
+    │   ├── UnknownCommand           301  command not implemented
+    │   ├── InvalidParameter         302  missing or invalid parameter
+    │   ├── InappropriateCommand     303  wrong method or context
+    │   ├── AuthenticationRequired   304
+    │   ├── AuthenticationFailed     305
+    │   ├── ForbiddenUser            306  user may not send (here)
+    │   ├── ForbiddenAddress         307  client address not allowed
+    │   ├── NoRoute                  501  no transport serves the recipient
+    │   └── MessageNotFound          404  status of an unknown SmsId
+    ├── ServiceUnavailable           500  store down, disk full: nothing was accepted
+    ├── ConfigError                       the configuration is wrong (names the key)
+    ├── IllegalTransition                 a lifecycle change the state table forbids
+    └── TransportError                    a transport could not submit
+        ├── TransientSubmitError          retry later (throttled, link down)
+        └── PermanentSubmitError          the message can never go this way
+
+Foreign exceptions (sqlite3, aiohttp, OSError) are translated where they enter the package.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "AuthenticationRequired",
+    "ConfigError",
+    "ForbiddenAddress",
+    "ForbiddenUser",
+    "IllegalTransition",
+    "InappropriateCommand",
+    "InvalidParameter",
+    "MessageNotFound",
+    "NoRoute",
+    "ParseError",
+    "PermanentSubmitError",
+    "RequestError",
+    "ServiceUnavailable",
+    "SmsGatewayError",
+    "TransientSubmitError",
+    "TransportError",
+    "UnknownCommand",
+]
+
+
+class SmsGatewayError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    ozeki_code: int = 500
+    http_status: int = 500
+    # What a dialplan sees in SMS_STATUS when this error stops a send.
+    agi_status: str = "FAILED"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class RequestError(SmsGatewayError):
+    http_status = 400
+
+
+class ParseError(RequestError):
+    ozeki_code = 300
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Parse error: {detail}")
+
+
+class UnknownCommand(RequestError):
+    ozeki_code = 301
+
+    def __init__(self, command: str) -> None:
+        super().__init__(f"Command '{command}' is not implemented")
+        self.command = command
+
+
+class InvalidParameter(RequestError):
+    ozeki_code = 302
+
+    def __init__(self, name: str, command: str = "SendSms", reason: str = "") -> None:
+        text = f"Missing or invalid parameter '{name}' for command '{command}'"
+        super().__init__(f"{text}: {reason}" if reason else text)
+        self.name = name
+        self.reason = reason
+
+
+class InappropriateCommand(RequestError):
+    ozeki_code = 303
+    http_status = 405
+
+
+class AuthenticationRequired(RequestError):
+    ozeki_code = 304
+    http_status = 401
+
+    def __init__(self, message: str = "Authentication required") -> None:
+        super().__init__(message)
+
+
+class AuthenticationFailed(RequestError):
+    ozeki_code = 305
+    http_status = 401
+
+    def __init__(self, message: str = "Authentication failed") -> None:
+        super().__init__(message)
+
+
+class ForbiddenUser(RequestError):
+    ozeki_code = 306
+    http_status = 403
+
+
+class ForbiddenAddress(RequestError):
+    ozeki_code = 307
+    http_status = 403
+
+
+class NoRoute(RequestError):
+    ozeki_code = 501
+    http_status = 404
+
+    def __init__(self, recipient: str) -> None:
+        super().__init__(f"SMS destination not found: no route for recipient {recipient}")
+
+
+class MessageNotFound(RequestError):
+    ozeki_code = 404
+    http_status = 404
+
+    def __init__(self, sms_id: str) -> None:
+        super().__init__(f"No message with SmsId {sms_id}")
+
+
+class ServiceUnavailable(SmsGatewayError):
+    ozeki_code = 500
+    http_status = 503
+
+
+class ConfigError(SmsGatewayError):
+    """A configuration value is wrong; the message names the key."""
+
+
+class IllegalTransition(SmsGatewayError):
+    def __init__(self, sms_id: str, current: str, target: str) -> None:
+        super().__init__(f"message {sms_id}: illegal transition {current} -> {target}")
+
+
+class TransportError(SmsGatewayError):
+    """Raised by a transport's submit; `code` is the transport's own error name (e.g. ESME_RTHROTTLED)."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TransientSubmitError(TransportError):
+    pass
+
+
+class PermanentSubmitError(TransportError):
+    pass

@@ -1,0 +1,37 @@
+"""Live events for operators (`asterisk-sendsms tail`): what happened to which message, fanned out to
+subscribers in memory. A slow subscriber loses events rather than slowing the gateway down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+__all__ = ["EventHub"]
+
+QUEUE_LIMIT = 1000
+
+
+class EventHub:
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, kind: str, sms_id: str, **details: Any) -> None:
+        if not self._subscribers:
+            return
+        event = {"time": time.time(), "event": kind, "sms_id": sms_id, **details}
+        for queue in self._subscribers:
+            if queue.full():
+                continue  # this subscriber is behind: it misses events, the gateway does not wait
+            queue.put_nowait(event)
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self._subscribers.add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers.discard(queue)

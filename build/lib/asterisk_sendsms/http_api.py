@@ -1,0 +1,236 @@
+"""The daemon's HTTP face (aiohttp): the Ozeki `/api` endpoint, the JSON message API and health; served on
+TCP for applications and on a Unix socket for the local operator's CLI."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from .auth import OPERATOR, Authenticator
+from .calls import CallService
+from .config import UserConfig
+from .errors import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    ForbiddenUser,
+    InvalidParameter,
+    ParseError,
+    ServiceUnavailable,
+    SmsGatewayError,
+    UnknownCommand,
+)
+from .model import MessageView
+from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
+from .service import SmsService
+from .status_page import render_status_page
+from .transports import TransportHealth
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+# Who is asking: given the request and the parameters it carried, a user or an error.
+Identify = Callable[[web.Request, dict[str, str]], Awaitable[UserConfig]]
+HealthSource = Callable[[], list[TransportHealth]]
+
+COMMANDS = {"sendsms": "SendSms", "call": "Call"}
+XML_TYPE = "text/xml"
+
+
+def _client(request: web.Request) -> str:
+    return request.remote or "local"
+
+
+def tcp_identify(auth: Authenticator) -> Identify:
+    async def identify(request: web.Request, params: dict[str, str]) -> UserConfig:
+        address = _client(request)
+        auth.check_client(address)
+        username, password = params.get("username"), params.get("password")
+        header = request.headers.get("Authorization", "")
+        if header[:6].lower() == "basic ":
+            try:
+                username, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                raise ParseError("malformed Basic authorization header") from None
+        return await auth.authenticate(username, password, address)
+    return identify
+
+
+async def operator_identify(request: web.Request, params: dict[str, str]) -> UserConfig:
+    return OPERATOR  # the control socket's file permissions are its authentication
+
+
+async def _request_params(request: web.Request) -> dict[str, str]:
+    query = parse_form(request.rel_url.raw_query_string)
+    if request.method != "POST" or not request.can_read_body:
+        return query
+    if request.content_type == "multipart/form-data":
+        form = await request.post()
+        return merge_params(query, {k: v for k, v in form.items() if isinstance(v, str)})
+    body = await request.read()
+    return merge_params(query, parse_form(body, request.charset or "utf-8"))
+
+
+def _message_json(message: MessageView) -> dict[str, Any]:
+    data = asdict(message)
+    data["coding"] = message.coding.value
+    data["state"] = message.state.value
+    data["history"] = [{"at": h.at, "state": h.state.value, "detail": h.detail} for h in message.history]
+    return data
+
+
+def build_app(service: SmsService, identify: Identify, health: HealthSource, max_body: int,
+              calls: CallService | None = None) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.route("*", "/api")
+    async def ozeki_api(request: web.Request) -> web.Response:
+        command: str | None = None
+        try:
+            if request.method not in ("GET", "POST"):
+                raise ParseError(f"method {request.method} is not supported; use GET or POST")
+            params = await _request_params(request)
+            raw_command = params.get("command")
+            if not raw_command:
+                raise InvalidParameter("command", "(none)")
+            command = COMMANDS.get(raw_command.lower())
+            if command is None:
+                command = raw_command
+                raise UnknownCommand(raw_command)
+            user = await identify(request, params)
+            values = await run_command(command, user, params)
+        except SmsGatewayError as exc:
+            log.info("%s from %s refused: %d %s", command or "request", _client(request), exc.ozeki_code,
+                     exc.message)
+            return web.Response(body=command_result(command, exc.ozeki_code, exc.message),
+                                status=exc.http_status, content_type=XML_TYPE, charset="utf-8")
+        except web.HTTPRequestEntityTooLarge:
+            error = ParseError(f"the request body is larger than {max_body} bytes")
+            return web.Response(body=command_result(command, error.ozeki_code, error.message), status=413,
+                                content_type=XML_TYPE, charset="utf-8")
+        return web.Response(body=command_result(command, 200, SUCCESS_MESSAGE, **values),
+                            content_type=XML_TYPE, charset="utf-8")
+
+    async def run_command(command: str, user: UserConfig, params: dict[str, str]) -> dict[str, str]:
+        """Run an Ozeki command; returns the reply's values."""
+        if command == "Call":
+            if calls is None:
+                raise UnknownCommand("Call")
+            call = call_params(params)
+            call_id = await calls.call(user, call.dialed, call.url, call.caller_id)
+            log.info("call %s to %s originated for %s", call_id, call.dialed, user.name)
+            return {"CallId": call_id}
+        send = send_sms_params(params)
+        accepted = await service.send(user, send.recipient, send.message, send.sender, send.delivery_report_url)
+        log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
+        return {"SmsId": accepted.sms_id}
+
+    def json_error(exc: SmsGatewayError) -> web.Response:
+        return web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status)
+
+    @routes.post("/api/messages")
+    async def json_send(request: web.Request) -> web.Response:
+        try:
+            try:
+                body = json.loads(await request.read() or b"{}")
+            except (ValueError, UnicodeDecodeError):
+                raise ParseError("the body is not JSON") from None
+            if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
+                raise ParseError("the body must be a JSON object of strings")
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
+                                          body.get("sender"), body.get("delivery_report_url"))
+        except SmsGatewayError as exc:
+            log.info("JSON send from %s refused: %d %s", _client(request), exc.ozeki_code, exc.message)
+            return json_error(exc)
+        return web.json_response({"sms_id": accepted.sms_id, "parts": accepted.part_count}, status=201)
+
+    @routes.get("/api/messages")
+    async def json_list(request: web.Request) -> web.Response:
+        try:
+            params = parse_form(request.rel_url.raw_query_string)
+            user = await identify(request, params)
+            try:
+                since = float(params["since"]) if params.get("since") else None
+                limit = int(params.get("limit") or 50)
+            except ValueError:
+                raise InvalidParameter("since/limit", "Messages", "numbers expected") from None
+            found = await service.messages(user, params.get("state") or None, params.get("recipient") or None,
+                                           since, limit)
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response([_message_json(m) for m in found])
+
+    @routes.get("/api/messages/{sms_id}")
+    async def json_status(request: web.Request) -> web.Response:
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            message = await service.status(user, request.match_info["sms_id"])
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response(_message_json(message))
+
+    @routes.get("/api/events")
+    async def event_stream(request: web.Request) -> web.StreamResponse:
+        """Live events, one JSON object per line, until the client leaves (admins only)."""
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            if not user.admin:
+                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
+        await response.prepare(request)
+        async with service.events.subscribe() as queue:
+            while True:
+                await response.write((json.dumps(await queue.get()) + "\n").encode())
+
+    @routes.get("/status")
+    async def status_page(request: web.Request) -> web.Response:
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            if not user.admin:
+                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            now = time.time()
+            latest = [await service.status(user, m.sms_id) for m in await service.messages(user, None, None, None, 20)]
+            page = render_status_page(health(), await service.stats(now - 3600), latest, now)
+        except (AuthenticationRequired, AuthenticationFailed) as exc:
+            return web.Response(status=401, text=exc.message,
+                                headers={"WWW-Authenticate": 'Basic realm="asterisk-sendsms", charset="UTF-8"'})
+        except SmsGatewayError as exc:
+            return web.Response(status=exc.http_status, text=exc.message)
+        return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    @routes.get("/healthz")
+    async def healthz(request: web.Request) -> web.Response:
+        transports = [asdict(h) for h in health()]
+        ready = all(t["ready"] for t in transports)
+        return web.json_response({"status": "ok" if ready else "degraded", "transports": transports},
+                                 status=200 if ready else 503)
+
+    @web.middleware
+    async def unexpected_errors(request: web.Request,
+                                handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                                ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            error = ServiceUnavailable("internal error; the message was not accepted")
+            return web.Response(body=command_result(None, error.ozeki_code, error.message), status=500,
+                                content_type=XML_TYPE, charset="utf-8")
+
+    app = web.Application(client_max_size=max_body, middlewares=[unexpected_errors])
+    app.add_routes(routes)
+    return app

@@ -1,0 +1,166 @@
+"""The value types that cross module boundaries: a message to accept, a message to dispatch, a receipt,
+a callback job, and the read-only view of a message's history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .encoding import Coding
+from .lifecycle import State
+
+__all__ = [
+    "CallbackJob",
+    "HistoryEntry",
+    "IncomingPart",
+    "IncomingView",
+    "MessageView",
+    "NewMessage",
+    "OutboundMessage",
+    "PartOutcome",
+    "PartView",
+    "Receipt",
+    "ReceiptResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message, ready to be committed."""
+
+    sms_id: str
+    username: str
+    sender: str | None
+    recipient: str
+    text: str
+    coding: Coding
+    part_count: int
+    callback_url: str | None
+    created_at: float
+    expires_at: float  # not submitted by then: expired
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    """A claimed message as the dispatcher hands it to a transport."""
+
+    sms_id: str
+    sender: str | None
+    recipient: str
+    text: str
+    previous_attempts: int  # submissions tried before this one
+    expires_at: float
+
+
+class PartOutcome(StrEnum):
+    """What a receipt says about one part. ENROUTE and ACCEPTED are intermediate."""
+
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    ENROUTE = "enroute"
+    ACCEPTED = "accepted"
+
+    @property
+    def final(self) -> bool:
+        return self not in (PartOutcome.ENROUTE, PartOutcome.ACCEPTED)
+
+    @property
+    def message_state(self) -> State:
+        return State(self.value) if self.final else State.SUBMITTED
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    transport: str
+    smsc_id: str  # already normalised by the transport
+    outcome: PartOutcome
+    error_code: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptResult:
+    """What applying a receipt did: matched a part (and maybe finished its message), or was kept for later."""
+
+    sms_id: str | None
+    final_state: State | None = None
+
+    @property
+    def matched(self) -> bool:
+        return self.sms_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackJob:
+    job_id: int
+    sms_id: str  # the message's SmsId, or the incoming message's id
+    url: str
+    attempts: int  # including this one
+    created_at: float
+    kind: str = "delivery"  # "delivery" (SMSDeliveryReport) or "incoming" (IncomingSMS)
+    # What the notification reports, read with the claim (None if it was no longer in the store)
+    subject: MessageView | IncomingView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPart:
+    """One received (MO) SMS or one part of a concatenated one, decoded by its transport."""
+
+    transport: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: float
+    reference: int = 0  # concatenation reference; parts of one message share it
+    total: int = 1
+    sequence: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingView:
+    sms_id: str
+    transport: str
+    sender: str
+    recipient: str
+    text: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PartView:
+    index: int
+    smsc_id: str | None
+    state: str
+    error_code: str
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: float
+    state: State
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageView:
+    sms_id: str
+    username: str
+    sender: str | None
+    recipient: str
+    text: str
+    coding: Coding
+    part_count: int
+    state: State
+    transport: str | None
+    attempts: int
+    error_code: str
+    error_text: str
+    callback_url: str | None
+    callback_state: str | None
+    created_at: float
+    updated_at: float
+    parts: tuple[PartView, ...] = field(default=())
+    history: tuple[HistoryEntry, ...] = field(default=())

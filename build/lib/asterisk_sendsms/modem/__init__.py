@@ -1,0 +1,1 @@
+"""GSM modems: PDUs and the AT conversation without I/O, and the serial transport."""

@@ -1,0 +1,323 @@
+"""The GSM modem transport: AT commands over a serial port (pyserial opens and configures it, asyncio reads
+it), PDU mode sending, status reports and incoming SMS, reset and reopen when the modem stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import serial
+
+from ..config import ModemSettings
+from ..encoding import Coding, EncodedMessage
+from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
+from ..model import IncomingPart, OutboundMessage, Receipt
+from ..transports.base import TransportHealth, TransportSink
+from .at import CTRL_Z, AtParser, Prompt, Response, Unsolicited, cms_code
+from .pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
+
+__all__ = ["ModemError", "ModemTransport"]
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_FACTOR = 6  # the network answers the PDU; a weak signal makes that slow
+PROBE_ATTEMPTS = 3
+BACKOFF_INITIAL = 1.0
+BACKOFF_MAX = 60.0
+# +CMS ERROR codes after which the same message will never go through (3GPP 27.005 3.2.5, 24.011 E.2)
+PERMANENT_CMS = {1, 8, 10, 21, 27, 28, 29, 30, 50, 96, 304, 305}
+ERROR_TEXT = {
+    10: "SIM not inserted", 11: "SIM PIN required", 12: "SIM PUK required", 13: "SIM failure",
+    16: "incorrect password", 30: "no network service", 300: "ME failure", 302: "operation not allowed",
+    304: "invalid PDU mode parameter", 310: "SIM not inserted", 311: "SIM PIN required", 313: "SIM failure",
+    330: "SMSC address unknown", 331: "no network service", 332: "network timeout", 500: "unknown error",
+}
+
+
+class ModemError(SmsGatewayError):
+    """The modem refused or did not answer."""
+
+
+class ModemSilent(ModemError):
+    pass
+
+
+def _explain(final: str) -> str:
+    code = cms_code(final)
+    return f"{final} ({ERROR_TEXT[code]})" if code in ERROR_TEXT else final
+
+
+class ModemTransport:
+    expects_receipts = True
+    kind = "modem"
+    capacity = 1  # one SMS at a time per modem
+
+    def __init__(self, name: str, settings: ModemSettings) -> None:
+        self.name = name
+        self._settings = settings
+        self._parser = AtParser()
+        self._serial: serial.Serial | None = None
+        self._lock = asyncio.Lock()
+        self._response: asyncio.Future[Response] | None = None
+        self._prompt: asyncio.Future[None] | None = None
+        self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue()
+        self._broken = asyncio.Event()
+        self._ready = False
+        self.state = "opening"
+
+    # ------------------------------------------------------------ Transport protocol
+
+    def health(self) -> TransportHealth:
+        return TransportHealth(self.name, self.kind, self._ready, self.state, self._settings.device)
+
+    async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
+        """Status reports come from the network, not from our process: nothing to do."""
+
+    async def run(self, sink: TransportSink) -> None:
+        backoff = BACKOFF_INITIAL
+        reported: str | None = None
+        while True:
+            problem = await self._session(sink)
+            if self._ready:
+                backoff, reported = BACKOFF_INITIAL, None
+            self._ready = False
+            self.state = problem
+            if problem != reported:
+                log.warning("modem %s on %s: %s; reopening in %.0fs", self.name, self._settings.device, problem,
+                            backoff)
+                reported = problem
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+
+    async def submit(self, message: OutboundMessage, encoded: EncodedMessage) -> list[str]:
+        if not self._ready:
+            raise TransientSubmitError(f"modem {self.name} is not ready ({self.state})", "MODEM_NOT_READY")
+        reference = int.from_bytes(message.sms_id.encode()[:2], "big") & 0xFF
+        if self._parser.text_mode:
+            if encoded.coding is not Coding.GSM7 or encoded.part_count > 1:
+                raise PermanentSubmitError(f"modem {self.name} has only text mode: it cannot send long or Unicode "
+                                           "texts", "TEXT_MODE")
+            return [await self._send(f'AT+CMGS="{message.recipient}"', message.text.encode("latin-1", "replace"),
+                                     message.recipient)]
+        ids: list[str] = []
+        for number, segment in enumerate(encoded.segments, 1):
+            part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
+            try:
+                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc)
+            except ModemPduError as exc:
+                raise PermanentSubmitError(exc.message, "PDU") from None
+            ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
+        return ids
+
+    # ------------------------------------------------------------ the serial session
+
+    async def _session(self, sink: TransportSink) -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            self._serial = serial.Serial(self._settings.device, self._settings.baud, timeout=0, write_timeout=0)
+        except (serial.SerialException, OSError) as exc:
+            return f"cannot open: {exc}"
+        fd = self._serial.fileno()
+        self._parser = AtParser()
+        self._broken.clear()
+        loop.add_reader(fd, self._readable, fd)
+        try:
+            async with asyncio.TaskGroup() as group:
+                handler = group.create_task(self._handle_unsolicited(sink))
+                try:
+                    await self._initialise()
+                except ModemError as exc:
+                    handler.cancel()
+                    return exc.message
+                self._ready = True
+                self.state = "ready"
+                log.info("modem %s on %s ready", self.name, self._settings.device)
+                await self._broken.wait()
+                handler.cancel()
+                return "the modem stopped answering; reset"
+        finally:
+            self._ready = False
+            loop.remove_reader(fd)
+            self._fail_waiting()
+            with contextlib.suppress(OSError, serial.SerialException):
+                self._serial.dtr = False  # hang the modem's side up before reopening
+                self._serial.close()
+            self._serial = None
+
+    def _readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            log.warning("modem %s: read failed: %s", self.name, exc)
+            self._broken.set()
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        if not data:
+            self._broken.set()
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        for event in self._parser.feed(data):
+            if isinstance(event, Response) and self._response is not None and not self._response.done():
+                self._response.set_result(event)
+            elif isinstance(event, Prompt) and self._prompt is not None and not self._prompt.done():
+                self._prompt.set_result(None)
+            elif isinstance(event, Unsolicited):
+                self._unsolicited.put_nowait(event)
+
+    def _write(self, data: bytes) -> None:
+        assert self._serial is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + self._settings.timeout
+        while view:
+            try:
+                view = view[os.write(self._serial.fileno(), view):]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ModemSilent("the serial port does not take data") from None
+                time.sleep(0.001)
+
+    def _fail_waiting(self) -> None:
+        for future in (self._response, self._prompt):
+            if future is not None and not future.done():
+                future.set_exception(ModemSilent("the modem connection was reset"))
+
+    async def _wait(self, future: asyncio.Future[Response] | asyncio.Future[None], seconds: float, what: str) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(future), seconds)
+        except TimeoutError:
+            self._parser.abandon()
+            self._broken.set()
+            raise ModemSilent(f"no answer to {what} within {seconds:g}s") from None
+
+    async def command(self, line: str, seconds: float | None = None) -> Response:
+        async with self._lock:
+            if self._serial is None:
+                raise ModemSilent("the modem is not open")
+            self._response = asyncio.get_running_loop().create_future()
+            self._write(self._parser.command(line))
+            await self._wait(self._response, seconds or self._settings.timeout, line)
+            return self._response.result()
+
+    async def _checked(self, line: str) -> Response:
+        response = await self.command(line)
+        if not response.ok:
+            raise ModemError(f"{line} refused: {_explain(response.final)}")
+        return response
+
+    async def _initialise(self) -> None:
+        for attempt in range(PROBE_ATTEMPTS):
+            try:
+                await self.command("AT", min(2.0, self._settings.timeout))
+                break
+            except ModemSilent:
+                self._broken.clear()
+                if attempt == PROBE_ATTEMPTS - 1:
+                    raise
+        await self._checked("ATE0")
+        await self._checked("AT+CMEE=1")
+        pin_state = (await self._checked("AT+CPIN?")).value("+CPIN:") or ""
+        if pin_state == "SIM PIN":
+            if not self._settings.pin:
+                raise ModemError("the SIM asks for a PIN: set pin= in the modem URL")
+            await self._checked(f'AT+CPIN="{self._settings.pin}"')
+        elif pin_state != "READY":
+            raise ModemError(f"the SIM is not ready: +CPIN: {pin_state}")
+        self._parser.text_mode = False
+        if not (await self.command("AT+CMGF=0")).ok:
+            # A modem without PDU mode: text mode sends one-part GSM texts, with a status report request.
+            await self._checked("AT+CMGF=1")
+            await self._checked('AT+CSCS="GSM"')
+            await self._checked("AT+CSMP=49,167,0,0")
+            self._parser.text_mode = True
+            log.warning("modem %s has no PDU mode: text mode sends one-part GSM texts only", self.name)
+        if self._settings.smsc:
+            await self._checked(f'AT+CSCA="{self._settings.smsc}"')
+        # New SMS stored and announced (+CMTI), status reports routed straight to us (+CDS).
+        await self._checked("AT+CNMI=2,1,0,1,0")
+
+    async def _send(self, command: str, body: bytes, recipient: str) -> str:
+        """AT+CMGS, the `> ` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
+        async with self._lock:
+            if self._serial is None:
+                raise TransientSubmitError("the modem is not open", "MODEM_NOT_READY")
+            loop = asyncio.get_running_loop()
+            self._prompt = loop.create_future()
+            self._response = loop.create_future()
+            try:
+                self._write(self._parser.command(command))
+                waiters: set[asyncio.Future[Any]] = {self._prompt, self._response}
+                await asyncio.wait(waiters, timeout=self._settings.timeout, return_when=asyncio.FIRST_COMPLETED)
+                if self._response.done() and not self._prompt.done():  # refused before the prompt
+                    return self._sent(self._response.result(), recipient)
+                if not self._prompt.done():
+                    self._parser.abandon()
+                    self._broken.set()
+                    raise ModemSilent(f"no '> ' prompt after AT+CMGS within {self._settings.timeout:g}s")
+                self._prompt.result()
+                self._write(body + CTRL_Z)
+                await self._wait(self._response, self._settings.timeout * SEND_TIMEOUT_FACTOR, "the PDU")
+            except ModemSilent as exc:
+                raise TransientSubmitError(f"modem {self.name}: {exc.message}", "MODEM_SILENT") from None
+            return self._sent(self._response.result(), recipient)
+
+    def _sent(self, response: Response, recipient: str) -> str:
+        if response.ok:
+            reference = response.value("+CMGS:") or ""
+            return f"{reference.split(',')[0].strip()}:{recipient}"
+        code = cms_code(response.final)
+        text = f"modem {self.name}: {_explain(response.final)}"
+        if code in PERMANENT_CMS:
+            raise PermanentSubmitError(text, f"CMS_{code}")
+        raise TransientSubmitError(text, f"CMS_{code}" if code is not None else "MODEM_ERROR")
+
+    # ------------------------------------------------------------ what the modem reports by itself
+
+    async def _handle_unsolicited(self, sink: TransportSink) -> None:
+        while True:
+            event = await self._unsolicited.get()
+            try:
+                if event.code == "+CDS:" and event.pdu is None:
+                    await self._on_text_report(sink, event.line)
+                elif event.code in ("+CDS:", "+CMT:") and event.pdu:
+                    await self._on_pdu(sink, event.pdu)
+                elif event.code in ("+CMTI:", "+CDSI:"):
+                    await self._read_stored(sink, event.line.split(",")[-1].strip())
+            except SmsGatewayError as exc:
+                log.error("modem %s: %s not handled: %s", self.name, event.line, exc.message)
+
+    async def _on_pdu(self, sink: TransportSink, pdu_hex: str) -> None:
+        decoded = decode_pdu(pdu_hex)
+        if isinstance(decoded, StatusReport):
+            await sink.on_receipt(Receipt(self.name, f"{decoded.reference}:{decoded.recipient}", decoded.outcome,
+                                          f"{decoded.status:02X}"))
+        elif isinstance(decoded, Deliver):
+            await sink.on_incoming(IncomingPart(self.name, decoded.sender, "", decoded.text, time.time(),
+                                                decoded.reference, decoded.total, decoded.sequence))
+
+    async def _on_text_report(self, sink: TransportSink, line: str) -> None:
+        """+CDS: <fo>,<mr>,"<ra>",<tora>,"<scts>","<dt>",<st> (text mode)."""
+        fields = [f.strip().strip('"') for f in line[len("+CDS:"):].split(",")]
+        if len(fields) < 7 or not fields[1].isdigit() or not fields[-1].isdigit():
+            raise ModemError(f"unreadable status report {line!r}")
+        recipient = fields[2]
+        if fields[3] == "145" and not recipient.startswith("+"):
+            recipient = "+" + recipient
+        report = StatusReport(int(fields[1]), recipient, int(fields[-1]), None)
+        await sink.on_receipt(Receipt(self.name, f"{report.reference}:{report.recipient}", report.outcome,
+                                      f"{report.status:02X}"))
+
+    async def _read_stored(self, sink: TransportSink, index: str) -> None:
+        if not index.isdigit():
+            return
+        response = await self.command(f"AT+CMGR={index}")
+        pdu_line = next((line for line in reversed(response.lines) if not line.startswith("+CMGR:")), None)
+        if response.ok and pdu_line:
+            await self._on_pdu(sink, pdu_line)  # stored first: only then is it deleted from the SIM
+        await self.command(f"AT+CMGD={index}")

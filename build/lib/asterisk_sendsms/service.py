@@ -1,0 +1,112 @@
+"""`SmsService`: the one use case every entry point calls (HTTP, CLI, AGI, FastAGI, ARI, OzML): validate,
+encode, route-check and durably accept a message; look a message up."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .addresses import parse_recipient, parse_sender
+from .auth import check_destination
+from .config import Config, UserConfig
+from .encoding import encode_message
+from .errors import InvalidParameter, MessageNotFound, NoRoute
+from .events import EventHub
+from .lifecycle import State
+from .model import MessageView, NewMessage
+from .notifier import validate_callback_url
+from .routing import Router
+from .store import Store
+
+__all__ = ["Accepted", "ServiceBackend", "SmsService"]
+
+MAX_TEXT_CHARACTERS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    sms_id: str
+    part_count: int
+
+
+class SmsService:
+    def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[], None],
+                 events: EventHub | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._on_accepted = on_accepted
+        self.events = events or EventHub()
+        self._clock = clock
+
+    async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
+                   callback_url: str | None = None) -> Accepted:
+        """Validate and commit one message. Returns only after the commit; raises a `RequestError` (nothing
+        stored) or `ServiceUnavailable` (nothing stored)."""
+        to = parse_recipient(recipient)
+        sender_value = sender.strip() if sender else ""
+        sender_value = sender_value or user.default_sender or self._config.messages.default_sender or ""
+        from_ = parse_sender(sender_value).value if sender_value else None
+        if len(text) > MAX_TEXT_CHARACTERS:
+            raise InvalidParameter("Message", reason=f"longer than {MAX_TEXT_CHARACTERS} characters")
+        encoded = encode_message(text, self._config.messages.max_parts)
+        url = validate_callback_url(callback_url, self._config.callbacks) if callback_url else None
+        check_destination(user, to.value)
+        if self._router.route_for(to.value) is None:
+            raise NoRoute(to.value)
+        now = self._clock()
+        message = NewMessage(
+            sms_id=str(uuid.uuid4()), username=user.name, sender=from_, recipient=to.value, text=text,
+            coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
+            expires_at=now + self._config.messages.validity)
+        await self._store.accept(message)
+        self._on_accepted()
+        self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=user.name,
+                            parts=encoded.part_count)
+        return Accepted(message.sms_id, encoded.part_count)
+
+    async def messages(self, user: UserConfig, state: str | None, recipient: str | None, since: float | None,
+                       limit: int) -> list[MessageView]:
+        """The user's messages (an admin's: everyone's), newest first."""
+        try:
+            wanted = State(state) if state else None
+        except ValueError:
+            raise InvalidParameter("state", "Messages", f"one of {', '.join(s.value for s in State)}") from None
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidParameter("limit", "Messages", f"from 1 to {MAX_LIST}")
+        return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit)
+
+    async def stats(self, since: float) -> dict[str, Any]:
+        return await self._store.stats(since)
+
+    async def status(self, user: UserConfig, sms_id: str, detail: bool = True) -> MessageView:
+        """A message as its sender (or an admin) may see it."""
+        try:
+            canonical = str(uuid.UUID(sms_id))
+        except ValueError:
+            raise InvalidParameter("SmsId", "Status", "not a UUID") from None
+        message = await self._store.get(canonical, detail)
+        if message is None or not (user.admin or message.username == user.name):
+            raise MessageNotFound(sms_id)
+        return message
+
+
+MAX_LIST = 1000
+
+
+class ServiceBackend:
+    """The service as the call flow's `SmsBackend`, for entry points inside the daemon (FastAGI, ARI)."""
+
+    def __init__(self, service: SmsService, user: UserConfig) -> None:
+        self._service = service
+        self._user = user
+
+    async def send(self, recipient: str, text: str, sender: str | None, report_url: str | None) -> str:
+        return (await self._service.send(self._user, recipient, text, sender, report_url)).sms_id
+
+    async def state(self, sms_id: str) -> tuple[State, str]:
+        message = await self._service.status(self._user, sms_id, detail=False)
+        return message.state, " ".join(filter(None, (message.error_code, message.error_text)))

@@ -1,0 +1,98 @@
+"""The `Store` protocol: the durable queue, message lifecycle, receipts and callback outbox behind one API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..lifecycle import State
+from ..model import (
+    CallbackJob,
+    IncomingPart,
+    MessageView,
+    NewMessage,
+    OutboundMessage,
+    Receipt,
+    ReceiptResult,
+)
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Every method commits before it returns; a raised error means nothing of that call was written.
+    Errors: `ServiceUnavailable` when the storage fails, `IllegalTransition` when the lifecycle forbids
+    the change."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def accept(self, message: NewMessage) -> None: ...
+
+    async def release_claims(self, now: float) -> int:
+        """Make messages and notifications claimed by a previous run of this node due again (after a crash).
+        Returns the number of messages."""
+        ...
+
+    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+        """Take up to `limit` due messages for dispatch (accepted/queued → queued). Those past their
+        validity are expired instead of returned."""
+        ...
+
+    async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
+                             receipt_deadline: float | None) -> ReceiptResult:
+        """queued → submitted with one SMSC id per part; receipts that arrived early are applied now.
+        Without a receipt deadline (a route without receipts) the message stays submitted."""
+        ...
+
+    async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
+                          attempted: bool) -> None:
+        """Back to the queue until `due_at`; `attempted` counts it as a submission attempt."""
+        ...
+
+    async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,
+                     transport: str | None = None, attempted: bool = False) -> None:
+        """Move to a final state without a receipt (failed, rejected, expired)."""
+        ...
+
+    async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
+        """Record a receipt on its part; one for an unknown SMSC id is kept until its submit is recorded."""
+        ...
+
+    async def expire_overdue(self, now: float) -> int:
+        """Submitted messages whose receipt deadline passed become expired."""
+        ...
+
+    async def awaiting_receipts(self, transport: str) -> list[tuple[str, str]]:
+        """(smsc_id, recipient) of parts on `transport` still waiting for a final receipt."""
+        ...
+
+    async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
+        """The message; without `detail` its parts, history and callback state are left out (cheaper)."""
+        ...
+
+    async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
+                            since: float | None, limit: int) -> list[MessageView]:
+        """Newest first, without parts and history; `recipient` is a prefix; `username` None means all."""
+        ...
+
+    async def stats(self, since: float) -> dict[str, Any]:
+        """For the status page: `states` (count per state since), `per_minute` (minute number → messages
+        accepted), `queue` (waiting to be sent), `pending_callbacks`."""
+        ...
+
+    async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
+        """Keep a received SMS (or part). Returns the id of the complete message once every part is in,
+        with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""
+        ...
+
+    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+        """Due notifications, each with its subject (the message or incoming SMS) read alongside."""
+        ...
+
+    async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None: ...
+
+    async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None: ...
+
+    async def callback_abandon(self, job_id: int, error: str, now: float) -> None: ...
