@@ -63,6 +63,9 @@ async def test_send_in_pdu_mode_and_correlate_status_reports(daemon_factory: lis
         long = await final(session, daemon, await send(session, daemon, "+36207654321", long_text))
     assert short["state"] == "delivered" and long["state"] == "delivered"
     assert modem.commands[:6] == ["AT", "ATE0", "AT+CMEE=1", "AT+CPIN?", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0"]
+    async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/healthz") as response:
+        health = (await response.json())["transports"][0]
+    assert health["ready"] and "signal 20/31 (-73 dBm)" in health["detail"]
     first, *rest = modem.submits
     assert first["number"] == "+36201234567" and first["text"] == "Hello [world] €"
     texts = [str(p["text"]).encode("utf-16-be", "surrogatepass").decode("utf-16-be") for p in rest]
@@ -116,7 +119,7 @@ async def test_cms_errors_retry_or_reject(daemon_factory: list[Daemon], tmp_path
 
 async def test_a_silent_modem_is_reset_and_nothing_is_lost(daemon_factory: list[Daemon], tmp_path: Path,
                                                           modem_factory: Any) -> None:
-    modem = modem_factory(silent_after=6, silent_for=2.5)  # goes quiet on the first AT+CMGS
+    modem = modem_factory(silent_after=6, silent_for=2.5)  # goes quiet right after initialisation
     daemon = gateway(daemon_factory, tmp_path, modem)
     async with aiohttp.ClientSession() as session:
         data = await final(session, daemon, await send(session, daemon, "+36201234567", "are you there?"))

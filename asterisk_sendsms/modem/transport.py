@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SEND_TIMEOUT_FACTOR = 6  # the network answers the PDU; a weak signal makes that slow
 PROBE_ATTEMPTS = 3
+SIGNAL_INTERVAL = 60.0
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 # +CMS ERROR codes after which the same message will never go through (3GPP 27.005 3.2.5, 24.011 E.2)
@@ -68,12 +69,14 @@ class ModemTransport:
         self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue()
         self._broken = asyncio.Event()
         self._ready = False
+        self._signal = ""
         self.state = "opening"
 
     # ------------------------------------------------------------ Transport protocol
 
     def health(self) -> TransportHealth:
-        return TransportHealth(self.name, self.kind, self._ready, self.state, self._settings.device)
+        detail = self._settings.device + (f", signal {self._signal}" if self._signal else "")
+        return TransportHealth(self.name, self.kind, self._ready, self.state, detail)
 
     async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
         """Status reports come from the network, not from our process: nothing to do."""
@@ -137,8 +140,10 @@ class ModemTransport:
                 self._ready = True
                 self.state = "ready"
                 log.info("modem %s on %s ready", self.name, self._settings.device)
+                signal = group.create_task(self._watch_signal())
                 await self._broken.wait()
                 handler.cancel()
+                signal.cancel()
                 return "the modem stopped answering; reset"
         finally:
             self._ready = False
@@ -204,6 +209,20 @@ class ModemTransport:
             self._write(self._parser.command(line))
             await self._wait(self._response, seconds or self._settings.timeout, line)
             return self._response.result()
+
+    async def _watch_signal(self) -> None:
+        """AT+CSQ now and then, for the status page: <rssi> 0-31 is -113 to -51 dBm, 99 unknown."""
+        while True:
+            try:
+                value = (await self.command("AT+CSQ")).value("+CSQ:") or ""
+            except ModemSilent:
+                return  # the session is being reset
+            rssi = value.split(",")[0].strip()
+            if rssi.isdigit() and int(rssi) <= 31:
+                self._signal = f"{rssi}/31 ({-113 + 2 * int(rssi)} dBm)"
+            elif rssi:
+                self._signal = "unknown"
+            await asyncio.sleep(SIGNAL_INTERVAL)
 
     async def _checked(self, line: str) -> Response:
         response = await self.command(line)

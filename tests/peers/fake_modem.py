@@ -129,6 +129,8 @@ class FakeModem:
             self._reply("OK")
         elif upper in ("AT", "AT+CMEE=1") or upper.startswith("AT+CSCA="):
             self._reply("OK")
+        elif upper == "AT+CSQ":
+            self._reply("+CSQ: 20,99", "OK")
         elif upper == "AT+CPIN?":
             self._reply("+CPIN: READY" if self._unlocked else "+CPIN: SIM PIN", "OK")
         elif upper.startswith("AT+CPIN="):
