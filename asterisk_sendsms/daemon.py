@@ -22,6 +22,7 @@ from .errors import ServiceUnavailable
 from .events import EventHub
 from .fastagi import FastAgiServer
 from .http_api import build_app, operator_identify, tcp_identify
+from .metrics import Metrics
 from .notifier import Notifier
 from .ozml_runner import OzmlRunner
 from .routing import Router
@@ -100,6 +101,8 @@ async def run_daemon(config: Config) -> None:
         router = Router(config.routes)
         notifier = Notifier(store, config.callbacks)
         events = EventHub()
+        metrics = Metrics()
+        events.listen(metrics.observe)
         dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
                                 config.incoming_url, events)
         service = SmsService(config, store, router, dispatcher.wake, events)
@@ -118,7 +121,7 @@ async def run_daemon(config: Config) -> None:
         ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
-        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes, calls)
+        api = build_app(service, tcp_identify(authenticator), health, config.http.max_body_bytes, calls, metrics)
         control = build_app(service, operator_identify, health, config.http.max_body_bytes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

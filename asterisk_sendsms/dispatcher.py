@@ -186,10 +186,13 @@ class Dispatcher:
                 self._notifier.wake()
 
     async def on_receipt(self, receipt: Receipt) -> None:
-        result = await self._store.apply_receipt(receipt, self._clock())
+        receipt_time = self._clock()
+        result = await self._store.apply_receipt(receipt, receipt_time)
         if not result.matched:
             log.debug("receipt for unknown SMSC id %s on %s kept for its submit", receipt.smsc_id,
                       receipt.transport)
         elif result.final_state is not None:
             self._notifier.wake()
-            self._events.publish(result.final_state.value, result.sms_id or "", error=receipt.error_code)
+            latency = receipt_time - result.submitted_at if result.submitted_at is not None else None
+            self._events.publish(result.final_state.value, result.sms_id or "", error=receipt.error_code,
+                                 receipt_latency=latency)

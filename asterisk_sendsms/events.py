@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,11 +17,18 @@ QUEUE_LIMIT = 1000
 class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def listen(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Called with every event, synchronously (metrics)."""
+        self._listeners.append(listener)
 
     def publish(self, kind: str, sms_id: str, **details: Any) -> None:
-        if not self._subscribers:
+        if not self._subscribers and not self._listeners:
             return
         event = {"time": time.time(), "event": kind, "sms_id": sms_id, **details}
+        for listener in self._listeners:
+            listener(event)
         for queue in self._subscribers:
             if queue.full():
                 continue  # this subscriber is behind: it misses events, the gateway does not wait

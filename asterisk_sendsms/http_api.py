@@ -27,6 +27,7 @@ from .errors import (
     SmsGatewayError,
     UnknownCommand,
 )
+from .metrics import Metrics
 from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
 from .service import SmsService
@@ -88,7 +89,7 @@ def _message_json(message: MessageView) -> dict[str, Any]:
 
 
 def build_app(service: SmsService, identify: Identify, health: HealthSource, max_body: int,
-              calls: CallService | None = None) -> web.Application:
+              calls: CallService | None = None, metrics: Metrics | None = None) -> web.Application:
     routes = web.RouteTableDef()
 
     @routes.route("*", "/api")
@@ -208,6 +209,19 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
         except SmsGatewayError as exc:
             return web.Response(status=exc.http_status, text=exc.message)
         return web.Response(text=page, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
+
+    @routes.get("/metrics")
+    async def prometheus(request: web.Request) -> web.Response:
+        """Prometheus metrics, for admin users (scrape with basic_auth)."""
+        try:
+            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            if not user.admin:
+                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            text = (metrics or Metrics()).render(await service.stats(time.time() - 3600), health())
+        except SmsGatewayError as exc:
+            return web.Response(status=exc.http_status, text=exc.message)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
     @routes.get("/healthz")

@@ -86,6 +86,7 @@ class ReceiptResult:
 
     sms_id: str | None
     final_state: State | None = None
+    submitted_at: float | None = None  # with a final state: when the message was submitted (receipt latency)
 
     @property
     def matched(self) -> bool:

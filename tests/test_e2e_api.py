@@ -372,3 +372,27 @@ def test_tail_follows_events(daemon_factory: list[Daemon], tmp_path: Path) -> No
         follower.kill()
         follower.wait(10)
     assert seen == ["accepted", "submitted", "delivered"]
+
+
+async def test_prometheus_metrics(daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--transport",
+                          "simulator?receipt_delay=0.2&undeliverable_prefix=%2B3699")
+    async with aiohttp.ClientSession() as session:
+        for recipient in ("%2b36201234567", "%2b36991234567"):
+            query = f"command=SendSms&Username=HTTP_User_1&Password=qwe123&Recipient={recipient}&Message=m"
+            async with session.get(f"{daemon.base}/api?{query}") as response:
+                _, _, sms_id = parse_reply(await response.read())
+            await wait_final(session, daemon, sms_id)
+        async with session.get(f"{daemon.base}/metrics") as response:
+            assert response.status == 401
+        async with session.get(f"{daemon.base}/metrics", headers=basic_auth("HTTP_User_1", "qwe123")) as response:
+            text = await response.text()
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line and not line.startswith("#")}
+    assert values['sendsms_messages_total{event="accepted"}'] == 2
+    assert values['sendsms_messages_total{event="delivered"}'] == 1
+    assert values['sendsms_failures_total{state="undelivered",reason="001"}'] == 1
+    assert values["sendsms_queue_depth"] == 0
+    assert values['sendsms_transport_ready{transport="simulator",kind="simulator"}'] == 1
+    assert values["sendsms_receipt_latency_seconds_count"] == 2
+    assert values['sendsms_receipt_latency_seconds_bucket{le="1"}'] == 2  # receipts after 0.2 s

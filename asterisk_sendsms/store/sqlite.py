@@ -500,7 +500,8 @@ def _finish(conn: sqlite3.Connection, sms_id: str, target: State, error_code: st
 def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> ReceiptResult:
     # SMSC ids may be reused over time (some simulators restart at 0): prefer the part still waiting.
     row = conn.execute(
-        "SELECT p.sms_id, p.idx, p.state, m.state, m.part_count FROM parts p JOIN messages m ON m.sms_id = p.sms_id"
+        "SELECT p.sms_id, p.idx, p.state, m.state, m.part_count, m.submitted_at FROM parts p"
+        " JOIN messages m ON m.sms_id = p.sms_id"
         " WHERE p.transport = ? AND p.smsc_id = ?"
         " ORDER BY p.state IN ('submitted', 'enroute', 'accepted') DESC, p.updated_at DESC LIMIT 1",
         (receipt.transport, receipt.smsc_id)).fetchone()
@@ -508,7 +509,7 @@ def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> Re
         conn.execute("INSERT INTO early_receipts (transport, smsc_id, outcome, error_code, at) VALUES (?,?,?,?,?)",
                      (receipt.transport, receipt.smsc_id, receipt.outcome.value, receipt.error_code, receipt.at or now))
         return ReceiptResult(None)
-    sms_id, index, part_state, message_state, part_count = row
+    sms_id, index, part_state, message_state, part_count, submitted_at = row
     if part_state in _FINAL_PART_STATES:
         return ReceiptResult(sms_id)  # a repeated receipt changes nothing
     conn.execute("UPDATE parts SET state = ?, error_code = ?, updated_at = ? WHERE sms_id = ? AND idx = ?",
@@ -525,10 +526,10 @@ def _apply_receipt(conn: sqlite3.Connection, receipt: Receipt, now: float) -> Re
             _history(conn, sms_id, now, State.SUBMITTED, detail)
             return ReceiptResult(sms_id)
         _finish(conn, sms_id, State.DELIVERED, "", "", now, None)
-        return ReceiptResult(sms_id, State.DELIVERED)
+        return ReceiptResult(sms_id, State.DELIVERED, submitted_at)
     target = receipt.outcome.message_state
     _finish(conn, sms_id, target, receipt.error_code, detail, now, None)
-    return ReceiptResult(sms_id, target)
+    return ReceiptResult(sms_id, target, submitted_at)
 
 
 def _incoming(conn: sqlite3.Connection, incoming_id: str) -> IncomingView | None:

@@ -28,6 +28,7 @@ class TransportHealth:
     ready: bool
     state: str  # e.g. "ready", "connecting", "bind refused"
     detail: str = ""
+    in_flight: int = 0  # submits awaiting their answer (the SMPP window in use)
 
 
 class Transport(Protocol):

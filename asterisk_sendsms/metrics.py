@@ -1,0 +1,71 @@
+"""Prometheus metrics in the text exposition format, without a client library: counters fed by the event
+hub, gauges read when scraped (queue depth, callback backlog, transports, window in use)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from .transports import TransportHealth
+
+__all__ = ["Metrics"]
+
+# Receipt latency buckets, seconds: SMSCs answer in seconds, phones that are off in hours.
+BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
+FINAL = ("delivered", "undelivered", "expired", "rejected", "failed")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._events: Counter[str] = Counter()
+        self._failures: Counter[tuple[str, str]] = Counter()
+        self._latency_buckets = [0] * len(BUCKETS)
+        self._latency_count = 0
+        self._latency_sum = 0.0
+
+    def observe(self, event: dict[str, Any]) -> None:
+        kind = str(event["event"])
+        self._events[kind] += 1
+        if kind in FINAL and kind != "delivered":
+            reason = str(event.get("error") or "").split(" ")[0] or "none"
+            self._failures[(kind, reason[:40])] += 1
+        latency = event.get("receipt_latency")
+        if isinstance(latency, int | float):
+            self._latency_count += 1
+            self._latency_sum += latency
+            for index, bound in enumerate(BUCKETS):
+                if latency <= bound:
+                    self._latency_buckets[index] += 1
+
+    def render(self, stats: dict[str, Any], health: Sequence[TransportHealth]) -> str:
+        lines = ["# HELP sendsms_messages_total Messages by what happened to them.",
+                 "# TYPE sendsms_messages_total counter"]
+        for kind in ("accepted", "submitted", "retry", *FINAL):
+            lines.append(f'sendsms_messages_total{{event="{kind}"}} {self._events[kind]}')
+        lines += ["# HELP sendsms_failures_total Messages that ended without delivery, by state and reason.",
+                  "# TYPE sendsms_failures_total counter"]
+        lines += [f'sendsms_failures_total{{state="{state}",reason="{_label(reason)}"}} {count}'
+                  for (state, reason), count in sorted(self._failures.items())]
+        lines += ["# HELP sendsms_queue_depth Messages waiting to be sent.", "# TYPE sendsms_queue_depth gauge",
+                  f"sendsms_queue_depth {stats['queue']}",
+                  "# HELP sendsms_callback_backlog Delivery notifications not yet acknowledged.",
+                  "# TYPE sendsms_callback_backlog gauge", f"sendsms_callback_backlog {stats['pending_callbacks']}",
+                  "# HELP sendsms_transport_ready 1 when the transport can send.",
+                  "# TYPE sendsms_transport_ready gauge"]
+        lines += [f'sendsms_transport_ready{{transport="{_label(t.name)}",kind="{t.kind}"}} {int(t.ready)}'
+                  for t in health]
+        lines += ["# HELP sendsms_window_in_use Submits awaiting their answer.", "# TYPE sendsms_window_in_use gauge"]
+        lines += [f'sendsms_window_in_use{{transport="{_label(t.name)}"}} {t.in_flight}' for t in health]
+        lines += ["# HELP sendsms_receipt_latency_seconds From submission to the final receipt.",
+                  "# TYPE sendsms_receipt_latency_seconds histogram"]
+        lines += [f'sendsms_receipt_latency_seconds_bucket{{le="{bound:g}"}} {count}'
+                  for bound, count in zip(BUCKETS, self._latency_buckets, strict=True)]
+        lines += [f'sendsms_receipt_latency_seconds_bucket{{le="+Inf"}} {self._latency_count}',
+                  f"sendsms_receipt_latency_seconds_sum {self._latency_sum:.3f}",
+                  f"sendsms_receipt_latency_seconds_count {self._latency_count}"]
+        return "\n".join(lines) + "\n"
