@@ -8,7 +8,10 @@ import hashlib
 import hmac
 import ipaddress
 import os
-from collections.abc import Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from .config import Network, UserConfig
 from .errors import AuthenticationFailed, AuthenticationRequired, ForbiddenAddress, ForbiddenUser
@@ -42,8 +45,39 @@ def check_destination(user: UserConfig, recipient: str) -> None:
         raise ForbiddenUser(f"Forbidden user: {user.name} may not send to {recipient}")
 
 
+# Brute force: after this many failed logins within the window, from one address or for one user name,
+# further attempts are refused at once (no hash is computed) until the window has passed.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 300.0
+
+
+class _FailureLog:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def blocked(self, key: str) -> float:
+        """Seconds until `key` may try again (0: now)."""
+        times = self._failures.get(key)
+        if not times:
+            return 0.0
+        now = self._clock()
+        while times and times[0] <= now - FAILURE_WINDOW:
+            times.popleft()
+        if not times:
+            del self._failures[key]
+            return 0.0
+        return times[0] + FAILURE_WINDOW - now if len(times) >= MAX_FAILURES else 0.0
+
+    def record(self, key: str) -> None:
+        if len(self._failures) > 100_000:  # bounded memory under a flood of invented names
+            self._failures.clear()
+        self._failures.setdefault(key, deque(maxlen=MAX_FAILURES)).append(self._clock())
+
+
 class Authenticator:
-    def __init__(self, users: Sequence[UserConfig], allowed_clients: Sequence[Network]) -> None:
+    def __init__(self, users: Sequence[UserConfig], allowed_clients: Sequence[Network],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._users = {user.name: user for user in users}
         self._allowed_clients = tuple(allowed_clients)
         self._pepper = os.urandom(32)
@@ -51,6 +85,7 @@ class Authenticator:
         self._in_progress: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         # Unknown users cost a hash too, so response time does not tell which names exist.
         self._dummy_hash = hash_password(os.urandom(8).hex())
+        self._failures = _FailureLog(clock)
 
     async def _verify(self, user: UserConfig, password: str, fingerprint: bytes) -> bool:
         if user.password_hash is None:
@@ -72,18 +107,26 @@ class Authenticator:
     def _fingerprint(self, name: str, password: str) -> bytes:
         return hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
 
+    def _failed(self, address: str, username: str) -> NoReturn:
+        self._failures.record(f"address {address}")
+        self._failures.record(f"user {username}")
+        raise AuthenticationFailed()
+
     async def authenticate(self, username: str | None, password: str | None, address: str) -> UserConfig:
         if not username or password is None:
             raise AuthenticationRequired()
+        wait = max(self._failures.blocked(f"address {address}"), self._failures.blocked(f"user {username}"))
+        if wait:
+            raise AuthenticationFailed(f"Authentication failed: too many failed logins, try again in {wait:.0f} s")
         user = self._users.get(username)
         if user is None:
             await asyncio.to_thread(verify_password, password, self._dummy_hash)
-            raise AuthenticationFailed()
+            self._failed(address, username)
         fingerprint = self._fingerprint(username, password)
         known = self._verified.get(username)
         if known is None or not hmac.compare_digest(known, fingerprint):
             if not await self._verify(user, password, fingerprint):
-                raise AuthenticationFailed()
+                self._failed(address, username)
             self._verified[username] = fingerprint
         if not _allowed(address, user.allowed_sources):
             raise ForbiddenAddress(f"Forbidden address: {user.name} may not connect from {address}")

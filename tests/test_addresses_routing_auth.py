@@ -106,3 +106,24 @@ async def test_a_burst_of_logins_costs_one_hash(monkeypatch: pytest.MonkeyPatch)
     results = await asyncio.gather(*(auth.authenticate("alice", "bad", "127.0.0.1") for _ in range(5)),
                                    return_exceptions=True)
     assert all(isinstance(r, AuthenticationFailed) for r in results) and calls == ["pw", "bad"]
+
+
+async def test_brute_force_is_refused_without_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asterisk_sendsms.auth as auth_module
+
+    now = [1000.0]
+    auth = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
+    for attempt in range(auth_module.MAX_FAILURES):
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate("alice", f"guess{attempt}", "192.0.2.7")
+    hashed: list[str] = []
+    real_verify = auth_module.verify_password
+    monkeypatch.setattr(auth_module, "verify_password", lambda p, e: hashed.append(p) or False)
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await auth.authenticate("alice", "pw", "192.0.2.7")  # even the right password, from that address
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await auth.authenticate("alice", "pw", "198.51.100.1")  # or for that user from elsewhere
+    assert hashed == []  # refused before any hash was computed
+    monkeypatch.setattr(auth_module, "verify_password", real_verify)
+    now[0] += auth_module.FAILURE_WINDOW + 1
+    assert (await auth.authenticate("alice", "pw", "192.0.2.7")).name == "alice"
