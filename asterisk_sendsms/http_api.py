@@ -191,6 +191,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
         await response.prepare(request)
         async with service.events.subscribe() as queue:
+            log.info("an event follower connected")
             while True:
                 await response.write((json.dumps(await queue.get()) + "\n").encode())
 

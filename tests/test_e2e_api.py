@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 import subprocess
 import time
@@ -352,22 +353,29 @@ async def test_status_page_needs_an_admin(strict: Daemon) -> None:
 
 
 def test_tail_follows_events(daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    import select
+
     data_dir = tmp_path / "data"
-    start_daemon(daemon_factory, data_dir, "--transport", "simulator?receipt_delay=0.2")
-    follower = subprocess.Popen([str(RUN), "tail", "--json", "--data-dir", str(data_dir)], stdout=subprocess.PIPE,
-                                text=True)
+    daemon = start_daemon(daemon_factory, data_dir, "--transport", "simulator?receipt_delay=0.2")
+    follower = subprocess.Popen([str(RUN), "tail", "--json", "--data-dir", str(data_dir)], stdout=subprocess.PIPE)
+    seen: list[str] = []
+    pending = b""
     try:
-        time.sleep(1.0)  # subscribed
+        deadline = time.monotonic() + 30
+        while "an event follower connected" not in daemon.output():
+            assert time.monotonic() < deadline and follower.poll() is None, "tail did not connect"
+            time.sleep(0.05)
         sent = run_cli("send", "--to", "+36201234567", "--text", "followed", "--wait", "10", data_dir=data_dir)
         sms_id = sent.stdout.split()[0]
-        seen: list[str] = []
         assert follower.stdout is not None
-        for line in follower.stdout:
-            event = json.loads(line)
-            if event["sms_id"] == sms_id:
-                seen.append(event["event"])
-            if "delivered" in seen:
-                break
+        descriptor = follower.stdout.fileno()
+        while "delivered" not in seen:
+            # Raw reads: a buffered reader could hold lines that select() no longer sees.
+            ready, _, _ = select.select([descriptor], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no event within the deadline; seen {seen}"
+            pending += os.read(descriptor, 65536)
+            *lines, pending = pending.split(b"\n")
+            seen += [e["event"] for e in map(json.loads, filter(None, lines)) if e["sms_id"] == sms_id]
     finally:
         follower.kill()
         follower.wait(10)

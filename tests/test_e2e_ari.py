@@ -118,7 +118,9 @@ async def test_caller_hangs_up_midway_and_the_sms_still_goes(daemon_factory: lis
     daemon = ari_daemon(daemon_factory, tmp_path, ari)
     await ari.wait_connected()
     channel = await ari.call("+15550001111", "Your order has shipped")
+    deadline = time.monotonic() + 15
     while "play" not in channel.requests:
+        assert time.monotonic() < deadline, channel.requests
         await asyncio.sleep(0.02)
     await ari.caller_hangs_up(channel)
     deadline = time.monotonic() + 15
