@@ -76,10 +76,6 @@ class AgiEnvironment:
         return {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
 
     @property
-    def channel(self) -> str:
-        return self.variables.get("agi_channel", "")
-
-    @property
     def caller(self) -> str:
         return self.variables.get("agi_callerid", "")
 

@@ -102,8 +102,7 @@ async def run(action: str) -> int:
             backend = HttpBackend(session, config)
             speaker = Speaker(config.speech)
             if action == "ozml":
-                details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
-                                      environment.variables.get("agi_dnid", ""))
+                details = CallDetails.of_agi(environment)
                 runner = OzmlRunner(backend, speaker, config.prompts, config.record_dir, config.ozml_unknown_ends_call)
                 await runner.run_source(channel, details, args[0], args[1] or None)
                 return 0

@@ -62,8 +62,7 @@ class FastAgiServer:
             if script == "sendsms":
                 await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, environment.params)
             elif script == "ozml" and environment.params.get("url", "").startswith(("http://", "https://")):
-                details = CallDetails(environment.variables.get("agi_uniqueid", ""), environment.caller,
-                                      environment.variables.get("agi_dnid", ""))
+                details = CallDetails.of_agi(environment)
                 await self._ozml.run_source(channel, details, environment.params["url"],
                                             environment.params.get("error_url") or None)
             else:

@@ -92,6 +92,16 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
               calls: CallService | None = None, metrics: Metrics | None = None) -> web.Application:
     routes = web.RouteTableDef()
 
+    async def query_user(request: web.Request) -> UserConfig:
+        """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters)."""
+        return await identify(request, parse_form(request.rel_url.raw_query_string))
+
+    async def admin_user(request: web.Request) -> UserConfig:
+        user = await query_user(request)
+        if not user.admin:
+            raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+        return user
+
     @routes.route("*", "/api")
     async def ozeki_api(request: web.Request) -> web.Response:
         command: str | None = None
@@ -146,7 +156,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
                 raise ParseError("the body is not JSON") from None
             if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
                 raise ParseError("the body must be a JSON object of strings")
-            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            user = await query_user(request)
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
                                           body.get("sender"), body.get("delivery_report_url"))
         except SmsGatewayError as exc:
@@ -173,7 +183,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
     @routes.get("/api/messages/{sms_id}")
     async def json_status(request: web.Request) -> web.Response:
         try:
-            user = await identify(request, parse_form(request.rel_url.raw_query_string))
+            user = await query_user(request)
             message = await service.status(user, request.match_info["sms_id"])
         except SmsGatewayError as exc:
             return json_error(exc)
@@ -183,9 +193,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
     async def event_stream(request: web.Request) -> web.StreamResponse:
         """Live events, one JSON object per line, until the client leaves (admins only)."""
         try:
-            user = await identify(request, parse_form(request.rel_url.raw_query_string))
-            if not user.admin:
-                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            await admin_user(request)
         except SmsGatewayError as exc:
             return json_error(exc)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-store"})
@@ -198,9 +206,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
     @routes.get("/status")
     async def status_page(request: web.Request) -> web.Response:
         try:
-            user = await identify(request, parse_form(request.rel_url.raw_query_string))
-            if not user.admin:
-                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            user = await admin_user(request)
             now = time.time()
             latest = [await service.status(user, m.sms_id) for m in await service.messages(user, None, None, None, 20)]
             page = render_status_page(health(), await service.stats(now - 3600), latest, now)
@@ -216,9 +222,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
     async def prometheus(request: web.Request) -> web.Response:
         """Prometheus metrics, for admin users (scrape with basic_auth)."""
         try:
-            user = await identify(request, parse_form(request.rel_url.raw_query_string))
-            if not user.admin:
-                raise ForbiddenUser(f"Forbidden user: {user.name} is not an admin (admin = true)")
+            await admin_user(request)
             text = (metrics or Metrics()).render(await service.stats(time.time() - 3600), health())
         except SmsGatewayError as exc:
             return web.Response(status=exc.http_status, text=exc.message)

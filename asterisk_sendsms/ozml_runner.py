@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from .agi import AgiEnvironment
 from .callflow import CallControl, Prompter, SmsBackend, agi_status
 from .config import PromptConfig
 from .errors import SmsGatewayError
@@ -71,6 +72,11 @@ class CallDetails:
     call_id: str
     caller: str
     callee: str
+
+    @classmethod
+    def of_agi(cls, environment: AgiEnvironment) -> CallDetails:
+        return cls(environment.variables.get("agi_uniqueid", ""), environment.caller,
+                   environment.variables.get("agi_dnid", ""))
 
     def form(self, notification: str, **extra: str) -> dict[str, str]:
         return {"NotificationName": notification, "CallId": self.call_id, "Caller": self.caller,
