@@ -23,6 +23,7 @@ from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
 from .errors import ConfigError, SmsGatewayError
 from .logs import configure_logging
 from .passwords import hash_password
+from .store import make_store
 
 __all__ = ["main"]
 
@@ -99,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("sms_id", metavar="SMSID")
     status.add_argument("--json", action="store_true", help="print the JSON the daemon returns")
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the message store's schema (stop the daemons "
+                                                  "that use it first)")
+    _common(migrate)
 
     check = commands.add_parser("check-config", help="validate the configuration and summarise it")
     _common(check)
@@ -316,11 +321,23 @@ async def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _migrate(args: argparse.Namespace) -> int:
+    config = _config(args)
+    store = make_store(config.store)
+    found, now = await store.migrate()
+    if found == now:
+        print(f"{store.where}: schema is at version {now}, nothing to do")
+    else:
+        print(f"{store.where}: schema migrated from version {found} to {now}")
+    return 0
+
+
 def _check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     source = "embedded demo defaults" if config.demo else str(args.config or "the environment's file")
     print(f"configuration OK ({source})")
-    print(f"  data dir: {config.data_dir}; store: {config.store.path} (synchronous={config.store.synchronous})")
+    print(f"  data dir: {config.data_dir}; store: {config.store.where} (node {config.store.node}, "
+          f"synchronous={config.store.synchronous})")
     print(f"  http: {config.http.listen}; users: {', '.join(u.name for u in config.users) or 'none'}")
     print(f"  transports: {', '.join(f'{t.name} ({t.kind})' for t in config.transports)}")
     for route in config.routes:
@@ -397,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_tail(args))
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "migrate":
+            return asyncio.run(_migrate(args))
         if args.command == "install-agi":
             return _install_agi(args)
         return _hash_password(args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,9 +85,25 @@ class HttpConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    path: Path
+    path: Path  # the SQLite file, used when no url is set
     # "full" fsyncs every commit (survives power loss); "normal" survives a process crash only.
     synchronous: str = "full"
+    url: str | None = None  # postgresql://...: the queue shared by several gateway nodes
+    # Claims carry this name; a restarted node takes back its own at once, others' wait out their lease.
+    node: str = field(default_factory=socket.gethostname)
+
+    @property
+    def where(self) -> str:
+        """Where the messages are kept, safe to print: the file, or the database URL without its password."""
+        return redact_url(self.url) if self.url else str(self.path)
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,8 +721,15 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     synchronous = store_table.text("synchronous", "full")
     if synchronous not in ("full", "normal"):
         raise ConfigError("store.synchronous: expected \"full\" or \"normal\"")
+    file_url, file_node = store_table.text("url"), store_table.text("node")
+    store_url = env.get(ENV_PREFIX + "STORE_URL") or file_url
+    if store_url and urlsplit(store_url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"store.url: expected a postgresql:// URL, got {redact_url(store_url)!r}")
+    node = env.get(ENV_PREFIX + "NODE") or file_node or socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node):
+        raise ConfigError(f"store.node: {node!r}: use 1-64 letters, digits, '.', '_' or '-'")
     store = StoreConfig(path=Path(store_path) if store_path else data_dir / "messages.sqlite3",
-                        synchronous=synchronous)
+                        synchronous=synchronous, url=store_url, node=node)
     store_table.finish()
 
     messages_table = root.table("messages")

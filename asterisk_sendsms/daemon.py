@@ -81,7 +81,7 @@ async def _control_site(app: web.Application, config: Config) -> AsyncIterator[N
 def _announce(config: Config) -> None:
     transports = ", ".join(f"{t.name} ({t.kind})" for t in config.transports)
     lines = [f"asterisk-sendsms listening on http://{config.http.listen}/api",
-             f"  store: {config.store.path}", f"  transports: {transports}",
+             f"  store: {config.store.where}", f"  transports: {transports}",
              f"  control socket: {config.control_socket}"]
     if config.asterisk.fastagi is not None:
         lines.append(f"  FastAGI: agi://{config.asterisk.fastagi}/sendsms")

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 from hypothesis import settings
+from lxml import etree
+
+from .peers.postgres import PostgresServer
 
 # CI runs the same examples every time (a new random example must not decide whether a change lands);
 # local runs keep exploring.
@@ -26,6 +33,7 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = REPO / "run"
+PEERS = REPO / "tests" / "peers"
 SEED_QUERY = ("command=SendSms&Username=HTTP_User_1&Password=qwe123&Sender=%2b0615546669"
               "&Recipient=%2b0615546670&Message=Hello+world&DeliveryReportURL=http://yourapp.com/smsdelivered.php")
 
@@ -152,6 +160,20 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.cleanup()
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the session; each test takes a database of its own."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> str:
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
 def basic_auth(user: str, password: str) -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
@@ -173,3 +195,68 @@ async def wait_final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str
             return data
         assert time.monotonic() < deadline, f"{sms_id} still {data['state']}"
         await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------- the SMSC peer (npm smpp)
+
+@dataclass
+class Smsc:
+    port: int
+    process: subprocess.Popen[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def submits(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == "submit"]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"SMSC events: {self.events[-10:]}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def smsc_factory() -> Iterator[Callable[..., Smsc]]:
+    started: list[Smsc] = []
+
+    def start(**options: Any) -> Smsc:
+        port = free_port()
+        config = {"port": port, "system_id": "esme", "password": "secret", **options}
+        process = subprocess.Popen(["node", str(PEERS / "smsc.js"), json.dumps(config)], stdout=subprocess.PIPE,
+                                   text=True)
+        smsc = Smsc(port, process)
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                smsc.events.append(json.loads(line))
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "listening" for e in smsc.events):
+            assert process.poll() is None and time.monotonic() < deadline, "the test SMSC did not start"
+            time.sleep(0.05)
+        started.append(smsc)
+        return smsc
+
+    yield start
+    for smsc in started:
+        smsc.process.kill()
+        smsc.process.wait(5)
+
+
+async def send(session: aiohttp.ClientSession, daemon: Daemon, recipient: str, text: str, sender: str = "",
+               report_url: str = "") -> str:
+    form = {"Command": "SendSms", "Username": "alice", "Password": "pw", "Recipient": recipient, "Message": text}
+    if sender:
+        form["Sender"] = sender
+    if report_url:
+        form["DeliveryReportURL"] = report_url
+    async with session.post(f"{daemon.base}/api", data=form) as response:
+        root = etree.fromstring(await response.read())
+    assert root.findtext("Code") == "200", etree.tostring(root)
+    return root.findtext("SmsId") or ""
+
+
+async def final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str, timeout: float = 20) -> dict[str, Any]:
+    return await wait_final(session, daemon, sms_id, timeout, user="alice", password="pw")

@@ -51,7 +51,8 @@ async def test_kill9_loses_no_accepted_message(daemon_factory: list[Daemon], tmp
 
     with sqlite3.connect(data_dir / "messages.sqlite3") as db:
         states = dict(db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall())
-        in_flight = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'queued' AND claimed = 1").fetchone()[0]
+        in_flight = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'queued' AND claimed_by IS NOT NULL"
+                               ).fetchone()[0]
     print(f"\nat kill -9: {len(accepted)} SmsIds handed out, store states {states}")
     # Only messages claimed in memory at the kill are dispatched again: at most the window on the wire plus
     # those waiting for a window slot or for their outcome's commit.

@@ -5,70 +5,15 @@ passwords, receipts before responses, id forms."""
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import REPO, Daemon, Receiver, basic_auth, free_port, start_daemon, wait_final
-
-PEERS = REPO / "tests" / "peers"
-
-
-@dataclass
-class Smsc:
-    port: int
-    process: subprocess.Popen[str]
-    events: list[dict[str, Any]] = field(default_factory=list)
-
-    def submits(self) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == "submit"]
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"SMSC events: {self.events[-10:]}"
-            await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def smsc_factory() -> Iterator[Callable[..., Smsc]]:
-    started: list[Smsc] = []
-
-    def start(**options: Any) -> Smsc:
-        port = free_port()
-        config = {"port": port, "system_id": "esme", "password": "secret", **options}
-        process = subprocess.Popen(["node", str(PEERS / "smsc.js"), json.dumps(config)], stdout=subprocess.PIPE,
-                                   text=True)
-        smsc = Smsc(port, process)
-
-        def read() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                smsc.events.append(json.loads(line))
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 20
-        while not any(e["event"] == "listening" for e in smsc.events):
-            assert process.poll() is None and time.monotonic() < deadline, "the test SMSC did not start"
-            time.sleep(0.05)
-        started.append(smsc)
-        return smsc
-
-    yield start
-    for smsc in started:
-        smsc.process.kill()
-        smsc.process.wait(5)
+from .conftest import Daemon, Receiver, Smsc, basic_auth, final, send, start_daemon
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
@@ -88,23 +33,6 @@ name = "operator"
 url = "smpp://esme:{password}@127.0.0.1:{smsc.port}?window=10&enquire_link=1{options}"
 """)
     return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
-
-
-async def send(session: aiohttp.ClientSession, daemon: Daemon, recipient: str, text: str, sender: str = "",
-               report_url: str = "") -> str:
-    form = {"Command": "SendSms", "Username": "alice", "Password": "pw", "Recipient": recipient, "Message": text}
-    if sender:
-        form["Sender"] = sender
-    if report_url:
-        form["DeliveryReportURL"] = report_url
-    async with session.post(f"{daemon.base}/api", data=form) as response:
-        root = etree.fromstring(await response.read())
-    assert root.findtext("Code") == "200", etree.tostring(root)
-    return root.findtext("SmsId") or ""
-
-
-async def final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str, timeout: float = 20) -> dict[str, Any]:
-    return await wait_final(session, daemon, sms_id, timeout, user="alice", password="pw")
 
 
 async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any,

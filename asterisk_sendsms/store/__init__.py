@@ -1,6 +1,7 @@
-"""Message stores: the `Store` protocol and its implementations."""
+"""Message stores: the `Store` protocol, SQLite (one node, embedded) and PostgreSQL (several nodes)."""
 
 from ..config import StoreConfig
+from ..errors import ConfigError
 from .base import Store
 from .sqlite import SqliteStore
 
@@ -8,5 +9,12 @@ __all__ = ["SqliteStore", "Store", "make_store"]
 
 
 def make_store(config: StoreConfig) -> Store:
-    """The store the configuration names (SQLite for now; PostgreSQL arrives with scale-out)."""
-    return SqliteStore(config)
+    """PostgreSQL when the configuration names a database URL, otherwise the SQLite file."""
+    if config.url is None:
+        return SqliteStore(config)
+    try:
+        from .postgres import PostgresStore  # psycopg is needed only by those who use it
+    except ImportError:
+        raise ConfigError("store.url names PostgreSQL, but psycopg is not installed: "
+                          "pip install 'asterisk-sendsms[postgresql]'") from None
+    return PostgresStore(config)

@@ -28,10 +28,21 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this program's version (then close); returns (version before, version after).
+        `open` creates the schema in an empty database but refuses an older one."""
+        ...
+
+    @property
+    def where(self) -> str:
+        """Where the messages are kept, safe to print."""
+        ...
+
     async def accept(self, message: NewMessage) -> None: ...
 
     async def release_claims(self, now: float) -> int:
-        """Make messages and notifications claimed by a previous run of this node due again (after a crash).
+        """Make messages and notifications claimed by a previous run of this node due again (after a crash);
+        other nodes' claims are left to their leases.
         Returns the number of messages."""
         ...
 

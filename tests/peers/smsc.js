@@ -11,6 +11,7 @@
 //   silent_after                    never answer submit_sm after the Nth
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
+// Events name the session (numbered by bind) a submit came on and a receipt went out on.
 //   quiet                           no line per submit_sm or receipt (benchmarks); SIGUSR2 prints the counts
 //   mo                              incoming SMS to deliver after the first receiving bind:
 //                                   [{source, dest, text, parts}] (parts > 1: concatenated with a UDH)
@@ -20,6 +21,7 @@ const smpp = require('smpp');
 const cfg = JSON.parse(process.argv[2] || '{}');
 let nextId = cfg.id_form === 'restart-at-zero' ? 0 : 1000;
 let submits = 0;
+let sessions = 0;
 const receivers = [];
 
 const stats = { submits: 0, first: 0, last: 0, receipts_acked: 0, receipts_sent: 0 };
@@ -85,7 +87,7 @@ function sendReceipt(submit, respId, receiptId, stat) {
   stats.receipts_sent += 1;
   session.deliver_sm(options, (resp) => {
     if (resp.command_status === 0) stats.receipts_acked += 1;
-    out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status });
+    out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status, session: session.number });
   });
 }
 
@@ -113,7 +115,8 @@ function bind(session, pdu, mode) {
     session.send(pdu.response({ command_status: smpp.ESME_RINVPASWD }));
     return;
   }
-  out({ event: 'bind', ok: true, mode });
+  session.number = ++sessions;
+  out({ event: 'bind', ok: true, mode, session: session.number });
   if (mode !== 'tx') receivers.push(session);
   session.send(pdu.response({ system_id: 'testsmsc' }));
   setTimeout(flushReceipts, 50);
@@ -133,7 +136,7 @@ function onSubmit(session, pdu) {
   const sar = pdu.sar_msg_ref_num !== undefined
     ? { ref: pdu.sar_msg_ref_num, total: pdu.sar_total_segments, seq: pdu.sar_segment_seqnum } : null;
   out({
-    event: 'submit', n, source: pdu.source_addr, source_ton: pdu.source_addr_ton, source_npi: pdu.source_addr_npi,
+    event: 'submit', n, session: session.number, source: pdu.source_addr, source_ton: pdu.source_addr_ton, source_npi: pdu.source_addr_npi,
     dest: pdu.destination_addr, dest_ton: pdu.dest_addr_ton, dest_npi: pdu.dest_addr_npi, esm_class: pdu.esm_class,
     data_coding: pdu.data_coding, registered_delivery: pdu.registered_delivery, udh: udh(pdu.short_message),
     message: text(pdu.short_message), sar,

@@ -1,0 +1,645 @@
+"""The `Store` in SQL, shared by SQLite and PostgreSQL: one writer thread per daemon that commits concurrent
+operations together (group commit), versioned schema migrations, and the lifecycle operations written once
+against `Db`, the small surface in which the two engines differ."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from ..encoding import Coding
+from ..errors import ServiceUnavailable, SmsGatewayError
+from ..lifecycle import SOURCES, State, check_transition
+from ..model import (
+    CallbackJob,
+    HistoryEntry,
+    IncomingPart,
+    IncomingView,
+    MessageView,
+    NewMessage,
+    OutboundMessage,
+    PartOutcome,
+    PartView,
+    Receipt,
+    ReceiptResult,
+)
+
+__all__ = ["Cursor", "Db", "SqlStore"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Operation = Callable[["Db"], Any]
+
+_VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
+                 " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at")
+_FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
+_WAITING_PART_STATES = "('submitted', 'enroute', 'accepted')"
+# Receipts for ids nobody submitted are dropped after this long.
+EARLY_RECEIPT_TTL = 24 * 3600.0
+_BATCH_LIMIT = 1024
+# After a failed connection attempt, operations fail at once for this long instead of each waiting for a
+# connect timeout of its own.
+RECONNECT_INTERVAL = 1.0
+# Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
+_RETRIES = 3
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Db(ABC):
+    """One connection as the operations see it: statements use `?` placeholders; what differs between the
+    engines is a method or attribute here."""
+
+    # Appended to a SELECT that claims rows: other nodes skip them instead of waiting or taking them too.
+    claim_suffix = ""
+    # The column that orders history rows as they were written.
+    history_order = "rowid"
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor: ...
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def begin(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @property
+    @abstractmethod
+    def broken(self) -> bool:
+        """The connection is lost: it must be replaced before the next operation."""
+
+    @abstractmethod
+    def table_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def minute(self, column: str) -> str:
+        """SQL for the whole minute number of a time in seconds."""
+
+    def lock_schema(self) -> None:
+        """Serialise migrations of several nodes starting at once (one writer needs nothing)."""
+
+    def lock_key(self, key: str) -> None:
+        """Serialise, until commit, operations of all nodes on one key (one writer needs nothing)."""
+
+    def lock_message(self, sms_id: str) -> None:
+        """Hold the message row until commit, so a concurrent node's change to it is seen, not missed."""
+
+
+class SqlStore(ABC):
+    """Every public method is one operation; the writer thread runs queued operations in one transaction."""
+
+    def __init__(self, node: str, migrations: Sequence[Sequence[str]]) -> None:
+        self._node = node
+        self._migrations = migrations
+        self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._failing = ""  # the error last logged, so an outage is logged once
+
+    # ------------------------------------------------------------ what each engine supplies
+
+    @property
+    @abstractmethod
+    def where(self) -> str:
+        """Where the messages are kept, for people: a path, or a database URL without its password."""
+
+    @abstractmethod
+    def _connect(self) -> Db:
+        """A new connection (run on the writer thread); refuses if another daemon owns this node's share."""
+
+    @abstractmethod
+    def _is_database_error(self, exc: Exception) -> bool: ...
+
+    def _is_retryable(self, exc: Exception) -> bool:
+        return False
+
+    async def _acquire(self) -> None:
+        """Before the writer starts: take what makes this daemon the store's only writer of its node."""
+
+    def _release(self) -> None: ...
+
+    # ------------------------------------------------------------ the writer thread
+
+    @property
+    def schema_version(self) -> int:
+        return len(self._migrations)
+
+    async def open(self) -> None:
+        await self._start(upgrade=False)
+
+    async def migrate(self) -> tuple[int, int]:
+        """Bring the schema to this program's version; returns (version before, version after)."""
+        found = await self._start(upgrade=True)
+        await self.close()
+        return found, self.schema_version
+
+    async def _start(self, upgrade: bool) -> int:
+        await self._acquire()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._thread = threading.Thread(target=self._serve, args=(ready, upgrade), name="store-writer", daemon=True)
+        self._thread.start()
+        try:
+            return await ready
+        except BaseException:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+            self._release()
+            raise
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._ops.put(None)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        self._release()
+
+    def _open_db(self, upgrade: bool) -> tuple[Db, int]:
+        db = self._connect()
+        try:
+            return db, self._prepare_schema(db, upgrade)
+        except BaseException:
+            db.close()
+            raise
+
+    def _prepare_schema(self, db: Db, upgrade: bool) -> int:
+        """Create the schema in an empty database; refuse an older one unless upgrading, and a newer one."""
+        db.begin()
+        try:
+            db.lock_schema()
+            found = 0
+            if db.table_exists("schema_version"):
+                row = db.execute("SELECT version FROM schema_version").fetchone()
+                found = int(row[0]) if row else 0
+            target = self.schema_version
+            if found > target:
+                raise ServiceUnavailable(f"{self.where} has schema version {found}, newer than this program's "
+                                         f"{target}: upgrade asterisk-sendsms")
+            if 0 < found < target and not upgrade:
+                raise ServiceUnavailable(f"{self.where} has schema version {found}, older than this program's "
+                                         f"{target}: run `asterisk-sendsms migrate` (with the same --config)")
+            for version in range(found, target):
+                for statement in self._migrations[version]:
+                    db.execute(statement)
+                log.info("%s: schema migrated to version %d", self.where, version + 1)
+            if found != target:
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
+            db.commit()
+            return found
+        except BaseException:
+            if not db.broken:
+                db.rollback()
+            raise
+
+    def _serve(self, ready: asyncio.Future[int], upgrade: bool) -> None:
+        loop = ready.get_loop()
+        db: Db | None
+        try:
+            db, found = self._open_db(upgrade)
+        except Exception as exc:
+            loop.call_soon_threadsafe(_settle, ready, None, self._translate(exc, "cannot open the message store"))
+            return
+        loop.call_soon_threadsafe(_settle, ready, found, None)
+        retry_connect_at = 0.0
+        try:
+            while (item := self._ops.get()) is not None:
+                batch = [item]
+                while len(batch) < _BATCH_LIMIT:
+                    try:
+                        more = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        self._ops.put(None)
+                        break
+                    batch.append(more)
+                if db is None:
+                    error: BaseException | None = None
+                    if time.monotonic() < retry_connect_at:
+                        error = ServiceUnavailable(self._failing or "the message store is unreachable")
+                    else:
+                        try:
+                            db, _ = self._open_db(False)
+                        except Exception as exc:
+                            retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
+                            error = self._translate(exc, "message store unreachable")
+                    if db is None:
+                        loop.call_soon_threadsafe(_settle_all, [(future, None, error) for _, future in batch])
+                        continue
+                self._run_batch(db, batch)
+                if db.broken:
+                    db.close()
+                    db = None
+        finally:
+            if db is not None:
+                db.close()
+
+    def _run_batch(self, db: Db, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        """Run the batch in one transaction. If any operation fails, roll back and run each alone, so one
+        caller's error never costs the others their writes."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        try:
+            db.begin()
+            results = [operation(db) for operation, _ in batch]
+            db.commit()
+            outcomes = [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
+        except Exception as exc:
+            if db.broken:
+                error = self._translate(exc, "message store error")
+                outcomes = [(future, None, error) for _, future in batch]
+            else:
+                db.rollback()
+                if len(batch) == 1 and not self._is_retryable(exc):
+                    outcomes = [(batch[0][1], None, self._translate(exc, "message store error"))]
+                else:
+                    outcomes = [self._run_alone(db, operation, future) for operation, future in batch]
+        if self._failing and all(error is None for _, _, error in outcomes):
+            log.warning("message store works again (%s)", self.where)
+            self._failing = ""
+        loop = outcomes[0][0].get_loop()
+        loop.call_soon_threadsafe(_settle_all, outcomes)
+
+    def _run_alone(self, db: Db, operation: Operation, future: asyncio.Future[Any]
+                   ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+        for attempt in range(_RETRIES):
+            if db.broken:
+                return future, None, ServiceUnavailable(self._failing or "the message store connection was lost")
+            try:
+                db.begin()
+                result = operation(db)
+                db.commit()
+            except Exception as exc:
+                if not db.broken:
+                    db.rollback()
+                if self._is_retryable(exc) and attempt + 1 < _RETRIES:
+                    continue
+                return future, None, self._translate(exc, "message store error")
+            return future, result, None
+        raise AssertionError("unreachable")
+
+    def _translate(self, exc: Exception, context: str) -> Exception:
+        """Engine errors become `ServiceUnavailable`, logged once per outage; the gateway's own pass through."""
+        if isinstance(exc, SmsGatewayError):
+            return exc
+        if not self._is_database_error(exc) and not isinstance(exc, OSError):
+            return exc
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        message = f"{context} ({self.where}): {reason}"
+        if message != self._failing:
+            log.error("%s", message)
+            self._failing = message
+        return ServiceUnavailable(message)
+
+    async def _run(self, operation: Callable[[Db], T]) -> T:
+        if self._thread is None:
+            raise ServiceUnavailable("the message store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._ops.put((operation, future))
+        return await future
+
+    # ------------------------------------------------------------ operations
+
+    async def accept(self, message: NewMessage) -> None:
+        def op(db: Db) -> None:
+            db.execute(
+                "INSERT INTO messages (sms_id, username, sender, recipient, text, coding, part_count, state,"
+                " callback_url, created_at, updated_at, expires_at, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (message.sms_id, message.username, message.sender, message.recipient, message.text,
+                 message.coding.value, message.part_count, State.ACCEPTED.value, message.callback_url,
+                 message.created_at, message.created_at, message.expires_at, message.created_at))
+        await self._run(op)
+
+    async def release_claims(self, now: float) -> int:
+        def op(db: Db) -> int:
+            db.execute("UPDATE callbacks SET due_at = ?, claimed_by = NULL WHERE state = 'pending' AND claimed_by = ?",
+                       (now, self._node))
+            return db.execute("UPDATE messages SET due_at = ?, claimed_by = NULL WHERE state = 'queued'"
+                              " AND claimed_by = ?", (now, self._node)).rowcount
+        return await self._run(op)
+
+    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+        def op(db: Db) -> list[OutboundMessage]:
+            rows = db.execute(
+                "SELECT sms_id, sender, recipient, text, attempts, expires_at FROM messages"
+                " WHERE state IN ('accepted', 'queued') AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
+                (now, limit)).fetchall()
+            claimed: list[OutboundMessage] = []
+            for sms_id, sender, recipient, text, attempts, expires_at in rows:
+                if expires_at <= now:
+                    _finish(db, sms_id, State.EXPIRED, "EXPIRED",
+                            "validity period ended before the message could be submitted", now, None)
+                    continue
+                # The lease is the due time: a node that dies holding the message gives it up when it passes.
+                _move(db, sms_id, State.QUEUED, "due_at = ?, claimed_by = ?, updated_at = ?,"
+                      " queued_at = COALESCE(queued_at, ?)", (now + lease, self._node, now, now))
+                claimed.append(OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at))
+            return claimed
+        return await self._run(op)
+
+    async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
+                             receipt_deadline: float | None) -> ReceiptResult:
+        def op(db: Db) -> ReceiptResult:
+            # The same keys as a receipt takes: a receipt stored early by another node is seen here, or it sees
+            # these parts; never neither.
+            for smsc_id in sorted(set(smsc_ids)):
+                db.lock_key(f"{transport}\x1f{smsc_id}")
+            _move(db, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed_by = NULL, attempts = attempts + 1,"
+                  " error_code = '', error_text = '', updated_at = ?, submitted_at = ?",
+                  (transport, receipt_deadline, now, now))
+            db.executemany(
+                "INSERT INTO parts (sms_id, idx, transport, smsc_id, state, updated_at)"
+                " VALUES (?, ?, ?, ?, 'submitted', ?) ON CONFLICT (sms_id, idx) DO UPDATE SET"
+                " transport = excluded.transport, smsc_id = excluded.smsc_id, state = excluded.state,"
+                " error_code = '', updated_at = excluded.updated_at",
+                [(sms_id, index, transport, smsc_id, now) for index, smsc_id in enumerate(smsc_ids)])
+            result = ReceiptResult(sms_id)
+            placeholders = ",".join("?" * len(smsc_ids))
+            statement = ("DELETE FROM early_receipts WHERE transport = ? AND smsc_id IN"
+                         f" ({placeholders}) RETURNING smsc_id, outcome, error_code, at")
+            early = db.execute(statement, (transport, *smsc_ids)).fetchall()
+            for smsc_id, outcome, error_code, at in sorted(early, key=lambda row: row[3]):
+                applied = _apply_receipt(db, Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at), now)
+                if applied.final_state is not None:
+                    result = applied
+            return result
+        return await self._run(op)
+
+    async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
+                          attempted: bool) -> None:
+        def op(db: Db) -> None:
+            _move(db, sms_id, State.QUEUED, "due_at = ?, claimed_by = NULL, error_code = ?, error_text = ?,"
+                  " attempts = attempts + ?, updated_at = ?", (due_at, error_code, error_text, int(attempted), now))
+            _history(db, sms_id, now, State.QUEUED, f"retry in {due_at - now:.0f}s: {error_code} {error_text}")
+        await self._run(op)
+
+    async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,
+                     transport: str | None = None, attempted: bool = False) -> None:
+        def op(db: Db) -> None:
+            _finish(db, sms_id, state, error_code, error_text, now, transport, int(attempted))
+        await self._run(op)
+
+    async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
+        return await self._run(lambda db: _apply_receipt(db, receipt, now))
+
+    async def expire_overdue(self, now: float) -> int:
+        def op(db: Db) -> int:
+            rows = db.execute("SELECT sms_id FROM messages WHERE state = 'submitted' AND due_at <= ?"
+                              + db.claim_suffix, (now,)).fetchall()
+            for (sms_id,) in rows:
+                _finish(db, sms_id, State.EXPIRED, "NO_RECEIPT", "no final delivery receipt arrived in time", now,
+                        None)
+            db.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_RECEIPT_TTL,))
+            return len(rows)
+        return await self._run(op)
+
+    async def awaiting_receipts(self, transport: str) -> list[tuple[str, str]]:
+        def op(db: Db) -> list[tuple[str, str]]:
+            rows = db.execute(
+                "SELECT p.smsc_id, m.recipient FROM parts p JOIN messages m ON m.sms_id = p.sms_id"
+                f" WHERE p.transport = ? AND p.state IN {_WAITING_PART_STATES}"
+                " AND m.state = 'submitted'", (transport,)).fetchall()
+            return [(smsc_id, recipient) for smsc_id, recipient in rows]
+        return await self._run(op)
+
+    async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
+        return await self._run(lambda db: _view(db, sms_id, detail))
+
+    async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
+                            since: float | None, limit: int) -> list[MessageView]:
+        def op(db: Db) -> list[MessageView]:
+            where: list[str] = ["created_at >= ?"]
+            params: list[float | str] = [since or 0.0]
+            for column, value in (("username", username), ("state", state.value if state else None)):
+                if value is not None:
+                    where.append(f"{column} = ?")
+                    params.append(value)
+            if recipient:
+                where.append("recipient LIKE ? ESCAPE '\\'")
+                params.append(recipient.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+            rows = db.execute(f"SELECT {_VIEW_COLUMNS} FROM messages WHERE {' AND '.join(where)}"
+                              " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
+            return [_message_view(row, None, (), ()) for row in rows]
+        return await self._run(op)
+
+    async def stats(self, since: float) -> dict[str, Any]:
+        def op(db: Db) -> dict[str, Any]:
+            states = dict(db.execute("SELECT state, COUNT(*) FROM messages WHERE created_at >= ? GROUP BY state",
+                                     (since,)).fetchall())
+            per_minute = dict(db.execute(
+                f"SELECT {db.minute('created_at')}, COUNT(*) FROM messages WHERE created_at >= ?"
+                " GROUP BY 1", (since,)).fetchall())
+            queue = db.execute("SELECT COUNT(*) FROM messages WHERE state IN ('accepted', 'queued')").fetchone()[0]
+            callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
+            return {"states": states, "per_minute": per_minute, "queue": queue, "pending_callbacks": callbacks}
+        return await self._run(op)
+
+    async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
+        def op(db: Db) -> str | None:
+            text, received_at = part.text, part.received_at
+            if part.total > 1:
+                key = (part.transport, part.sender, part.reference, part.total)
+                db.lock_key("incoming\x1f" + "\x1f".join(map(str, key)))
+                db.execute("INSERT INTO incoming_parts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           (*key, part.sequence, part.recipient, part.text, part.received_at))
+                where = "transport = ? AND sender = ? AND reference = ? AND total = ?"
+                parts = db.execute(f"SELECT text, received_at FROM incoming_parts WHERE {where}"
+                                   " ORDER BY sequence", key).fetchall()
+                if len(parts) < part.total:
+                    return None
+                db.execute(f"DELETE FROM incoming_parts WHERE {where}", key)
+                text, received_at = "".join(t for t, _ in parts), parts[0][1]
+            incoming_id = str(uuid.uuid4())
+            db.execute("INSERT INTO incoming VALUES (?,?,?,?,?,?)",
+                       (incoming_id, part.transport, part.sender, part.recipient, text, received_at))
+            if callback_url:
+                db.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at, kind)"
+                           " VALUES (?, ?, 'pending', ?, ?, ?, 'incoming')",
+                           (incoming_id, callback_url, part.received_at, part.received_at, part.received_at))
+            return incoming_id
+        return await self._run(op)
+
+    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+        def op(db: Db) -> list[CallbackJob]:
+            rows = db.execute("SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
+                              " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
+                              (now, limit)).fetchall()
+            db.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed_by = ?, updated_at = ?"
+                           " WHERE job_id = ?", [(now + lease, self._node, now, row[0]) for row in rows])
+            # The subject is read in the same operation: one store round trip per batch, not per job.
+            return [CallbackJob(job_id, sms_id, url, attempts + 1, created_at, kind,
+                                _incoming(db, sms_id) if kind == "incoming" else _view(db, sms_id, False))
+                    for job_id, sms_id, url, attempts, created_at, kind in rows]
+        return await self._run(op)
+
+    async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None:
+        await self._run(lambda db: db.executemany(
+            "UPDATE callbacks SET state = 'done', last_error = '', claimed_by = NULL, updated_at = ? WHERE job_id = ?",
+            [(now, job_id) for job_id in job_ids]))
+
+    async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE callbacks SET due_at = ?, last_error = ?, claimed_by = NULL, updated_at = ? WHERE job_id = ?",
+            (due_at, error, now, job_id)))
+
+    async def callback_abandon(self, job_id: int, error: str, now: float) -> None:
+        await self._run(lambda db: db.execute(
+            "UPDATE callbacks SET state = 'abandoned', last_error = ?, claimed_by = NULL, updated_at = ?"
+            " WHERE job_id = ?", (error, now, job_id)))
+
+
+# ---------------------------------------------------------------- helpers run on the writer thread
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the write stands regardless
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, error in outcomes:
+        _settle(future, result, error)
+
+
+def _move(db: Db, sms_id: str, target: State, assignments: str, params: Sequence[Any]) -> None:
+    """Change state with one conditional UPDATE whose allowed sources come from the lifecycle table."""
+    sources = SOURCES[target]
+    placeholders = ",".join("?" * len(sources))
+    statement = f"UPDATE messages SET state = ?, {assignments} WHERE sms_id = ? AND state IN ({placeholders})"
+    cursor = db.execute(statement, (target.value, *params, sms_id, *(s.value for s in sources)))
+    if cursor.rowcount == 0:
+        check_transition(sms_id, _state(db, sms_id), target)  # raises: illegal from the current state
+        raise ServiceUnavailable(f"message {sms_id}: state changed during the update")
+
+
+def _history(db: Db, sms_id: str, at: float, state: State, detail: str) -> None:
+    db.execute("INSERT INTO history (sms_id, at, state, detail) VALUES (?, ?, ?, ?)", (sms_id, at, state.value, detail))
+
+
+def _state(db: Db, sms_id: str) -> State:
+    row = db.execute("SELECT state FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()
+    if row is None:
+        raise ServiceUnavailable(f"message {sms_id} is not in the store")
+    return State(row[0])
+
+
+def _finish(db: Db, sms_id: str, target: State, error_code: str, error_text: str, now: float,
+            transport: str | None, attempts: int = 0) -> None:
+    _move(db, sms_id, target, "error_code = ?, error_text = ?, transport = COALESCE(?, transport), due_at = NULL,"
+          " claimed_by = NULL, attempts = attempts + ?, updated_at = ?, done_at = ?",
+          (error_code, error_text, transport, attempts, now, now))
+    # The callback outbox row commits with the final state, so a crash cannot lose the notification.
+    db.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
+               " SELECT sms_id, callback_url, 'pending', ?, ?, ? FROM messages"
+               " WHERE sms_id = ? AND callback_url IS NOT NULL", (now, now, now, sms_id))
+
+
+def _apply_receipt(db: Db, receipt: Receipt, now: float) -> ReceiptResult:
+    db.lock_key(f"{receipt.transport}\x1f{receipt.smsc_id}")
+    # SMSC ids may be reused over time (some simulators restart at 0): prefer the part still waiting.
+    row = db.execute(
+        "SELECT p.sms_id, p.idx, p.state, m.state, m.part_count, m.submitted_at FROM parts p"
+        " JOIN messages m ON m.sms_id = p.sms_id"
+        " WHERE p.transport = ? AND p.smsc_id = ?"
+        f" ORDER BY p.state IN {_WAITING_PART_STATES} DESC, p.updated_at DESC LIMIT 1",
+        (receipt.transport, receipt.smsc_id)).fetchone()
+    if row is None:
+        db.execute("INSERT INTO early_receipts (transport, smsc_id, outcome, error_code, at) VALUES (?,?,?,?,?)",
+                   (receipt.transport, receipt.smsc_id, receipt.outcome.value, receipt.error_code, receipt.at or now))
+        return ReceiptResult(None)
+    sms_id, index, part_state, message_state, part_count, submitted_at = row
+    if part_state in _FINAL_PART_STATES:
+        return ReceiptResult(sms_id)  # a repeated receipt changes nothing
+    if part_count > 1:
+        # Receipts for the other parts may be applied by other nodes at this moment: with the row held, the
+        # state and the count of delivered parts below include whatever they committed.
+        db.lock_message(sms_id)
+        message_state = _state(db, sms_id)
+    db.execute("UPDATE parts SET state = ?, error_code = ?, updated_at = ? WHERE sms_id = ? AND idx = ?",
+               (receipt.outcome.value, receipt.error_code, now, sms_id, index))
+    if message_state != State.SUBMITTED:
+        return ReceiptResult(sms_id)  # already final (an earlier part failed); the part row keeps the news
+    detail = f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
+    if not receipt.outcome.final:
+        _history(db, sms_id, now, State.SUBMITTED, detail)
+        return ReceiptResult(sms_id)
+    if receipt.outcome is PartOutcome.DELIVERED:
+        if part_count > 1 and db.execute("SELECT COUNT(*) FROM parts WHERE sms_id = ? AND state != 'delivered'",
+                                         (sms_id,)).fetchone()[0]:
+            _history(db, sms_id, now, State.SUBMITTED, detail)
+            return ReceiptResult(sms_id)
+        _finish(db, sms_id, State.DELIVERED, "", "", now, None)
+        return ReceiptResult(sms_id, State.DELIVERED, submitted_at)
+    target = receipt.outcome.message_state
+    _finish(db, sms_id, target, receipt.error_code, detail, now, None)
+    return ReceiptResult(sms_id, target, submitted_at)
+
+
+def _incoming(db: Db, incoming_id: str) -> IncomingView | None:
+    row = db.execute("SELECT incoming_id, transport, sender, recipient, text, received_at FROM incoming"
+                     " WHERE incoming_id = ?", (incoming_id,)).fetchone()
+    return IncomingView(*row) if row else None
+
+
+def _view(db: Db, sms_id: str, detail: bool = True) -> MessageView | None:
+    row = db.execute(f"SELECT {_VIEW_COLUMNS} FROM messages WHERE sms_id = ?", (sms_id,)).fetchone()
+    if row is None:
+        return None
+    if not detail:
+        return _message_view(row, None, (), ())
+    parts = tuple(PartView(idx + 1, smsc_id, state, error_code, updated_at)
+                  for idx, smsc_id, state, error_code, updated_at
+                  in db.execute("SELECT idx, smsc_id, state, error_code, updated_at FROM parts WHERE sms_id = ?"
+                                " ORDER BY idx", (sms_id,)).fetchall())
+    queued_at, submitted_at, done_at = row[15:18]
+    steps = [HistoryEntry(row[13], State.ACCEPTED, f"by {row[1]}")]
+    if queued_at is not None:
+        steps.append(HistoryEntry(queued_at, State.QUEUED, ""))
+    if submitted_at is not None:
+        ids = ", ".join(p.smsc_id or "-" for p in parts)
+        steps.append(HistoryEntry(submitted_at, State.SUBMITTED, f"via {row[8]}, SMSC id {ids}"))
+    events = [HistoryEntry(at, State(state), detail) for at, state, detail
+              in db.execute("SELECT at, state, detail FROM history WHERE sms_id = ?"
+                            f" ORDER BY {db.history_order}", (sms_id,)).fetchall()]
+    if done_at is not None:
+        events.append(HistoryEntry(done_at, State(row[7]), f"{row[10]} {row[11]}".strip()))
+    # Steps first on equal times: a receipt can be recorded in the same instant as its submit.
+    history = tuple(sorted(steps + events, key=lambda entry: entry.at))
+    callback = db.execute("SELECT state FROM callbacks WHERE sms_id = ? ORDER BY job_id DESC LIMIT 1",
+                          (sms_id,)).fetchone()
+    return _message_view(row, callback[0] if callback else None, parts, history)
+
+
+def _message_view(row: tuple[Any, ...], callback_state: str | None, parts: tuple[PartView, ...],
+                  history: tuple[HistoryEntry, ...]) -> MessageView:
+    return MessageView(
+        sms_id=row[0], username=row[1], sender=row[2], recipient=row[3], text=row[4], coding=Coding(row[5]),
+        part_count=row[6], state=State(row[7]), transport=row[8], attempts=row[9], error_code=row[10],
+        error_text=row[11], callback_url=row[12], callback_state=callback_state,
+        created_at=row[13], updated_at=row[14], parts=parts, history=history)

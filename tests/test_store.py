@@ -1,0 +1,326 @@
+"""Both stores, on a real SQLite file and a real PostgreSQL server, pass the same tests: lifecycle through the
+table, receipts (early, repeated, multi-part), the callback outbox, claims after a crash, group commit under
+concurrency, failures that write nothing, schema versions. Then what only several nodes on one PostgreSQL
+database can do: share a queue without double claims, take over a dead node's lease, correlate receipts that
+race their submits on other nodes, and survive the database going away."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from asterisk_sendsms.config import StoreConfig
+from asterisk_sendsms.encoding import Coding
+from asterisk_sendsms.errors import IllegalTransition, ServiceUnavailable
+from asterisk_sendsms.lifecycle import State
+from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt
+from asterisk_sendsms.store import SqliteStore, Store, make_store
+from asterisk_sendsms.store.sql import SqlStore
+
+NOW = 1_800_000_000.0
+
+
+def new_message(parts: int = 1, callback: str | None = "http://127.0.0.1/dlr", expires: float = NOW + 3600,
+                created: float = NOW) -> NewMessage:
+    return NewMessage(str(uuid.uuid4()), "alice", "+3630", "+3620", "hi", Coding.GSM7, parts, callback, created,
+                      expires)
+
+
+class Nodes:
+    """Stores of one backend sharing one database, as the daemons of several nodes would."""
+
+    def __init__(self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        self._path = tmp_path / "store.sqlite3"
+        self._url = request.getfixturevalue("postgres_url") if backend == "postgresql" else None
+        self.opened: list[Store] = []
+
+    def config(self, node: str = "a") -> StoreConfig:
+        return StoreConfig(self._path, url=self._url, node=node)
+
+    async def open(self, node: str = "a") -> SqlStore:
+        store = make_store(self.config(node))
+        assert isinstance(store, SqlStore)
+        await store.open()
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Nodes]:
+    nodes = Nodes(request.param, tmp_path, request)
+    yield nodes
+    for store in nodes.opened:
+        await store.close()
+
+
+@pytest.fixture
+async def store(nodes: Nodes) -> SqlStore:
+    return await nodes.open()
+
+
+async def submitted(store: SqlStore, parts: int = 1, ids: list[str] | None = None) -> str:
+    message = new_message(parts)
+    await store.accept(message)
+    [claimed] = await store.claim(10, NOW, 60)
+    assert claimed.sms_id == message.sms_id and claimed.previous_attempts == 0
+    await store.mark_submitted(message.sms_id, "smsc", ids or [f"{message.sms_id[:8]}-{i}" for i in range(parts)],
+                               NOW + 1, NOW + 100)
+    return message.sms_id
+
+
+async def test_happy_path_and_history(store: SqlStore) -> None:
+    sms_id = await submitted(store, ids=["A1"])
+    result = await store.apply_receipt(Receipt("smsc", "A1", PartOutcome.DELIVERED), NOW + 2)
+    assert result.sms_id == sms_id and result.final_state is State.DELIVERED
+    view = await store.get(sms_id)
+    assert view is not None and view.state is State.DELIVERED and view.attempts == 1
+    assert [h.state for h in view.history] == [State.ACCEPTED, State.QUEUED, State.SUBMITTED, State.DELIVERED]
+    assert view.parts[0].smsc_id == "A1" and view.parts[0].state == "delivered"
+    assert view.callback_state == "pending"
+    [job] = await store.claim_callbacks(10, NOW + 3, 30)
+    assert job.sms_id == sms_id and job.attempts == 1
+    assert isinstance(job.subject, MessageView) and job.subject.state is State.DELIVERED  # read with the claim
+    assert await store.claim_callbacks(10, NOW + 3, 30) == []  # leased
+    await store.callbacks_done([job.job_id], NOW + 4)
+    assert (await store.get(sms_id)).callback_state == "done"  # type: ignore[union-attr]
+
+
+async def test_receipt_before_submit_is_kept_and_applied(store: SqlStore) -> None:
+    early = await store.apply_receipt(Receipt("smsc", "E1", PartOutcome.DELIVERED), NOW)
+    assert not early.matched
+    message = new_message()
+    await store.accept(message)
+    await store.claim(10, NOW, 60)
+    result = await store.mark_submitted(message.sms_id, "smsc", ["E1"], NOW + 1, NOW + 100)
+    assert result.final_state is State.DELIVERED
+    assert (await store.get(message.sms_id)).state is State.DELIVERED  # type: ignore[union-attr]
+
+
+async def test_multipart_needs_every_part_and_one_failure_is_undelivered(store: SqlStore) -> None:
+    sms_id = await submitted(store, 3, ["P1", "P2", "P3"])
+    assert (await store.apply_receipt(Receipt("smsc", "P1", PartOutcome.DELIVERED), NOW)).final_state is None
+    assert (await store.apply_receipt(Receipt("smsc", "P2", PartOutcome.ENROUTE), NOW)).final_state is None
+    assert (await store.get(sms_id)).state is State.SUBMITTED  # type: ignore[union-attr]
+    result = await store.apply_receipt(Receipt("smsc", "P3", PartOutcome.UNDELIVERED, "005"), NOW)
+    assert result.final_state is State.UNDELIVERED
+    late = await store.apply_receipt(Receipt("smsc", "P2", PartOutcome.DELIVERED), NOW)
+    assert late.final_state is None
+    view = await store.get(sms_id)
+    assert view is not None and view.state is State.UNDELIVERED and view.error_code == "005"
+    assert [p.state for p in view.parts] == ["delivered", "delivered", "undelivered"]
+
+
+async def test_all_parts_delivered(store: SqlStore) -> None:
+    sms_id = await submitted(store, 2, ["Q1", "Q2"])
+    await store.apply_receipt(Receipt("smsc", "Q2", PartOutcome.DELIVERED), NOW)
+    assert (await store.apply_receipt(Receipt("smsc", "Q2", PartOutcome.DELIVERED), NOW)).final_state is None
+    assert (await store.apply_receipt(Receipt("smsc", "Q1", PartOutcome.DELIVERED), NOW)).final_state \
+        is State.DELIVERED
+    assert (await store.get(sms_id)).state is State.DELIVERED  # type: ignore[union-attr]
+
+
+async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:
+    first = await submitted(store, ids=["0"])
+    await store.apply_receipt(Receipt("smsc", "0", PartOutcome.DELIVERED), NOW + 2)
+    second = await submitted(store, ids=["0"])  # a simulator restarted its numbering
+    result = await store.apply_receipt(Receipt("smsc", "0", PartOutcome.EXPIRED), NOW + 3)
+    assert result.sms_id == second and result.final_state is State.EXPIRED
+    assert (await store.get(first)).state is State.DELIVERED  # type: ignore[union-attr]
+
+
+async def test_illegal_transition_writes_nothing(store: SqlStore) -> None:
+    message = new_message()
+    await store.accept(message)
+    with pytest.raises(IllegalTransition):
+        await store.mark_submitted(message.sms_id, "smsc", ["X"], NOW, NOW + 100)
+    view = await store.get(message.sms_id)
+    assert view is not None and view.state is State.ACCEPTED and view.parts == ()
+
+
+async def test_retry_release_and_expiry(store: SqlStore) -> None:
+    message = new_message(expires=NOW + 50)
+    await store.accept(message)
+    await store.claim(10, NOW, 60)
+    await store.retry_later(message.sms_id, NOW + 10, "ESME_RTHROTTLED", "throttled", NOW, attempted=True)
+    assert await store.claim(10, NOW + 5, 60) == []
+    [again] = await store.claim(10, NOW + 10, 60)
+    assert again.previous_attempts == 1
+    # A crash now: the claim is released by the next start and the message is due at once.
+    assert await store.release_claims(NOW + 11) == 1
+    assert len(await store.claim(10, NOW + 11, 60)) == 1
+    await store.release_claims(NOW + 60)
+    assert await store.claim(10, NOW + 60, 60) == []  # past its validity: expired instead
+    view = await store.get(message.sms_id)
+    assert view is not None and view.state is State.EXPIRED and view.callback_state == "pending"
+
+
+async def test_receipt_deadline_expires(store: SqlStore) -> None:
+    sms_id = await submitted(store)
+    assert await store.expire_overdue(NOW + 50) == 0
+    assert await store.expire_overdue(NOW + 101) == 1
+    view = await store.get(sms_id)
+    assert view is not None and view.state is State.EXPIRED and view.error_code == "NO_RECEIPT"
+
+
+async def test_concurrent_accepts_commit_together(store: SqlStore) -> None:
+    messages = [new_message() for _ in range(500)]
+    await asyncio.gather(*(store.accept(m) for m in messages))
+    assert (await store.stats(0))["states"] == {"accepted": 500}
+
+
+async def test_a_failing_operation_does_not_take_its_batch_down(store: SqlStore) -> None:
+    good, twin = new_message(), new_message()
+    duplicate = NewMessage(twin.sms_id, *[getattr(twin, f) for f in twin.__slots__[1:]])  # type: ignore[attr-defined]
+    results = await asyncio.gather(store.accept(good), store.accept(twin), store.accept(duplicate),
+                                   return_exceptions=True)
+    assert results[0] is None and results[1] is None and isinstance(results[2], ServiceUnavailable)
+    assert await store.get(good.sms_id) is not None
+
+
+async def test_second_owner_is_refused(store: SqlStore, nodes: Nodes) -> None:
+    with pytest.raises(ServiceUnavailable, match="another asterisk-sendsms daemon"):
+        await nodes.open("a")
+
+
+async def test_unwritable_store_fails_clearly(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ServiceUnavailable, match="cannot open the message store"):
+        await SqliteStore(StoreConfig(blocker / "sub" / "store.sqlite3")).open()
+
+
+# ---------------------------------------------------------------- schema versions
+
+
+async def test_schema_versions(nodes: Nodes) -> None:
+    store = make_store(nodes.config())
+    assert await store.migrate() == (0, store.schema_version)  # type: ignore[attr-defined]
+    assert await store.migrate() == (store.schema_version, store.schema_version)  # type: ignore[attr-defined]
+    newer = await nodes.open()
+    await newer._run(lambda db: db.execute("UPDATE schema_version SET version = version + 1"))
+    await newer.close()
+    with pytest.raises(ServiceUnavailable, match="newer than this program's"):
+        await make_store(nodes.config()).open()
+
+
+async def test_an_older_sqlite_file_waits_for_migrate(tmp_path: Path) -> None:
+    from asterisk_sendsms.store.sqlite import MIGRATIONS
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:  # a file as version 1 of the program left it, with a message claimed
+        for statement in MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("INSERT INTO messages (sms_id, username, recipient, text, coding, part_count, state, created_at,"
+                   " updated_at, expires_at, due_at, claimed) VALUES ('m1', 'alice', '+3620', 'hi', 'gsm7', 1,"
+                   f" 'queued', {NOW}, {NOW}, {NOW + 3600}, {NOW + 60}, 1)")
+    store = SqliteStore(StoreConfig(path))
+    with pytest.raises(ServiceUnavailable, match="older than this program's 2: run `asterisk-sendsms migrate`"):
+        await store.open()
+    assert await store.migrate() == (1, 2)
+    await store.open()
+    try:
+        assert await store.claim(10, NOW + 1, 60) == []  # its old claim's lease still runs
+        [message] = await store.claim(10, NOW + 60, 60)
+        assert message.sms_id == "m1" and message.text == "hi"
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------- several nodes on one PostgreSQL database
+
+
+@pytest.fixture
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Nodes]:
+    nodes = Nodes("postgresql", tmp_path, request)
+    yield nodes
+    for store in nodes.opened:
+        await store.close()
+
+
+async def test_nodes_share_the_queue_without_double_claims(shared: Nodes) -> None:
+    a, b = await shared.open("a"), await shared.open("b")
+    messages = [new_message() for _ in range(400)]
+    await asyncio.gather(*(a.accept(m) for m in messages[::2]), *(b.accept(m) for m in messages[1::2]))
+    claimed: list[list[str]] = [[], []]
+
+    async def drain(node: SqlStore, into: list[str]) -> None:
+        while batch := await node.claim(7, NOW, 60):
+            into.extend(m.sms_id for m in batch)
+
+    await asyncio.gather(*(drain(node, into) for node, into in ((a, claimed[0]), (b, claimed[1]), (a, claimed[0]),
+                                                                 (b, claimed[1]))))
+    assert not set(claimed[0]) & set(claimed[1])
+    assert sorted(claimed[0] + claimed[1]) == sorted(m.sms_id for m in messages)
+    assert claimed[0] and claimed[1]
+
+
+async def test_a_dead_nodes_claims_pass_to_another_after_the_lease(shared: Nodes) -> None:
+    a, b = await shared.open("a"), await shared.open("b")
+    message = new_message()
+    await a.accept(message)
+    assert len(await a.claim(10, NOW, 60)) == 1
+    await a.close()  # node a dies holding the message
+    assert await b.release_claims(NOW + 1) == 0  # b's own start-up leaves a's claims alone
+    assert await b.claim(10, NOW + 59, 60) == []
+    [taken] = await b.claim(10, NOW + 60, 60)
+    assert taken.sms_id == message.sms_id
+    await b.mark_submitted(taken.sms_id, "smsc", ["T1"], NOW + 61, NOW + 200)
+    restarted = await shared.open("a")
+    assert await restarted.release_claims(NOW + 62) == 0  # nothing of a's is left to give back
+    assert (await b.get(message.sms_id)).state is State.SUBMITTED  # type: ignore[union-attr]
+
+
+async def test_receipts_racing_their_submit_on_another_node(shared: Nodes) -> None:
+    a, b = await shared.open("a"), await shared.open("b")
+    messages = [new_message(parts=2) for _ in range(150)]
+    for message in messages:
+        await a.accept(message)
+    assert len(await a.claim(len(messages), NOW, 60)) == len(messages)
+    ids = {m.sms_id: [f"{m.sms_id}-0", f"{m.sms_id}-1"] for m in messages}
+    submits = [a.mark_submitted(sms_id, "smsc", parts, NOW + 1, NOW + 100) for sms_id, parts in ids.items()]
+    # Each part's receipt comes in on node b, the two parts at once, while node a records the submit.
+    receipts = [b.apply_receipt(Receipt("smsc", part, PartOutcome.DELIVERED), NOW + 1)
+                for parts in ids.values() for part in parts]
+    interleaved = [job for pair in zip(submits, receipts[::2], receipts[1::2], strict=True) for job in pair]
+    await asyncio.gather(*interleaved)
+    states = (await a.stats(0))["states"]
+    assert states == {"delivered": len(messages)}, states
+    assert await b._run(lambda db: db.execute("SELECT COUNT(*) FROM early_receipts").fetchone()[0]) == 0
+
+
+async def test_database_unreachable_fails_clearly_and_recovers(tmp_path: Path) -> None:
+    from .peers.postgres import PostgresServer
+    server = PostgresServer()
+    server.start()
+    try:
+        store = make_store(StoreConfig(tmp_path / "unused", url=server.url(), node="a"))
+        await store.open()
+        first = new_message()
+        await store.accept(first)
+        server.stop()
+        lost = new_message()
+        with pytest.raises(ServiceUnavailable, match="message store") as caught:
+            await store.accept(lost)
+        assert "127.0.0.1" in str(caught.value)
+        with pytest.raises(ServiceUnavailable):  # fails at once while the database stays away
+            await store.accept(new_message())
+        server.start()
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                await store.accept(second := new_message())
+                break
+            except ServiceUnavailable:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.2)
+        assert await store.get(first.sms_id) is not None and await store.get(second.sms_id) is not None
+        assert await store.get(lost.sms_id) is None  # refused means not written
+        await store.close()
+    finally:
+        server.remove()
