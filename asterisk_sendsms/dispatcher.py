@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 
 from .config import DispatchConfig, MessagesConfig
 from .encoding import encode_message
-from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
+from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
 from .lifecycle import State
 from .model import IncomingPart, OutboundMessage, Receipt
@@ -87,7 +87,7 @@ class Dispatcher:
             try:
                 batch = await self._store.claim(free, self._clock(), self._config.lease)
             except SmsGatewayError as exc:
-                log.error("cannot claim messages: %s", exc)
+                log.log(log_level(exc), "cannot claim messages: %s", exc)
                 batch = []
             for message in batch:
                 task = group.create_task(self._dispatch(message))
@@ -106,7 +106,7 @@ class Dispatcher:
                 if await self._store.expire_overdue(self._clock()):
                     self._notifier.wake()
             except SmsGatewayError as exc:
-                log.error("cannot expire overdue messages: %s", exc)
+                log.log(log_level(exc), "cannot expire overdue messages: %s", exc)
             await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
 
     def _pick(self, recipient: str) -> tuple[Transport | None, bool]:
@@ -130,7 +130,8 @@ class Dispatcher:
             await self._submit(message)
         except SmsGatewayError as exc:
             # Recording the outcome failed; the claim's lease runs out and the message is tried again.
-            log.error("message %s: outcome not recorded, will retry after the lease: %s", message.sms_id, exc)
+            log.log(log_level(exc), "message %s: outcome not recorded, will retry after the lease: %s", message.sms_id,
+                    exc)
         except Exception:
             # A bug must not stop every other message; this one waits for its lease like above.
             log.exception("message %s: unexpected error while dispatching", message.sms_id)

@@ -19,10 +19,12 @@
         ├── TransientSubmitError          retry later (throttled, link down)
         └── PermanentSubmitError          the message can never go this way
 
-Foreign exceptions (sqlite3, aiohttp, OSError) are translated where they enter the package.
+Foreign exceptions (sqlite3, psycopg, aiohttp, OSError) are translated where they enter the package.
 """
 
 from __future__ import annotations
+
+import logging
 
 __all__ = [
     "AuthenticationFailed",
@@ -43,6 +45,7 @@ __all__ = [
     "TransientSubmitError",
     "TransportError",
     "UnknownCommand",
+    "log_level",
 ]
 
 
@@ -53,10 +56,17 @@ class SmsGatewayError(Exception):
     http_status: int = 500
     # What a dialplan sees in SMS_STATUS when this error stops a send.
     agi_status: str = "FAILED"
+    # Set where the error arose if it was logged there (a store outage is logged once, not by every caller).
+    logged: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def log_level(exc: SmsGatewayError, level: int = logging.ERROR) -> int:
+    """The level for logging `exc` where it is handled: DEBUG if it was logged where it arose."""
+    return logging.DEBUG if exc.logged else level
 
 
 class RequestError(SmsGatewayError):

@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 import aiohttp
 
 from .config import CallbackConfig
-from .errors import InvalidParameter, SmsGatewayError
+from .errors import InvalidParameter, SmsGatewayError, log_level
 from .model import CallbackJob, IncomingView, MessageView
 from .store import Store
 
@@ -101,7 +101,7 @@ class Notifier:
                 try:
                     jobs = await self._store.claim_callbacks(self._policy.concurrency, self._clock(), lease)
                 except SmsGatewayError as exc:
-                    log.error("cannot read pending notifications: %s", exc)
+                    log.log(log_level(exc), "cannot read pending notifications: %s", exc)
                     jobs = []
                 for job in jobs:
                     await self._slots.acquire()
@@ -139,7 +139,7 @@ class Notifier:
                 log.warning("delivery notification to %s failed (%s); retrying with backoff", host, error)
         except SmsGatewayError as exc:
             # The job's lease runs out and it is claimed again.
-            log.error("notification %s for %s not recorded: %s", job.job_id, job.sms_id, exc)
+            log.log(log_level(exc), "notification %s for %s not recorded: %s", job.job_id, job.sms_id, exc)
         finally:
             self._slots.release()
 
@@ -162,8 +162,8 @@ class Notifier:
             try:
                 await self._store.callbacks_done(batch, self._clock())
             except SmsGatewayError as exc:
-                log.error("%d delivered notifications not marked done (they may be sent again): %s", len(batch),
-                          exc)
+                log.log(log_level(exc, logging.WARNING), "%d delivered notifications not marked done (they may be "
+                        "sent again): %s", len(batch), exc)
 
     @staticmethod
     async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> str | None:

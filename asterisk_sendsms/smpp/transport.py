@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 BIND_COMMAND = {"trx": Command.BIND_TRANSCEIVER, "tx": Command.BIND_TRANSMITTER, "rx": Command.BIND_RECEIVER}
 BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
-REFUSED_RETRY = 60.0  # a refused bind (wrong password) is retried slowly
+REFUSED_RETRY = 60.0  # credentials refused: retried slowly (the operator must act; hammering may lock the account)
+# Bind refusals that mean the credentials are wrong; any other refusal (ESME_RBINDFAIL when the SMSC is busy or
+# restarting, ESME_RALYBND) is retried with the usual backoff.
+CREDENTIALS_REFUSED = frozenset({Status.ESME_RINVPASWD, Status.ESME_RINVSYSID, Status.ESME_RINVSYSTYP})
 THROTTLE_PAUSE_INITIAL = 0.5
 THROTTLE_PAUSE_MAX = 30.0
 THROTTLE_RETRIES = 20
@@ -298,7 +301,8 @@ class SmppTransport:
                 return f"bind failed: {exc.message}", 0.0
             if response.status != 0 or response.command is Command.GENERIC_NACK:
                 reading.cancel()
-                return f"bind refused: {status_name(response.status)}", REFUSED_RETRY
+                retry = REFUSED_RETRY if response.status in CREDENTIALS_REFUSED else 0.0
+                return f"bind refused: {status_name(response.status)}", retry
             link.state = "bound"
             link.was_bound = True
             log.info("SMPP %s (%s) bound to %s:%d as %s", self.name, link.mode, settings.host, settings.port,

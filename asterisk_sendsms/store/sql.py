@@ -239,7 +239,7 @@ class SqlStore(ABC):
                 if db is None:
                     error: BaseException | None = None
                     if time.monotonic() < retry_connect_at:
-                        error = ServiceUnavailable(self._failing or "the message store is unreachable")
+                        error = _logged(ServiceUnavailable(self._failing or "the message store is unreachable"))
                     else:
                         try:
                             db, _ = self._open_db(False)
@@ -286,7 +286,8 @@ class SqlStore(ABC):
                    ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
         for attempt in range(_RETRIES):
             if db.broken:
-                return future, None, ServiceUnavailable(self._failing or "the message store connection was lost")
+                lost = ServiceUnavailable(self._failing or "the message store connection was lost")
+                return future, None, _logged(lost)
             try:
                 db.begin()
                 result = operation(db)
@@ -311,7 +312,7 @@ class SqlStore(ABC):
         if message != self._failing:
             log.error("%s", message)
             self._failing = message
-        return ServiceUnavailable(message)
+        return _logged(ServiceUnavailable(message))
 
     async def _run(self, operation: Callable[[Db], T]) -> T:
         if self._thread is None:
@@ -511,6 +512,11 @@ class SqlStore(ABC):
 
 
 # ---------------------------------------------------------------- helpers run on the writer thread
+
+
+def _logged(error: ServiceUnavailable) -> ServiceUnavailable:
+    error.logged = True
+    return error
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

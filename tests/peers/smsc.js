@@ -9,6 +9,7 @@
 //   throttle_first                  answer ESME_RTHROTTLED to the first N submit_sm
 //   drop_after                      drop the connection on the Nth submit_sm (unanswered)
 //   silent_after                    never answer submit_sm after the Nth
+//   refuse_binds                    answer ESME_RBINDFAIL to the first N binds (an SMSC restarting)
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
 // Events name the session (numbered by bind) a submit came on and a receipt went out on.
@@ -109,7 +110,15 @@ function sendMo(mo) {
   }
 }
 
+let binds = 0;
+
 function bind(session, pdu, mode) {
+  binds += 1;
+  if (binds <= (cfg.refuse_binds || 0)) {
+    out({ event: 'bind', ok: false, refused: true });
+    session.send(pdu.response({ command_status: smpp.ESME_RBINDFAIL }));
+    return;
+  }
   if (pdu.system_id !== cfg.system_id || pdu.password !== cfg.password) {
     out({ event: 'bind', ok: false, system_id: pdu.system_id });
     session.send(pdu.response({ command_status: smpp.ESME_RINVPASWD }));
