@@ -42,7 +42,9 @@ SHUTDOWN_HTTP = 2.0  # requests still open at shutdown (a `tail` follower) get t
 @contextlib.asynccontextmanager
 async def _site(app: web.Application, config: Config) -> AsyncIterator[None]:
     """Serve `app` on the TCP address and a control socket only the daemon's user can open."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
+    # A GET carries its parameters in the request line: allow it what a POST body may have.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP,
+                           max_line_size=max(8190, config.http.max_body_bytes))
     await runner.setup()
     try:
         tcp = web.TCPSite(runner, config.http.listen.host, config.http.listen.port, reuse_address=True)

@@ -84,7 +84,8 @@ class UnknownCommand(RequestError):
     ozeki_code = 301
 
     def __init__(self, command: str) -> None:
-        super().__init__(f"Command '{command}' is not implemented")
+        shown = command if len(command) <= 64 else command[:64] + "…"
+        super().__init__(f"Command '{shown}' is not implemented")
         self.command = command
 
 

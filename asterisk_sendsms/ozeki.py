@@ -20,6 +20,9 @@ XSI = "http://www.w3.org/2001/XMLSchema-instance"
 SUCCESS_MESSAGE = "Command successfully executed"
 MAX_FIELDS = 64
 _COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# Characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF): an error message that
+# quotes the caller's input must still make a well-formed reply.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
 def parse_form(data: bytes | str, charset: str = "utf-8") -> dict[str, str]:
@@ -106,7 +109,7 @@ def command_result(command: str | None, code: int, message: str, **values: str) 
         name += "_" + command
     root = etree.Element(name, nsmap={"xsd": XSD, "xsi": XSI})
     etree.SubElement(root, "Code").text = str(code)
-    etree.SubElement(root, "Message").text = message
+    etree.SubElement(root, "Message").text = _NOT_XML.sub("\ufffd", message)
     for element, value in values.items():
-        etree.SubElement(root, element).text = value
+        etree.SubElement(root, element).text = _NOT_XML.sub("\ufffd", value)
     return b'<?xml version="1.0"?>\n' + etree.tostring(root, encoding="utf-8")

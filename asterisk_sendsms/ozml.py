@@ -130,8 +130,12 @@ def _attr(element: etree._Element, *names: str, default: str | None = None) -> s
     return default
 
 
-def _number(element: etree._Element, names: tuple[str, ...], default: float, low: float, high: float) -> float:
+def _number(element: etree._Element, names: tuple[str, ...], default: float, low: float, high: float,
+            text: bool = False) -> float:
+    """The attribute (or with `text`, failing that, the element's text) as a number within its range."""
     raw = _attr(element, *names)
+    if (raw is None or raw.strip() == "") and text:
+        raw = _text(element)
     if raw is None or raw.strip() == "":
         return default
     try:
@@ -167,7 +171,7 @@ def _command(element: etree._Element, depth: int) -> Command:
     if name == "hangup":
         return Hangup()
     if name == "delay":
-        return Delay(_number(element, ("Value", "Seconds"), float(_text(element) or 1), 0, 3600))
+        return Delay(_number(element, ("Value", "Seconds"), 1, 0, 3600, text=True))
     if name == "userinput":
         prompt = tuple(_command(child, depth + 1) for child in element if isinstance(child.tag, str))
         if not all(isinstance(c, Speak | Play) for c in prompt):

@@ -166,7 +166,9 @@ async def test_callback_receiver_down_hanging_failing_then_back(daemon_factory: 
             await runner.cleanup()
     assert Counter(received) == Counter(sms_ids + more), "every notification once"
     print(f"\nnotifications: {dict(attempts)} attempts while hanging/failing/ok; {len(received)} delivered once each")
-    assert daemon.output().count("delivery notification to 127.0.0.1 failed") == 1
+    # Logged when the trouble starts, not per attempt (a request answered 500 just as the receiver recovers may
+    # start it once more).
+    assert daemon.output().count("delivery notification to 127.0.0.1 failed") <= 2 < attempts["fail"]
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

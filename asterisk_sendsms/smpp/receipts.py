@@ -143,8 +143,9 @@ def decode_mo(pdu: Pdu) -> MoText:
             position += 2 + size
     elif Tlv.SAR_MSG_REF_NUM in pdu.tlvs:
         reference = int.from_bytes(pdu.tlvs[Tlv.SAR_MSG_REF_NUM], "big")
-        total = pdu.tlvs.get(Tlv.SAR_TOTAL_SEGMENTS, b"\x01")[0]
-        sequence = pdu.tlvs.get(Tlv.SAR_SEGMENT_SEQNUM, b"\x01")[0]
+        # An empty TLV (seen from fuzzing, never from an SMSC) counts as absent.
+        total = (pdu.tlvs.get(Tlv.SAR_TOTAL_SEGMENTS) or b"\x01")[0]
+        sequence = (pdu.tlvs.get(Tlv.SAR_SEGMENT_SEQNUM) or b"\x01")[0]
     if not 1 <= sequence <= total:
         reference, total, sequence = 0, 1, 1  # a header that makes no sense: take the part as a whole message
     return MoText(_decode(payload, pdu.number("data_coding")), reference, total, sequence)

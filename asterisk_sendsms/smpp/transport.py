@@ -358,8 +358,9 @@ class SmppTransport:
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
         """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
         status = Status.ESME_ROK
+        receipt = is_receipt(pdu)
         try:
-            if is_receipt(pdu):
+            if receipt:
                 parsed = parse_receipt(pdu, self._form)
                 if parsed is None:
                     log.warning("SMPP %s: a receipt without id or state: %r", self.name,
@@ -373,8 +374,13 @@ class SmppTransport:
                     mo.reference, mo.total, mo.sequence))
         except SmsGatewayError as exc:
             log.error("SMPP %s: %s not stored (%s); asking the SMSC to send it again", self.name,
-                      "receipt" if is_receipt(pdu) else "incoming SMS", exc.message)
+                      "receipt" if receipt else "incoming SMS", exc.message)
             status = Status.ESME_RX_T_APPN
+        except Exception:
+            # A PDU we cannot make sense of must not take the connection (and every message on it) down; sent
+            # again it would fail again, so it is refused for good.
+            log.exception("SMPP %s: cannot process a %s; refused", self.name, pdu.command.name.lower())
+            status = Status.ESME_RX_P_APPN
         if link.bound:
             link.send(link.session.respond(pdu, status, message_id=""))
 
