@@ -231,10 +231,22 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
 
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
+        """200 when the store answers and every transport is ready (for a load balancer in front of nodes)."""
         transports = [asdict(h) for h in health()]
-        ready = all(t["ready"] for t in transports)
-        return web.json_response({"status": "ok" if ready else "degraded", "transports": transports},
+        store_problem = await service.store_problem()
+        ready = store_problem is None and all(t["ready"] for t in transports)
+        store = {"ready": store_problem is None, "state": store_problem or "ok"}
+        return web.json_response({"status": "ok" if ready else "degraded", "store": store, "transports": transports},
                                  status=200 if ready else 503)
+
+    @routes.get("/healthz/{transport}")
+    async def transport_health(request: web.Request) -> web.Response:
+        """One transport, for a check per SMSC connection or modem."""
+        name = request.match_info["transport"]
+        found = next((h for h in health() if h.name == name), None)
+        if found is None:
+            return web.json_response({"error": f"no transport named {name!r}"}, status=404)
+        return web.json_response(asdict(found), status=200 if found.ready else 503)
 
     @web.middleware
     async def unexpected_errors(request: web.Request,

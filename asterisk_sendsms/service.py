@@ -3,6 +3,7 @@ encode, route-check and durably accept a message; look a message up."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -13,13 +14,15 @@ from .addresses import parse_recipient, parse_sender
 from .auth import check_destination
 from .config import Config, UserConfig
 from .encoding import encode_message
-from .errors import InvalidParameter, MessageNotFound, NoRoute
+from .errors import InvalidParameter, MessageNotFound, NoRoute, SmsGatewayError
 from .events import EventHub
 from .lifecycle import State
 from .model import MessageView, NewMessage
 from .notifier import validate_callback_url
 from .routing import Router
 from .store import Store
+
+STORE_CHECK_TIMEOUT = 2.0  # /healthz: a store slower than this counts as down
 
 __all__ = ["Accepted", "ServiceBackend", "SmsService"]
 
@@ -78,6 +81,16 @@ class SmsService:
         if not 1 <= limit <= MAX_LIST:
             raise InvalidParameter("limit", "Messages", f"from 1 to {MAX_LIST}")
         return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit)
+
+    async def store_problem(self) -> str | None:
+        """None when the store answers a trivial read within STORE_CHECK_TIMEOUT, else what is wrong."""
+        try:
+            await asyncio.wait_for(self._store.ping(), STORE_CHECK_TIMEOUT)
+        except TimeoutError:
+            return f"the message store did not answer within {STORE_CHECK_TIMEOUT:g}s"
+        except SmsGatewayError as exc:
+            return exc.message
+        return None
 
     async def stats(self, since: float) -> dict[str, Any]:
         return await self._store.stats(since)

@@ -96,6 +96,7 @@ async def test_two_nodes_share_one_queue_and_correlate_each_others_receipts(
     assert Counter(p["SmsId"] for p in receiver.posts) == Counter(sms_ids), "one notification per message"
     assert {p["DeliveryStatus"] for p in posts} == {"Delivered"}
     assert a.stop() == 0 and b.stop() == 0
+    assert "cluster message" not in a.output() + b.output(), "message texts stay out of the logs"
 
 
 async def test_a_dead_nodes_messages_pass_to_another_after_the_lease(

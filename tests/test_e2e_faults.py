@@ -233,6 +233,9 @@ async def test_database_unreachable_refuses_then_recovers(daemon_factory: list[D
             server.stop()
             outcomes = [await try_send(session, daemon, f"+3620111{i:04d}", "during") for i in range(10)]
             assert outcomes == [(None, "500")] * 10
+            async with session.get(f"{daemon.base}/healthz") as response:
+                health = await response.json()
+            assert response.status == 503 and not health["store"]["ready"], health
             server.start()
             for _ in range(100):
                 after, _ = await try_send(session, daemon, "+36201119999", "after the outage")
@@ -240,6 +243,8 @@ async def test_database_unreachable_refuses_then_recovers(daemon_factory: list[D
                     break
                 await asyncio.sleep(0.1)
             assert after, "accepting again once the database is back"
+            async with session.get(f"{daemon.base}/healthz") as response:
+                assert response.status == 200 and (await response.json())["store"] == {"ready": True, "state": "ok"}
             finals = [await final(session, daemon, sms_id, timeout=30) for sms_id in (before, after)]
         assert [f["state"] for f in finals] == ["delivered", "delivered"]
         errors = [line for line in daemon.output().splitlines() if " ERROR " in line]
@@ -249,3 +254,44 @@ async def test_database_unreachable_refuses_then_recovers(daemon_factory: list[D
         print(f"\ndatabase down: 10 requests refused with code 500 and no SmsId; log lines: {errors}")
     finally:
         server.remove()
+
+
+async def test_a_redirecting_receiver_cannot_send_notifications_elsewhere(daemon_factory: list[Daemon],
+                                                                           tmp_path: Path) -> None:
+    hits: Counter[str] = Counter()
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits["allowed"] += 1
+        raise web.HTTPFound(f"http://localhost:{inner_port}/steal")
+
+    async def steal(request: web.Request) -> web.Response:
+        hits["redirect target"] += 1
+        return web.Response(text="ok")
+
+    runners = []
+    ports = []
+    for path, handler in (("/dlr", redirect), ("/steal", steal)):
+        app = web.Application()
+        app.router.add_post(path, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        ports.append(port)
+    outer_port, inner_port = ports
+    extra = '[callbacks]\nallowed_hosts = ["127.0.0.1"]\nretry_initial = 0.2\nretry_max = 0.5\ntimeout = 1'
+    path = config(tmp_path, "simulator?receipt_delay=0.05").read_text().replace(
+        "[callbacks]\nretry_initial = 0.2\nretry_max = 0.5\ntimeout = 1", extra)
+    (tmp_path / "redirect.toml").write_text(path)
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(tmp_path / "redirect.toml"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            sms_id = await send(session, daemon, "+36201234567", "x", report_url=f"http://127.0.0.1:{outer_port}/dlr")
+            await final(session, daemon, sms_id)
+            await wait_until(lambda: hits["allowed"] >= 3)
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+    assert hits["redirect target"] == 0, hits
+    assert "HTTP 302" in daemon.output()

@@ -44,6 +44,10 @@ async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_pat
         data = await final(session, daemon, sms_id)
         async with session.get(f"{daemon.base}/healthz") as response:
             health = await response.json()
+        async with session.get(f"{daemon.base}/healthz/operator") as response:
+            assert response.status == 200 and (await response.json())["name"] == "operator"
+        async with session.get(f"{daemon.base}/healthz/nowhere") as response:
+            assert response.status == 404
     assert data["state"] == "delivered" and data["transport"] == "operator"
     [submit] = smsc.submits()
     assert (submit["source"], submit["source_ton"], submit["source_npi"]) == ("3612345678", 1, 1)

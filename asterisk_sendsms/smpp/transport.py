@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Sequence
@@ -363,8 +364,9 @@ class SmppTransport:
             if receipt:
                 parsed = parse_receipt(pdu, self._form)
                 if parsed is None:
-                    log.warning("SMPP %s: a receipt without id or state: %r", self.name,
-                                pdu.octets("short_message")[:160])
+                    # Up to its text: a receipt quotes the start of the message, which stays out of logs.
+                    quoted = re.split(rb"(?i)\btext:", pdu.octets("short_message"), maxsplit=1)[0]
+                    log.warning("SMPP %s: a receipt without id or state: %r", self.name, quoted[:160])
                 elif self._sink is not None:
                     await self._sink.on_receipt(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
             elif self._sink is not None:

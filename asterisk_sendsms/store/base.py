@@ -40,6 +40,11 @@ class Store(Protocol):
 
     async def accept(self, message: NewMessage) -> None: ...
 
+    async def ping(self) -> None:
+        """A trivial read through the same path as every operation: raises `ServiceUnavailable` if the store
+        cannot answer."""
+        ...
+
     async def release_claims(self, now: float) -> int:
         """Make messages and notifications claimed by a previous run of this node due again (after a crash);
         other nodes' claims are left to their leases.

@@ -333,6 +333,9 @@ class SqlStore(ABC):
                  message.created_at, message.created_at, message.expires_at, message.created_at))
         await self._run(op)
 
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
     async def release_claims(self, now: float) -> int:
         def op(db: Db) -> int:
             db.execute("UPDATE callbacks SET due_at = ?, claimed_by = NULL WHERE state = 'pending' AND claimed_by = ?",
