@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import TypeVar
 
 from .config import DispatchConfig, MessagesConfig
 from .encoding import encode_message
-from .errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError, log_level
+from .errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
 from .lifecycle import State
 from .model import IncomingPart, OutboundMessage, Receipt
@@ -22,11 +24,16 @@ from .transports import Transport
 __all__ = ["Dispatcher"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPIRY_SWEEP_INTERVAL = 10.0
 # No transport of the route is up: look again soon, without spending an attempt.
 NOT_READY_DELAY = 2.0
 STORE_PIPELINE = 256
+# An outcome the store could not take is written again, for this share of the lease, every 0.2 s to 5 s.
+RECORD_PATIENCE = 0.8
+RECORD_RETRY_INITIAL = 0.2
+RECORD_RETRY_MAX = 5.0
 # Longest text the encoder may have to split again at dispatch (validated at accept).
 _ANY_LENGTH = 255
 
@@ -155,9 +162,10 @@ class Dispatcher:
         except TransientSubmitError as exc:
             now = self._clock()
             if attempt >= self._config.max_attempts:
-                await self._store.finish(message.sms_id, State.FAILED, exc.code or "RETRIES_EXHAUSTED",
-                                         f"gave up after {attempt} attempts: {exc.message}", now,
-                                         transport.name, attempted=True)
+                await self._record(partial(self._store.finish, message.sms_id, State.FAILED,
+                                           exc.code or "RETRIES_EXHAUSTED",
+                                           f"gave up after {attempt} attempts: {exc.message}", now, transport.name,
+                                           attempted=True))
                 self._notifier.wake()
                 self._events.publish("failed", message.sms_id, error=exc.message)
             else:
@@ -166,18 +174,33 @@ class Dispatcher:
                 self._events.publish("retry", message.sms_id, error=exc.message, attempt=attempt)
             return
         except PermanentSubmitError as exc:
-            await self._store.finish(message.sms_id, State.REJECTED, exc.code, exc.message, self._clock(),
-                                     transport.name, attempted=True)
+            await self._record(partial(self._store.finish, message.sms_id, State.REJECTED, exc.code, exc.message,
+                                       self._clock(), transport.name, attempted=True))
             self._notifier.wake()
             self._events.publish("rejected", message.sms_id, error=f"{exc.code} {exc.message}".strip())
             return
         now = self._clock()
         deadline = now + self._messages.receipt_timeout if transport.expects_receipts else None
-        result = await self._store.mark_submitted(message.sms_id, transport.name, smsc_ids, now, deadline)
+        result = await self._record(partial(self._store.mark_submitted, message.sms_id, transport.name, smsc_ids,
+                                            now, deadline))
         self._events.publish("submitted", message.sms_id, transport=transport.name, smsc_ids=smsc_ids)
         if result.final_state is not None:
             self._notifier.wake()
             self._events.publish(result.final_state.value, message.sms_id)
+
+    async def _record(self, write: Callable[[], Awaitable[T]]) -> T:
+        """Record what the SMSC said about a message. It has gone out (or been refused for good): if the store
+        is down, keep trying while the claim's lease lasts, for once it passes the message is sent again."""
+        give_up = time.monotonic() + self._config.lease * RECORD_PATIENCE
+        delay = RECORD_RETRY_INITIAL
+        while True:
+            try:
+                return await write()
+            except ServiceUnavailable:
+                if self._stopping or time.monotonic() + delay >= give_up:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_MAX)
 
     async def on_incoming(self, part: IncomingPart) -> None:
         incoming_id = await self._store.store_incoming(part, self._incoming_url)

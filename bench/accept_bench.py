@@ -1,10 +1,12 @@
 """Benchmark of the gateway core: Ozeki SendSms requests accepted per second with durable accept, the end-to-end
 rate through the simulator to the final receipt, delivery notifications per second and the daemon's peak RSS.
 
-    .venv/bin/python bench/accept_bench.py [--messages 20000] [--concurrency 64]
+    .venv/bin/python bench/accept_bench.py [--messages 20000] [--concurrency 64] [--postgres]
 
 The daemon runs as `./run serve` (as users run it); the load generator and the notification receiver run in
-this process. The comparison with Kannel is bench/smpp_bench.py: Kannel cannot talk to our simulator.
+this process. With --postgres the same load also goes to one and to two daemons sharing a throw-away
+PostgreSQL server (Debian's package, as in the tests). The comparison with Kannel is bench/smpp_bench.py:
+Kannel cannot talk to our simulator.
 """
 
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from common import Daemon, free_port, peak_rss_mib
+from common import REPO, Daemon, free_port, peak_rss_mib
 
 
 @dataclass
@@ -33,15 +35,31 @@ class Result:
     errors: int
 
 
-async def run_case(label: str, synchronous: str, messages: int, concurrency: int, callbacks: bool) -> Result:
-    daemon = Daemon(f"""
+def delivered_count(daemon: Daemon, postgres_url: str | None) -> int:
+    query = "SELECT COUNT(*) FROM messages WHERE state = 'delivered'"
+    if postgres_url:
+        import psycopg
+        with psycopg.connect(postgres_url) as conn:
+            row = conn.execute(query).fetchone()
+            return int(row[0]) if row else 0
+    with sqlite3.connect(f"file:{daemon.work / 'messages.sqlite3'}?mode=ro", uri=True) as db:
+        return int(db.execute(query).fetchone()[0])
+
+
+async def run_case(label: str, synchronous: str, messages: int, concurrency: int, callbacks: bool,
+                   postgres_url: str | None = None, nodes: int = 1) -> Result:
+    store = f'url = "{postgres_url}"' if postgres_url else f'synchronous = "{synchronous}"'
+    daemons = [Daemon(f"""
 [store]
-synchronous = "{synchronous}"
+{store}
+node = "bench{n}"
 [callbacks]
 concurrency = 64
 [[transports]]
+name = "simulator"
 url = "simulator?receipt_delay=0.2&window=1000"
-""")
+""") for n in range(nodes)]
+    daemon = daemons[0]
     received = 0
     all_received = asyncio.Event()
 
@@ -61,15 +79,15 @@ url = "simulator?receipt_delay=0.2&window=1000"
     await web.TCPSite(runner, "127.0.0.1", dlr_port).start()
     try:
         report = f"&DeliveryReportURL=http://127.0.0.1:{dlr_port}/dlr" if callbacks else ""
-        base = (f"{daemon.api}&Sender=%2b3612345678&Message=Your+payment+of+42+EUR+was+received{report}"
-                "&Recipient=%2b3620")
+        bases = [(f"{d.api}&Sender=%2b3612345678&Message=Your+payment+of+42+EUR+was+received{report}"
+                  "&Recipient=%2b3620") for d in daemons]
         errors = 0
         counter = iter(range(messages))
 
         async def worker(session: aiohttp.ClientSession) -> None:
             nonlocal errors
             for index in counter:
-                async with session.get(f"{base}{index:07d}") as response:
+                async with session.get(f"{bases[index % nodes]}{index:07d}") as response:
                     body = await response.read()
                     if response.status != 200 or b"<SmsId>" not in body:
                         errors += 1
@@ -79,12 +97,7 @@ url = "simulator?receipt_delay=0.2&window=1000"
             start = time.perf_counter()
             await asyncio.gather(*(worker(session) for _ in range(concurrency)))
             accepted_s = time.perf_counter() - start
-        store = daemon.work / "messages.sqlite3"
-        while True:
-            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-                done = db.execute("SELECT COUNT(*) FROM messages WHERE state = 'delivered'").fetchone()[0]
-            if done >= messages - errors:
-                break
+        while delivered_count(daemon, postgres_url) < messages - errors:  # noqa: ASYNC110  # polls another process
             await asyncio.sleep(0.05)
         delivered_s = time.perf_counter() - start
         callbacks_per_s = 0.0
@@ -92,29 +105,44 @@ url = "simulator?receipt_delay=0.2&window=1000"
             await asyncio.wait_for(all_received.wait(), 600)
             callbacks_per_s = messages / (time.perf_counter() - start)
         return Result(label, messages / accepted_s, messages / delivered_s, callbacks_per_s,
-                      peak_rss_mib(daemon.process.pid), errors)
+                      peak_rss_mib(*(d.process.pid for d in daemons)), errors)
     finally:
         await runner.cleanup()
-        daemon.stop()
+        for each in daemons:
+            each.stop()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--postgres", action="store_true", help="also one and two nodes on PostgreSQL")
     args = parser.parse_args()
     cases = [("durable (synchronous=full)", "full", False), ("synchronous=normal", "normal", False),
              ("durable + DLR callbacks", "full", True)]
     results = [await run_case(label, sync, args.messages, args.concurrency, cb) for label, sync, cb in cases]
+    if args.postgres:
+        sys.path.insert(0, str(REPO))
+        from tests.peers.postgres import PostgresServer
+        server = PostgresServer()
+        server.start()
+        try:
+            for nodes in (1, 2):
+                for cb in (False, True):
+                    url = server.create_database(f"bench{nodes}{int(cb)}")
+                    label = f"PostgreSQL, {nodes} node{'s' * (nodes > 1)}{' + DLR callbacks' if cb else ''}"
+                    results.append(await run_case(label, "full", args.messages, args.concurrency, cb, url, nodes))
+        finally:
+            server.remove()
     print(f"\n{args.messages} messages, {args.concurrency} concurrent HTTP clients, {os.cpu_count()} cores, "
           f"simulator receipts after 0.2 s\n")
-    header = (f"{'case':<28} {'accepted/s':>11} {'delivered/s':>12} {'callbacks/s':>12} {'peak RSS MiB':>13}"
+    header = (f"{'case':<38} {'accepted/s':>11} {'delivered/s':>12} {'callbacks/s':>12} {'peak RSS MiB':>13}"
               f" {'errors':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         callbacks = f"{r.callbacks_per_s:12.0f}" if r.callbacks_per_s else f"{'-':>12}"
-        print(f"{r.label:<28} {r.accepted_per_s:11.0f} {r.delivered_per_s:12.0f} {callbacks} "
+        print(f"{r.label:<38} {r.accepted_per_s:11.0f} {r.delivered_per_s:12.0f} {callbacks} "
               f"{r.peak_rss_mib:13.1f} {r.errors:7d}")
     sys.stdout.flush()
 

@@ -64,12 +64,20 @@ def test_install_agi_writes_launchers_for_this_python(tmp_path: Path) -> None:
 def test_json_logs(tmp_path: Path) -> None:
     import json
     import signal
+    import socket
     import time
 
     port = free_port()
     process = subprocess.Popen([str(RUN), "serve", "--data-dir", str(tmp_path), "--http", f"127.0.0.1:{port}",
                                 "--log-format", "json"], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 60
+    while True:  # listening: the start-up lines are logged
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]

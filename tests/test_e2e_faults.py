@@ -17,7 +17,7 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, Smsc, final, free_port, send, start_daemon
+from .conftest import Daemon, Smsc, final, free_port, get_status, send, start_daemon
 from .peers.postgres import PostgresServer
 
 WINDOW = 10
@@ -226,10 +226,14 @@ async def test_database_unreachable_refuses_then_recovers(daemon_factory: list[D
     try:
         url = server.url()
         extra = f'[store]\nurl = "{url}"\nnode = "solo"'
+        # Each submit takes 0.5 s: the message accepted before the outage is on its way when the database
+        # goes, and its outcome must be recorded once it is back (not wait out a 120 s lease and go twice).
         daemon = start_daemon(daemon_factory, tmp_path / "data", "--config",
-                              str(config(tmp_path, "simulator?receipt_delay=0.05", extra)))
+                              str(config(tmp_path, "simulator?receipt_delay=0.05&submit_delay=0.5", extra)))
         async with aiohttp.ClientSession() as session:
             before = await send(session, daemon, "+36201110000", "before the outage")
+            while (await get_status(session, daemon, before, user="alice", password="pw"))["state"] != "queued":
+                await asyncio.sleep(0.02)  # bounded by the test timeout; claimed within milliseconds
             server.stop()
             outcomes = [await try_send(session, daemon, f"+3620111{i:04d}", "during") for i in range(10)]
             assert outcomes == [(None, "500")] * 10

@@ -173,8 +173,10 @@ class PostgresDb(Db):
     def lock_schema(self) -> None:
         self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SCHEMA,))
 
-    def lock_key(self, key: str) -> None:
-        self._conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_KEY, key))
+    def lock_keys(self, keys: Sequence[str]) -> None:
+        # In one order everywhere, so two nodes locking overlapping sets cannot deadlock on them.
+        self._conn.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
+                           " FROM unnest(%s::text[]) AS k ORDER BY 1) AS keys", (_LOCK_KEY, list(keys)))
 
     def lock_message(self, sms_id: str) -> None:
         self._conn.execute("SELECT 1 FROM messages WHERE sms_id = %s FOR UPDATE", (sms_id,))

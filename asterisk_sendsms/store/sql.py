@@ -102,8 +102,8 @@ class Db(ABC):
     def lock_schema(self) -> None:
         """Serialise migrations of several nodes starting at once (one writer needs nothing)."""
 
-    def lock_key(self, key: str) -> None:
-        """Serialise, until commit, operations of all nodes on one key (one writer needs nothing)."""
+    def lock_keys(self, keys: Sequence[str]) -> None:
+        """Serialise, until commit, operations of all nodes on these keys (one writer needs nothing)."""
 
     def lock_message(self, sms_id: str) -> None:
         """Hold the message row until commit, so a concurrent node's change to it is seen, not missed."""
@@ -345,22 +345,25 @@ class SqlStore(ABC):
         return await self._run(op)
 
     async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+        sources = ",".join(f"'{state.value}'" for state in SOURCES[State.QUEUED])
+        due = f"state IN ({sources}) AND due_at <= ?"
+
         def op(db: Db) -> list[OutboundMessage]:
+            for (sms_id,) in db.execute(f"SELECT sms_id FROM messages WHERE {due} AND expires_at <= ? LIMIT ?"
+                                        + db.claim_suffix, (now, now, limit)).fetchall():
+                _finish(db, sms_id, State.EXPIRED, "EXPIRED",
+                        "validity period ended before the message could be submitted", now, None)
+            # One statement for the whole batch. The lease is the due time: a node that dies holding the
+            # message gives it up when it passes.
             rows = db.execute(
-                "SELECT sms_id, sender, recipient, text, attempts, expires_at FROM messages"
-                " WHERE state IN ('accepted', 'queued') AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
-                (now, limit)).fetchall()
-            claimed: list[OutboundMessage] = []
-            for sms_id, sender, recipient, text, attempts, expires_at in rows:
-                if expires_at <= now:
-                    _finish(db, sms_id, State.EXPIRED, "EXPIRED",
-                            "validity period ended before the message could be submitted", now, None)
-                    continue
-                # The lease is the due time: a node that dies holding the message gives it up when it passes.
-                _move(db, sms_id, State.QUEUED, "due_at = ?, claimed_by = ?, updated_at = ?,"
-                      " queued_at = COALESCE(queued_at, ?)", (now + lease, self._node, now, now))
-                claimed.append(OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at))
-            return claimed
+                "UPDATE messages SET state = ?, due_at = ?, claimed_by = ?, updated_at = ?,"
+                " queued_at = COALESCE(queued_at, ?) WHERE sms_id IN"
+                f" (SELECT sms_id FROM messages WHERE {due} AND expires_at > ?"
+                f" ORDER BY due_at LIMIT ?{db.claim_suffix})"
+                " RETURNING sms_id, sender, recipient, text, attempts, expires_at, created_at",
+                (State.QUEUED.value, now + lease, self._node, now, now, now, now, limit)).fetchall()
+            rows.sort(key=lambda row: row[6])  # RETURNING keeps no order: oldest first
+            return [OutboundMessage(*row[:6]) for row in rows]
         return await self._run(op)
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
@@ -368,8 +371,7 @@ class SqlStore(ABC):
         def op(db: Db) -> ReceiptResult:
             # The same keys as a receipt takes: a receipt stored early by another node is seen here, or it sees
             # these parts; never neither.
-            for smsc_id in sorted(set(smsc_ids)):
-                db.lock_key(f"{transport}\x1f{smsc_id}")
+            db.lock_keys([f"{transport}\x1f{smsc_id}" for smsc_id in smsc_ids])
             _move(db, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed_by = NULL, attempts = attempts + 1,"
                   " error_code = '', error_text = '', updated_at = ?, submitted_at = ?",
                   (transport, receipt_deadline, now, now))
@@ -465,7 +467,7 @@ class SqlStore(ABC):
             text, received_at = part.text, part.received_at
             if part.total > 1:
                 key = (part.transport, part.sender, part.reference, part.total)
-                db.lock_key("incoming\x1f" + "\x1f".join(map(str, key)))
+                db.lock_keys(["incoming\x1f" + "\x1f".join(map(str, key))])
                 db.execute("INSERT INTO incoming_parts VALUES (?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                            (*key, part.sequence, part.recipient, part.text, part.received_at))
                 where = "transport = ? AND sender = ? AND reference = ? AND total = ?"
@@ -570,7 +572,7 @@ def _finish(db: Db, sms_id: str, target: State, error_code: str, error_text: str
 
 
 def _apply_receipt(db: Db, receipt: Receipt, now: float) -> ReceiptResult:
-    db.lock_key(f"{receipt.transport}\x1f{receipt.smsc_id}")
+    db.lock_keys([f"{receipt.transport}\x1f{receipt.smsc_id}"])
     # SMSC ids may be reused over time (some simulators restart at 0): prefer the part still waiting.
     row = db.execute(
         "SELECT p.sms_id, p.idx, p.state, m.state, m.part_count, m.submitted_at FROM parts p"
