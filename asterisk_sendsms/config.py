@@ -91,6 +91,7 @@ class StoreConfig:
     url: str | None = None  # postgresql://...: the queue shared by several gateway nodes
     # Claims carry this name; a restarted node takes back its own at once, others' wait out their lease.
     node: str = field(default_factory=socket.gethostname)
+    connections: int = 4  # PostgreSQL: connections writing in parallel (SQLite has one writer)
 
     @property
     def where(self) -> str:
@@ -729,7 +730,8 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", node):
         raise ConfigError(f"store.node: {node!r}: use 1-64 letters, digits, '.', '_' or '-'")
     store = StoreConfig(path=Path(store_path) if store_path else data_dir / "messages.sqlite3",
-                        synchronous=synchronous, url=store_url, node=node)
+                        synchronous=synchronous, url=store_url, node=node,
+                        connections=store_table.integer("connections", 4, 1, 64))
     store_table.finish()
 
     messages_table = root.table("messages")

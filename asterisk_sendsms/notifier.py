@@ -82,6 +82,7 @@ class Notifier:
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(policy.concurrency)
         self._failing: set[str] = set()  # hosts already reported as failing (log once per outage)
+        self._recovered: dict[str, float] = {}  # when a failing host answered again
         self._done: list[int] = []
         self._done_waiting = asyncio.Event()
 
@@ -119,6 +120,7 @@ class Notifier:
                 await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
                 return
             host = urlsplit(job.url).hostname or job.url
+            started = self._clock()
             error = await self._post(session, job.url, form)
             now = self._clock()
             if error is None:
@@ -126,6 +128,7 @@ class Notifier:
                 self._done_waiting.set()
                 if host in self._failing:
                     self._failing.discard(host)
+                    self._recovered[host] = now
                     log.info("delivery notifications to %s succeed again", host)
                 return
             if now - job.created_at >= self._policy.give_up_after:
@@ -134,7 +137,8 @@ class Notifier:
                             job.attempts, error)
                 return
             await self._store.callback_retry(job.job_id, now + self._backoff(job.attempts), error, now)
-            if host not in self._failing:
+            # A post that began before the host recovered belongs to the outage already reported.
+            if host not in self._failing and started >= self._recovered.get(host, started):
                 self._failing.add(host)
                 log.warning("delivery notification to %s failed (%s); retrying with backoff", host, error)
         except SmsGatewayError as exc:

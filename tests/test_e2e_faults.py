@@ -133,7 +133,7 @@ async def test_callback_receiver_down_hanging_failing_then_back(daemon_factory: 
         current = mode[0]
         attempts[current] += 1
         if current == "hang":
-            await asyncio.sleep(30)  # longer than the gateway's callback timeout (1 s)
+            await asyncio.sleep(5)  # longer than the gateway's callback timeout (1 s)
         if current != "ok":
             return web.Response(status=500, text="broken")
         received.append(str(form["SmsId"]))
@@ -166,9 +166,8 @@ async def test_callback_receiver_down_hanging_failing_then_back(daemon_factory: 
             await runner.cleanup()
     assert Counter(received) == Counter(sms_ids + more), "every notification once"
     print(f"\nnotifications: {dict(attempts)} attempts while hanging/failing/ok; {len(received)} delivered once each")
-    # Logged when the trouble starts, not per attempt (a request answered 500 just as the receiver recovers may
-    # start it once more).
-    assert daemon.output().count("delivery notification to 127.0.0.1 failed") <= 2 < attempts["fail"]
+    # Logged when the trouble starts, not per attempt, and not again for posts begun before the recovery.
+    assert daemon.output().count("delivery notification to 127.0.0.1 failed") == 1
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:

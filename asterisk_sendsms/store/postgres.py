@@ -191,7 +191,7 @@ class PostgresStore(SqlStore):
     def __init__(self, config: StoreConfig) -> None:
         if not config.url:
             raise ValueError("PostgresStore needs store.url")
-        super().__init__(config.node, MIGRATIONS)
+        super().__init__(config.node, MIGRATIONS, writers=config.connections)
         self._url = config.url
         self._where = config.where
         self._node_name = config.node
@@ -200,14 +200,14 @@ class PostgresStore(SqlStore):
     def where(self) -> str:
         return self._where
 
-    def _connect(self) -> Db:
+    def _connect(self, owner: bool) -> Db:
         conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
                                application_name=f"asterisk-sendsms {self._node_name}",
                                options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                                keepalives=1, keepalives_idle=10, keepalives_interval=5, keepalives_count=3)
         db = PostgresDb(conn)
         try:
-            if not db.own_node(self._node_name):
+            if owner and not db.own_node(self._node_name):
                 raise ServiceUnavailable(f"another asterisk-sendsms daemon runs as node {self._node_name!r} on "
                                          f"{self._where}: give each node its own store.node")
         except BaseException:

@@ -110,13 +110,16 @@ class Db(ABC):
 
 
 class SqlStore(ABC):
-    """Every public method is one operation; the writer thread runs queued operations in one transaction."""
+    """Every public method is one operation; a writer thread runs the operations queued meanwhile in one
+    transaction. SQLite has one writer; a database server gets several, each on its own connection, so that
+    the round trips of one batch do not hold up the next (they meet in row and advisory locks, as nodes do)."""
 
-    def __init__(self, node: str, migrations: Sequence[Sequence[str]]) -> None:
+    def __init__(self, node: str, migrations: Sequence[Sequence[str]], writers: int = 1) -> None:
         self._node = node
         self._migrations = migrations
+        self._writers = writers
         self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._failing = ""  # the error last logged, so an outage is logged once
 
     # ------------------------------------------------------------ what each engine supplies
@@ -127,8 +130,9 @@ class SqlStore(ABC):
         """Where the messages are kept, for people: a path, or a database URL without its password."""
 
     @abstractmethod
-    def _connect(self) -> Db:
-        """A new connection (run on the writer thread); refuses if another daemon owns this node's share."""
+    def _connect(self, owner: bool) -> Db:
+        """A new connection (run on a writer thread). The owner's connection also claims the node: it refuses
+        if another daemon runs as this node."""
 
     @abstractmethod
     def _is_database_error(self, exc: Exception) -> bool: ...
@@ -158,26 +162,39 @@ class SqlStore(ABC):
 
     async def _start(self, upgrade: bool) -> int:
         await self._acquire()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._thread = threading.Thread(target=self._serve, args=(ready, upgrade), name="store-writer", daemon=True)
-        self._thread.start()
         try:
-            return await ready
+            found = await self._start_writer(upgrade, owner=True)
+            if not upgrade:
+                for _ in range(self._writers - 1):
+                    await self._start_writer(False, owner=False)
         except BaseException:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
-            self._release()
+            await self.close()
             raise
+        return found
+
+    async def _start_writer(self, upgrade: bool, owner: bool) -> int:
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        thread = threading.Thread(target=self._serve, args=(ready, upgrade, owner), daemon=True,
+                                  name=f"store-writer-{len(self._threads)}")
+        self._threads.append(thread)
+        thread.start()
+        return await ready
 
     async def close(self) -> None:
-        if self._thread is not None:
+        for _ in self._threads:
             self._ops.put(None)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
+        while True:  # stop marks left by a writer that had failed to start
+            try:
+                self._ops.get_nowait()
+            except queue.Empty:
+                break
         self._release()
 
-    def _open_db(self, upgrade: bool) -> tuple[Db, int]:
-        db = self._connect()
+    def _open_db(self, upgrade: bool, owner: bool) -> tuple[Db, int]:
+        db = self._connect(owner)
         try:
             return db, self._prepare_schema(db, upgrade)
         except BaseException:
@@ -214,11 +231,11 @@ class SqlStore(ABC):
                 db.rollback()
             raise
 
-    def _serve(self, ready: asyncio.Future[int], upgrade: bool) -> None:
+    def _serve(self, ready: asyncio.Future[int], upgrade: bool, owner: bool) -> None:
         loop = ready.get_loop()
         db: Db | None
         try:
-            db, found = self._open_db(upgrade)
+            db, found = self._open_db(upgrade, owner)
         except Exception as exc:
             loop.call_soon_threadsafe(_settle, ready, None, self._translate(exc, "cannot open the message store"))
             return
@@ -242,7 +259,7 @@ class SqlStore(ABC):
                         error = _logged(ServiceUnavailable(self._failing or "the message store is unreachable"))
                     else:
                         try:
-                            db, _ = self._open_db(False)
+                            db, _ = self._open_db(False, owner)
                         except Exception as exc:
                             retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
                             error = self._translate(exc, "message store unreachable")
@@ -315,7 +332,7 @@ class SqlStore(ABC):
         return _logged(ServiceUnavailable(message))
 
     async def _run(self, operation: Callable[[Db], T]) -> T:
-        if self._thread is None:
+        if not self._threads:
             raise ServiceUnavailable("the message store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._ops.put((operation, future))

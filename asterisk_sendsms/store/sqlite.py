@@ -193,7 +193,7 @@ class SqliteStore(SqlStore):
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _connect(self) -> Db:
+    def _connect(self, owner: bool) -> Db:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
