@@ -1,6 +1,7 @@
 """Faults injected into a running gateway, each test counting messages: a kill -9 under SMPP load (duplicates
-counted at the SMSC), an SMSC refusing binds for a while, a callback receiver that is down, hangs and answers
-500 while messages keep flowing, a full disk, and a PostgreSQL server that goes away."""
+counted at the SMSC), an SMSC refusing binds for a while or throttling a burst, a callback receiver that is
+down, hangs and answers 500 while messages keep flowing (or redirects elsewhere), a full disk, and a PostgreSQL
+server that goes away."""
 
 from __future__ import annotations
 
@@ -298,3 +299,19 @@ async def test_a_redirecting_receiver_cannot_send_notifications_elsewhere(daemon
             await runner.cleanup()
     assert hits["redirect target"] == 0, hits
     assert "HTTP 302" in daemon.output()
+
+
+async def test_throttling_burst_keeps_the_order_per_recipient(daemon_factory: list[Daemon], tmp_path: Path,
+                                                              smsc_factory: Callable[..., Smsc]) -> None:
+    # With a window of 1 the SMSC sees one submit at a time: a throttled message is sent again before the
+    # next one, so a recipient gets its messages in the order they were accepted.
+    smsc = smsc_factory(throttle_first=3)
+    url = f"smpp://esme:secret@127.0.0.1:{smsc.port}?window=1&enquire_link=1"
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(config(tmp_path, url)))
+    texts = [f"step {i}" for i in range(8)]
+    async with aiohttp.ClientSession() as session:
+        sms_ids = [await send(session, daemon, "+36201234567", text) for text in texts]
+        finals = [await final(session, daemon, sms_id, timeout=30) for sms_id in sms_ids]
+    assert [f["state"] for f in finals] == ["delivered"] * len(texts)
+    accepted_order = [s["message"] for s in smsc.submits() if s["n"] > 3]
+    assert accepted_order == texts, smsc.submits()

@@ -209,31 +209,34 @@ class SmppTransport:
         return params
 
     async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes]) -> str:
-        for _ in range(THROTTLE_RETRIES):
-            async with self._window:
+        # The window slot is kept through throttling pauses: the part is sent again before any part queued
+        # behind it, so with a window of 1 each recipient gets its messages in order.
+        async with self._window:
+            for _ in range(THROTTLE_RETRIES):
                 await self._pacer.wait()
                 try:
                     response = await link.request(Pdu(Command.SUBMIT_SM, params=dict(params), tlvs=dict(tlvs)))
                 except PduError as exc:
                     raise PermanentSubmitError(f"cannot encode the submit: {exc.message}", "ENCODING") from None
-            status = response.status
-            if response.command is Command.GENERIC_NACK:
-                raise PermanentSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",
+                status = response.status
+                if response.command is Command.GENERIC_NACK:
+                    raise PermanentSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",
+                                               status_name(status))
+                if status == Status.ESME_ROK:
+                    self._pacer.recovered()
+                    return submit_key(response.text("message_id"), self._form)
+                if status in SLOW_DOWN:
+                    already = self._pacer.pause > THROTTLE_PAUSE_INITIAL  # in an episode since the last success
+                    pause = self._pacer.slow_down()
+                    # Once when the throttling starts, not once per refused part.
+                    log.log(logging.DEBUG if already else logging.INFO,
+                            "SMSC %s answered %s: pausing %.1fs, then the same part again", self.name,
+                            status_name(status), pause)
+                    continue
+                if status in TRANSIENT:
+                    raise TransientSubmitError(f"the SMSC answered {status_name(status)}", status_name(status))
+                raise PermanentSubmitError(f"the SMSC refused the message: {status_name(status)}",
                                            status_name(status))
-            if status == Status.ESME_ROK:
-                self._pacer.recovered()
-                return submit_key(response.text("message_id"), self._form)
-            if status in SLOW_DOWN:
-                already = self._pacer.pause > THROTTLE_PAUSE_INITIAL  # in an episode since the last success
-                pause = self._pacer.slow_down()
-                # Once when the throttling starts, not once per refused part.
-                log.log(logging.DEBUG if already else logging.INFO,
-                        "SMSC %s answered %s: pausing %.1fs, then the same part again", self.name,
-                        status_name(status), pause)
-                continue
-            if status in TRANSIENT:
-                raise TransientSubmitError(f"the SMSC answered {status_name(status)}", status_name(status))
-            raise PermanentSubmitError(f"the SMSC refused the message: {status_name(status)}", status_name(status))
         raise TransientSubmitError("the SMSC kept throttling", "ESME_RTHROTTLED")
 
     # ------------------------------------------------------------ connections
