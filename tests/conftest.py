@@ -23,6 +23,8 @@ from aiohttp import web
 from hypothesis import settings
 from lxml import etree
 
+from asterisk_sendsms.passwords import hash_password
+
 from .peers.postgres import PostgresServer
 
 # CI runs the same examples every time (a new random example must not decide whether a change lands);
@@ -195,6 +197,30 @@ async def wait_final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str
             return data
         assert time.monotonic() < deadline, f"{sms_id} still {data['state']}"
         await asyncio.sleep(0.1)
+
+
+def gateway_config(path: Path, transport: str, extra: str = "", lease: float = 120.0, callbacks: str = "") -> Path:
+    """A daemon configuration with user alice/pw, one transport named "operator", and quick retries."""
+    path.write_text(f"""
+{extra}
+[dispatch]
+retry_initial = 0.3
+retry_max = 1
+poll_interval = 0.2
+lease = {lease}
+[callbacks]
+retry_initial = 0.2
+retry_max = 0.5
+timeout = 1
+{callbacks}
+[[users]]
+name = "alice"
+password_hash = "{hash_password('pw')}"
+[[transports]]
+name = "operator"
+url = "{transport}"
+""")
+    return path
 
 
 # ---------------------------------------------------------------- the SMSC peer (npm smpp)

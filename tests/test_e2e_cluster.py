@@ -14,9 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from asterisk_sendsms.passwords import hash_password
-
-from .conftest import RUN, Daemon, Receiver, Smsc, final, send, start_daemon
+from .conftest import RUN, Daemon, Receiver, Smsc, final, gateway_config, send, start_daemon
 
 MESSAGES = 200
 
@@ -28,26 +26,8 @@ def node(daemon_factory: list[Daemon], tmp_path: Path, name: str, database: str,
 
 
 def write_config(tmp_path: Path, name: str, database: str, smsc: Smsc, lease: float = 120.0) -> Path:
-    config = tmp_path / f"{name}.toml"
-    config.write_text(f"""
-[store]
-url = "{database}"
-node = "{name}"
-[dispatch]
-lease = {lease}
-retry_initial = 0.3
-retry_max = 1
-poll_interval = 0.2
-[callbacks]
-retry_initial = 0.2
-[[users]]
-name = "alice"
-password_hash = "{hash_password('pw')}"
-[[transports]]
-name = "operator"
-url = "smpp://esme:secret@127.0.0.1:{smsc.port}?window=10&enquire_link=1"
-""")
-    return config
+    return gateway_config(tmp_path / f"{name}.toml", f"smpp://esme:secret@127.0.0.1:{smsc.port}?window=10&enquire_link=1",
+                          f'[store]\nurl = "{database}"\nnode = "{name}"', lease)
 
 
 async def send_all(daemons: list[Daemon], texts: list[str], report_url: str = "") -> list[str]:

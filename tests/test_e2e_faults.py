@@ -16,34 +16,14 @@ import aiohttp
 from aiohttp import web
 from lxml import etree
 
-from asterisk_sendsms.passwords import hash_password
-
-from .conftest import Daemon, Smsc, final, free_port, get_status, send, start_daemon
+from .conftest import Daemon, Smsc, final, free_port, gateway_config, get_status, send, start_daemon
 from .peers.postgres import PostgresServer
 
 WINDOW = 10
 
 
-def config(tmp_path: Path, transport: str, extra: str = "") -> Path:
-    path = tmp_path / "faults.toml"
-    path.write_text(f"""
-{extra}
-[dispatch]
-retry_initial = 0.3
-retry_max = 1
-poll_interval = 0.2
-[callbacks]
-retry_initial = 0.2
-retry_max = 0.5
-timeout = 1
-[[users]]
-name = "alice"
-password_hash = "{hash_password('pw')}"
-[[transports]]
-name = "operator"
-url = "{transport}"
-""")
-    return path
+def config(tmp_path: Path, transport: str, extra: str = "", callbacks: str = "") -> Path:
+    return gateway_config(tmp_path / "faults.toml", transport, extra, callbacks=callbacks)
 
 
 def smpp_url(smsc: Smsc) -> str:
@@ -284,11 +264,8 @@ async def test_a_redirecting_receiver_cannot_send_notifications_elsewhere(daemon
         runners.append(runner)
         ports.append(port)
     outer_port, inner_port = ports
-    extra = '[callbacks]\nallowed_hosts = ["127.0.0.1"]\nretry_initial = 0.2\nretry_max = 0.5\ntimeout = 1'
-    path = config(tmp_path, "simulator?receipt_delay=0.05").read_text().replace(
-        "[callbacks]\nretry_initial = 0.2\nretry_max = 0.5\ntimeout = 1", extra)
-    (tmp_path / "redirect.toml").write_text(path)
-    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(tmp_path / "redirect.toml"))
+    path = config(tmp_path, "simulator?receipt_delay=0.05", callbacks='allowed_hosts = ["127.0.0.1"]')
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(path))
     try:
         async with aiohttp.ClientSession() as session:
             sms_id = await send(session, daemon, "+36201234567", "x", report_url=f"http://127.0.0.1:{outer_port}/dlr")

@@ -11,27 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from asterisk_sendsms.passwords import hash_password
-
-from .conftest import Daemon, Receiver, Smsc, basic_auth, final, send, start_daemon
+from .conftest import Daemon, Receiver, Smsc, basic_auth, final, gateway_config, send, start_daemon
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
             password: str = "secret", extra: str = "") -> Daemon:
-    config = tmp_path / "smpp.toml"
-    config.write_text(f"""{extra}
-[dispatch]
-retry_initial = 0.3
-retry_max = 1
-[callbacks]
-retry_initial = 0.2
-[[users]]
-name = "alice"
-password_hash = "{hash_password('pw')}"
-[[transports]]
-name = "operator"
-url = "smpp://esme:{password}@127.0.0.1:{smsc.port}?window=10&enquire_link=1{options}"
-""")
+    url = f"smpp://esme:{password}@127.0.0.1:{smsc.port}?window=10&enquire_link=1{options}"
+    config = gateway_config(tmp_path / "smpp.toml", url, extra)
     return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
 
 

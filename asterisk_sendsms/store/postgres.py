@@ -157,6 +157,13 @@ class PostgresDb(Db):
                 pass  # the connection is gone, and with it the transaction; `broken` says so
 
     def close(self) -> None:
+        if not self.broken:
+            try:
+                # Released now, not when the server gets round to ending the session: a daemon restarted at
+                # once must find its node free.
+                self._conn.execute("SELECT pg_advisory_unlock_all()")
+            except psycopg.Error:
+                pass
         self._conn.close()
 
     @property

@@ -121,6 +121,9 @@ class SqlStore(ABC):
         self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._failing = ""  # the error last logged, so an outage is logged once
+        # After a failed connection attempt, writers fail operations at once until then (shared: one writer
+        # that gets through lets the others try again).
+        self._retry_connect_at = 0.0
 
     # ------------------------------------------------------------ what each engine supplies
 
@@ -240,7 +243,6 @@ class SqlStore(ABC):
             loop.call_soon_threadsafe(_settle, ready, None, self._translate(exc, "cannot open the message store"))
             return
         loop.call_soon_threadsafe(_settle, ready, found, None)
-        retry_connect_at = 0.0
         try:
             while (item := self._ops.get()) is not None:
                 batch = [item]
@@ -253,19 +255,37 @@ class SqlStore(ABC):
                         self._ops.put(None)
                         break
                     batch.append(more)
-                if db is None:
-                    error: BaseException | None = None
-                    if time.monotonic() < retry_connect_at:
-                        error = _logged(ServiceUnavailable(self._failing or "the message store is unreachable"))
-                    else:
+                error: Exception | None = None
+                # A connection found dead at BEGIN (the server restarted while it was idle) is replaced once
+                # at no risk: nothing of the batch was sent on it.
+                for _ in range(2):
+                    if db is None:
+                        if time.monotonic() < self._retry_connect_at:
+                            error = _logged(ServiceUnavailable(self._failing or "the message store is unreachable"))
+                            break
                         try:
                             db, _ = self._open_db(False, owner)
+                            self._retry_connect_at = 0.0
                         except Exception as exc:
-                            retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
+                            self._retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
                             error = self._translate(exc, "message store unreachable")
-                    if db is None:
-                        loop.call_soon_threadsafe(_settle_all, [(future, None, error) for _, future in batch])
-                        continue
+                            break
+                    try:
+                        db.begin()
+                        error = None
+                        break
+                    except Exception as exc:
+                        error = exc
+                        if not db.broken:
+                            break
+                        db.close()
+                        db = None
+                if error is not None or db is None:
+                    failed = self._translate(error or RuntimeError("no connection"), "message store error")
+                    outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+                        (future, None, failed) for _, future in batch]
+                    loop.call_soon_threadsafe(_settle_all, outcomes)
+                    continue
                 self._run_batch(db, batch)
                 if db.broken:
                     db.close()
@@ -275,11 +295,10 @@ class SqlStore(ABC):
                 db.close()
 
     def _run_batch(self, db: Db, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
-        """Run the batch in one transaction. If any operation fails, roll back and run each alone, so one
-        caller's error never costs the others their writes."""
+        """Run the batch in the transaction just begun. If any operation fails, roll back and run each alone,
+        so one caller's error never costs the others their writes."""
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
-            db.begin()
             results = [operation(db) for operation, _ in batch]
             db.commit()
             outcomes = [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
