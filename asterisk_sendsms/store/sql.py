@@ -47,6 +47,9 @@ _BATCH_LIMIT = 1024
 # After a failed connection attempt, operations fail at once for this long instead of each waiting for a
 # connect timeout of its own.
 RECONNECT_INTERVAL = 1.0
+# An outage ends when operations have gone through for this long since the last failure: a full disk still
+# lets reads and small writes through now and then, which must not be logged as a recovery each time.
+OUTAGE_QUIET = 1.0
 # Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
 _RETRIES = 3
 
@@ -121,6 +124,7 @@ class SqlStore(ABC):
         self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._failing = ""  # the error last logged, so an outage is logged once
+        self._failed_at = 0.0  # monotonic time of the last failure
         # After a failed connection attempt, writers fail operations at once until then (shared: one writer
         # that gets through lets the others try again).
         self._retry_connect_at = 0.0
@@ -261,7 +265,7 @@ class SqlStore(ABC):
                 for _ in range(2):
                     if db is None:
                         if time.monotonic() < self._retry_connect_at:
-                            error = _logged(ServiceUnavailable(self._failing or "the message store is unreachable"))
+                            error = self._still_failing("the message store is unreachable")
                             break
                         try:
                             db, _ = self._open_db(False, owner)
@@ -312,7 +316,8 @@ class SqlStore(ABC):
                     outcomes = [(batch[0][1], None, self._translate(exc, "message store error"))]
                 else:
                     outcomes = [self._run_alone(db, operation, future) for operation, future in batch]
-        if self._failing and all(error is None for _, _, error in outcomes):
+        if (self._failing and all(error is None for _, _, error in outcomes)
+                and time.monotonic() - self._failed_at >= OUTAGE_QUIET):
             log.warning("message store works again (%s)", self.where)
             self._failing = ""
         loop = outcomes[0][0].get_loop()
@@ -322,8 +327,7 @@ class SqlStore(ABC):
                    ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
         for attempt in range(_RETRIES):
             if db.broken:
-                lost = ServiceUnavailable(self._failing or "the message store connection was lost")
-                return future, None, _logged(lost)
+                return future, None, self._still_failing("the message store connection was lost")
             try:
                 db.begin()
                 result = operation(db)
@@ -343,12 +347,18 @@ class SqlStore(ABC):
             return exc
         if not self._is_database_error(exc) and not isinstance(exc, OSError):
             return exc
+        self._failed_at = time.monotonic()
         reason = " ".join(str(exc).split()) or type(exc).__name__
         message = f"{context} ({self.where}): {reason}"
         if message != self._failing:
             log.error("%s", message)
             self._failing = message
         return _logged(ServiceUnavailable(message))
+
+    def _still_failing(self, fallback: str) -> ServiceUnavailable:
+        """The outage already logged goes on."""
+        self._failed_at = time.monotonic()
+        return _logged(ServiceUnavailable(self._failing or fallback))
 
     async def _run(self, operation: Callable[[Db], T]) -> T:
         if not self._threads:

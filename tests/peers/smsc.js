@@ -59,8 +59,15 @@ function receiver() {
   return null;
 }
 
-// Receipts wait here while no receiver is bound, as a real SMSC keeps them for the next bind.
+// Receipts wait here while no receiver is bound, as a real SMSC keeps them for the next bind; so do the ones
+// sent on a session that closed before acknowledging them (the ESME may have died before storing them).
 const pendingReceipts = [];
+
+function requeueUnacked(session) {
+  if (!session.unacked) return;
+  for (const receipt of session.unacked) pendingReceipts.push(receipt);
+  session.unacked.clear();
+}
 
 function flushReceipts() {
   while (pendingReceipts.length && receiver()) sendReceipt(...pendingReceipts.shift());
@@ -86,7 +93,11 @@ function sendReceipt(submit, respId, receiptId, stat) {
     options.message_state = { DELIVRD: 2, UNDELIV: 5, ENROUTE: 1 }[stat];
   }
   stats.receipts_sent += 1;
+  const entry = [submit, respId, receiptId, stat];
+  session.unacked = session.unacked || new Set();
+  session.unacked.add(entry);
   session.deliver_sm(options, (resp) => {
+    session.unacked.delete(entry);
     if (resp.command_status === 0) stats.receipts_acked += 1;
     out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status, session: session.number });
   });
@@ -185,8 +196,8 @@ function onSubmit(session, pdu) {
 }
 
 const server = smpp.createServer((session) => {
-  session.on('close', () => { session.closed = true; out({ event: 'close' }); });
-  session.on('error', () => { session.closed = true; });
+  session.on('close', () => { session.closed = true; requeueUnacked(session); out({ event: 'close' }); });
+  session.on('error', () => { session.closed = true; requeueUnacked(session); });
   session.on('bind_transceiver', (pdu) => bind(session, pdu, 'trx'));
   session.on('bind_transmitter', (pdu) => bind(session, pdu, 'tx'));
   session.on('bind_receiver', (pdu) => bind(session, pdu, 'rx'));
