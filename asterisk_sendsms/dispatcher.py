@@ -121,7 +121,7 @@ class Dispatcher:
         whether the route exists at all."""
         route = self._router.route_for(recipient)
         candidates = [self._transports[n] for n in route.transports if n in self._transports] if route else []
-        ready = [t for t in candidates if t.health().ready]
+        ready = [t for t in candidates if t.ready]
         if not ready or route is None:
             return None, bool(candidates)
         if route.balance == "round-robin":

@@ -32,6 +32,18 @@ _BASIC_CODE = {ch: code for code, ch in enumerate(GSM_BASIC) if code != ESCAPE}
 _BASIC_CHAR = dict(enumerate(GSM_BASIC))
 _EXTENSION_CHAR = {code: ch for ch, code in GSM_EXTENSION.items()}
 
+
+class _SeptetTable(dict[int, str]):
+    """For `str.translate`: each GSM character becomes its septets (one code point each, all below 0x80);
+    any other character becomes U+FFFF, so a text is GSM exactly when its translation is ASCII."""
+
+    def __missing__(self, key: int) -> str:
+        return "\uffff"
+
+
+_SEPTETS = _SeptetTable({ord(ch): chr(code) for ch, code in _BASIC_CODE.items()})
+_SEPTETS.update({ord(ch): chr(ESCAPE) + chr(code) for ch, code in GSM_EXTENSION.items()})
+
 # One SMS carries 140 octets of user data. A concatenation UDH (8-bit reference) takes 6 of them.
 USER_DATA_OCTETS = 140
 CONCAT_UDH_OCTETS = 6
@@ -114,6 +126,15 @@ def encode_message(text: str, max_parts: int) -> EncodedMessage:
     """GSM 7-bit when every character has a septet code, UCS-2 otherwise; split into parts as needed."""
     if not text:
         raise InvalidParameter("Message", reason="the message text is empty")
+    # Most texts fit one part: encoded whole at C speed (this runs at accept and again at dispatch).
+    septets = text.translate(_SEPTETS)
+    if septets.isascii():
+        if len(septets) <= GSM7_SINGLE:
+            return EncodedMessage(Coding.GSM7, (Segment(text, septets.encode("ascii")),))
+    else:
+        utf16 = text.encode("utf-16-be")
+        if len(utf16) <= 2 * UCS2_SINGLE:
+            return EncodedMessage(Coding.UCS2, (Segment(text, utf16),))
     gsm = _gsm7_units(text)
     if gsm is not None:
         return EncodedMessage(Coding.GSM7, _split(text, gsm, GSM7_SINGLE, GSM7_PART, 1, max_parts))

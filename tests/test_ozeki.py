@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lxml import etree
 
 from asterisk_sendsms.errors import InvalidParameter, ParseError
-from asterisk_sendsms.ozeki import SUCCESS_MESSAGE, command_result, parse_form, send_sms_params
+from asterisk_sendsms.ozeki import SUCCESS_MESSAGE, command_result, merge_params, parse_form, send_sms_params
 
 from .conftest import SEED_QUERY
 
@@ -61,8 +65,42 @@ def test_reply_has_the_seed_shape() -> None:
                                               "6b5c6978-0cd6-4a58-86fc-3d1b279b9201"]
 
 
+def lxml_reply(name: str, code: int, message: str, **values: str) -> bytes:
+    """The reply as lxml serialises it, the reference the text writer must match byte for byte."""
+    not_xml = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+    root = etree.Element(name, nsmap={"xsd": "http://www.w3.org/2001/XMLSchema",
+                                      "xsi": "http://www.w3.org/2001/XMLSchema-instance"})
+    etree.SubElement(root, "Code").text = str(code)
+    for element, value in {"Message": message, **values}.items():
+        etree.SubElement(root, element).text = not_xml.sub("\ufffd", value)
+    return b'<?xml version="1.0"?>\n' + etree.tostring(root, encoding="utf-8")
+
+
+@given(st.text(), st.text(), st.sampled_from([200, 302, 305, 500]))
+def test_reply_is_what_lxml_writes(message: str, value: str, code: int) -> None:
+    assert command_result("SendSms", code, message, SmsId=value) == lxml_reply(
+        "OzApi_CommandResult_SendSms", code, message, SmsId=value)
+    assert command_result(None, code, message) == lxml_reply("OzApi_CommandResult", code, message)
+
+
 def test_error_reply_has_no_sms_id_and_a_safe_element_name() -> None:
     root = etree.fromstring(command_result("<bad name>", 301, "Command '<bad name>' is not implemented"))
     assert root.tag == "OzApi_CommandResult"
     assert root.findtext("Code") == "301" and root.find("SmsId") is None
     assert root.findtext("Message") == "Command '<bad name>' is not implemented"
+
+
+@given(st.lists(st.tuples(st.text(), st.text()), max_size=8), st.sampled_from(["&", "&&", "=&"]),
+       st.booleans())
+def test_form_decoding_is_what_parse_qsl_decodes(fields: list[tuple[str, str]], glue: str, raw: bool) -> None:
+    from urllib.parse import parse_qsl, quote_plus
+    query = glue.join(f"{n}={v}" if raw else f"{quote_plus(n)}={quote_plus(v)}" for n, v in fields)
+    try:
+        expected: dict[str, str] | str = merge_params(parse_qsl(query, keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, ParseError) as exc:
+        expected = type(exc).__name__
+    try:
+        got: dict[str, str] | str = parse_form(query)
+    except ParseError as exc:
+        got = "UnicodeDecodeError" if "not valid" in exc.message else type(exc).__name__
+    assert got == expected

@@ -74,6 +74,10 @@ class ModemTransport:
 
     # ------------------------------------------------------------ Transport protocol
 
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
     def health(self) -> TransportHealth:
         detail = self._settings.device + (f", signal {self._signal}" if self._signal else "")
         return TransportHealth(self.name, self.kind, self._ready, self.state, detail)

@@ -88,6 +88,8 @@ class _Link:
         self.session = SmppSession()
         self.writer: asyncio.StreamWriter | None = None
         self.waiting: dict[int, asyncio.Future[Pdu]] = {}
+        # PDUs written in one turn of the event loop leave in one segment (one system call, not one each).
+        self._unsent: list[bytes] | None = None
         self.state = "connecting"
         self.was_bound = False
         self.last_heard = time.monotonic()
@@ -98,7 +100,21 @@ class _Link:
 
     def send(self, data: bytes) -> None:
         assert self.writer is not None
-        self.writer.write(data)
+        if self._unsent is None:
+            self._unsent = [data]
+            asyncio.get_running_loop().call_soon(self._flush, self.writer, self._unsent)
+        else:
+            self._unsent.append(data)
+
+    def _flush(self, writer: asyncio.StreamWriter, unsent: list[bytes]) -> None:
+        if self._unsent is unsent:
+            self._unsent = None
+        if writer is self.writer:  # not if the connection was replaced meanwhile: these PDUs were for the old one
+            writer.write(b"".join(unsent))
+
+    def connected(self, writer: asyncio.StreamWriter | None) -> None:
+        self.writer = writer
+        self._unsent = None
 
     async def request(self, pdu: Pdu) -> Pdu:
         if not self.bound:
@@ -110,17 +126,21 @@ class _Link:
         if self.writer is None:
             raise TransientSubmitError(f"SMPP link {self.mode} is not connected", "NOT_CONNECTED")
         data = self.session.request(pdu)
-        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Pdu] = loop.create_future()
         self.waiting[pdu.sequence] = future
+        # A plain timer rather than wait_for, which costs a future and callbacks more for every submit.
+        timer = loop.call_later(self.response_timeout, _time_out, future)
         try:
             self.send(data)
             if self.writer is not None and self.writer.transport.get_write_buffer_size() > 256 * 1024:
                 await self.writer.drain()  # backpressure from a slow SMSC
-            return await asyncio.wait_for(future, self.response_timeout)
+            return await future
         except TimeoutError:
             raise TransientSubmitError(f"no {pdu.command.name.lower()}_resp within {self.response_timeout:g}s",
                                        "RESPONSE_TIMEOUT") from None
         finally:
+            timer.cancel()
             self.waiting.pop(pdu.sequence, None)
 
     def fail_waiting(self, reason: str) -> None:
@@ -128,6 +148,11 @@ class _Link:
             if not future.done():
                 future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
         self.waiting.clear()
+
+
+def _time_out(future: asyncio.Future[Pdu]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class SmppTransport:
@@ -146,6 +171,10 @@ class SmppTransport:
         self._sink: TransportSink | None = None
 
     # ------------------------------------------------------------ Transport protocol
+
+    @property
+    def ready(self) -> bool:
+        return self._links[0].bound
 
     def health(self) -> TransportHealth:
         sender = self._links[0]
@@ -273,7 +302,7 @@ class SmppTransport:
         if sock is not None:
             # Small PDUs, answered one by one: Nagle's delay would cap the window's throughput.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link.writer = writer
+        link.connected(writer)
         try:
             return await self._bind_and_serve(link, reader)
         except ExceptionGroup as group_error:
@@ -284,7 +313,7 @@ class SmppTransport:
                 return f"connection broken: {leaf}", 0.0
             raise
         finally:
-            link.writer = None
+            link.connected(None)
             link.session.close()
             writer.close()
             with contextlib.suppress(OSError):

@@ -43,6 +43,11 @@ class Transport(Protocol):
         """Connect and stay connected until cancelled, handing receipts and incoming SMS to `sink`."""
         ...
 
+    @property
+    def ready(self) -> bool:
+        """Whether a submit can go out now (asked for every message: cheaper than `health`)."""
+        ...
+
     def health(self) -> TransportHealth: ...
 
     async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:

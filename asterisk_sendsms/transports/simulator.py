@@ -35,6 +35,10 @@ class SimulatorTransport:
         self._window = asyncio.Semaphore(settings.window)
         self._running = False
 
+    @property
+    def ready(self) -> bool:
+        return self._running
+
     def health(self) -> TransportHealth:
         return TransportHealth(self.name, self.kind, self._running, "ready" if self._running else "starting",
                                f"receipts after {self._settings.receipt_delay:g}s")
