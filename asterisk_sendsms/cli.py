@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import uvloop
 
 from . import __version__
 from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
@@ -387,7 +388,9 @@ def _serve(args: argparse.Namespace) -> int:
                      ari=tuple(args.ari))
     configure_logging(args.log_level or config.log_level, args.log_format)
     try:
-        asyncio.run(run_daemon(config))
+        # uvloop: the event loop in C, about a tenth less CPU per message than asyncio's own (bench/smpp_bench.py).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(run_daemon(config))
     except ExceptionGroup as group:
         # A task of the daemon failed: report the first of our own errors in one line, else the traceback.
         leaf: BaseException = group

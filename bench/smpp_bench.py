@@ -4,7 +4,8 @@ server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed
     .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100]
     .venv/bin/python bench/smpp_bench.py --soak 1000000    # ours only: RSS while that many messages pass
 
-Needs node with tests/peers/node_modules (`./run test` installs it) and Debian's kannel (apt-get install kannel).
+Needs node with tests/peers/node_modules (`./run test` installs it), Debian's kannel and h2load
+(apt-get install kannel nghttp2-client).
 Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL) and always asks for
 receipts; Kannel runs with its default configuration (no store file).
 """
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from common import REPO, Daemon, free_port, peak_rss_mib, rss_mib, wait_port
 
@@ -127,25 +128,23 @@ class Callbacks:
             await self.runner.cleanup()
 
 
-async def load(urls: list[str], concurrency: int, accepted_marker: bytes) -> tuple[float, int]:
-    """GET every URL with `concurrency` connections; returns (seconds, errors)."""
-    errors = 0
-    pending = iter(urls)
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        for url in pending:
-            try:
-                async with session.get(url) as response:
-                    if accepted_marker not in await response.read():
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-
-    start = time.perf_counter()
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-    return time.perf_counter() - start, errors
+async def load(urls: list[str], concurrency: int) -> tuple[float, int]:
+    """GET every URL with h2load (nghttp2's load generator, in C: the client must not take the CPU the gateways
+    need) over `concurrency` keep-alive connections; returns (seconds, requests not answered 2xx). Each
+    connection walks the list from its start, so each recipient gets `concurrency` messages."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
+        listing.write("\n".join(urls) + "\n")
+        listing.flush()
+        process = await asyncio.create_subprocess_exec(
+            "h2load", "--h1", "-n", str(len(urls)), "-c", str(concurrency), "-i", listing.name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output = (await process.communicate())[0].decode()
+    finished = re.search(r"finished in ([\d.]+)(ms|s),", output)
+    succeeded = re.search(r"status codes: (\d+) 2xx", output)
+    if process.returncode != 0 or finished is None or succeeded is None:
+        raise RuntimeError(f"h2load failed:\n{output}")
+    seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    return seconds, len(urls) - int(succeeded.group(1))
 
 
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
@@ -167,7 +166,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
         step = rss_every or messages
         for first in range(0, messages, step):
             chunk = [f"{base}{i:07d}" for i in range(first, min(messages, first + step))]
-            took, failed = await load(chunk, concurrency, b"<SmsId>")
+            took, failed = await load(chunk, concurrency)
             seconds, errors = seconds + took, errors + failed
             if rss_every:
                 pid = daemon.process.pid
@@ -249,7 +248,7 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str) ->
         base = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
                 f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
         start = time.time()
-        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency, b"Accepted")
+        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency)
         stats = await peer.wait_submits(messages - errors)
         result = Result("Kannel", mode, window, messages / seconds,
                         stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
@@ -326,6 +325,8 @@ async def main() -> None:
         sys.exit("bench: the test SMSC is not installed; run ./run test once (or npm install in tests/peers)")
     if shutil.which("bearerbox") is None:
         sys.exit("bench: Kannel is not installed: apt-get install kannel")
+    if shutil.which("h2load") is None:
+        sys.exit("bench: the load generator is not installed: apt-get install nghttp2-client")
     if args.soak:
         result = await run_ours(args.soak, args.concurrency, 100, True, rss_every=max(1, args.soak // 10))
         print(f"soak: {args.soak} messages, {result.errors} errors, {result.submitted:.0f} submitted/s, "
