@@ -73,11 +73,9 @@ def is_receipt(pdu: Pdu) -> bool:
 
 def _text_fields(text: str) -> dict[str, str]:
     fields: dict[str, str] = {}
-    matches = list(_FIELD.finditer(text))
-    for index, match in enumerate(matches):
-        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
-        name = match.group(1).lower()
-        value = text[match.end():end]
+    pieces = _FIELD.split(text)  # [before, name, value, name, value, ...]
+    for raw_name, value in zip(pieces[1::2], pieces[2::2], strict=True):
+        name = raw_name.lower()
         fields.setdefault(name, value if name == "text" else value.strip())
     return fields
 
