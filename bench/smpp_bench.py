@@ -6,8 +6,8 @@ server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed
 
 Needs node with tests/peers/node_modules (`./run test` installs it), Debian's kannel and h2load
 (apt-get install kannel nghttp2-client).
-Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL) and always asks for
-receipts; Kannel runs with its default configuration (no store file).
+Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL); "no receipts" is
+its `receipts=no` route and Kannel without dlr-mask. Kannel runs with its default configuration (no store file).
 """
 
 # ruff: noqa: ASYNC109, ASYNC110, ASYNC220 - a benchmark driver polling other processes; simple beats clever here

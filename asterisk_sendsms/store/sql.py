@@ -259,33 +259,9 @@ class SqlStore(ABC):
                         self._ops.put(None)
                         break
                     batch.append(more)
-                error: Exception | None = None
-                # A connection found dead at BEGIN (the server restarted while it was idle) is replaced once
-                # at no risk: nothing of the batch was sent on it.
-                for _ in range(2):
-                    if db is None:
-                        if time.monotonic() < self._retry_connect_at:
-                            error = self._still_failing("the message store is unreachable")
-                            break
-                        try:
-                            db, _ = self._open_db(False, owner)
-                            self._retry_connect_at = 0.0
-                        except Exception as exc:
-                            self._retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
-                            error = self._translate(exc, "message store unreachable")
-                            break
-                    try:
-                        db.begin()
-                        error = None
-                        break
-                    except Exception as exc:
-                        error = exc
-                        if not db.broken:
-                            break
-                        db.close()
-                        db = None
+                db, error = self._begin(db, owner)
                 if error is not None or db is None:
-                    failed = self._translate(error or RuntimeError("no connection"), "message store error")
+                    failed = error or ServiceUnavailable("the message store is unreachable")
                     outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
                         (future, None, failed) for _, future in batch]
                     loop.call_soon_threadsafe(_settle_all, outcomes)
@@ -297,6 +273,31 @@ class SqlStore(ABC):
         finally:
             if db is not None:
                 db.close()
+
+    def _begin(self, db: Db | None, owner: bool) -> tuple[Db | None, Exception | None]:
+        """A connection with a transaction begun (opened if needed), or the error. A connection found dead at
+        BEGIN (the server restarted while it was idle) is replaced once, at no risk: nothing was sent on it."""
+        for attempt in range(2):
+            if db is None:
+                if time.monotonic() < self._retry_connect_at:
+                    return None, self._still_failing("the message store is unreachable")
+                try:
+                    db, _ = self._open_db(False, owner)
+                except Exception as exc:
+                    self._retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
+                    return None, self._translate(exc, "message store unreachable")
+                self._retry_connect_at = 0.0
+            try:
+                db.begin()
+                return db, None
+            except Exception as exc:
+                if not db.broken:
+                    return db, self._translate(exc, "message store error")
+                db.close()
+                db = None
+                if attempt == 1:
+                    return None, self._translate(exc, "message store error")
+        raise AssertionError("unreachable")
 
     def _run_batch(self, db: Db, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         """Run the batch in the transaction just begun. If any operation fails, roll back and run each alone,
