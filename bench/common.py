@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import tempfile
@@ -40,6 +41,15 @@ def _status_kib(pid: int, field: str) -> int:
 
 def rss_mib(pid: int) -> float:
     return _status_kib(pid, "VmRSS:") / 1024
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User plus system CPU time the processes have used so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(*pids: int) -> float:

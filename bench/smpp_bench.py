@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from common import REPO, Daemon, free_port, peak_rss_mib, rss_mib, wait_port
+from common import REPO, Daemon, cpu_seconds, free_port, peak_rss_mib, rss_mib, wait_port
 
 from asterisk_sendsms.smpp.pdu import Command, Pdu
 from asterisk_sendsms.smpp.session import SmppSession
@@ -96,6 +96,7 @@ class Result:
     submitted: float = 0.0
     callbacks: float = 0.0
     rss: float = 0.0
+    cpu: float = 0.0  # the gateway's CPU per message, µs
     errors: int = 0
 
 
@@ -161,6 +162,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
         await peer.bound()
         report = f"&DeliveryReportURL=http://127.0.0.1:{callbacks.port}/dlr" if with_callbacks else ""
         base = f"{daemon.api}&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620"
+        cpu_before = cpu_seconds(daemon.process.pid)
         start = time.time()
         seconds, errors = 0.0, 0
         step = rss_every or messages
@@ -180,6 +182,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
             await callbacks.wait(messages - errors)
             result.callbacks = callbacks.count / (time.time() - start)
         result.rss = peak_rss_mib(daemon.process.pid)
+        result.cpu = (cpu_seconds(daemon.process.pid) - cpu_before) / messages * 1e6
         return result
     finally:
         daemon.stop()
@@ -247,6 +250,7 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str) ->
             dlr += f"&dlr-url=http%3A%2F%2F127.0.0.1%3A{callbacks.port}%2Fdlr%3Fid%3D%25i%26s%3D%25d"
         base = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
                 f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
+        cpu_before = cpu_seconds(bearerbox.pid, smsbox.pid)
         start = time.time()
         seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency)
         stats = await peer.wait_submits(messages - errors)
@@ -256,6 +260,7 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str) ->
             await callbacks.wait(messages - errors)
             result.callbacks = callbacks.count / (time.time() - start)
         result.rss = peak_rss_mib(bearerbox.pid, smsbox.pid)
+        result.cpu = (cpu_seconds(bearerbox.pid, smsbox.pid) - cpu_before) / messages * 1e6
         return result
     finally:
         for process in (smsbox, bearerbox):
@@ -330,7 +335,7 @@ async def main() -> None:
     if args.soak:
         result = await run_ours(args.soak, args.concurrency, 100, True, rss_every=max(1, args.soak // 10))
         print(f"soak: {args.soak} messages, {result.errors} errors, {result.submitted:.0f} submitted/s, "
-              f"{result.callbacks:.0f} callbacks/s, peak RSS {result.rss:.1f} MiB")
+              f"{result.callbacks:.0f} callbacks/s, {result.cpu:.0f} µs CPU per message, peak RSS {result.rss:.1f} MiB")
         return
     windows = [int(w) for w in args.windows.split(",")]
     results: list[Result] = []
@@ -343,15 +348,17 @@ async def main() -> None:
             results.append(await run_kannel(args.messages, args.concurrency, window, mode))
         print(f"window {window} done", file=sys.stderr)
     print(f"\n{args.messages} one-part messages per case, {args.concurrency} concurrent HTTP clients, "
-          f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer\n")
+          f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer; CPU: the gateway's processes (ours: the "
+          f"daemon; Kannel: bearerbox + smsbox) from the first request to the last submit or callback\n")
     header = (f"{'system':<11} {'case':<21} {'window':>6} {'accepted/s':>11} {'submitted/s':>12} "
-              f"{'callbacks/s':>12} {'peak RSS MiB':>13} {'errors':>7}")
+              f"{'callbacks/s':>12} {'CPU µs/msg':>11} {'peak RSS MiB':>13} {'errors':>7}")
     print(header)
     print("-" * len(header))
     for r in results:
         callbacks = f"{r.callbacks:12.0f}" if r.callbacks else f"{'-':>12}"
+        cpu = f"{r.cpu:11.0f}" if r.cpu else f"{'-':>11}"
         print(f"{r.system:<11} {r.case:<21} {r.window:>6} {r.accepted:11.0f} {r.submitted:12.0f} {callbacks} "
-              f"{r.rss:13.1f} {r.errors:7d}")
+              f"{cpu} {r.rss:13.1f} {r.errors:7d}")
     print()
     for window in windows:
         ceiling = next(r for r in results if r.system == "raw client" and r.window == window)
