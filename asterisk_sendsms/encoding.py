@@ -87,14 +87,9 @@ def gsm7_septets(char: str) -> bytes | None:
     return None
 
 
-def _gsm7_units(text: str) -> list[bytes] | None:
-    units: list[bytes] = []
-    for char in text:
-        septets = gsm7_septets(char)
-        if septets is None:
-            return None
-        units.append(septets)
-    return units
+def _gsm7_units(text: str) -> list[bytes]:
+    """The septets of each character of a text known to be GSM."""
+    return [_SEPTETS[ord(char)].encode("ascii") for char in text]
 
 
 def _ucs2_units(text: str) -> list[bytes]:
@@ -131,13 +126,10 @@ def encode_message(text: str, max_parts: int) -> EncodedMessage:
     if septets.isascii():
         if len(septets) <= GSM7_SINGLE:
             return EncodedMessage(Coding.GSM7, (Segment(text, septets.encode("ascii")),))
-    else:
-        utf16 = text.encode("utf-16-be")
-        if len(utf16) <= 2 * UCS2_SINGLE:
-            return EncodedMessage(Coding.UCS2, (Segment(text, utf16),))
-    gsm = _gsm7_units(text)
-    if gsm is not None:
-        return EncodedMessage(Coding.GSM7, _split(text, gsm, GSM7_SINGLE, GSM7_PART, 1, max_parts))
+        return EncodedMessage(Coding.GSM7, _split(text, _gsm7_units(text), GSM7_SINGLE, GSM7_PART, 1, max_parts))
+    utf16 = text.encode("utf-16-be")
+    if len(utf16) <= 2 * UCS2_SINGLE:
+        return EncodedMessage(Coding.UCS2, (Segment(text, utf16),))
     return EncodedMessage(Coding.UCS2, _split(text, _ucs2_units(text), UCS2_SINGLE, UCS2_PART, 2, max_parts))
 
 

@@ -20,8 +20,8 @@ MAX_FIELDS = 64
 _COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 # Characters XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF): an error message that
 # quotes the caller's input must still make a well-formed reply.
-_XML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\r", "&#13;"))  # as libxml2 escapes text
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_XML_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\r", "&#13;"))  # as libxml2 escapes text
 
 
 def parse_form(data: bytes | str, charset: str = "utf-8") -> dict[str, str]:

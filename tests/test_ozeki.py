@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qsl, quote_plus
 
 import pytest
 from hypothesis import given
@@ -93,7 +94,6 @@ def test_error_reply_has_no_sms_id_and_a_safe_element_name() -> None:
 @given(st.lists(st.tuples(st.text(), st.text()), max_size=8), st.sampled_from(["&", "&&", "=&"]),
        st.booleans())
 def test_form_decoding_is_what_parse_qsl_decodes(fields: list[tuple[str, str]], glue: str, raw: bool) -> None:
-    from urllib.parse import parse_qsl, quote_plus
     query = glue.join(f"{n}={v}" if raw else f"{quote_plus(n)}={quote_plus(v)}" for n, v in fields)
     try:
         expected: dict[str, str] | str = merge_params(parse_qsl(query, keep_blank_values=True, errors="strict"))

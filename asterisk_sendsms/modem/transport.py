@@ -80,7 +80,7 @@ class ModemTransport:
 
     def health(self) -> TransportHealth:
         detail = self._settings.device + (f", signal {self._signal}" if self._signal else "")
-        return TransportHealth(self.name, self.kind, self._ready, self.state, detail)
+        return TransportHealth(self.name, self.kind, self.ready, self.state, detail)
 
     async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
         """Status reports come from the network, not from our process: nothing to do."""

@@ -184,7 +184,7 @@ class SmppTransport:
             states += ", throttled by the SMSC"
         detail = (f"{self._settings.host}:{self._settings.port} window {self.capacity}, "
                   f"{sender.session.outstanding} in flight")
-        return TransportHealth(self.name, self.kind, sender.bound, states, detail, sender.session.outstanding)
+        return TransportHealth(self.name, self.kind, self.ready, states, detail, sender.session.outstanding)
 
     async def resume(self, awaiting: Sequence[tuple[str, str]]) -> None:
         """The SMSC keeps receipts for us across our restart; nothing to do."""

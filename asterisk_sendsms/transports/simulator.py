@@ -40,7 +40,7 @@ class SimulatorTransport:
         return self._running
 
     def health(self) -> TransportHealth:
-        return TransportHealth(self.name, self.kind, self._running, "ready" if self._running else "starting",
+        return TransportHealth(self.name, self.kind, self.ready, "ready" if self.ready else "starting",
                                f"receipts after {self._settings.receipt_delay:g}s")
 
     def _outcome(self, recipient: str) -> PartOutcome:
