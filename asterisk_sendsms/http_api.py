@@ -38,9 +38,11 @@ __all__ = ["build_app"]
 
 log = logging.getLogger(__name__)
 
-# Who is asking: given the request and the parameters it carried, a user or an error.
-Identify = Callable[[web.Request, dict[str, str]], Awaitable[UserConfig]]
+# Who is asking, from the client's address, its Authorization header and the parameters it sent: a user or an
+# error.
+Identify = Callable[[str, str, dict[str, str]], Awaitable[UserConfig]]
 HealthSource = Callable[[], list[TransportHealth]]
+ReadParams = Callable[[], Awaitable[dict[str, str]]]
 
 COMMANDS = {"sendsms": "SendSms", "call": "Call"}
 XML_TYPE = "text/xml"
@@ -51,32 +53,87 @@ def _client(request: web.Request) -> str:
 
 
 def tcp_identify(auth: Authenticator) -> Identify:
-    async def identify(request: web.Request, params: dict[str, str]) -> UserConfig:
-        address = _client(request)
-        auth.check_client(address)
+    async def identify(client: str, authorization: str, params: dict[str, str]) -> UserConfig:
+        auth.check_client(client)
         username, password = params.get("username"), params.get("password")
-        header = request.headers.get("Authorization", "")
-        if header[:6].lower() == "basic ":
+        if authorization[:6].lower() == "basic ":
             try:
-                username, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+                username, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 raise ParseError("malformed Basic authorization header") from None
-        return await auth.authenticate(username, password, address)
+        return await auth.authenticate(username, password, client)
     return identify
 
 
-async def operator_identify(request: web.Request, params: dict[str, str]) -> UserConfig:
+async def operator_identify(client: str, authorization: str, params: dict[str, str]) -> UserConfig:
     return OPERATOR  # the control socket's file permissions are its authentication
+
+
+class _BodyTooLarge(ParseError):
+    http_status = 413
+
+
+class OzekiEndpoint:
+    """The Ozeki `/api` commands apart from the HTTP server that carries them (aiohttp, or the fast lane):
+    parameters in, status and XML reply out."""
+
+    def __init__(self, service: SmsService, identify: Identify, calls: CallService | None = None) -> None:
+        self.service = service
+        self.identify = identify
+        self._calls = calls
+
+    async def answer(self, method: str, read_params: ReadParams, authorization: str, client: str
+                     ) -> tuple[int, bytes]:
+        command: str | None = None
+        try:
+            if method not in ("GET", "POST"):
+                raise ParseError(f"method {method} is not supported; use GET or POST")
+            params = await read_params()
+            raw_command = params.get("command")
+            if not raw_command:
+                raise InvalidParameter("command", "(none)")
+            command = COMMANDS.get(raw_command.lower())
+            if command is None:
+                command = raw_command
+                raise UnknownCommand(raw_command)
+            user = await self.identify(client, authorization, params)
+            values = await self._run(command, user, params)
+        except SmsGatewayError as exc:
+            log.info("%s from %s refused: %d %s", command or "request", client, exc.ozeki_code, exc.message)
+            return exc.http_status, command_result(command, exc.ozeki_code, exc.message)
+        except Exception:
+            log.exception("unexpected error serving %s /api from %s", method, client)
+            error = ServiceUnavailable("internal error; the message was not accepted")
+            return error.http_status, command_result(command, error.ozeki_code, error.message)
+        return 200, command_result(command, 200, SUCCESS_MESSAGE, **values)
+
+    async def _run(self, command: str, user: UserConfig, params: dict[str, str]) -> dict[str, str]:
+        """Run an Ozeki command; returns the reply's values."""
+        if command == "Call":
+            if self._calls is None:
+                raise UnknownCommand("Call")
+            call = call_params(params)
+            call_id = await self._calls.call(user, call.dialed, call.url, call.caller_id)
+            log.info("call %s to %s originated for %s", call_id, call.dialed, user.name)
+            return {"CallId": call_id}
+        send = send_sms_params(params)
+        accepted = await self.service.send(user, send.recipient, send.message, send.sender,
+                                           send.delivery_report_url)
+        log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
+        return {"SmsId": accepted.sms_id}
 
 
 async def _request_params(request: web.Request) -> dict[str, str]:
     query = parse_form(request.rel_url.raw_query_string)
     if request.method != "POST" or not request.can_read_body:
         return query
-    if request.content_type == "multipart/form-data":
-        form = await request.post()
-        return merge_params(query, {k: v for k, v in form.items() if isinstance(v, str)})
-    body = await request.read()
+    try:
+        if request.content_type == "multipart/form-data":
+            form = await request.post()
+            return merge_params(query, {k: v for k, v in form.items() if isinstance(v, str)})
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
     return merge_params(query, parse_form(body, request.charset or "utf-8"))
 
 
@@ -88,13 +145,15 @@ def _message_json(message: MessageView) -> dict[str, Any]:
     return data
 
 
-def build_app(service: SmsService, identify: Identify, health: HealthSource, max_body: int,
-              calls: CallService | None = None, metrics: Metrics | None = None) -> web.Application:
+def build_app(ozeki: OzekiEndpoint, health: HealthSource, max_body: int, metrics: Metrics | None = None
+              ) -> web.Application:
     routes = web.RouteTableDef()
+    service, identify = ozeki.service, ozeki.identify
 
     async def query_user(request: web.Request) -> UserConfig:
         """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters)."""
-        return await identify(request, parse_form(request.rel_url.raw_query_string))
+        return await identify(_client(request), request.headers.get("Authorization", ""),
+                              parse_form(request.rel_url.raw_query_string))
 
     async def admin_user(request: web.Request) -> UserConfig:
         user = await query_user(request)
@@ -104,45 +163,9 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
 
     @routes.route("*", "/api")
     async def ozeki_api(request: web.Request) -> web.Response:
-        command: str | None = None
-        try:
-            if request.method not in ("GET", "POST"):
-                raise ParseError(f"method {request.method} is not supported; use GET or POST")
-            params = await _request_params(request)
-            raw_command = params.get("command")
-            if not raw_command:
-                raise InvalidParameter("command", "(none)")
-            command = COMMANDS.get(raw_command.lower())
-            if command is None:
-                command = raw_command
-                raise UnknownCommand(raw_command)
-            user = await identify(request, params)
-            values = await run_command(command, user, params)
-        except SmsGatewayError as exc:
-            log.info("%s from %s refused: %d %s", command or "request", _client(request), exc.ozeki_code,
-                     exc.message)
-            return web.Response(body=command_result(command, exc.ozeki_code, exc.message),
-                                status=exc.http_status, content_type=XML_TYPE, charset="utf-8")
-        except web.HTTPRequestEntityTooLarge:
-            error = ParseError(f"the request body is larger than {max_body} bytes")
-            return web.Response(body=command_result(command, error.ozeki_code, error.message), status=413,
-                                content_type=XML_TYPE, charset="utf-8")
-        return web.Response(body=command_result(command, 200, SUCCESS_MESSAGE, **values),
-                            content_type=XML_TYPE, charset="utf-8")
-
-    async def run_command(command: str, user: UserConfig, params: dict[str, str]) -> dict[str, str]:
-        """Run an Ozeki command; returns the reply's values."""
-        if command == "Call":
-            if calls is None:
-                raise UnknownCommand("Call")
-            call = call_params(params)
-            call_id = await calls.call(user, call.dialed, call.url, call.caller_id)
-            log.info("call %s to %s originated for %s", call_id, call.dialed, user.name)
-            return {"CallId": call_id}
-        send = send_sms_params(params)
-        accepted = await service.send(user, send.recipient, send.message, send.sender, send.delivery_report_url)
-        log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
-        return {"SmsId": accepted.sms_id}
+        status, reply = await ozeki.answer(request.method, lambda: _request_params(request),
+                                           request.headers.get("Authorization", ""), _client(request))
+        return web.Response(body=reply, status=status, content_type=XML_TYPE, charset="utf-8")
 
     def json_error(exc: SmsGatewayError) -> web.Response:
         return web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status)
@@ -168,7 +191,7 @@ def build_app(service: SmsService, identify: Identify, health: HealthSource, max
     async def json_list(request: web.Request) -> web.Response:
         try:
             params = parse_form(request.rel_url.raw_query_string)
-            user = await identify(request, params)
+            user = await identify(_client(request), request.headers.get("Authorization", ""), params)
             try:
                 since = float(params["since"]) if params.get("since") else None
                 limit = int(params.get("limit") or 50)

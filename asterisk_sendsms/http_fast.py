@@ -1,0 +1,259 @@
+"""The HTTP/1.1 fast lane of the TCP API: plain GET and form POST requests to `/api`, what applications send
+for every message, parsed and answered here at a fraction of the cost of aiohttp's web layer. Any other
+request, and anything unusual about one, hands the connection over to aiohttp with the bytes as they came."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+from .http_api import OzekiEndpoint
+from .ozeki import merge_params, parse_form
+
+__all__ = ["FastLane"]
+
+# aiohttp's own keep-alive timeout: an idle connection (or one that never finishes its request) is closed.
+IDLE_TIMEOUT = 75.0
+_MAX_HEADER_LINE = 8190
+_MAX_HEADERS = 100
+# The request line: GET or POST of /api, the query in plain printable ASCII, HTTP/1.0 or 1.1.
+_REQUEST_LINE = re.compile(rb"(GET|POST) /api(?:\?([\x21-\x7e]*))? HTTP/1\.([01])")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e]*")
+_FORM_TYPES = (b"application/x-www-form-urlencoded", b"application/x-www-form-urlencoded; charset=utf-8")
+# Headers that change how the body is framed or answered: aiohttp knows them all.
+_HAND_OVER = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second, self._value = now, formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+class FastLane:
+    """The protocol factory for the API's TCP socket; `fallback` is aiohttp's (the runner's `server`)."""
+
+    def __init__(self, ozeki: OzekiEndpoint, fallback: Callable[[], asyncio.Protocol], max_body: int,
+                 max_line: int) -> None:
+        self.ozeki = ozeki
+        self.fallback = fallback
+        self.max_body = max_body
+        self.max_head = max_line + _MAX_HEADERS * _MAX_HEADER_LINE
+        self.max_line = max_line
+        self.date = _Date()
+        self.connections: set[_Connection] = set()
+        self.closing = False
+        self._all_closed = asyncio.Event()
+
+    def __call__(self) -> asyncio.Protocol:
+        return _Connection(self)
+
+    def forget(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if self.closing and not self.connections:
+            self._all_closed.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now and busy ones after their answer; wait for them up to `grace`."""
+        self.closing = True
+        for connection in list(self.connections):
+            connection.close_when_idle()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), grace)
+            except TimeoutError:
+                for connection in list(self.connections):
+                    connection.abort()
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._transport: asyncio.Transport | None = None
+        self._buffer = b""
+        self._busy = False
+        self._paused = False
+        self._client = "local"
+        self._idle: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self._client = str(peer[0])
+        self._lane.connections.add(self)
+        self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > self._lane.max_head + self._lane.max_body and self._transport is not None:
+                self._transport.pause_reading()  # a client pipelining far ahead waits for its answers
+                self._paused = True
+            return
+        self._next_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_idle_timer()
+        self._transport = None
+        self._lane.forget(self)
+
+    # ------------------------------------------------------------ shutdown
+
+    def close_when_idle(self) -> None:
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ------------------------------------------------------------ requests
+
+    def _next_request(self) -> None:
+        """Answer the request at the head of the buffer if it is complete and ours; hand it over if it is not
+        ours; wait for more bytes otherwise."""
+        head_end = self._buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self._buffer) > self._lane.max_head:
+                self._hand_over()
+            return
+        request = self._parse_head(head_end)
+        if request is None:
+            self._hand_over()
+            return
+        length = request.content_length
+        body_start = head_end + 4
+        if len(self._buffer) < body_start + length:
+            return
+        # A GET's body, if it has one, is read past and ignored, as aiohttp does.
+        body = self._buffer[body_start:body_start + length] if request.method == "POST" else b""
+        self._buffer = self._buffer[body_start + length:]
+        self._busy = True
+        self._cancel_idle_timer()
+        self._task = asyncio.get_running_loop().create_task(self._answer(request, body))
+
+    def _parse_head(self, head_end: int) -> _Request | None:
+        """The request if the fast lane serves it, else None (aiohttp will)."""
+        lines = self._buffer[:head_end].split(b"\r\n")
+        if len(lines[0]) > self._lane.max_line or len(lines) > _MAX_HEADERS + 1:
+            return None
+        start = _REQUEST_LINE.fullmatch(lines[0])
+        if start is None:
+            return None
+        headers: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            if not colon or len(line) > _MAX_HEADER_LINE or not _TOKEN.fullmatch(name):
+                return None
+            key = name.lower()
+            # aiohttp refuses some headers twice, and which of two values counts is its call too.
+            if key in _HAND_OVER or key in headers:
+                return None
+            value = value.strip(b" \t")
+            if not _FIELD_VALUE.fullmatch(value):
+                return None
+            headers[key] = value
+        if start.group(3) == b"1" and b"host" not in headers:
+            return None  # aiohttp answers 400, as HTTP/1.1 asks
+        length_field = headers.get(b"content-length", b"0")
+        if not length_field.isdigit() or int(length_field) > self._lane.max_body:
+            return None
+        length = int(length_field)
+        method = start.group(1).decode()
+        content_type = headers.get(b"content-type")
+        if method == "POST" and length and content_type is not None and content_type.lower() not in _FORM_TYPES:
+            return None
+        connection = {token.strip().lower() for token in headers.get(b"connection", b"").split(b",")}
+        keep_alive = b"close" not in connection if start.group(3) == b"1" else b"keep-alive" in connection
+        return _Request(method, (start.group(2) or b"").decode("ascii"), length,
+                        headers.get(b"authorization", b"").decode("ascii"), keep_alive)
+
+    async def _answer(self, request: _Request, body: bytes) -> None:
+        async def read_params() -> dict[str, str]:
+            query = parse_form(request.query)
+            return merge_params(query, parse_form(body)) if body else query
+        status, reply = await self._lane.ozeki.answer(request.method, read_params, request.authorization,
+                                                      self._client)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        keep_alive = request.keep_alive and not self._lane.closing
+        phrase = HTTPStatus(status).phrase.encode()
+        transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: %d\r\n"
+                        b"Date: %s\r\nServer: asterisk-sendsms\r\n%s\r\n%s"
+                        % (status, phrase, len(reply), self._lane.date(),
+                           b"" if keep_alive else b"Connection: close\r\n", reply))
+        self._busy = False
+        if not keep_alive:
+            transport.close()
+            return
+        if self._paused:
+            self._paused = False
+            transport.resume_reading()
+        self._arm_idle_timer()
+        if self._buffer:
+            self._next_request()
+
+    def _hand_over(self) -> None:
+        """From here on aiohttp serves this connection, starting with the bytes not yet answered."""
+        transport = self._transport
+        if transport is None:
+            return
+        self._cancel_idle_timer()
+        self._lane.forget(self)
+        self._transport = None
+        if self._paused:
+            transport.resume_reading()
+        handler = self._lane.fallback()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        data, self._buffer = self._buffer, b""
+        if data:
+            handler.data_received(data)
+
+    # ------------------------------------------------------------ idle connections
+
+    def _arm_idle_timer(self) -> None:
+        self._cancel_idle_timer()
+        self._idle = asyncio.get_running_loop().call_later(IDLE_TIMEOUT, self._close_idle)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _close_idle(self) -> None:
+        self._idle = None
+        if self._transport is not None and not self._busy:
+            self._transport.close()
+
+
+class _Request:
+    __slots__ = ("authorization", "content_length", "keep_alive", "method", "query")
+
+    def __init__(self, method: str, query: str, content_length: int, authorization: str, keep_alive: bool
+                 ) -> None:
+        self.method = method
+        self.query = query
+        self.content_length = content_length
+        self.authorization = authorization
+        self.keep_alive = keep_alive
+
