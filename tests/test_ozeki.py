@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl, quote_plus, urlencode
 
 import pytest
 from hypothesis import given
@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from asterisk_sendsms.errors import InvalidParameter, ParseError
-from asterisk_sendsms.ozeki import SUCCESS_MESSAGE, command_result, merge_params, parse_form, send_sms_params
+from asterisk_sendsms.ozeki import (
+    SUCCESS_MESSAGE,
+    command_result,
+    form_encode,
+    merge_params,
+    parse_form,
+    send_sms_params,
+)
 
 from .conftest import SEED_QUERY
 
@@ -104,3 +111,8 @@ def test_form_decoding_is_what_parse_qsl_decodes(fields: list[tuple[str, str]], 
     except ParseError as exc:
         got = "UnicodeDecodeError" if "not valid" in exc.message else type(exc).__name__
     assert got == expected
+
+
+@given(st.dictionaries(st.text(), st.text() | st.sampled_from(["SMSDeliveryReport", "+3620", "2026-12-01T10:00:00Z"])))
+def test_form_encoding_is_what_urlencode_writes(fields: dict[str, str]) -> None:
+    assert form_encode(fields) == urlencode(fields).encode()
