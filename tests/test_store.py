@@ -183,6 +183,26 @@ async def test_a_failing_operation_does_not_take_its_batch_down(store: SqlStore)
     assert await store.get(good.sms_id) is not None
 
 
+async def test_submits_recorded_together_keep_their_own_outcomes(store: SqlStore) -> None:
+    """Submits of one batch are written by shared statements; each still gets its own result or error."""
+    messages = [new_message() for _ in range(40)]
+    await asyncio.gather(*(store.accept(m) for m in messages))
+    assert len(await store.claim(100, NOW, 60)) == 40
+    await store.apply_receipt(Receipt("smsc", "early-7", PartOutcome.DELIVERED), NOW)
+    await store.finish(messages[3].sms_id, State.FAILED, "X", "given up", NOW)
+    results = await asyncio.gather(*(
+        store.mark_submitted(m.sms_id, "smsc", ["early-7" if i == 7 else f"id-{i}"], NOW + 1, NOW + 100)
+        for i, m in enumerate(messages)), return_exceptions=True)
+    assert isinstance(results[3], IllegalTransition)
+    assert not isinstance(results[7], BaseException) and results[7].final_state is State.DELIVERED
+    assert all(not isinstance(r, BaseException) and r.final_state is None
+               for i, r in enumerate(results) if i not in (3, 7))
+    views = [await store.get(m.sms_id) for m in messages]
+    assert [v.state for v in views if v] == [State.FAILED if i == 3 else State.DELIVERED if i == 7 else State.SUBMITTED
+                                             for i in range(40)]
+    assert views[12] is not None and views[12].parts[0].smsc_id == "id-12" and views[12].transport == "smsc"
+
+
 async def test_second_owner_is_refused(store: SqlStore, nodes: Nodes) -> None:
     with pytest.raises(ServiceUnavailable, match="another asterisk-sendsms daemon"):
         await nodes.open("a")

@@ -12,7 +12,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar, cast
 
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
@@ -50,6 +50,8 @@ RECONNECT_INTERVAL = 1.0
 # An outage ends when operations have gone through for this long since the last failure: a full disk still
 # lets reads and small writes through now and then, which must not be logged as a recovery each time.
 OUTAGE_QUIET = 1.0
+# Rows per statement of `Db.with_values` at most: 13 columns stay far below SQLite's 32,766 variables.
+_CHUNK_ROWS = 512
 # Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
 _RETRIES = 3
 
@@ -101,6 +103,27 @@ class Db(ABC):
     @abstractmethod
     def minute(self, column: str) -> str:
         """SQL for the whole minute number of a time in seconds."""
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], suffix: str = ""
+                    ) -> None:
+        """INSERT the rows; `suffix` (an ON CONFLICT clause) applies to each."""
+        self.with_values(f"INSERT INTO {table} ({', '.join(columns)}) VALUES {{values}}{suffix}", rows)
+
+    def with_values(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Run `statement` with its `{values}` replaced by VALUES tuples of the rows; returns the rows changed.
+        The rows go in statements of 2**k tuples: a few statements per batch instead of one per row (each is
+        a release and retake of the interpreter lock for SQLite, a round trip for a server), and a handful of
+        SQL texts for the statement caches."""
+        changed = 0
+        start = 0
+        while start < len(rows):
+            size = min(_CHUNK_ROWS, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start:start + size]
+            one = "(" + ",".join("?" * len(chunk[0])) + ")"
+            changed += self.execute(statement.format(values=",".join([one] * size)),
+                                    [value for row in chunk for value in row]).rowcount
+            start += size
+        return changed
 
     def lock_schema(self) -> None:
         """Serialise migrations of several nodes starting at once (one writer needs nothing)."""
@@ -304,7 +327,7 @@ class SqlStore(ABC):
         so one caller's error never costs the others their writes."""
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]
         try:
-            results = [operation(db) for operation, _ in batch]
+            results = _run_in_groups(db, [operation for operation, _ in batch])
             db.commit()
             outcomes = [(future, result, None) for (_, future), result in zip(batch, results, strict=True)]
         except Exception as exc:
@@ -371,14 +394,7 @@ class SqlStore(ABC):
     # ------------------------------------------------------------ operations
 
     async def accept(self, message: NewMessage) -> None:
-        def op(db: Db) -> None:
-            db.execute(
-                "INSERT INTO messages (sms_id, username, sender, recipient, text, coding, part_count, state,"
-                " callback_url, created_at, updated_at, expires_at, due_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (message.sms_id, message.username, message.sender, message.recipient, message.text,
-                 message.coding.value, message.part_count, State.ACCEPTED.value, message.callback_url,
-                 message.created_at, message.created_at, message.expires_at, message.created_at))
-        await self._run(op)
+        await self._run(_Grouped(_accept_all, message))
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
@@ -415,30 +431,9 @@ class SqlStore(ABC):
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float | None) -> ReceiptResult:
-        def op(db: Db) -> ReceiptResult:
-            # The same keys as a receipt takes: a receipt stored early by another node is seen here, or it sees
-            # these parts; never neither.
-            db.lock_keys([f"{transport}\x1f{smsc_id}" for smsc_id in smsc_ids])
-            _move(db, sms_id, State.SUBMITTED, "transport = ?, due_at = ?, claimed_by = NULL, attempts = attempts + 1,"
-                  " error_code = '', error_text = '', updated_at = ?, submitted_at = ?",
-                  (transport, receipt_deadline, now, now))
-            db.executemany(
-                "INSERT INTO parts (sms_id, idx, transport, smsc_id, state, updated_at)"
-                " VALUES (?, ?, ?, ?, 'submitted', ?) ON CONFLICT (sms_id, idx) DO UPDATE SET"
-                " transport = excluded.transport, smsc_id = excluded.smsc_id, state = excluded.state,"
-                " error_code = '', updated_at = excluded.updated_at",
-                [(sms_id, index, transport, smsc_id, now) for index, smsc_id in enumerate(smsc_ids)])
-            result = ReceiptResult(sms_id)
-            placeholders = ",".join("?" * len(smsc_ids))
-            statement = ("DELETE FROM early_receipts WHERE transport = ? AND smsc_id IN"
-                         f" ({placeholders}) RETURNING smsc_id, outcome, error_code, at")
-            early = db.execute(statement, (transport, *smsc_ids)).fetchall()
-            for smsc_id, outcome, error_code, at in sorted(early, key=lambda row: row[3]):
-                applied = _apply_receipt(db, Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at), now)
-                if applied.final_state is not None:
-                    result = applied
-            return result
-        return await self._run(op)
+        result: ReceiptResult = await self._run(_Grouped(
+            _mark_all_submitted, _Submitted(sms_id, transport, tuple(smsc_ids), now, receipt_deadline)))
+        return result
 
     async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
                           attempted: bool) -> None:
@@ -583,6 +578,101 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, error in outcomes:
         _settle(future, result, error)
+
+
+class _Grouped:
+    """An operation the writer runs together with the others of its kind in the same batch: `run_all` takes
+    all their arguments at once, so that each of its statements runs once per batch instead of once per
+    message. Every statement is a round trip through the interpreter lock (SQLite) or to the server; at a
+    few thousand messages a second those round trips, not the SQL, were what kept the writer busy."""
+
+    __slots__ = ("argument", "run_all")
+
+    def __init__(self, run_all: Callable[[Db, list[Any]], list[Any]], argument: Any) -> None:
+        self.run_all = run_all
+        self.argument = argument
+
+    def __call__(self, db: Db) -> Any:
+        return self.run_all(db, [self.argument])[0]
+
+
+class _GroupFailed(Exception):
+    """A grouped operation could not do all its members' work: run each alone to find whose it was."""
+
+
+def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
+    """Run the operations in order, except that grouped ones of a kind all run where the first of them
+    stands (they touch only their own messages, so moving them up changes no other operation's result)."""
+    groups: dict[Callable[[Db, list[Any]], list[Any]], list[int]] = {}
+    for index, operation in enumerate(operations):
+        if isinstance(operation, _Grouped):
+            groups.setdefault(operation.run_all, []).append(index)
+    results: list[Any] = [None] * len(operations)
+    for index, operation in enumerate(operations):
+        if not isinstance(operation, _Grouped):
+            results[index] = operation(db)
+        elif (members := groups.pop(operation.run_all, None)) is not None:
+            arguments = [cast(_Grouped, operations[member]).argument for member in members]
+            for member, result in zip(members, operation.run_all(db, arguments), strict=True):
+                results[member] = result
+    return results
+
+
+_MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",
+                    "callback_url", "created_at", "updated_at", "expires_at", "due_at")
+
+
+def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
+    db.insert_many("messages", _MESSAGE_COLUMNS, [
+        (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count, State.ACCEPTED.value,
+         m.callback_url, m.created_at, m.created_at, m.expires_at, m.created_at) for m in messages])
+    return [None] * len(messages)
+
+
+class _Submitted(NamedTuple):
+    sms_id: str
+    transport: str
+    smsc_ids: tuple[str, ...]
+    now: float
+    receipt_deadline: float | None
+
+
+def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult]:
+    # The same keys as a receipt takes: a receipt stored early by another node is seen here, or it sees these
+    # parts; never neither.
+    db.lock_keys([f"{s.transport}\x1f{smsc_id}" for s in submits for smsc_id in s.smsc_ids])
+    sources = ",".join(f"'{state.value}'" for state in SOURCES[State.SUBMITTED])
+    # Both engines name the columns of a VALUES list column1, column2, ...: (sms_id, transport, due_at, now).
+    moved = db.with_values(
+        "UPDATE messages SET state = 'submitted', transport = v.column2,"
+        " due_at = CAST(v.column3 AS DOUBLE PRECISION), claimed_by = NULL, attempts = attempts + 1,"
+        " error_code = '', error_text = '', updated_at = v.column4, submitted_at = v.column4"
+        f" FROM (VALUES {{values}}) AS v WHERE messages.sms_id = v.column1 AND messages.state IN ({sources})",
+        [(s.sms_id, s.transport, s.receipt_deadline, s.now) for s in submits])
+    if moved != len(submits):
+        if len(submits) == 1:
+            check_transition(submits[0].sms_id, _state(db, submits[0].sms_id), State.SUBMITTED)  # raises
+            raise ServiceUnavailable(f"message {submits[0].sms_id}: state changed during the update")
+        raise _GroupFailed()  # the writer runs each alone, and the one that cannot move says why
+    # A message submitted again (after a retry) has its rows already: they take the new ids.
+    db.insert_many("parts", ("sms_id", "idx", "transport", "smsc_id", "state", "updated_at"), [
+        (s.sms_id, index, s.transport, smsc_id, "submitted", s.now)
+        for s in submits for index, smsc_id in enumerate(s.smsc_ids)],
+        " ON CONFLICT (sms_id, idx) DO UPDATE SET transport = excluded.transport, smsc_id = excluded.smsc_id,"
+        " state = excluded.state, error_code = '', updated_at = excluded.updated_at")
+    results = [ReceiptResult(s.sms_id) for s in submits]
+    if db.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is None:
+        return results  # nearly always: receipts come after their submit is recorded
+    for position, s in enumerate(submits):
+        placeholders = ",".join("?" * len(s.smsc_ids))
+        early = db.execute("DELETE FROM early_receipts WHERE transport = ? AND smsc_id IN"
+                           f" ({placeholders}) RETURNING smsc_id, outcome, error_code, at",
+                           (s.transport, *s.smsc_ids)).fetchall()
+        for smsc_id, outcome, error_code, at in sorted(early, key=lambda row: row[3]):
+            applied = _apply_receipt(db, Receipt(s.transport, smsc_id, PartOutcome(outcome), error_code, at), s.now)
+            if applied.final_state is not None:
+                results[position] = applied
+    return results
 
 
 def _move(db: Db, sms_id: str, target: State, assignments: str, params: Sequence[Any]) -> None:
