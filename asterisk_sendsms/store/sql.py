@@ -602,7 +602,8 @@ class _GroupFailed(Exception):
 
 def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
     """Run the operations in order, except that grouped ones of a kind all run where the first of them
-    stands (they touch only their own messages, so moving them up changes no other operation's result)."""
+    stands. They touch only their own messages, so moving them up can only let a later operation of the batch
+    see their work sooner, which it handles anyway (a receipt finds its part instead of being kept for it)."""
     groups: dict[Callable[[Db, list[Any]], list[Any]], list[int]] = {}
     for index, operation in enumerate(operations):
         if isinstance(operation, _Grouped):
