@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import cast
+from typing import NamedTuple, cast
 
 from .http_api import OzekiEndpoint
 from .ozeki import merge_params, parse_form
@@ -171,7 +171,8 @@ class _Connection(asyncio.Protocol):
             if not _FIELD_VALUE.fullmatch(value):
                 return None
             headers[key] = value
-        if start.group(3) == b"1" and b"host" not in headers:
+        http11 = start.group(3) == b"1"
+        if http11 and b"host" not in headers:
             return None  # aiohttp answers 400, as HTTP/1.1 asks
         length_field = headers.get(b"content-length", b"0")
         if not length_field.isdigit() or int(length_field) > self._lane.max_body:
@@ -182,7 +183,7 @@ class _Connection(asyncio.Protocol):
         if method == "POST" and length and content_type is not None and content_type.lower() not in _FORM_TYPES:
             return None
         connection = {token.strip().lower() for token in headers.get(b"connection", b"").split(b",")}
-        keep_alive = b"close" not in connection if start.group(3) == b"1" else b"keep-alive" in connection
+        keep_alive = b"close" not in connection if http11 else b"keep-alive" in connection
         return _Request(method, (start.group(2) or b"").decode("ascii"), length,
                         headers.get(b"authorization", b"").decode("ascii"), keep_alive)
 
@@ -246,14 +247,9 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
 
 
-class _Request:
-    __slots__ = ("authorization", "content_length", "keep_alive", "method", "query")
-
-    def __init__(self, method: str, query: str, content_length: int, authorization: str, keep_alive: bool
-                 ) -> None:
-        self.method = method
-        self.query = query
-        self.content_length = content_length
-        self.authorization = authorization
-        self.keep_alive = keep_alive
-
+class _Request(NamedTuple):
+    method: str
+    query: str
+    content_length: int
+    authorization: str
+    keep_alive: bool

@@ -12,7 +12,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
@@ -39,6 +39,8 @@ Operation = Callable[["Db"], Any]
 
 _VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
                  " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at")
+# The states each state may be reached from, as an SQL list of literals.
+_SOURCES_SQL = {target: ",".join(f"'{state.value}'" for state in sources) for target, sources in SOURCES.items()}
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
 _WAITING_PART_STATES = "('submitted', 'enroute', 'accepted')"
 # Receipts for ids nobody submitted are dropped after this long.
@@ -408,8 +410,7 @@ class SqlStore(ABC):
         return await self._run(op)
 
     async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
-        sources = ",".join(f"'{state.value}'" for state in SOURCES[State.QUEUED])
-        due = f"state IN ({sources}) AND due_at <= ?"
+        due = f"state IN ({_SOURCES_SQL[State.QUEUED]}) AND due_at <= ?"
 
         def op(db: Db) -> list[OutboundMessage]:
             for (sms_id,) in db.execute(f"SELECT sms_id FROM messages WHERE {due} AND expires_at <= ? LIMIT ?"
@@ -642,18 +643,17 @@ def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult
     # The same keys as a receipt takes: a receipt stored early by another node is seen here, or it sees these
     # parts; never neither.
     db.lock_keys([f"{s.transport}\x1f{smsc_id}" for s in submits for smsc_id in s.smsc_ids])
-    sources = ",".join(f"'{state.value}'" for state in SOURCES[State.SUBMITTED])
     # Both engines name the columns of a VALUES list column1, column2, ...: (sms_id, transport, due_at, now).
     moved = db.with_values(
         "UPDATE messages SET state = 'submitted', transport = v.column2,"
         " due_at = CAST(v.column3 AS DOUBLE PRECISION), claimed_by = NULL, attempts = attempts + 1,"
         " error_code = '', error_text = '', updated_at = v.column4, submitted_at = v.column4"
-        f" FROM (VALUES {{values}}) AS v WHERE messages.sms_id = v.column1 AND messages.state IN ({sources})",
+        " FROM (VALUES {values}) AS v WHERE messages.sms_id = v.column1"
+        f" AND messages.state IN ({_SOURCES_SQL[State.SUBMITTED]})",
         [(s.sms_id, s.transport, s.receipt_deadline, s.now) for s in submits])
     if moved != len(submits):
         if len(submits) == 1:
-            check_transition(submits[0].sms_id, _state(db, submits[0].sms_id), State.SUBMITTED)  # raises
-            raise ServiceUnavailable(f"message {submits[0].sms_id}: state changed during the update")
+            _refuse_move(db, submits[0].sms_id, State.SUBMITTED)
         raise _GroupFailed()  # the writer runs each alone, and the one that cannot move says why
     # A message submitted again (after a retry) has its rows already: they take the new ids.
     db.insert_many("parts", ("sms_id", "idx", "transport", "smsc_id", "state", "updated_at"), [
@@ -683,8 +683,13 @@ def _move(db: Db, sms_id: str, target: State, assignments: str, params: Sequence
     statement = f"UPDATE messages SET state = ?, {assignments} WHERE sms_id = ? AND state IN ({placeholders})"
     cursor = db.execute(statement, (target.value, *params, sms_id, *(s.value for s in sources)))
     if cursor.rowcount == 0:
-        check_transition(sms_id, _state(db, sms_id), target)  # raises: illegal from the current state
-        raise ServiceUnavailable(f"message {sms_id}: state changed during the update")
+        _refuse_move(db, sms_id, target)
+
+
+def _refuse_move(db: Db, sms_id: str, target: State) -> NoReturn:
+    """Why a conditional UPDATE to `target` changed nothing."""
+    check_transition(sms_id, _state(db, sms_id), target)  # raises: illegal from the current state
+    raise ServiceUnavailable(f"message {sms_id}: state changed during the update")
 
 
 def _history(db: Db, sms_id: str, at: float, state: State, detail: str) -> None:
