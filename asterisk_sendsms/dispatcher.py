@@ -56,6 +56,9 @@ class Dispatcher:
         # Beyond the transports' windows, room for messages whose outcome is being committed: the store's
         # fsync must not hold a window slot.
         self._capacity = sum(t.capacity for t in self._transports.values()) + STORE_PIPELINE
+        # A full pipeline is topped up once this many have left it: a claim for every message that leaves
+        # would be a store transaction each.
+        self._refill = STORE_PIPELINE // 4
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._turns: dict[str, int] = {}
@@ -84,7 +87,7 @@ class Dispatcher:
         pending: set[asyncio.Task[None]] = set()
         while not self._stopping:
             free = self._capacity - len(pending)
-            if free <= 0:
+            if free < self._refill:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
                 continue
@@ -99,13 +102,17 @@ class Dispatcher:
             for message in batch:
                 task = group.create_task(self._dispatch(message))
                 pending.add(task)
-                task.add_done_callback(pending.discard)
-                task.add_done_callback(lambda _: self._slot_freed.set())
+                task.add_done_callback(partial(self._left, pending))
             if not batch:
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
                 except TimeoutError:
                     pass
+
+    def _left(self, pending: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if self._capacity - len(pending) >= self._refill:
+            self._slot_freed.set()
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from .config import Config, UserConfig
 from .encoding import encode_message
 from .errors import InvalidParameter, MessageNotFound, NoRoute, SmsGatewayError
 from .events import EventHub
+from .ids import new_sms_id
 from .lifecycle import State
 from .model import MessageView, NewMessage
 from .notifier import validate_callback_url
@@ -62,7 +63,7 @@ class SmsService:
             raise NoRoute(to.value)
         now = self._clock()
         message = NewMessage(
-            sms_id=str(uuid.uuid4()), username=user.name, sender=from_, recipient=to.value, text=text,
+            sms_id=new_sms_id(), username=user.name, sender=from_, recipient=to.value, text=text,
             coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
             expires_at=now + self._config.messages.validity)
         await self._store.accept(message)

@@ -44,7 +44,7 @@ async def test_seed_request_verbatim(demo: Daemon) -> None:
         assert response.content_type == "text/xml"
         code, message, sms_id = parse_reply(await response.read())
         assert (code, message) == (200, "Command successfully executed")
-        assert sms_id is not None and uuid.UUID(sms_id).version == 4
+        assert sms_id is not None and uuid.UUID(sms_id).version == 7
         data = await wait_final(session, demo, sms_id)
     assert data["state"] == "delivered"
     assert data["sender"] == "+0615546669" and data["recipient"] == "+0615546670"

@@ -11,8 +11,8 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from ..addresses import AddressKind, parse_recipient, parse_sender
 from ..config import SmppSettings
@@ -23,6 +23,7 @@ from ..transports.base import TransportHealth, TransportSink
 from .pdu import Command, Pdu, PduError, Status, Tlv, status_name
 from .receipts import IdForm, decode_mo, is_receipt, parse_receipt, submit_key
 from .session import BindState, SmppSession
+from .window import THROTTLE_PAUSE_INITIAL, Pacer, SubmitWindow
 
 __all__ = ["SmppTransport"]
 
@@ -35,8 +36,6 @@ REFUSED_RETRY = 60.0  # credentials refused: retried slowly (the operator must a
 # Bind refusals that mean the credentials are wrong; any other refusal (ESME_RBINDFAIL when the SMSC is busy or
 # restarting, ESME_RALYBND) is retried with the usual backoff.
 CREDENTIALS_REFUSED = frozenset({Status.ESME_RINVPASWD, Status.ESME_RINVSYSID, Status.ESME_RINVSYSTYP})
-THROTTLE_PAUSE_INITIAL = 0.5
-THROTTLE_PAUSE_MAX = 30.0
 THROTTLE_RETRIES = 20
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 64 * 1024
@@ -49,34 +48,17 @@ SLOW_DOWN = {Status.ESME_RTHROTTLED, Status.ESME_RMSGQFUL}
 TON_NPI = {AddressKind.INTERNATIONAL: (1, 1), AddressKind.NATIONAL: (0, 1), AddressKind.ALPHANUMERIC: (5, 0)}
 
 
-@dataclass
-class _Pacer:
-    """Messages-per-second pacing and the pause after ESME_RTHROTTLED/ESME_RMSGQFUL."""
+class _Exchange:
+    """A request on the wire: its response future, its timeout, and what must happen the moment the response
+    is read (before the waiting task runs)."""
 
-    rate: float
-    next_slot: float = 0.0
-    paused_until: float = 0.0
-    pause: float = THROTTLE_PAUSE_INITIAL
+    __slots__ = ("future", "on_answer", "timer")
 
-    async def wait(self) -> None:
-        now = time.monotonic()
-        start = max(now, self.next_slot, self.paused_until)
-        if self.rate > 0:
-            self.next_slot = start + 1.0 / self.rate
-        if start > now:
-            await asyncio.sleep(start - now)
-
-    def slow_down(self) -> float:
-        self.paused_until = time.monotonic() + self.pause
-        pause, self.pause = self.pause, min(THROTTLE_PAUSE_MAX, self.pause * 2)
-        return pause
-
-    def recovered(self) -> None:
-        self.pause = THROTTLE_PAUSE_INITIAL
-
-    @property
-    def throttled(self) -> bool:
-        return time.monotonic() < self.paused_until
+    def __init__(self, future: asyncio.Future[Pdu], timer: asyncio.TimerHandle,
+                 on_answer: Callable[[Pdu], None] | None) -> None:
+        self.future = future
+        self.timer = timer
+        self.on_answer = on_answer
 
 
 class _Link:
@@ -87,9 +69,9 @@ class _Link:
         self.response_timeout = response_timeout
         self.session = SmppSession()
         self.writer: asyncio.StreamWriter | None = None
-        self.waiting: dict[int, asyncio.Future[Pdu]] = {}
-        # PDUs written in one turn of the event loop leave together, in one system call and segment: the test
-        # SMSC spends a quarter less CPU reading a window of 100 so.
+        self.waiting: dict[int, _Exchange] = {}
+        # PDUs written in one turn of the event loop, or while one read is handled, leave together, in one
+        # system call and segment: the test SMSC spends a quarter less CPU reading a window of 100 so.
         self._unsent: list[bytes] | None = None
         self.state = "connecting"
         self.was_bound = False
@@ -100,60 +82,86 @@ class _Link:
         return self.writer is not None and self.session.state is BindState.BOUND
 
     def send(self, data: bytes) -> None:
-        assert self.writer is not None
         if self._unsent is None:
             self._unsent = [data]
-            asyncio.get_running_loop().call_soon(self._flush, self.writer, self._unsent)
+            asyncio.get_running_loop().call_soon(self._flush_turn, self._unsent)
         else:
             self._unsent.append(data)
 
-    def _flush(self, writer: asyncio.StreamWriter, unsent: list[bytes]) -> None:
-        if self._unsent is unsent:
-            self._unsent = None
-        if writer is self.writer:  # not if the connection was replaced meanwhile: these PDUs were for the old one
-            writer.write(b"".join(unsent))
+    def _flush_turn(self, unsent: list[bytes]) -> None:
+        if unsent is self._unsent:  # not written by `flush` already, nor dropped with an old connection
+            self.flush()
+
+    def flush(self) -> None:
+        unsent, self._unsent = self._unsent, None
+        if unsent and self.writer is not None:
+            self.writer.write(b"".join(unsent))
 
     def connected(self, writer: asyncio.StreamWriter | None) -> None:
         self.writer = writer
         self._unsent = None
 
-    async def request(self, pdu: Pdu) -> Pdu:
-        if not self.bound:
-            raise TransientSubmitError(f"SMPP link {self.mode} is not bound", "NOT_BOUND")
-        return await self.exchange(pdu)
-
-    async def exchange(self, pdu: Pdu) -> Pdu:
-        """Send a request (the session checks it is allowed now) and wait for its response."""
-        if self.writer is None:
-            raise TransientSubmitError(f"SMPP link {self.mode} is not connected", "NOT_CONNECTED")
+    def start(self, pdu: Pdu, future: asyncio.Future[Pdu], on_answer: Callable[[Pdu], None] | None = None,
+              need_bind: bool = True) -> None:
+        """Send a request (the session checks it is allowed now); its response, a timeout or the loss of the
+        connection settles `future`. Raises `TransientSubmitError` (no link) or `PduError` (not encodable)."""
+        if self.writer is None or (need_bind and not self.bound):
+            raise TransientSubmitError(f"SMPP link {self.mode} is not {'bound' if need_bind else 'connected'}",
+                                       "NOT_BOUND" if need_bind else "NOT_CONNECTED")
         data = self.session.request(pdu)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Pdu] = loop.create_future()
-        self.waiting[pdu.sequence] = future
         # A plain timer rather than wait_for, which costs a future and callbacks more for every submit.
-        timer = loop.call_later(self.response_timeout, _time_out, future)
+        timer = future.get_loop().call_later(self.response_timeout, self._time_out, pdu.sequence)
+        self.waiting[pdu.sequence] = _Exchange(future, timer, on_answer)
+        self.send(data)
+
+    async def exchange(self, pdu: Pdu, need_bind: bool = True) -> Pdu:
+        """Send a request and wait for its response."""
+        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
+        self.start(pdu, future, need_bind=need_bind)
         try:
-            self.send(data)
-            if self.writer is not None and self.writer.transport.get_write_buffer_size() > 256 * 1024:
-                await self.writer.drain()  # backpressure from a slow SMSC
             return await future
         except TimeoutError:
             raise TransientSubmitError(f"no {pdu.command.name.lower()}_resp within {self.response_timeout:g}s",
                                        "RESPONSE_TIMEOUT") from None
-        finally:
-            timer.cancel()
-            self.waiting.pop(pdu.sequence, None)
+
+    def answered(self, pdu: Pdu) -> None:
+        exchange = self.waiting.pop(pdu.sequence, None)
+        if exchange is None:
+            return  # late (timed out) or never asked for
+        exchange.timer.cancel()
+        if exchange.on_answer is not None:
+            exchange.on_answer(pdu)
+        if not exchange.future.done():
+            exchange.future.set_result(pdu)
+
+    def _time_out(self, sequence: int) -> None:
+        exchange = self.waiting.pop(sequence, None)
+        if exchange is not None and not exchange.future.done():
+            exchange.future.set_exception(TimeoutError())
 
     def fail_waiting(self, reason: str) -> None:
-        for future in self.waiting.values():
-            if not future.done():
-                future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
+        for exchange in self.waiting.values():
+            exchange.timer.cancel()
+            if not exchange.future.done():
+                exchange.future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
         self.waiting.clear()
 
 
-def _time_out(future: asyncio.Future[Pdu]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
+# Where an attempt stands with its window slot.
+_WAITING, _HELD, _GONE = "waiting for a slot", "holding a slot", "slot given up"
+
+
+class _Attempt:
+    """One part's submit_sm, from its wait for a window slot to its response (one try after another when the
+    SMSC throttles, on the same slot)."""
+
+    __slots__ = ("link", "pdu", "response", "slot")
+
+    def __init__(self, link: _Link, pdu: Pdu, response: asyncio.Future[Pdu]) -> None:
+        self.link = link
+        self.pdu = pdu
+        self.response = response
+        self.slot = _WAITING
 
 
 class SmppTransport:
@@ -165,8 +173,8 @@ class SmppTransport:
         self.expects_receipts = settings.receipts
         self._settings = settings
         self._form = IdForm(settings.ids)
-        self._window = asyncio.Semaphore(settings.window)
-        self._pacer = _Pacer(settings.throughput)
+        self._window: SubmitWindow[_Attempt] = SubmitWindow(settings.window)
+        self._pacer = Pacer(settings.throughput)
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
         self._links = [_Link(mode, settings.response_timeout) for mode in modes]
         self._sink: TransportSink | None = None
@@ -239,15 +247,20 @@ class SmppTransport:
         return params
 
     async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes]) -> str:
-        # The window slot is kept through throttling pauses: the part is sent again before any part queued
-        # behind it, so with a window of 1 each recipient gets its messages in order.
-        async with self._window:
+        loop = asyncio.get_running_loop()
+        attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future())
+        if self._window.enter(attempt):
+            attempt.slot = _HELD
+            self._send_paced(attempt)
+        try:
             for _ in range(THROTTLE_RETRIES):
-                await self._pacer.wait()
                 try:
-                    response = await link.request(Pdu(Command.SUBMIT_SM, params=dict(params), tlvs=dict(tlvs)))
+                    response = await attempt.response
                 except PduError as exc:
                     raise PermanentSubmitError(f"cannot encode the submit: {exc.message}", "ENCODING") from None
+                except TimeoutError:
+                    raise TransientSubmitError(f"no submit_sm_resp within {link.response_timeout:g}s",
+                                               "RESPONSE_TIMEOUT") from None
                 status = response.status
                 if response.command is Command.GENERIC_NACK:
                     raise PermanentSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",
@@ -262,12 +275,53 @@ class SmppTransport:
                     log.log(logging.DEBUG if already else logging.INFO,
                             "SMSC %s answered %s: pausing %.1fs, then the same part again", self.name,
                             status_name(status), pause)
+                    # The part kept its window slot (`_answered`): it goes again before any part queued behind
+                    # it, so with a window of 1 each recipient gets its messages in order.
+                    attempt.response = loop.create_future()
+                    self._send_paced(attempt)
                     continue
                 if status in TRANSIENT:
                     raise TransientSubmitError(f"the SMSC answered {status_name(status)}", status_name(status))
                 raise PermanentSubmitError(f"the SMSC refused the message: {status_name(status)}",
                                            status_name(status))
+        finally:
+            self._leave(attempt)
         raise TransientSubmitError("the SMSC kept throttling", "ESME_RTHROTTLED")
+
+    def _send_paced(self, attempt: _Attempt) -> None:
+        """Send a part that holds a window slot, now or when the pacer allows."""
+        delay = self._pacer.reserve()
+        if delay > 0:
+            attempt.response.get_loop().call_later(delay, self._send, attempt)
+        else:
+            self._send(attempt)
+
+    def _send(self, attempt: _Attempt) -> None:
+        if attempt.slot is not _HELD:
+            return  # its sender gave up while the pacer held it back
+        try:
+            attempt.link.start(attempt.pdu, attempt.response, partial(self._answered, attempt))
+        except (TransientSubmitError, PduError) as exc:
+            # The sender sees it and gives the slot up: failing here, on a link that is down, must not pass
+            # the slot on to the next part within this call, and from it to the next.
+            attempt.response.set_exception(exc)
+
+    def _answered(self, attempt: _Attempt, response: Pdu) -> None:
+        """Run as soon as the response is read: the slot goes to the next part, whose submit leaves with the
+        other writes of this read. A throttled part keeps its slot for its next try."""
+        if response.command is Command.GENERIC_NACK or response.status not in SLOW_DOWN:
+            self._leave(attempt)
+
+    def _leave(self, attempt: _Attempt) -> None:
+        if attempt.slot is _HELD:
+            attempt.slot = _GONE
+            successor = self._window.leave()
+            if successor is not None:
+                successor.slot = _HELD
+                self._send_paced(successor)
+        elif attempt.slot is _WAITING:
+            attempt.slot = _GONE
+            self._window.withdraw(attempt)
 
     # ------------------------------------------------------------ connections
 
@@ -329,7 +383,7 @@ class SmppTransport:
                 "system_type": settings.system_type, "interface_version": 0x34})
             link.state = "binding"
             try:
-                response = await link.exchange(bind)
+                response = await link.exchange(bind, need_bind=False)
             except TransientSubmitError as exc:
                 reading.cancel()
                 return f"bind failed: {exc.message}", 0.0
@@ -355,7 +409,7 @@ class SmppTransport:
         """Shutting down (the dispatcher has let the window drain): unbind politely."""
         if link.bound:
             with contextlib.suppress(SmsGatewayError, OSError):
-                await asyncio.wait_for(link.request(Pdu(Command.UNBIND)), UNBIND_GRACE)
+                await asyncio.wait_for(link.exchange(Pdu(Command.UNBIND)), UNBIND_GRACE)
                 log.info("SMPP %s (%s) unbound", self.name, link.mode)
 
     async def _keepalive(self, link: _Link) -> None:
@@ -364,7 +418,7 @@ class SmppTransport:
             await asyncio.sleep(max(0.05, link.last_heard + interval - time.monotonic()))
             if time.monotonic() - link.last_heard >= interval and link.bound:
                 try:
-                    await link.request(Pdu(Command.ENQUIRE_LINK))
+                    await link.exchange(Pdu(Command.ENQUIRE_LINK))
                 except TransientSubmitError:
                     log.warning("SMPP %s (%s): no enquire_link_resp; reconnecting", self.name, link.mode)
                     if link.writer is not None:
@@ -376,9 +430,7 @@ class SmppTransport:
             link.last_heard = time.monotonic()
             for pdu in link.session.receive_data(data):
                 if pdu.command.is_response:
-                    future = link.waiting.get(pdu.sequence)
-                    if future is not None and not future.done():
-                        future.set_result(pdu)
+                    link.answered(pdu)
                 elif pdu.command is Command.ENQUIRE_LINK:
                     link.send(link.session.respond(pdu))
                 elif pdu.command is Command.UNBIND:
@@ -388,6 +440,7 @@ class SmppTransport:
                     group.create_task(self._on_deliver(link, pdu))
                 else:
                     link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
+            link.flush()  # the submits that took the slots freed by this read leave now, not a turn later
 
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
         """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""

@@ -46,6 +46,9 @@ _WAITING_PART_STATES = "('submitted', 'enroute', 'accepted')"
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
 _BATCH_LIMIT = 1024
+# How long the writer waits for more records of submits before committing them (see `_gather`). A crash
+# in this time sends those messages again: as many as a window delivers in 2 ms.
+OUTCOME_LINGER = 0.002
 # After a failed connection attempt, operations fail at once for this long instead of each waiting for a
 # connect timeout of its own.
 RECONNECT_INTERVAL = 1.0
@@ -274,16 +277,7 @@ class SqlStore(ABC):
         loop.call_soon_threadsafe(_settle, ready, found, None)
         try:
             while (item := self._ops.get()) is not None:
-                batch = [item]
-                while len(batch) < _BATCH_LIMIT:
-                    try:
-                        more = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        self._ops.put(None)
-                        break
-                    batch.append(more)
+                batch = self._gather(item)
                 db, error = self._begin(db, owner)
                 if error is not None or db is None:
                     failed = error or ServiceUnavailable("the message store is unreachable")
@@ -298,6 +292,32 @@ class SqlStore(ABC):
         finally:
             if db is not None:
                 db.close()
+
+    def _gather(self, first: tuple[Operation, asyncio.Future[Any]]) -> list[tuple[Operation, asyncio.Future[Any]]]:
+        """The operations to commit together: those queued now, and while every one of them is a record of
+        what the SMSC answered, those that come within OUTCOME_LINGER too. Nobody waits for those records
+        (the next submit leaves meanwhile), and with a small window they come one by one: a commit each
+        cost more than the rest of the message."""
+        batch = [first]
+        lingering = getattr(first[0], "linger", False)
+        linger_until = 0.0
+        while len(batch) < _BATCH_LIMIT:
+            try:
+                more = self._ops.get_nowait()
+            except queue.Empty:
+                if not lingering:
+                    break
+                linger_until = linger_until or time.monotonic() + OUTCOME_LINGER
+                try:
+                    more = self._ops.get(timeout=max(0.0, linger_until - time.monotonic()))
+                except queue.Empty:
+                    break
+            if more is None:
+                self._ops.put(None)
+                break
+            batch.append(more)
+            lingering = lingering and getattr(more[0], "linger", False)
+        return batch
 
     def _begin(self, db: Db | None, owner: bool) -> tuple[Db | None, Exception | None]:
         """A connection with a transaction begun (opened if needed), or the error. A connection found dead at
@@ -433,7 +453,7 @@ class SqlStore(ABC):
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float | None) -> ReceiptResult:
         result: ReceiptResult = await self._run(_Grouped(
-            _mark_all_submitted, _Submitted(sms_id, transport, tuple(smsc_ids), now, receipt_deadline)))
+            _mark_all_submitted, _Submitted(sms_id, transport, tuple(smsc_ids), now, receipt_deadline), linger=True))
         return result
 
     async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
@@ -587,11 +607,12 @@ class _Grouped:
     message. Every statement is a round trip through the interpreter lock (SQLite) or to the server; at a
     few thousand messages a second those round trips, not the SQL, were what kept the writer busy."""
 
-    __slots__ = ("argument", "run_all")
+    __slots__ = ("argument", "linger", "run_all")
 
-    def __init__(self, run_all: Callable[[Db, list[Any]], list[Any]], argument: Any) -> None:
+    def __init__(self, run_all: Callable[[Db, list[Any]], list[Any]], argument: Any, linger: bool = False) -> None:
         self.run_all = run_all
         self.argument = argument
+        self.linger = linger  # nobody waits for it: it may wait for others to commit with
 
     def __call__(self, db: Db) -> Any:
         return self.run_all(db, [self.argument])[0]
