@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
@@ -19,6 +20,7 @@ __all__ = ["FastLane"]
 
 # aiohttp's own keep-alive timeout: an idle connection (or one that never finishes its request) is closed.
 IDLE_TIMEOUT = 75.0
+REQUESTS_PER_TURN = 4
 _MAX_HEADER_LINE = 8190
 _MAX_HEADERS = 100
 # The request line: GET or POST of /api, the query in plain printable ASCII, HTTP/1.0 or 1.1.
@@ -58,9 +60,31 @@ class FastLane:
         self.connections: set[_Connection] = set()
         self.closing = False
         self._all_closed = asyncio.Event()
+        self._admitted: deque[tuple[_Connection, _Request, bytes]] = deque()
+        self._pumping = False
 
     def __call__(self) -> asyncio.Protocol:
         return _Connection(self)
+
+    def admit(self, connection: _Connection, request: _Request, body: bytes) -> None:
+        """Answer the request, starting at most REQUESTS_PER_TURN a turn of the event loop: under a flood of
+        requests a turn would otherwise run the work of every one that arrived, and the SMPP responses read
+        at the start of the next turn would wait for all of it (with a window of 1 the SMSC link ran at a
+        third of its pace while requests came in, measured)."""
+        self._admitted.append((connection, request, body))
+        if not self._pumping:
+            self._pumping = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(min(REQUESTS_PER_TURN, len(self._admitted))):
+            connection, request, body = self._admitted.popleft()
+            connection.task = loop.create_task(connection.answer(request, body))
+        if self._admitted:
+            loop.call_soon(self._pump)
+        else:
+            self._pumping = False
 
     def forget(self, connection: _Connection) -> None:
         self.connections.discard(connection)
@@ -89,7 +113,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._client = "local"
         self._idle: asyncio.TimerHandle | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -148,7 +172,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = self._buffer[body_start + length:]
         self._busy = True
         self._cancel_idle_timer()
-        self._task = asyncio.get_running_loop().create_task(self._answer(request, body))
+        self._lane.admit(self, request, body)
 
     def _parse_head(self, head_end: int) -> _Request | None:
         """The request if the fast lane serves it, else None (aiohttp will)."""
@@ -187,7 +211,7 @@ class _Connection(asyncio.Protocol):
         return _Request(method, (start.group(2) or b"").decode("ascii"), length,
                         headers.get(b"authorization", b"").decode("ascii"), keep_alive)
 
-    async def _answer(self, request: _Request, body: bytes) -> None:
+    async def answer(self, request: _Request, body: bytes) -> None:
         async def read_params() -> dict[str, str]:
             query = parse_form(request.query)
             return merge_params(query, parse_form(body)) if body else query

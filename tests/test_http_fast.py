@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from asterisk_sendsms.config import UserConfig
 from asterisk_sendsms.http_api import OzekiEndpoint, build_app
-from asterisk_sendsms.http_fast import FastLane
+from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane
 from asterisk_sendsms.service import Accepted, SmsService
 
 from .conftest import Daemon, start_daemon
@@ -216,3 +216,42 @@ async def test_daemon_serves_keep_alive_clients_and_stops_promptly(daemon_factor
     assert await asyncio.wait_for(idle_reader.read(), 5) == b""
     writer.close()
     idle_writer.close()
+
+
+class TurnRecordingService(EchoService):
+    """Notes in which turn of the event loop each request reached the service."""
+
+    def __init__(self) -> None:
+        self.turn = 0
+        self.turns: list[int] = []
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.turn += 1
+        asyncio.get_running_loop().call_soon(self._tick)
+
+    async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
+                   callback_url: str | None = None) -> Accepted:
+        self.turns.append(self.turn)
+        return await super().send(user, recipient, text, sender, callback_url)
+
+
+async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:
+    service = TurnRecordingService()
+    lane = FastLane(OzekiEndpoint(cast(SmsService, service), identify), web.Server(lambda _: None), MAX_BODY, 8190)
+    server = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+    try:
+        for number, (_, writer) in enumerate(clients):
+            writer.write(b"GET /api?command=SendSms&username=u&recipient=%%2b3620%d&message=hi HTTP/1.1\r\n"
+                         b"Host: x\r\n\r\n" % number)
+        answers = await asyncio.gather(*(asyncio.wait_for(read_response(reader), 10) for reader, _ in clients))
+        assert [status for status, _, _ in answers] == [200] * 40
+        per_turn = [service.turns.count(turn) for turn in set(service.turns)]
+        assert max(per_turn) <= REQUESTS_PER_TURN and len(per_turn) >= 40 // REQUESTS_PER_TURN, service.turns
+    finally:
+        for _, writer in clients:
+            writer.close()
+        server.close()
+        await lane.shutdown(1)

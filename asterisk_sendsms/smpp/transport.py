@@ -38,7 +38,6 @@ REFUSED_RETRY = 60.0  # credentials refused: retried slowly (the operator must a
 CREDENTIALS_REFUSED = frozenset({Status.ESME_RINVPASWD, Status.ESME_RINVSYSID, Status.ESME_RINVSYSTYP})
 THROTTLE_RETRIES = 20
 CONNECT_TIMEOUT = 10.0
-READ_SIZE = 64 * 1024
 UNBIND_GRACE = 2.0
 # Errors after which the same message may go through later (SMPP 3.4 and common SMSC practice).
 TRANSIENT = {Status.ESME_RSYSERR, Status.ESME_RX_T_APPN, Status.ESME_RMSGQFUL, Status.ESME_RTHROTTLED,
@@ -68,7 +67,11 @@ class _Link:
         self.mode = mode
         self.response_timeout = response_timeout
         self.session = SmppSession()
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        # Settled with the reason when the connection ends, whichever side ends it.
+        self.closed: asyncio.Future[str] | None = None
+        # Where the deliveries of the connection are stored and acknowledged.
+        self.deliveries: asyncio.TaskGroup | None = None
         self.waiting: dict[int, _Exchange] = {}
         # PDUs written in one turn of the event loop, or while one read is handled, leave together, in one
         # system call and segment: the test SMSC spends a quarter less CPU reading a window of 100 so.
@@ -79,7 +82,7 @@ class _Link:
 
     @property
     def bound(self) -> bool:
-        return self.writer is not None and self.session.state is BindState.BOUND
+        return self.transport is not None and self.session.state is BindState.BOUND
 
     def send(self, data: bytes) -> None:
         if self._unsent is None:
@@ -94,18 +97,32 @@ class _Link:
 
     def flush(self) -> None:
         unsent, self._unsent = self._unsent, None
-        if unsent and self.writer is not None:
-            self.writer.write(b"".join(unsent))
+        if unsent and self.transport is not None:
+            self.transport.write(b"".join(unsent))
 
-    def connected(self, writer: asyncio.StreamWriter | None) -> None:
-        self.writer = writer
+    def connected(self, transport: asyncio.Transport | None) -> None:
+        self.transport = transport
         self._unsent = None
+        if transport is not None:
+            self.closed = asyncio.get_running_loop().create_future()
+
+    def close(self, reason: str) -> None:
+        """End the connection (what is queued to send goes first); the requests waiting fail now."""
+        self.lost(reason)
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    def lost(self, reason: str) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(reason)
+            self.fail_waiting(f"SMPP connection lost: {reason}")
 
     def start(self, pdu: Pdu, future: asyncio.Future[Pdu], on_answer: Callable[[Pdu], None] | None = None,
               need_bind: bool = True) -> None:
         """Send a request (the session checks it is allowed now); its response, a timeout or the loss of the
         connection settles `future`. Raises `TransientSubmitError` (no link) or `PduError` (not encodable)."""
-        if self.writer is None or (need_bind and not self.bound):
+        if self.transport is None or (need_bind and not self.bound):
             raise TransientSubmitError(f"SMPP link {self.mode} is not {'bound' if need_bind else 'connected'}",
                                        "NOT_BOUND" if need_bind else "NOT_CONNECTED")
         data = self.session.request(pdu)
@@ -145,6 +162,26 @@ class _Link:
             if not exchange.future.done():
                 exchange.future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
         self.waiting.clear()
+
+
+class _Wire(asyncio.Protocol):
+    """A link's TCP connection. What arrives is handled in the callback that reads it, ahead of the callbacks
+    queued in the event loop: a response frees its window slot and the next submit leaves at once."""
+
+    def __init__(self, link: _Link, received: Callable[[_Link, bytes], None]) -> None:
+        self._link = link
+        self._received = received
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._received(self._link, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._link.transport is self._transport:  # not a connection the link has already let go
+            self._link.lost(f"connection broken: {exc}" if exc else "the SMSC closed the connection")
 
 
 # Where an attempt stands with its window slot.
@@ -348,36 +385,30 @@ class SmppTransport:
         settings = self._settings
         link.session = SmppSession()
         link.state = "connecting"
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(settings.host, settings.port),
-                                                    CONNECT_TIMEOUT)
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: _Wire(link, self._received), settings.host, settings.port),
+                CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             return f"cannot connect: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}", 0.0
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             # Small PDUs, answered one by one: Nagle's delay would cap the window's throughput.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        link.connected(writer)
+        link.connected(transport)
         try:
-            return await self._bind_and_serve(link, reader)
-        except ExceptionGroup as group_error:
-            leaf: BaseException = group_error
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            if isinstance(leaf, OSError | PduError):
-                return f"connection broken: {leaf}", 0.0
-            raise
+            return await self._bind_and_serve(link)
         finally:
+            link.close("closed")
             link.connected(None)
             link.session.close()
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
-    async def _bind_and_serve(self, link: _Link, reader: asyncio.StreamReader) -> tuple[str, float]:
+    async def _bind_and_serve(self, link: _Link) -> tuple[str, float]:
         settings = self._settings
+        assert link.closed is not None
         async with asyncio.TaskGroup() as group:
-            reading = group.create_task(self._read(link, reader, group))
+            link.deliveries = group
             bind = Pdu(BIND_COMMAND[link.mode], params={
                 "system_id": settings.system_id, "password": settings.password,
                 "system_type": settings.system_type, "interface_version": 0x34})
@@ -385,10 +416,8 @@ class SmppTransport:
             try:
                 response = await link.exchange(bind, need_bind=False)
             except TransientSubmitError as exc:
-                reading.cancel()
                 return f"bind failed: {exc.message}", 0.0
             if response.status != 0 or response.command is Command.GENERIC_NACK:
-                reading.cancel()
                 retry = REFUSED_RETRY if response.status in CREDENTIALS_REFUSED else 0.0
                 return f"bind refused: {status_name(response.status)}", retry
             link.state = "bound"
@@ -397,13 +426,12 @@ class SmppTransport:
                      settings.system_id)
             keepalive = group.create_task(self._keepalive(link))
             try:
-                await asyncio.shield(reading)
+                problem = await asyncio.shield(link.closed)
             except asyncio.CancelledError:
                 await self._unbind(link)
-                reading.cancel()
                 raise
             keepalive.cancel()
-            return "the SMSC closed the connection", 0.0
+            return problem, 0.0
 
     async def _unbind(self, link: _Link) -> None:
         """Shutting down (the dispatcher has let the window drain): unbind politely."""
@@ -421,26 +449,30 @@ class SmppTransport:
                     await link.exchange(Pdu(Command.ENQUIRE_LINK))
                 except TransientSubmitError:
                     log.warning("SMPP %s (%s): no enquire_link_resp; reconnecting", self.name, link.mode)
-                    if link.writer is not None:
-                        link.writer.close()
+                    link.close("no enquire_link_resp")
                     return
 
-    async def _read(self, link: _Link, reader: asyncio.StreamReader, group: asyncio.TaskGroup) -> None:
-        while data := await reader.read(READ_SIZE):
-            link.last_heard = time.monotonic()
-            for pdu in link.session.receive_data(data):
-                if pdu.command.is_response:
-                    link.answered(pdu)
-                elif pdu.command is Command.ENQUIRE_LINK:
-                    link.send(link.session.respond(pdu))
-                elif pdu.command is Command.UNBIND:
-                    link.send(link.session.respond(pdu))
-                    return
-                elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM):
-                    group.create_task(self._on_deliver(link, pdu))
-                else:
-                    link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
-            link.flush()  # the submits that took the slots freed by this read leave now, not a turn later
+    def _received(self, link: _Link, data: bytes) -> None:
+        link.last_heard = time.monotonic()
+        try:
+            pdus = link.session.receive_data(data)
+        except PduError as exc:
+            link.close(f"connection broken: {exc}")
+            return
+        for pdu in pdus:
+            if pdu.command.is_response:
+                link.answered(pdu)
+            elif pdu.command is Command.ENQUIRE_LINK:
+                link.send(link.session.respond(pdu))
+            elif pdu.command is Command.UNBIND:
+                link.send(link.session.respond(pdu))
+                link.close("the SMSC unbound")
+                return
+            elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM) and link.deliveries is not None:
+                link.deliveries.create_task(self._on_deliver(link, pdu))
+            else:
+                link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
+        link.flush()  # the submits that took the slots freed by this read leave now, not a turn later
 
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
         """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
