@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -24,3 +25,17 @@ def test_later_ids_sort_after_earlier_ones_and_none_repeats() -> None:
     second = [new_sms_id() for _ in range(1000)]
     assert max(first) < min(second)
     assert len(set(first + second)) == 2000
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
+    new_sms_id()  # the parent holds random bits it has not used yet
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(write, new_sms_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    from_child = os.read(read, 64).decode()
+    os.close(read)
+    assert from_child[15:] != new_sms_id()[15:]  # past the time: the random part differs
