@@ -1,7 +1,8 @@
 """Benchmark: HTTP SendSms to SMPP, ours side by side with Kannel, against the same SMSC peer (the npm `smpp`
 server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed SMPP client.
 
-    .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100]
+    .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100] [--rounds 3]
+                                         [--warmup 2000]
     .venv/bin/python bench/smpp_bench.py --soak 1000000    # ours only: RSS while that many messages pass
 
 Needs node with tests/peers/node_modules (`./run test` installs it), Debian's kannel and h2load
@@ -21,6 +22,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,8 +150,22 @@ async def load(urls: list[str], concurrency: int) -> tuple[float, int]:
     return seconds, len(urls) - int(succeeded.group(1))
 
 
+async def warm_up(peer: Peer, callbacks: Callbacks, urls: list[str], concurrency: int, with_callbacks: bool
+                  ) -> tuple[int, int]:
+    """Unmeasured messages first, so that each gateway is measured at its steady pace (Kannel takes seconds to
+    reach it: about 470 submits/s over its first 500 messages here). Returns the submits and callbacks counted
+    so far."""
+    if not urls:
+        return 0, 0
+    await load(urls, concurrency)
+    submits = (await peer.wait_submits(len(urls)))["submits"]
+    if with_callbacks:
+        await callbacks.wait(len(urls))
+    return submits, callbacks.count
+
+
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
-                   rss_every: int = 0, receipts: bool = True) -> Result:
+                   rss_every: int = 0, receipts: bool = True, warm: int = 0) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     daemon = Daemon(f"""
@@ -162,6 +178,8 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
         await peer.bound()
         report = f"&DeliveryReportURL=http://127.0.0.1:{callbacks.port}/dlr" if with_callbacks else ""
         base = f"{daemon.api}&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620"
+        warm_submits, warm_callbacks = await warm_up(peer, callbacks, [f"{base}9{i:06d}" for i in range(warm)],
+                                                     concurrency, with_callbacks)
         cpu_before = cpu_seconds(daemon.process.pid)
         start = time.time()
         seconds, errors = 0.0, 0
@@ -174,13 +192,13 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
                 pid = daemon.process.pid
                 print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(pid):6.1f} MiB, "
                       f"peak {peak_rss_mib(pid):6.1f} MiB", flush=True)
-        stats = await peer.wait_submits(messages - errors)
+        stats = await peer.wait_submits(warm_submits + messages - errors)
         case = "receipts + callbacks" if with_callbacks else "receipts" if receipts else "no receipts"
-        result = Result("ours", case, window,
-                        messages / seconds, stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
+        result = Result("ours", case, window, messages / seconds,
+                        (stats["submits"] - warm_submits) / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
         if with_callbacks:
-            await callbacks.wait(messages - errors)
-            result.callbacks = callbacks.count / (time.time() - start)
+            await callbacks.wait(warm_callbacks + messages - errors)
+            result.callbacks = (callbacks.count - warm_callbacks) / (time.time() - start)
         result.rss = peak_rss_mib(daemon.process.pid)
         result.cpu = (cpu_seconds(daemon.process.pid) - cpu_before) / messages * 1e6
         return result
@@ -229,7 +247,7 @@ concatenation = true
 """
 
 
-async def run_kannel(messages: int, concurrency: int, window: int, mode: str) -> Result:
+async def run_kannel(messages: int, concurrency: int, window: int, mode: str, warm: int = 0) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     work = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
@@ -250,15 +268,18 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str) ->
             dlr += f"&dlr-url=http%3A%2F%2F127.0.0.1%3A{callbacks.port}%2Fdlr%3Fid%3D%25i%26s%3D%25d"
         base = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
                 f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
+        with_callbacks = mode == "receipts + callbacks"
+        warm_submits, warm_callbacks = await warm_up(peer, callbacks, [f"{base}9{i:06d}" for i in range(warm)],
+                                                     concurrency, with_callbacks)
         cpu_before = cpu_seconds(bearerbox.pid, smsbox.pid)
         start = time.time()
         seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency)
-        stats = await peer.wait_submits(messages - errors)
+        stats = await peer.wait_submits(warm_submits + messages - errors)
         result = Result("Kannel", mode, window, messages / seconds,
-                        stats["submits"] / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
-        if mode == "receipts + callbacks":
-            await callbacks.wait(messages - errors)
-            result.callbacks = callbacks.count / (time.time() - start)
+                        (stats["submits"] - warm_submits) / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
+        if with_callbacks:
+            await callbacks.wait(warm_callbacks + messages - errors)
+            result.callbacks = (callbacks.count - warm_callbacks) / (time.time() - start)
         result.rss = peak_rss_mib(bearerbox.pid, smsbox.pid)
         result.cpu = (cpu_seconds(bearerbox.pid, smsbox.pid) - cpu_before) / messages * 1e6
         return result
@@ -323,6 +344,10 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--windows", default="1,10,100")
+    parser.add_argument("--warmup", type=int, default=2000, metavar="N",
+                        help="unmeasured messages each gateway takes first (0: measure from a cold start)")
+    parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved; "
+                                                              "the table shows medians")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="only ours (window 100, receipts and callbacks): N messages, RSS every N/10")
     args = parser.parse_args()
@@ -338,18 +363,23 @@ async def main() -> None:
               f"{result.callbacks:.0f} callbacks/s, {result.cpu:.0f} µs CPU per message, peak RSS {result.rss:.1f} MiB")
         return
     windows = [int(w) for w in args.windows.split(",")]
-    results: list[Result] = []
-    for window in windows:
-        results.append(await run_ceiling(args.messages, window))
-        results.append(await run_ours(args.messages, args.concurrency, window, False, receipts=False))
-        for with_callbacks in (False, True):
-            results.append(await run_ours(args.messages, args.concurrency, window, with_callbacks))
-        for mode in ("no receipts", "receipts", "receipts + callbacks"):
-            results.append(await run_kannel(args.messages, args.concurrency, window, mode))
-        print(f"window {window} done", file=sys.stderr)
+    runs: list[Result] = []
+    # The rounds interleave the systems: a virtual machine's speed drifts by tens of percent within minutes,
+    # and a ratio of runs made far apart would measure the drift.
+    for round_number in range(args.rounds):
+        for window in windows:
+            runs.append(await run_ceiling(args.messages, window))
+            for mode in ("no receipts", "receipts", "receipts + callbacks"):
+                runs.append(await run_ours(args.messages, args.concurrency, window, mode == "receipts + callbacks",
+                                           receipts=mode != "no receipts", warm=args.warmup))
+                runs.append(await run_kannel(args.messages, args.concurrency, window, mode, warm=args.warmup))
+            print(f"round {round_number + 1}, window {window} done", file=sys.stderr)
+    results = _medians(runs)
     print(f"\n{args.messages} one-part messages per case, {args.concurrency} concurrent HTTP clients, "
           f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer; CPU: the gateway's processes (ours: the "
-          f"daemon; Kannel: bearerbox + smsbox) from the first request to the last submit or callback\n")
+          f"daemon; Kannel: bearerbox + smsbox) from the first request to the last submit or callback"
+          + (f"; each value the median of {args.rounds} rounds" if args.rounds > 1 else "")
+          + (f"; measured after {args.warmup} unmeasured messages" if args.warmup else "") + "\n")
     header = (f"{'system':<11} {'case':<21} {'window':>6} {'accepted/s':>11} {'submitted/s':>12} "
               f"{'callbacks/s':>12} {'CPU µs/msg':>11} {'peak RSS MiB':>13} {'errors':>7}")
     print(header)
@@ -365,9 +395,26 @@ async def main() -> None:
         for case in ("no receipts", "receipts", "receipts + callbacks"):
             ours = next(r for r in results if r.system == "ours" and r.window == window and r.case == case)
             kannel = next(r for r in results if r.system == "Kannel" and r.window == window and r.case == case)
+            # Each round's ratio too: ours and Kannel of one round ran minutes apart at most.
+            pairs = zip([r for r in runs if (r.system, r.window, r.case) == ("ours", window, case)],
+                        [r for r in runs if (r.system, r.window, r.case) == ("Kannel", window, case)], strict=True)
+            rounds = ", ".join(f"{o.submitted / max(k.submitted, 1e-9):.2f}" for o, k in pairs)
             print(f"window {window:>3}, {case:<21}: ours/Kannel submitted "
-                  f"{ours.submitted / max(kannel.submitted, 1e-9):.2f}, "
-                  f"ours/limit {ours.submitted / max(ceiling.submitted, 1e-9):.2f}")
+                  f"{ours.submitted / max(kannel.submitted, 1e-9):.2f}"
+                  + (f" (rounds: {rounds})" if args.rounds > 1 else "")
+                  + f", ours/limit {ours.submitted / max(ceiling.submitted, 1e-9):.2f}")
+
+
+def _medians(runs: list[Result]) -> list[Result]:
+    """One result per system, case and window: the median of each value over the rounds."""
+    keys = list(dict.fromkeys((r.system, r.case, r.window) for r in runs))
+    merged = []
+    for system, case, window in keys:
+        same = [r for r in runs if (r.system, r.case, r.window) == (system, case, window)]
+        medians = {name: statistics.median(getattr(r, name) for r in same)
+                   for name in ("accepted", "submitted", "callbacks", "rss", "cpu")}
+        merged.append(Result(system, case, window, **medians, errors=sum(r.errors for r in same)))
+    return merged
 
 
 if __name__ == "__main__":
