@@ -150,10 +150,11 @@ def build_app(ozeki: OzekiEndpoint, health: HealthSource, max_body: int, metrics
     routes = web.RouteTableDef()
     service, identify = ozeki.service, ozeki.identify
 
-    async def query_user(request: web.Request) -> UserConfig:
-        """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters)."""
+    async def query_user(request: web.Request, params: dict[str, str] | None = None) -> UserConfig:
+        """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters of
+        `params`, by default the query's)."""
         return await identify(_client(request), request.headers.get("Authorization", ""),
-                              parse_form(request.rel_url.raw_query_string))
+                              parse_form(request.rel_url.raw_query_string) if params is None else params)
 
     async def admin_user(request: web.Request) -> UserConfig:
         user = await query_user(request)
@@ -191,7 +192,7 @@ def build_app(ozeki: OzekiEndpoint, health: HealthSource, max_body: int, metrics
     async def json_list(request: web.Request) -> web.Response:
         try:
             params = parse_form(request.rel_url.raw_query_string)
-            user = await identify(_client(request), request.headers.get("Authorization", ""), params)
+            user = await query_user(request, params)
             try:
                 since = float(params["since"]) if params.get("since") else None
                 limit = int(params.get("limit") or 50)

@@ -127,7 +127,7 @@ class _Link:
                                        "NOT_BOUND" if need_bind else "NOT_CONNECTED")
         data = self.session.request(pdu)
         # A plain timer rather than wait_for, which costs a future and callbacks more for every submit.
-        timer = future.get_loop().call_later(self.response_timeout, self._time_out, pdu.sequence)
+        timer = future.get_loop().call_later(self.response_timeout, self._time_out, pdu.sequence, pdu.command)
         self.waiting[pdu.sequence] = _Exchange(future, timer, on_answer)
         self.send(data)
 
@@ -135,11 +135,7 @@ class _Link:
         """Send a request and wait for its response."""
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self.start(pdu, future, need_bind=need_bind)
-        try:
-            return await future
-        except TimeoutError:
-            raise TransientSubmitError(f"no {pdu.command.name.lower()}_resp within {self.response_timeout:g}s",
-                                       "RESPONSE_TIMEOUT") from None
+        return await future
 
     def answered(self, pdu: Pdu) -> None:
         exchange = self.waiting.pop(pdu.sequence, None)
@@ -151,10 +147,11 @@ class _Link:
         if not exchange.future.done():
             exchange.future.set_result(pdu)
 
-    def _time_out(self, sequence: int) -> None:
+    def _time_out(self, sequence: int, command: Command) -> None:
         exchange = self.waiting.pop(sequence, None)
         if exchange is not None and not exchange.future.done():
-            exchange.future.set_exception(TimeoutError())
+            exchange.future.set_exception(TransientSubmitError(
+                f"no {command.name.lower()}_resp within {self.response_timeout:g}s", "RESPONSE_TIMEOUT"))
 
     def fail_waiting(self, reason: str) -> None:
         for exchange in self.waiting.values():
@@ -295,9 +292,6 @@ class SmppTransport:
                     response = await attempt.response
                 except PduError as exc:
                     raise PermanentSubmitError(f"cannot encode the submit: {exc.message}", "ENCODING") from None
-                except TimeoutError:
-                    raise TransientSubmitError(f"no submit_sm_resp within {link.response_timeout:g}s",
-                                               "RESPONSE_TIMEOUT") from None
                 status = response.status
                 if response.command is Command.GENERIC_NACK:
                     raise PermanentSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",

@@ -699,10 +699,9 @@ def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult
 
 def _move(db: Db, sms_id: str, target: State, assignments: str, params: Sequence[Any]) -> None:
     """Change state with one conditional UPDATE whose allowed sources come from the lifecycle table."""
-    sources = SOURCES[target]
-    placeholders = ",".join("?" * len(sources))
-    statement = f"UPDATE messages SET state = ?, {assignments} WHERE sms_id = ? AND state IN ({placeholders})"
-    cursor = db.execute(statement, (target.value, *params, sms_id, *(s.value for s in sources)))
+    statement = (f"UPDATE messages SET state = ?, {assignments} WHERE sms_id = ?"
+                 f" AND state IN ({_SOURCES_SQL[target]})")
+    cursor = db.execute(statement, (target.value, *params, sms_id))
     if cursor.rowcount == 0:
         _refuse_move(db, sms_id, target)
 
