@@ -69,10 +69,10 @@ class _FailureLog:
             return 0.0
         return times[0] + FAILURE_WINDOW - now if len(times) >= MAX_FAILURES else 0.0
 
-    def record(self, key: str) -> None:
+    def record(self, key: str, at: float) -> None:
         if len(self._failures) > 100_000:  # bounded memory under a flood of invented names
             self._failures.clear()
-        self._failures.setdefault(key, deque(maxlen=MAX_FAILURES)).append(self._clock())
+        self._failures.setdefault(key, deque(maxlen=MAX_FAILURES)).append(at)
 
 
 class Authenticator:
@@ -85,7 +85,9 @@ class Authenticator:
         self._in_progress: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
         # Unknown users cost a hash too, so response time does not tell which names exist.
         self._dummy_hash = hash_password(os.urandom(8).hex())
+        self._clock = clock
         self._failures = _FailureLog(clock)
+        self._failure_listeners: list[Callable[[str, float], None]] = []
 
     async def _verify(self, user: UserConfig, password: str, fingerprint: bytes) -> bool:
         if user.password_hash is None:
@@ -107,9 +109,20 @@ class Authenticator:
     def _fingerprint(self, name: str, password: str) -> bytes:
         return hmac.new(self._pepper, f"{name}\0{password}".encode(), hashlib.sha256).digest()
 
+    def on_failed_login(self, listener: Callable[[str, float], None]) -> None:
+        """Call `listener` with each failure as `note_failed_login` takes it (for the HTTP front workers)."""
+        self._failure_listeners.append(listener)
+
+    def note_failed_login(self, key: str, at: float) -> None:
+        """Count a failure another process saw (`at` on the machine's monotonic clock)."""
+        self._failures.record(key, at)
+
     def _failed(self, address: str, username: str) -> NoReturn:
-        self._failures.record(f"address {address}")
-        self._failures.record(f"user {username}")
+        now = self._clock()
+        for key in (f"address {address}", f"user {username}"):
+            self._failures.record(key, now)
+            for listener in self._failure_listeners:
+                listener(key, now)
         raise AuthenticationFailed()
 
     async def authenticate(self, username: str | None, password: str | None, address: str) -> UserConfig:

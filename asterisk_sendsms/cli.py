@@ -386,11 +386,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = _config(args, http=args.http, transports=tuple(args.transport), fastagi=args.fastagi,
                      ari=tuple(args.ari))
-    configure_logging(args.log_level or config.log_level, args.log_format)
+    log_setup = (args.log_level or config.log_level, args.log_format)
+    configure_logging(*log_setup)
     try:
         # uvloop: the event loop in C, about a tenth less CPU per message than asyncio's own (bench/smpp_bench.py).
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            runner.run(run_daemon(config))
+            runner.run(run_daemon(config, log_setup))
     except ExceptionGroup as group:
         # A task of the daemon failed: report the first of our own errors in one line, else the traceback.
         leaf: BaseException = group

@@ -81,6 +81,8 @@ class HttpConfig:
     listen: HostPort = HostPort("127.0.0.1", DEFAULT_HTTP_PORT)
     allowed_clients: tuple[Network, ...] = ()  # empty: any
     max_body_bytes: int = 64 * 1024
+    # Processes that answer SendSms requests beside the daemon (0: the daemon answers them itself).
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -714,6 +716,7 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         listen=parse_host_port(listen_text, "http.listen") if listen_text else HttpConfig().listen,
         allowed_clients=_networks(http_table.get("allowed_clients", []), http_table.key("allowed_clients")),
         max_body_bytes=http_table.integer("max_body_bytes", 64 * 1024, 1024, 16 * 1024 * 1024),
+        workers=http_table.integer("workers", 0, 0, 64),
     )
     http_table.finish()
 

@@ -9,8 +9,10 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -22,8 +24,9 @@ from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
 from .events import EventHub
 from .fastagi import FastAgiServer
+from .front import FrontWorkers, listening_sockets
 from .http_api import OzekiEndpoint, build_app, operator_identify, tcp_identify
-from .http_fast import FastLane
+from .http_fast import FastLane, max_request_line, to_protocol
 from .metrics import Metrics
 from .notifier import Notifier
 from .ozml_runner import OzmlRunner
@@ -42,24 +45,52 @@ SHUTDOWN_HTTP = 2.0  # requests still open at shutdown (a `tail` follower) get t
 
 
 @contextlib.asynccontextmanager
-async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config) -> AsyncIterator[None]:
-    """Serve the API on its TCP address: the fast lane first, `app` for every request it hands over."""
-    # A GET carries its parameters in the request line: allow it what a POST body may have.
-    max_line = max(8190, config.http.max_body_bytes)
+async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, service: SmsService,
+                authenticator: Authenticator, log_setup: tuple[str, str]) -> AsyncIterator[None]:
+    """Serve the API on its TCP address: the fast lane first, `app` for every request it hands over; with
+    HTTP front workers, they serve the address and hand this process what the lane here serves."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP,
-                           max_line_size=max_line)
+                           max_line_size=max_request_line(config))
     await runner.setup()
     assert runner.server is not None  # set by setup()
-    lane = FastLane(ozeki, runner.server, config.http.max_body_bytes, max_line)
+    lane = FastLane(ozeki, to_protocol(runner.server), config.http.max_body_bytes, max_request_line(config))
+    loop = asyncio.get_running_loop()
     server = None
+    sockets: list[socket.socket] = []
+    workers: FrontWorkers | None = None
+    running: asyncio.Task[None] | None = None
+    adopting: set[asyncio.Task[Any]] = set()
+
+    def adopt(connection: socket.socket, data: bytes) -> None:
+        task = loop.create_task(loop.connect_accepted_socket(lambda: lane.continuing(data), connection))
+        adopting.add(task)
+        task.add_done_callback(adopted)
+
+    def adopted(task: asyncio.Task[Any]) -> None:
+        adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("a connection from an HTTP front worker was lost: %s", task.exception())
+
     try:
-        try:
-            server = await asyncio.get_running_loop().create_server(
-                lane, config.http.listen.host, config.http.listen.port, reuse_address=True)
-        except OSError as exc:
-            raise ServiceUnavailable(f"cannot listen on {config.http.listen}: {exc.strerror}") from None
+        if config.http.workers:
+            sockets = listening_sockets(config.http.listen)
+            workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit, adopt, authenticator)
+            running = loop.create_task(workers.run(), name="HTTP front workers")
+        else:
+            try:
+                server = await loop.create_server(lane, config.http.listen.host, config.http.listen.port,
+                                                  reuse_address=True)
+            except OSError as exc:
+                raise ServiceUnavailable(f"cannot listen on {config.http.listen}: {exc.strerror}") from None
         yield
     finally:
+        if workers is not None and running is not None:
+            await workers.stop()
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        for sock in sockets:
+            sock.close()
         if server is not None:
             server.close()
         await lane.shutdown(SHUTDOWN_HTTP)
@@ -111,7 +142,8 @@ def _announce(config: Config) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-async def run_daemon(config: Config) -> None:
+async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text")) -> None:
+    """Run until SIGTERM/SIGINT; `log_setup` (level, format) is how HTTP front workers log."""
     transports: dict[str, Transport] = {t.name: build_transport(t) for t in config.transports}
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(config.store)
@@ -141,8 +173,8 @@ async def run_daemon(config: Config) -> None:
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)
-        api = build_app(ozeki, health, config.http.max_body_bytes, metrics)
-        control = build_app(OzekiEndpoint(service, operator_identify), health, config.http.max_body_bytes)
+        api = build_app(ozeki, service, health, config.http.max_body_bytes, metrics)
+        control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http.max_body_bytes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -152,7 +184,8 @@ async def run_daemon(config: Config) -> None:
             recordings.mkdir(parents=True, exist_ok=True)
             fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml)
             await fastagi.bind()
-        async with _site(api, ozeki, config), _control_site(control, config):
+        async with (_site(api, ozeki, config, service, authenticator, log_setup),
+                    _control_site(control, config)):
             _announce(config)
             _tune_collector()
             async with asyncio.TaskGroup() as group:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,11 +30,11 @@ from .errors import (
 from .metrics import Metrics
 from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
-from .service import SmsService
+from .service import Accepted, SmsService
 from .status_page import render_status_page
 from .transports import TransportHealth
 
-__all__ = ["build_app"]
+__all__ = ["HandOver", "OzekiEndpoint", "build_app"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,18 @@ async def operator_identify(client: str, authorization: str, params: dict[str, s
     return OPERATOR  # the control socket's file permissions are its authentication
 
 
+class Sender(Protocol):
+    """What `SendSms` needs: the service, or in an HTTP front worker its link to the daemon."""
+
+    async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
+                   callback_url: str | None = None) -> Accepted: ...
+
+
+class HandOver(Exception):
+    """Raised while answering a request that another process answers: an HTTP front worker gives the
+    connection to the daemon."""
+
+
 class _BodyTooLarge(ParseError):
     http_status = 413
 
@@ -77,8 +89,8 @@ class OzekiEndpoint:
     """The Ozeki `/api` commands apart from the HTTP server that carries them (aiohttp, or the fast lane):
     parameters in, status and XML reply out."""
 
-    def __init__(self, service: SmsService, identify: Identify, calls: CallService | None = None) -> None:
-        self.service = service
+    def __init__(self, sender: Sender, identify: Identify, calls: CallService | None = None) -> None:
+        self.sender = sender
         self.identify = identify
         self._calls = calls
 
@@ -98,6 +110,8 @@ class OzekiEndpoint:
                 raise UnknownCommand(raw_command)
             user = await self.identify(client, authorization, params)
             values = await self._run(command, user, params)
+        except HandOver:
+            raise
         except SmsGatewayError as exc:
             log.info("%s from %s refused: %d %s", command or "request", client, exc.ozeki_code, exc.message)
             return exc.http_status, command_result(command, exc.ozeki_code, exc.message)
@@ -117,7 +131,7 @@ class OzekiEndpoint:
             log.info("call %s to %s originated for %s", call_id, call.dialed, user.name)
             return {"CallId": call_id}
         send = send_sms_params(params)
-        accepted = await self.service.send(user, send.recipient, send.message, send.sender,
+        accepted = await self.sender.send(user, send.recipient, send.message, send.sender,
                                            send.delivery_report_url)
         log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
         return {"SmsId": accepted.sms_id}
@@ -145,10 +159,10 @@ def _message_json(message: MessageView) -> dict[str, Any]:
     return data
 
 
-def build_app(ozeki: OzekiEndpoint, health: HealthSource, max_body: int, metrics: Metrics | None = None
-              ) -> web.Application:
+def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, max_body: int,
+              metrics: Metrics | None = None) -> web.Application:
     routes = web.RouteTableDef()
-    service, identify = ozeki.service, ozeki.identify
+    identify = ozeki.identify
 
     async def query_user(request: web.Request, params: dict[str, str] | None = None) -> UserConfig:
         """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters of

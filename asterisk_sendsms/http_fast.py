@@ -13,10 +13,14 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import NamedTuple, cast
 
-from .http_api import OzekiEndpoint
+from .config import Config
+from .http_api import HandOver, OzekiEndpoint
 from .ozeki import merge_params, parse_form
 
-__all__ = ["FastLane"]
+__all__ = ["FastLane", "HandOff", "max_request_line", "to_protocol"]
+
+# Serve this connection elsewhere, starting with these bytes (those not yet answered).
+HandOff = Callable[[asyncio.Transport, bytes], None]
 
 # aiohttp's own keep-alive timeout: an idle connection (or one that never finishes its request) is closed.
 IDLE_TIMEOUT = 75.0
@@ -46,11 +50,27 @@ class _Date:
         return self._value
 
 
-class FastLane:
-    """The protocol factory for the API's TCP socket; `fallback` is aiohttp's (the runner's `server`)."""
+def max_request_line(config: Config) -> int:
+    """A GET carries its parameters in the request line: allow it what a POST body may have."""
+    return max(_MAX_HEADER_LINE, config.http.max_body_bytes)
 
-    def __init__(self, ozeki: OzekiEndpoint, fallback: Callable[[], asyncio.Protocol], max_body: int,
-                 max_line: int) -> None:
+
+def to_protocol(factory: Callable[[], asyncio.Protocol]) -> HandOff:
+    """Hand connections to a protocol of this process (aiohttp's: the runner's `server`)."""
+    def hand_off(transport: asyncio.Transport, data: bytes) -> None:
+        handler = factory()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+    return hand_off
+
+
+class FastLane:
+    """The protocol factory for the API's TCP socket; `fallback` serves what the lane does not (aiohttp, or
+    in an HTTP front worker the daemon, also for requests the endpoint raises `HandOver` for)."""
+
+    def __init__(self, ozeki: OzekiEndpoint, fallback: HandOff, max_body: int, max_line: int) -> None:
         self.ozeki = ozeki
         self.fallback = fallback
         self.max_body = max_body
@@ -65,6 +85,12 @@ class FastLane:
 
     def __call__(self) -> asyncio.Protocol:
         return _Connection(self)
+
+    def continuing(self, data: bytes) -> asyncio.Protocol:
+        """A protocol for a connection accepted elsewhere, from which `data` was read and not answered."""
+        connection = _Connection(self)
+        connection.pending = data
+        return connection
 
     def admit(self, connection: _Connection, request: _Request, body: bytes) -> None:
         """Answer the request, starting at most REQUESTS_PER_TURN a turn of the event loop: under a flood of
@@ -109,11 +135,13 @@ class _Connection(asyncio.Protocol):
         self._lane = lane
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
+        self._request = b""  # the bytes of the request last read, for a hand-off while it is answered
         self._busy = False
         self._paused = False
         self._client = "local"
         self._idle: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.pending = b""  # bytes read before the connection came to this process
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -124,6 +152,9 @@ class _Connection(asyncio.Protocol):
             self._client = str(peer[0])
         self._lane.connections.add(self)
         self._arm_idle_timer()
+        if self.pending:
+            data, self.pending = self.pending, b""
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -169,6 +200,7 @@ class _Connection(asyncio.Protocol):
             return
         # A GET's body, if it has one, is read past and ignored, as aiohttp does.
         body = self._buffer[body_start:body_start + length] if request.method == "POST" else b""
+        self._request = self._buffer[:body_start + length]
         self._buffer = self._buffer[body_start + length:]
         self._busy = True
         self._cancel_idle_timer()
@@ -215,8 +247,13 @@ class _Connection(asyncio.Protocol):
         async def read_params() -> dict[str, str]:
             query = parse_form(request.query)
             return merge_params(query, parse_form(body)) if body else query
-        status, reply = await self._lane.ozeki.answer(request.method, read_params, request.authorization,
-                                                      self._client)
+        try:
+            status, reply = await self._lane.ozeki.answer(request.method, read_params, request.authorization,
+                                                          self._client)
+        except HandOver:
+            self._buffer = self._request + self._buffer
+            self._hand_over()
+            return
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -238,7 +275,7 @@ class _Connection(asyncio.Protocol):
             self._next_request()
 
     def _hand_over(self) -> None:
-        """From here on aiohttp serves this connection, starting with the bytes not yet answered."""
+        """From here on the lane's fallback serves this connection, starting with the bytes not yet answered."""
         transport = self._transport
         if transport is None:
             return
@@ -247,12 +284,8 @@ class _Connection(asyncio.Protocol):
         self._transport = None
         if self._paused:
             transport.resume_reading()
-        handler = self._lane.fallback()
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        data, self._buffer = self._buffer, b""
-        if data:
-            handler.data_received(data)
+        data, self._buffer, self._request = self._buffer, b"", b""
+        self._lane.fallback(transport, data)
 
     # ------------------------------------------------------------ idle connections
 

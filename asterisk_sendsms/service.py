@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ from .store import Store
 
 STORE_CHECK_TIMEOUT = 2.0  # /healthz: a store slower than this counts as down
 
-__all__ = ["Accepted", "ServiceBackend", "SmsService"]
+__all__ = ["Accepted", "ServiceBackend", "SmsService", "prepare_message"]
 
 MAX_TEXT_CHARACTERS = 10_000
 
@@ -34,6 +34,25 @@ MAX_TEXT_CHARACTERS = 10_000
 class Accepted:
     sms_id: str
     part_count: int
+
+
+def prepare_message(config: Config, router: Router, user: UserConfig, recipient: str, text: str,
+                    sender: str | None, callback_url: str | None, now: float) -> NewMessage:
+    """The message `user` asks for, validated and encoded; raises a `RequestError`."""
+    to = parse_recipient(recipient)
+    sender_value = sender.strip() if sender else ""
+    sender_value = sender_value or user.default_sender or config.messages.default_sender or ""
+    from_ = parse_sender(sender_value).value if sender_value else None
+    if len(text) > MAX_TEXT_CHARACTERS:
+        raise InvalidParameter("Message", reason=f"longer than {MAX_TEXT_CHARACTERS} characters")
+    encoded = encode_message(text, config.messages.max_parts)
+    url = validate_callback_url(callback_url, config.callbacks) if callback_url else None
+    check_destination(user, to.value)
+    if router.route_for(to.value) is None:
+        raise NoRoute(to.value)
+    return NewMessage(sms_id=new_sms_id(), username=user.name, sender=from_, recipient=to.value, text=text,
+                      coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
+                      expires_at=now + config.messages.validity)
 
 
 class SmsService:
@@ -50,27 +69,21 @@ class SmsService:
                    callback_url: str | None = None) -> Accepted:
         """Validate and commit one message. Returns only after the commit; raises a `RequestError` (nothing
         stored) or `ServiceUnavailable` (nothing stored)."""
-        to = parse_recipient(recipient)
-        sender_value = sender.strip() if sender else ""
-        sender_value = sender_value or user.default_sender or self._config.messages.default_sender or ""
-        from_ = parse_sender(sender_value).value if sender_value else None
-        if len(text) > MAX_TEXT_CHARACTERS:
-            raise InvalidParameter("Message", reason=f"longer than {MAX_TEXT_CHARACTERS} characters")
-        encoded = encode_message(text, self._config.messages.max_parts)
-        url = validate_callback_url(callback_url, self._config.callbacks) if callback_url else None
-        check_destination(user, to.value)
-        if self._router.route_for(to.value) is None:
-            raise NoRoute(to.value)
-        now = self._clock()
-        message = NewMessage(
-            sms_id=new_sms_id(), username=user.name, sender=from_, recipient=to.value, text=text,
-            coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
-            expires_at=now + self._config.messages.validity)
-        await self._store.accept(message)
+        message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
+                                  self._clock())
+        await self.commit([message])
+        return Accepted(message.sms_id, message.part_count)
+
+    async def commit(self, messages: Sequence[NewMessage]) -> None:
+        """Durably accept validated messages, all or none (HTTP front workers validate, the daemon commits)."""
+        if len(messages) == 1:
+            await self._store.accept(messages[0])
+        else:
+            await self._store.accept_many(messages)
         self._on_accepted()
-        self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=user.name,
-                            parts=encoded.part_count)
-        return Accepted(message.sms_id, encoded.part_count)
+        for message in messages:
+            self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=message.username,
+                                parts=message.part_count)
 
     async def messages(self, user: UserConfig, state: str | None, recipient: str | None, since: float | None,
                        limit: int) -> list[MessageView]:

@@ -52,6 +52,12 @@ def cpu_seconds(*pids: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def with_children(pid: int) -> list[int]:
+    """The process and its children (the daemon and its HTTP front workers)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [pid, *(int(child) for child in children)]
+
+
 def peak_rss_mib(*pids: int) -> float:
     return sum(_status_kib(pid, "VmHWM:") for pid in pids) / 1024
 

@@ -2,7 +2,7 @@
 server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed SMPP client.
 
     .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100] [--rounds 3]
-                                         [--warmup 2000]
+                                         [--warmup 2000] [--workers 1] [--cases "no receipts,receipts"]
     .venv/bin/python bench/smpp_bench.py --soak 1000000    # ours only: RSS while that many messages pass
 
 Needs node with tests/peers/node_modules (`./run test` installs it), Debian's kannel and h2load
@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from common import REPO, Daemon, cpu_seconds, free_port, peak_rss_mib, rss_mib, wait_port
+from common import REPO, Daemon, cpu_seconds, free_port, peak_rss_mib, rss_mib, wait_port, with_children
 
 from asterisk_sendsms.smpp.pdu import Command, Pdu
 from asterisk_sendsms.smpp.session import SmppSession
 
 TEXT = "Your payment of 42 EUR was received. Thank you!"
+CASES = ("no receipts", "receipts", "receipts + callbacks")
 
 
 @dataclass
@@ -165,10 +166,12 @@ async def warm_up(peer: Peer, callbacks: Callbacks, urls: list[str], concurrency
 
 
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
-                   rss_every: int = 0, receipts: bool = True, warm: int = 0) -> Result:
+                   rss_every: int = 0, receipts: bool = True, warm: int = 0, workers: int = 1) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     daemon = Daemon(f"""
+[http]
+workers = {workers}
 [callbacks]
 concurrency = 64
 [[transports]]
@@ -180,7 +183,8 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
         base = f"{daemon.api}&Sender=%2b3612345678&Message={TEXT.replace(' ', '+')}{report}&Recipient=%2b3620"
         warm_submits, warm_callbacks = await warm_up(peer, callbacks, [f"{base}9{i:06d}" for i in range(warm)],
                                                      concurrency, with_callbacks)
-        cpu_before = cpu_seconds(daemon.process.pid)
+        processes = with_children(daemon.process.pid)
+        cpu_before = cpu_seconds(*processes)
         start = time.time()
         seconds, errors = 0.0, 0
         step = rss_every or messages
@@ -189,9 +193,9 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
             took, failed = await load(chunk, concurrency)
             seconds, errors = seconds + took, errors + failed
             if rss_every:
-                pid = daemon.process.pid
-                print(f"{first + len(chunk):>9} messages accepted: daemon RSS {rss_mib(pid):6.1f} MiB, "
-                      f"peak {peak_rss_mib(pid):6.1f} MiB", flush=True)
+                print(f"{first + len(chunk):>9} messages accepted: daemon and workers RSS "
+                      f"{sum(rss_mib(pid) for pid in processes):6.1f} MiB, peak {peak_rss_mib(*processes):6.1f} MiB",
+                      flush=True)
         stats = await peer.wait_submits(warm_submits + messages - errors)
         case = "receipts + callbacks" if with_callbacks else "receipts" if receipts else "no receipts"
         result = Result("ours", case, window, messages / seconds,
@@ -199,8 +203,8 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
         if with_callbacks:
             await callbacks.wait(warm_callbacks + messages - errors)
             result.callbacks = (callbacks.count - warm_callbacks) / (time.time() - start)
-        result.rss = peak_rss_mib(daemon.process.pid)
-        result.cpu = (cpu_seconds(daemon.process.pid) - cpu_before) / messages * 1e6
+        result.rss = peak_rss_mib(*processes)
+        result.cpu = (cpu_seconds(*processes) - cpu_before) / messages * 1e6
         return result
     finally:
         daemon.stop()
@@ -348,6 +352,8 @@ async def main() -> None:
                         help="unmeasured messages each gateway takes first (0: measure from a cold start)")
     parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved; "
                                                               "the table shows medians")
+    parser.add_argument("--workers", type=int, default=1, help="ours: HTTP front workers ([http] workers)")
+    parser.add_argument("--cases", default=",".join(CASES), help="which of: " + ", ".join(CASES))
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="only ours (window 100, receipts and callbacks): N messages, RSS every N/10")
     args = parser.parse_args()
@@ -358,26 +364,31 @@ async def main() -> None:
     if shutil.which("h2load") is None:
         sys.exit("bench: the load generator is not installed: apt-get install nghttp2-client")
     if args.soak:
-        result = await run_ours(args.soak, args.concurrency, 100, True, rss_every=max(1, args.soak // 10))
+        result = await run_ours(args.soak, args.concurrency, 100, True, rss_every=max(1, args.soak // 10),
+                                workers=args.workers)
         print(f"soak: {args.soak} messages, {result.errors} errors, {result.submitted:.0f} submitted/s, "
               f"{result.callbacks:.0f} callbacks/s, {result.cpu:.0f} µs CPU per message, peak RSS {result.rss:.1f} MiB")
         return
     windows = [int(w) for w in args.windows.split(",")]
+    cases = [case.strip() for case in args.cases.split(",")]
+    if not set(cases) <= set(CASES):
+        sys.exit(f"bench: --cases takes {', '.join(CASES)}")
     runs: list[Result] = []
     # The rounds interleave the systems: a virtual machine's speed drifts by tens of percent within minutes,
     # and a ratio of runs made far apart would measure the drift.
     for round_number in range(args.rounds):
         for window in windows:
             runs.append(await run_ceiling(args.messages, window))
-            for mode in ("no receipts", "receipts", "receipts + callbacks"):
+            for mode in cases:
                 runs.append(await run_ours(args.messages, args.concurrency, window, mode == "receipts + callbacks",
-                                           receipts=mode != "no receipts", warm=args.warmup))
+                                           receipts=mode != "no receipts", warm=args.warmup, workers=args.workers))
                 runs.append(await run_kannel(args.messages, args.concurrency, window, mode, warm=args.warmup))
             print(f"round {round_number + 1}, window {window} done", file=sys.stderr)
     results = _medians(runs)
     print(f"\n{args.messages} one-part messages per case, {args.concurrency} concurrent HTTP clients, "
           f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer; CPU: the gateway's processes (ours: the "
-          f"daemon; Kannel: bearerbox + smsbox) from the first request to the last submit or callback"
+          f"daemon and its {args.workers} HTTP front workers; Kannel: bearerbox + smsbox) from the first request to "
+          f"the last submit or callback"
           + (f"; each value the median of {args.rounds} rounds" if args.rounds > 1 else "")
           + (f"; measured after {args.warmup} unmeasured messages" if args.warmup else "") + "\n")
     header = (f"{'system':<11} {'case':<21} {'window':>6} {'accepted/s':>11} {'submitted/s':>12} "
@@ -392,7 +403,7 @@ async def main() -> None:
     print()
     for window in windows:
         ceiling = next(r for r in results if r.system == "raw client" and r.window == window)
-        for case in ("no receipts", "receipts", "receipts + callbacks"):
+        for case in cases:
             ours = next(r for r in results if r.system == "ours" and r.window == window and r.case == case)
             kannel = next(r for r in results if r.system == "Kannel" and r.window == window and r.case == case)
             # Each round's ratio too: ours and Kannel of one round ran minutes apart at most.

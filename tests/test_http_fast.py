@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from asterisk_sendsms.config import UserConfig
 from asterisk_sendsms.http_api import OzekiEndpoint, build_app
-from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane
+from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane, to_protocol
 from asterisk_sendsms.service import Accepted, SmsService
 
 from .conftest import Daemon, start_daemon
@@ -49,8 +49,9 @@ class Servers:
 
 @pytest.fixture
 async def servers() -> AsyncIterator[Servers]:
-    ozeki = OzekiEndpoint(cast(SmsService, EchoService()), identify)
-    app = build_app(ozeki, list, MAX_BODY)
+    service = cast(SmsService, EchoService())
+    ozeki = OzekiEndpoint(service, identify)
+    app = build_app(ozeki, service, list, MAX_BODY)
     runners = []
     for _ in range(2):
         runner = web.AppRunner(app, access_log=None, max_line_size=8190)
@@ -59,7 +60,7 @@ async def servers() -> AsyncIterator[Servers]:
     plain = web.TCPSite(runners[0], "127.0.0.1", 0)
     await plain.start()
     assert runners[1].server is not None
-    lane = FastLane(ozeki, runners[1].server, MAX_BODY, 8190)
+    lane = FastLane(ozeki, to_protocol(runners[1].server), MAX_BODY, 8190)
     server = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
     try:
         yield Servers(server.sockets[0].getsockname()[1], plain._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
@@ -238,7 +239,8 @@ class TurnRecordingService(EchoService):
 
 async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:
     service = TurnRecordingService()
-    lane = FastLane(OzekiEndpoint(cast(SmsService, service), identify), web.Server(lambda _: None), MAX_BODY, 8190)
+    lane = FastLane(OzekiEndpoint(cast(SmsService, service), identify), to_protocol(web.Server(lambda _: None)),
+                    MAX_BODY, 8190)
     server = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]

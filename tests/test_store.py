@@ -174,6 +174,16 @@ async def test_concurrent_accepts_commit_together(store: SqlStore) -> None:
     assert (await store.stats(0))["states"] == {"accepted": 500}
 
 
+async def test_a_batch_of_accepts_is_committed_all_or_none(store: SqlStore) -> None:
+    batch = [new_message() for _ in range(600)]
+    await store.accept_many(batch)
+    clash = [new_message(), new_message(), batch[7]]
+    with pytest.raises(ServiceUnavailable):
+        await store.accept_many(clash)
+    assert (await store.stats(0))["states"] == {"accepted": 600}
+    assert await store.get(clash[0].sms_id) is None
+
+
 async def test_a_failing_operation_does_not_take_its_batch_down(store: SqlStore) -> None:
     good, twin = new_message(), new_message()
     duplicate = NewMessage(twin.sms_id, *[getattr(twin, f) for f in twin.__slots__[1:]])  # type: ignore[attr-defined]

@@ -40,6 +40,10 @@ class Store(Protocol):
 
     async def accept(self, message: NewMessage) -> None: ...
 
+    async def accept_many(self, messages: Sequence[NewMessage]) -> None:
+        """Accept all the messages in one transaction, or none."""
+        ...
+
     async def ping(self) -> None:
         """A trivial read through the same path as every operation: raises `ServiceUnavailable` if the store
         cannot answer."""

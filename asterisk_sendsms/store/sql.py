@@ -418,6 +418,10 @@ class SqlStore(ABC):
     async def accept(self, message: NewMessage) -> None:
         await self._run(_Grouped(_accept_all, message))
 
+    async def accept_many(self, messages: Sequence[NewMessage]) -> None:
+        batch = list(messages)
+        await self._run(lambda db: _accept_all(db, batch))
+
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 

@@ -1,0 +1,261 @@
+"""HTTP front workers: processes that answer `SendSms` requests on the API's socket (parse, authenticate,
+validate, encode, reply) and leave the commit to the daemon, which starts and supervises them. Everything
+else (other commands and paths, failed logins) they hand to the daemon with the connection."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import marshal
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import uvloop
+
+from .auth import Authenticator
+from .config import Config, HostPort, UserConfig
+from .errors import ServiceUnavailable, SmsGatewayError
+from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
+from .http_fast import FastLane, max_request_line
+from .intake import ConnectionInbox, DaemonLink, WorkerLink, frame, send_connection
+from .logs import configure_logging
+from .model import NewMessage
+from .routing import Router
+from .service import Accepted, prepare_message
+
+__all__ = ["FrontWorkers", "listening_sockets"]
+
+log = logging.getLogger(__name__)
+
+BACKLOG = 1024
+# A worker that dies this soon after its start is started again after a growing pause (up to the longest).
+RESTART_PAUSE = 1.0
+LONGEST_PAUSE = 30.0
+STOP_GRACE = 5.0  # a worker still running this long after SIGTERM is killed
+
+
+# What the daemon tells a new worker, as the first frame of its link: the configuration, the log level and
+# format. (A tuple: the worker runs this module as __main__, where a class of it would not be the same.)
+_Hello = tuple[Config, str, str]
+
+
+def listening_sockets(listen: HostPort) -> list[socket.socket]:
+    """The API's listening sockets, made by the daemon (which reports a taken port) and served by workers."""
+    found: dict[tuple[int, object], socket.socket] = {}
+    try:
+        for family, kind, protocol, _, address in socket.getaddrinfo(
+                listen.host or None, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            if (family, address) in found:
+                continue
+            sock = socket.socket(family, kind, protocol)
+            found[(family, address)] = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+    except OSError as exc:
+        for sock in found.values():
+            sock.close()
+        raise ServiceUnavailable(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return list(found.values())
+
+
+class FrontWorkers:
+    """Runs `count` workers on the listening sockets and starts again any that exits while the daemon runs.
+    Their batches are committed with `commit`; connections they hand over are given to `adopt`."""
+
+    def __init__(self, count: int, hello: _Hello, sockets: Sequence[socket.socket],
+                 commit: Callable[[list[NewMessage]], Awaitable[None]],
+                 adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> None:
+        self._count = count
+        self._hello = frame(pickle.dumps(hello))
+        self._sockets = sockets
+        self._commit = commit
+        self._adopt = adopt
+        self._links: set[DaemonLink] = set()
+        self._processes: set[asyncio.subprocess.Process] = set()
+        self._stopping = False
+        authenticator.on_failed_login(self._tell_failed_login)
+
+    @classmethod
+    def for_config(cls, config: Config, log_setup: tuple[str, str], sockets: Sequence[socket.socket],
+                   commit: Callable[[list[NewMessage]], Awaitable[None]],
+                   adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> FrontWorkers:
+        return cls(config.http.workers, (config, *log_setup), sockets, commit, adopt, authenticator)
+
+    def _tell_failed_login(self, key: str, at: float) -> None:
+        for link in self._links:
+            link.send(("failed-login", key, at))
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for number in range(1, self._count + 1):
+                group.create_task(self._keep(number), name=f"HTTP front worker {number}")
+
+    async def _keep(self, number: int) -> None:
+        pause = RESTART_PAUSE
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                code = await self._run_once(number)
+                ending = f"signal {-code}" if code < 0 else f"code {code}"
+            except OSError as exc:
+                ending = f"could not start: {exc.strerror or exc}"
+            if self._stopping:
+                return
+            if time.monotonic() - started >= LONGEST_PAUSE:
+                pause = RESTART_PAUSE
+            log.error("HTTP front worker %d exited (%s); starting it again in %.0f s", number, ending, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
+
+    async def _run_once(self, number: int) -> int:
+        loop = asyncio.get_running_loop()
+        link_ours, link_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        inbox_ours, inbox_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        listen_fds = [sock.fileno() for sock in self._sockets]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "asterisk_sendsms.front", "--number", str(number),
+                "--link", str(link_theirs.fileno()), "--inbox", str(inbox_theirs.fileno()),
+                *(arg for fd in listen_fds for arg in ("--listen", str(fd))),
+                pass_fds=(link_theirs.fileno(), inbox_theirs.fileno(), *listen_fds), stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            for sock in (link_ours, inbox_ours):
+                sock.close()
+            raise
+        finally:
+            link_theirs.close()
+            inbox_theirs.close()
+        self._processes.add(process)
+        _, link = await loop.create_unix_connection(lambda: DaemonLink(self._commit), sock=link_ours)
+        inbox = ConnectionInbox(inbox_ours, self._adopt)
+        self._links.add(link)
+        try:
+            link.send_frame(self._hello)
+            return await process.wait()
+        finally:
+            self._links.discard(link)
+            self._processes.discard(process)
+            inbox.close()
+            link.close()
+
+    async def stop(self) -> None:
+        """Ask every worker to finish the requests it has and exit; kill those that take too long."""
+        self._stopping = True
+        for process in self._processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+        waits = [asyncio.ensure_future(process.wait()) for process in self._processes]
+        if not waits:
+            return
+        _, late = await asyncio.wait(waits, timeout=STOP_GRACE)
+        for process in list(self._processes):
+            if process.returncode is None:
+                log.warning("HTTP front worker (pid %d) did not stop within %.0f s: killed", process.pid, STOP_GRACE)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        if late:
+            await asyncio.wait(late)
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+class _LinkedSender:
+    """`SendSms` in a worker: validated here, committed by the daemon."""
+
+    def __init__(self, config: Config, router: Router, link: WorkerLink) -> None:
+        self._config = config
+        self._router = router
+        self._link = link
+
+    async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
+                   callback_url: str | None = None) -> Accepted:
+        message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
+                                  time.time())
+        await self._link.accept(message)
+        return Accepted(message.sms_id, message.part_count)
+
+
+def _sendsms_only(identify: Identify) -> Identify:
+    """Other commands, and any login that does not succeed, are the daemon's: it alone counts failed logins."""
+    async def check(client: str, authorization: str, params: dict[str, str]) -> UserConfig:
+        if (params.get("command") or "").lower() != "sendsms":
+            raise HandOver()
+        try:
+            return await identify(client, authorization, params)
+        except SmsGatewayError:
+            raise HandOver() from None
+    return check
+
+
+def _read_hello(link: socket.socket) -> _Hello:
+    (length,) = struct.unpack("!I", link.recv(4, socket.MSG_WAITALL))
+    data = link.recv(length, socket.MSG_WAITALL)
+    if len(data) != length:
+        raise SystemExit("asterisk-sendsms front worker: the daemon closed the link before its configuration")
+    config, log_level, log_format = pickle.loads(marshal.loads(data))  # noqa: S301, S302 - from the daemon
+    return config, log_level, log_format
+
+
+async def _work(number: int, hello: _Hello, link_socket: socket.socket, inbox: socket.socket,
+                listening: list[socket.socket]) -> None:
+    config = hello[0]
+    loop = asyncio.get_running_loop()
+    authenticator = Authenticator(config.users, config.http.allowed_clients)
+    _, link = await loop.create_unix_connection(lambda: WorkerLink(authenticator.note_failed_login),
+                                                sock=link_socket)
+
+    def hand_off(transport: asyncio.Transport, data: bytes) -> None:
+        transport.pause_reading()
+        try:
+            send_connection(inbox, transport.get_extra_info("socket").fileno(), data)
+        except OSError as exc:
+            log.error("HTTP front worker %d cannot hand a connection to the daemon: %s", number, exc)
+        transport.close()  # the daemon holds the connection now (or nobody does: the client sees it close)
+
+    ozeki = OzekiEndpoint(_LinkedSender(config, Router(config.routes), link),
+                          _sendsms_only(tcp_identify(authenticator)))
+    lane = FastLane(ozeki, hand_off, config.http.max_body_bytes, max_request_line(config))
+    servers = [await loop.create_server(lane, sock=sock, backlog=BACKLOG) for sock in listening]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # a Ctrl-C reaches the daemon too: it stops us
+    closed = asyncio.ensure_future(link.closed)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([closed, stopping], return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.close()
+    if closed.done():
+        log.error("HTTP front worker %d: the daemon went away; exiting", number)
+    await lane.shutdown(2.0)
+    stopping.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="asterisk_sendsms.front", description="(started by the daemon)")
+    parser.add_argument("--number", type=int, required=True)
+    parser.add_argument("--link", type=int, required=True)
+    parser.add_argument("--inbox", type=int, required=True)
+    parser.add_argument("--listen", type=int, action="append", required=True)
+    args = parser.parse_args(argv)
+    link = socket.socket(fileno=args.link)
+    hello = _read_hello(link)
+    configure_logging(hello[1], hello[2])
+    inbox = socket.socket(fileno=args.inbox)
+    listening = [socket.socket(fileno=fd) for fd in args.listen]
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_work(args.number, hello, link, inbox, listening))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The link between the daemon and its HTTP front workers, both ends in one process over real socketpairs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from asterisk_sendsms.encoding import Coding
+from asterisk_sendsms.errors import ServiceUnavailable
+from asterisk_sendsms.intake import ConnectionInbox, DaemonLink, FrameReader, WorkerLink, frame, send_connection
+from asterisk_sendsms.model import NewMessage
+
+values = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | st.text(),
+                      lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner), max_leaves=12)
+
+
+@given(st.lists(values, max_size=6), st.lists(st.integers(1, 40), max_size=20))
+def test_frames_come_out_whole_however_the_stream_is_cut(sent: list[object], cuts: list[int]) -> None:
+    stream = b"".join(frame(value) for value in sent)
+    reader = FrameReader()
+    received: list[object] = []
+    position = 0
+    for cut in [*cuts, len(stream)]:
+        received.extend(reader.feed(stream[position:position + cut]))
+        position += cut
+    received.extend(reader.feed(stream[position:]))
+    assert received == sent
+
+
+def test_a_stream_out_of_step_is_refused() -> None:
+    with pytest.raises(ValueError, match="out of step"):
+        FrameReader().feed(b"\xff\xff\xff\xff" + b"x" * 8)
+
+
+def message(number: int) -> NewMessage:
+    return NewMessage(f"id-{number}", "alice", None, f"+3620{number:07d}", "héllo €", Coding.UCS2, 1, None,
+                      1.5, 2.5)
+
+
+class Link:
+    def __init__(self) -> None:
+        self.committed: list[list[NewMessage]] = []
+        self.refuse = ""
+        self.failures: list[tuple[str, float]] = []
+        self.daemon: DaemonLink
+        self.worker: WorkerLink
+
+    async def commit(self, messages: list[NewMessage]) -> None:
+        await asyncio.sleep(0)
+        if self.refuse:
+            raise ServiceUnavailable(self.refuse)
+        self.committed.append(messages)
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[Link]:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    result = Link()
+    _, result.daemon = await loop.create_unix_connection(lambda: DaemonLink(result.commit), sock=ours)
+    _, result.worker = await loop.create_unix_connection(
+        lambda: WorkerLink(lambda key, at: result.failures.append((key, at))), sock=theirs)
+    yield result
+    result.daemon.close()
+
+
+async def test_messages_of_one_turn_are_committed_together_and_each_sender_learns_it(link: Link) -> None:
+    await asyncio.gather(*(link.worker.accept(message(i)) for i in range(5)))
+    await link.worker.accept(message(5))
+    assert [[m.sms_id for m in batch] for batch in link.committed] == [[f"id-{i}" for i in range(5)], ["id-5"]]
+    assert link.committed[0][0] == message(0)
+
+
+async def test_a_refused_batch_fails_each_of_its_senders(link: Link) -> None:
+    link.refuse = "message store error (x): disk full"
+    results = await asyncio.gather(*(link.worker.accept(message(i)) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ServiceUnavailable) and "disk full" in r.message for r in results)
+
+
+async def test_failed_logins_reach_the_worker(link: Link) -> None:
+    link.daemon.send(("failed-login", "address 192.0.2.1", 12.5))
+    await asyncio.sleep(0.05)
+    assert link.failures == [("address 192.0.2.1", 12.5)]
+
+
+async def test_senders_waiting_when_the_daemon_goes_are_told(link: Link) -> None:
+    link.committed.clear()
+
+    async def never(messages: list[NewMessage]) -> None:
+        await asyncio.Event().wait()
+    link.daemon._commit = never
+    waiting = asyncio.ensure_future(link.worker.accept(message(1)))
+    await asyncio.sleep(0.05)
+    link.daemon.close()
+    with pytest.raises(ServiceUnavailable, match="went away"):
+        await waiting
+    with pytest.raises(ServiceUnavailable, match="not reachable"):
+        await link.worker.accept(message(2))
+
+
+async def test_a_connection_is_handed_over_with_the_bytes_read_from_it() -> None:
+    """Through a seqpacket pair, as between a worker and the daemon: the TCP connection itself moves, with
+    what was read from it (more than one packet's worth), and the client talks on to the new owner."""
+    loop = asyncio.get_running_loop()
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    accepted, _ = server.accept()
+    worker_end, daemon_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    adopted: asyncio.Future[tuple[socket.socket, bytes]] = loop.create_future()
+    inbox = ConnectionInbox(daemon_end, lambda connection, data: adopted.set_result((connection, data)))
+    read = b"".join(bytes([i % 251]) * 1000 for i in range(100))
+    # In a thread: the sender blocks until the reader (this event loop) has taken the packets.
+    await asyncio.to_thread(send_connection, worker_end, accepted.fileno(), read)
+    accepted.close()
+    connection, data = await asyncio.wait_for(adopted, 5)
+    assert data == read
+    client.sendall(b"still there")
+    connection.settimeout(5)
+    assert connection.recv(100) == b"still there"
+    connection.sendall(b"yes")
+    client.settimeout(5)
+    assert client.recv(100) == b"yes"
+    for sock in (connection, client, server, worker_end):
+        sock.close()
+    inbox.close()
