@@ -225,7 +225,7 @@ async def _work(number: int, hello: _Hello, link_socket: socket.socket, inbox: s
 
     ozeki = OzekiEndpoint(_LinkedSender(config, Router(config.routes), link),
                           _sendsms_only(tcp_identify(authenticator)))
-    lane = FastLane(ozeki, hand_off, config.http.max_body_bytes, max_request_line(config))
+    lane = FastLane(ozeki, hand_off, config.http.max_body_bytes, max_request_line(config), per_turn=None)
     servers = [await loop.create_server(lane, sock=sock, backlog=BACKLOG) for sock in listening]
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -70,7 +70,8 @@ class FastLane:
     """The protocol factory for the API's TCP socket; `fallback` serves what the lane does not (aiohttp, or
     in an HTTP front worker the daemon, also for requests the endpoint raises `HandOver` for)."""
 
-    def __init__(self, ozeki: OzekiEndpoint, fallback: HandOff, max_body: int, max_line: int) -> None:
+    def __init__(self, ozeki: OzekiEndpoint, fallback: HandOff, max_body: int, max_line: int,
+                 per_turn: int | None = REQUESTS_PER_TURN) -> None:
         self.ozeki = ozeki
         self.fallback = fallback
         self.max_body = max_body
@@ -80,6 +81,7 @@ class FastLane:
         self.connections: set[_Connection] = set()
         self.closing = False
         self._all_closed = asyncio.Event()
+        self._per_turn = per_turn
         self._admitted: deque[tuple[_Connection, _Request, bytes]] = deque()
         self._pumping = False
 
@@ -96,7 +98,12 @@ class FastLane:
         """Answer the request, starting at most REQUESTS_PER_TURN a turn of the event loop: under a flood of
         requests a turn would otherwise run the work of every one that arrived, and the SMPP responses read
         at the start of the next turn would wait for all of it (with a window of 1 the SMSC link ran at a
-        third of its pace while requests came in, measured)."""
+        third of its pace while requests came in, measured). Without a limit (`per_turn` None: an HTTP front
+        worker, which has no SMSC link) every request starts at once, and those of a turn reach the daemon
+        in one frame."""
+        if self._per_turn is None:
+            connection.task = asyncio.get_running_loop().create_task(connection.answer(request, body))
+            return
         self._admitted.append((connection, request, body))
         if not self._pumping:
             self._pumping = True
@@ -104,7 +111,8 @@ class FastLane:
 
     def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(min(REQUESTS_PER_TURN, len(self._admitted))):
+        assert self._per_turn is not None  # admit() starts requests at once otherwise
+        for _ in range(min(self._per_turn, len(self._admitted))):
             connection, request, body = self._admitted.popleft()
             connection.task = loop.create_task(connection.answer(request, body))
         if self._admitted:
