@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE = 10.0
 SHUTDOWN_HTTP = 2.0  # requests still open at shutdown (a `tail` follower) get this long
+SHUTDOWN_STUCK = 30.0  # a shutdown still going after this long logs what it waits for
 
 
 @contextlib.asynccontextmanager
@@ -118,6 +119,17 @@ async def _control_site(app: web.Application, config: Config) -> AsyncIterator[N
         await runner.cleanup()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def _report_stuck_shutdown() -> None:
+    """Say what a shutdown that should have ended long ago still waits for (a service manager will kill it)."""
+    waiting = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=3)
+        where = " <- ".join(f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+                            for f in reversed(frames))
+        waiting.append(f"{task.get_name()}: {where}")
+    log.error("the shutdown has taken %.0f s; still waiting for: %s", SHUTDOWN_STUCK, "; ".join(waiting))
 
 
 def _tune_collector() -> None:
@@ -198,6 +210,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
                 tasks.extend(group.create_task(app.run(), name=f"ari {app}") for app in ari_apps)
                 await stop.wait()
                 log.info("stopping: waiting for the submits in flight, then unbinding")
+                watchdog = loop.call_later(SHUTDOWN_STUCK, _report_stuck_shutdown)
                 # Submits already on the wire get their answers first, so a restart does not send them again.
                 dispatcher.stop()
                 try:
@@ -206,5 +219,6 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
                     dispatching.cancel()
                 for task in tasks:
                     task.cancel()
+        watchdog.cancel()
     finally:
         await store.close()

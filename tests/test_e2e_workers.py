@@ -1,10 +1,12 @@
 """The daemon with HTTP front workers (`[http] workers`), as users run it: SendSms answered by the workers and
 committed by the daemon, everything else handed over with the connection, failed logins counted once for
-all, a killed worker started again, no worker left behind when the daemon goes."""
+all, a killed worker started again, no worker left behind when the daemon goes; and what a shutdown that
+hangs reports."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -12,7 +14,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from lxml import etree
+
+from asterisk_sendsms.daemon import _report_stuck_shutdown
 
 from .conftest import Daemon, final, gateway_config, send, start_daemon
 
@@ -133,3 +138,15 @@ async def test_a_killed_worker_is_started_again_and_none_outlives_the_daemon(dae
     orphans = workers_of(daemon)
     daemon.kill9()
     await wait_until(lambda: not any(alive(pid) for pid in orphans), timeout=10)
+
+
+async def test_a_stuck_shutdown_says_what_it_waits_for(caplog: pytest.LogCaptureFixture) -> None:
+    async def unbinding() -> None:
+        await asyncio.sleep(60)
+
+    task = asyncio.create_task(unbinding(), name="transport operator")
+    await asyncio.sleep(0)
+    with caplog.at_level(logging.ERROR):
+        _report_stuck_shutdown()
+    task.cancel()
+    assert "still waiting for" in caplog.text and "transport operator: unbinding (test_e2e_workers.py:" in caplog.text
