@@ -78,7 +78,7 @@ class DaemonLink(asyncio.Protocol):
         self._commit = commit
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self._accepting: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -91,7 +91,9 @@ class DaemonLink(asyncio.Protocol):
             self.close()
             return
         for number, rows in batches:
-            asyncio.get_running_loop().create_task(self._accept(number, rows))
+            task = asyncio.get_running_loop().create_task(self._accept(number, rows))
+            self._accepting.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._accepting.discard)
 
     async def _accept(self, number: int, rows: list[tuple[Any, ...]]) -> None:
         error: str | None = None
@@ -117,8 +119,6 @@ class DaemonLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 class WorkerLink(asyncio.Protocol):
