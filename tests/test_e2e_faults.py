@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from lxml import etree
 
@@ -44,11 +45,14 @@ async def try_send(session: aiohttp.ClientSession, daemon: Daemon, recipient: st
     return root.findtext("SmsId") or None, root.findtext("Code") or ""
 
 
+@pytest.mark.parametrize("workers", [0, 1])
 async def test_kill9_under_smpp_load_counts_the_duplicates(daemon_factory: list[Daemon], tmp_path: Path,
-                                                           smsc_factory: Callable[..., Smsc]) -> None:
+                                                           smsc_factory: Callable[..., Smsc], workers: int) -> None:
+    """With HTTP front workers too: a worker replies only after the daemon committed, so every SmsId a client
+    got survives the kill (the workers' own requests in flight are answered 503 or not at all)."""
     smsc = smsc_factory(receipt_delay_ms=200)
     data_dir = tmp_path / "data"
-    args = ("--config", str(config(tmp_path, smpp_url(smsc))))
+    args = ("--config", str(config(tmp_path, smpp_url(smsc), f"[http]\nworkers = {workers}")))
     daemon = start_daemon(daemon_factory, data_dir, *args)
     accepted: dict[str, str] = {}
     killed = asyncio.Event()
