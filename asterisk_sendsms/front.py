@@ -8,11 +8,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import marshal
 import pickle
 import signal
 import socket
-import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +22,7 @@ from .config import Config, HostPort, UserConfig
 from .errors import ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
 from .http_fast import FastLane, max_request_line
-from .intake import ConnectionInbox, DaemonLink, WorkerLink, frame, send_connection
+from .intake import ConnectionInbox, DaemonLink, WorkerLink, frame, read_frame, send_connection
 from .logs import configure_logging
 from .model import NewMessage
 from .routing import Router
@@ -39,6 +37,7 @@ BACKLOG = 1024
 RESTART_PAUSE = 1.0
 LONGEST_PAUSE = 30.0
 STOP_GRACE = 5.0  # a worker still running this long after SIGTERM is killed
+ANSWER_GRACE = 2.0  # a stopping worker's requests still open get this long (the daemon's own grace)
 
 
 # What the daemon tells a new worker, as the first frame of its link: the configuration, the log level and
@@ -199,17 +198,17 @@ def _sendsms_only(identify: Identify) -> Identify:
 
 
 def _read_hello(link: socket.socket) -> _Hello:
-    (length,) = struct.unpack("!I", link.recv(4, socket.MSG_WAITALL))
-    data = link.recv(length, socket.MSG_WAITALL)
-    if len(data) != length:
-        raise SystemExit("asterisk-sendsms front worker: the daemon closed the link before its configuration")
-    config, log_level, log_format = pickle.loads(marshal.loads(data))  # noqa: S301, S302 - from the daemon
+    try:
+        hello = read_frame(link)
+    except EOFError:
+        raise SystemExit("asterisk-sendsms front worker: the daemon closed the link before its configuration"
+                         ) from None
+    config, log_level, log_format = pickle.loads(hello)  # noqa: S301 - from the daemon, over a socketpair
     return config, log_level, log_format
 
 
-async def _work(number: int, hello: _Hello, link_socket: socket.socket, inbox: socket.socket,
+async def _work(number: int, config: Config, link_socket: socket.socket, inbox: socket.socket,
                 listening: list[socket.socket]) -> None:
-    config = hello[0]
     loop = asyncio.get_running_loop()
     authenticator = Authenticator(config.users, config.http.allowed_clients)
     _, link = await loop.create_unix_connection(lambda: WorkerLink(authenticator.note_failed_login),
@@ -237,7 +236,7 @@ async def _work(number: int, hello: _Hello, link_socket: socket.socket, inbox: s
         server.close()
     if closed.done():
         log.error("HTTP front worker %d: the daemon went away; exiting", number)
-    await lane.shutdown(2.0)
+    await lane.shutdown(ANSWER_GRACE)
     stopping.cancel()
 
 
@@ -249,12 +248,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", type=int, action="append", required=True)
     args = parser.parse_args(argv)
     link = socket.socket(fileno=args.link)
-    hello = _read_hello(link)
-    configure_logging(hello[1], hello[2])
+    config, log_level, log_format = _read_hello(link)
+    configure_logging(log_level, log_format)
     inbox = socket.socket(fileno=args.inbox)
     listening = [socket.socket(fileno=fd) for fd in args.listen]
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_work(args.number, hello, link, inbox, listening))
+        runner.run(_work(args.number, config, link, inbox, listening))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .encoding import Coding
 from .errors import ServiceUnavailable, SmsGatewayError
 from .model import NewMessage
 
-__all__ = ["ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "send_connection"]
+__all__ = ["ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame", "send_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,18 @@ def frame(value: Any) -> bytes:
     int, None: what goes over it; marshal reads them back several times faster than pickle)."""
     data = marshal.dumps(value)
     return _LENGTH.pack(len(data)) + data
+
+
+def read_frame(sock: socket.socket) -> Any:
+    """One frame from a blocking socket, and not a byte past it: what follows belongs to the protocol that
+    takes the socket over. EOFError if the stream ends first."""
+    header = sock.recv(_LENGTH.size, socket.MSG_WAITALL)
+    if len(header) == _LENGTH.size:
+        (length,) = _LENGTH.unpack(header)
+        data = sock.recv(length, socket.MSG_WAITALL)
+        if len(data) == length:
+            return marshal.loads(data)  # noqa: S302 - a socketpair
+    raise EOFError("the stream ended within a frame")
 
 
 class FrameReader:

@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from asterisk_sendsms.encoding import Coding
 from asterisk_sendsms.errors import ServiceUnavailable
-from asterisk_sendsms.intake import ConnectionInbox, DaemonLink, FrameReader, WorkerLink, frame, send_connection
+from asterisk_sendsms.intake import (
+    ConnectionInbox,
+    DaemonLink,
+    FrameReader,
+    WorkerLink,
+    frame,
+    read_frame,
+    send_connection,
+)
 from asterisk_sendsms.model import NewMessage
 
 values = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -128,3 +136,14 @@ async def test_a_connection_is_handed_over_with_the_bytes_read_from_it() -> None
     for sock in (connection, client, server, worker_end):
         sock.close()
     inbox.close()
+
+
+def test_a_frame_read_from_a_blocking_socket_leaves_what_follows() -> None:
+    ours, theirs = socket.socketpair()
+    ours.sendall(frame(b"configuration") + frame(("failed-login", "user x", 1.0)))
+    assert read_frame(theirs) == b"configuration"
+    assert FrameReader().feed(theirs.recv(1000)) == [("failed-login", "user x", 1.0)]
+    ours.close()
+    with pytest.raises(EOFError):
+        read_frame(theirs)
+    theirs.close()
