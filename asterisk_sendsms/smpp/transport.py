@@ -39,6 +39,7 @@ CREDENTIALS_REFUSED = frozenset({Status.ESME_RINVPASWD, Status.ESME_RINVSYSID, S
 THROTTLE_RETRIES = 20
 CONNECT_TIMEOUT = 10.0
 UNBIND_GRACE = 2.0
+SWEEP_INTERVAL = 0.5
 # Errors after which the same message may go through later (SMPP 3.4 and common SMSC practice).
 TRANSIENT = {Status.ESME_RSYSERR, Status.ESME_RX_T_APPN, Status.ESME_RMSGQFUL, Status.ESME_RTHROTTLED,
              Status.ESME_RINVBNDSTS}
@@ -48,15 +49,16 @@ TON_NPI = {AddressKind.INTERNATIONAL: (1, 1), AddressKind.NATIONAL: (0, 1), Addr
 
 
 class _Exchange:
-    """A request on the wire: its response future, its timeout, and what must happen the moment the response
-    is read (before the waiting task runs)."""
+    """A request on the wire: its response future, when it times out, and what must happen the moment the
+    response is read (before the waiting task runs)."""
 
-    __slots__ = ("future", "on_answer", "timer")
+    __slots__ = ("command", "deadline", "future", "on_answer")
 
-    def __init__(self, future: asyncio.Future[Pdu], timer: asyncio.TimerHandle,
+    def __init__(self, future: asyncio.Future[Pdu], command: Command, deadline: float,
                  on_answer: Callable[[Pdu], None] | None) -> None:
         self.future = future
-        self.timer = timer
+        self.command = command
+        self.deadline = deadline
         self.on_answer = on_answer
 
 
@@ -76,6 +78,10 @@ class _Link:
         # PDUs written in one turn of the event loop, or while one read is handled, leave together, in one
         # system call and segment: the test SMSC spends a quarter less CPU reading a window of 100 so.
         self._unsent: list[bytes] | None = None
+        # One timer per connection finds the requests past their deadline (a timer per request cost more than
+        # the rest of its bookkeeping); a response may come up to this much later than `response_timeout`.
+        self._sweep_every = min(SWEEP_INTERVAL, response_timeout / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
         self.state = "connecting"
         self.was_bound = False
         self.last_heard = time.monotonic()
@@ -103,8 +109,13 @@ class _Link:
     def connected(self, transport: asyncio.Transport | None) -> None:
         self.transport = transport
         self._unsent = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if transport is not None:
-            self.closed = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self.closed = loop.create_future()
+            self._sweeper = loop.call_later(self._sweep_every, self._time_out)
 
     def close(self, reason: str) -> None:
         """End the connection (what is queued to send goes first); the requests waiting fail now."""
@@ -126,9 +137,8 @@ class _Link:
             raise TransientSubmitError(f"SMPP link {self.mode} is not {'bound' if need_bind else 'connected'}",
                                        "NOT_BOUND" if need_bind else "NOT_CONNECTED")
         data = self.session.request(pdu)
-        # A plain timer rather than wait_for, which costs a future and callbacks more for every submit.
-        timer = future.get_loop().call_later(self.response_timeout, self._time_out, pdu.sequence, pdu.command)
-        self.waiting[pdu.sequence] = _Exchange(future, timer, on_answer)
+        self.waiting[pdu.sequence] = _Exchange(future, pdu.command, time.monotonic() + self.response_timeout,
+                                               on_answer)
         self.send(data)
 
     async def exchange(self, pdu: Pdu, need_bind: bool = True) -> Pdu:
@@ -141,21 +151,29 @@ class _Link:
         exchange = self.waiting.pop(pdu.sequence, None)
         if exchange is None:
             return  # late (timed out) or never asked for
-        exchange.timer.cancel()
         if exchange.on_answer is not None:
             exchange.on_answer(pdu)
         if not exchange.future.done():
             exchange.future.set_result(pdu)
 
-    def _time_out(self, sequence: int, command: Command) -> None:
-        exchange = self.waiting.pop(sequence, None)
-        if exchange is not None and not exchange.future.done():
-            exchange.future.set_exception(TransientSubmitError(
-                f"no {command.name.lower()}_resp within {self.response_timeout:g}s", "RESPONSE_TIMEOUT"))
+    def _time_out(self) -> None:
+        """Fail the requests past their deadline. All share one timeout and `waiting` keeps the order they
+        were sent in, so the expired ones are at its front."""
+        now = time.monotonic()
+        expired = []
+        for sequence, exchange in self.waiting.items():
+            if exchange.deadline > now:
+                break
+            expired.append(sequence)
+        for sequence in expired:
+            exchange = self.waiting.pop(sequence)
+            if not exchange.future.done():
+                exchange.future.set_exception(TransientSubmitError(
+                    f"no {exchange.command.name.lower()}_resp within {self.response_timeout:g}s", "RESPONSE_TIMEOUT"))
+        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._time_out)
 
     def fail_waiting(self, reason: str) -> None:
         for exchange in self.waiting.values():
-            exchange.timer.cancel()
             if not exchange.future.done():
                 exchange.future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
         self.waiting.clear()
