@@ -18,8 +18,9 @@ from asterisk_sendsms.config import StoreConfig
 from asterisk_sendsms.encoding import Coding
 from asterisk_sendsms.errors import IllegalTransition, ServiceUnavailable
 from asterisk_sendsms.lifecycle import State
-from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt
+from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.store import SqliteStore, Store, make_store
+from asterisk_sendsms.store import sql
 from asterisk_sendsms.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
@@ -211,6 +212,72 @@ async def test_submits_recorded_together_keep_their_own_outcomes(store: SqlStore
     assert [v.state for v in views if v] == [State.FAILED if i == 3 else State.DELIVERED if i == 7 else State.SUBMITTED
                                              for i in range(40)]
     assert views[12] is not None and views[12].parts[0].smsc_id == "id-12" and views[12].transport == "smsc"
+
+
+async def test_receipts_applied_together_do_what_each_alone_does(store: SqlStore,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Receipts of one batch share statements where they can (final receipts of one-part messages) and go one
+    by one where they cannot; the outcome is the same as applying each alone, in order."""
+    batch_sizes: list[int] = []
+    grouped = sql._apply_all_receipts
+
+    def counting(db: sql.Db, items: list[sql._ReceiptAt]) -> list[ReceiptResult]:
+        batch_sizes.append(len(items))
+        return grouped(db, items)
+    monkeypatch.setattr(sql, "_apply_all_receipts", counting)
+
+    async def world(name: str) -> tuple[list[str], list[Receipt]]:
+        ids = [await submitted(store, ids=[f"{name}-{i}"]) for i in range(16)]
+        ids.append(await submitted(store, 2, [f"{name}-m1", f"{name}-m2"]))
+        plain = new_message(callback=None)
+        await store.accept(plain)
+        await store.claim(10, NOW, 60)
+        await store.mark_submitted(plain.sms_id, "smsc", [f"{name}-plain"], NOW + 1, NOW + 100)
+        ids.append(plain.sms_id)
+        await store.apply_receipt(Receipt("smsc", f"{name}-13", PartOutcome.DELIVERED), NOW + 1)  # final already
+        await store.finish(ids[14], State.EXPIRED, "NO_RECEIPT", "no receipt in time", NOW + 1)  # before its receipt
+        receipts = [Receipt("smsc", f"{name}-{i}", PartOutcome.DELIVERED) for i in range(10)] + [
+            Receipt("smsc", f"{name}-10", PartOutcome.UNDELIVERED, "005"),
+            Receipt("smsc", f"{name}-11", PartOutcome.EXPIRED),
+            Receipt("smsc", f"{name}-12", PartOutcome.ENROUTE),
+            Receipt("smsc", f"{name}-13", PartOutcome.UNDELIVERED),
+            Receipt("smsc", f"{name}-14", PartOutcome.DELIVERED),
+            Receipt("smsc", f"{name}-15", PartOutcome.ACCEPTED),
+            Receipt("smsc", f"{name}-15", PartOutcome.REJECTED, "00b"),
+            Receipt("smsc", f"{name}-m2", PartOutcome.DELIVERED),
+            Receipt("smsc", f"{name}-m1", PartOutcome.DELIVERED),
+            Receipt("smsc", f"{name}-plain", PartOutcome.DELIVERED),
+            Receipt("smsc", f"{name}-unknown", PartOutcome.DELIVERED),
+        ]
+        return ids, receipts
+
+    alone_ids, alone_receipts = await world("a")
+    together_ids, together_receipts = await world("t")
+    alone = [await store.apply_receipt(receipt, NOW + 2) for receipt in alone_receipts]
+    batch_sizes.clear()
+    together = await asyncio.gather(*(store.apply_receipt(receipt, NOW + 2) for receipt in together_receipts))
+    assert max(batch_sizes) >= 10 and len(batch_sizes) <= 3  # shared statements, no fallback to one by one
+
+    def same(ids: list[str], results: list[ReceiptResult]) -> list[tuple[int | None, State | None]]:
+        return [(ids.index(r.sms_id) if r.sms_id else None, r.final_state) for r in results]
+    assert same(together_ids, together) == same(alone_ids, alone)
+    assert sum(r.final_state is not None for r in together) == 15
+
+    async def outcome(sms_id: str) -> tuple[object, ...]:
+        view = await store.get(sms_id)
+        assert view is not None
+        return (view.state, view.error_code, view.error_text, view.callback_state,
+                [(p.state, p.error_code) for p in view.parts], [(h.state, h.detail) for h in view.history[3:]])
+    assert [await outcome(i) for i in together_ids] == [await outcome(i) for i in alone_ids]
+    early = await store.mark_submitted((await submitted_later(store)), "smsc", ["t-unknown"], NOW + 3, NOW + 100)
+    assert early.final_state is State.DELIVERED  # the unknown id was kept as an early receipt
+
+
+async def submitted_later(store: SqlStore) -> str:
+    message = new_message()
+    await store.accept(message)
+    await store.claim(10, NOW, 60)
+    return message.sms_id
 
 
 async def test_second_owner_is_refused(store: SqlStore, nodes: Nodes) -> None:
