@@ -44,15 +44,23 @@ def parse_form(data: bytes | str, charset: str = "utf-8") -> dict[str, str]:
     return merge_params(pairs)
 
 
-# What quote_plus leaves as it is.
+# What quote_plus leaves as it is, and what it writes for each other ASCII character.
 _FORM_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")
+_FORM_ESCAPES = {code: "+" if code == 0x20 else f"%{code:02X}" for code in range(128)
+                 if not _FORM_PLAIN.fullmatch(chr(code))}
+
+
+def _form_quote(text: str) -> str:
+    # Most names and values need nothing; other ASCII text is one C call; quote_plus, a loop over octets in
+    # Python, is left for the rest.
+    if _FORM_PLAIN.fullmatch(text):
+        return text
+    return text.translate(_FORM_ESCAPES) if text.isascii() else quote_plus(text)
 
 
 def form_encode(fields: Mapping[str, str]) -> bytes:
-    """The bytes urlencode writes for `fields`, at a third of its cost (most values need no escaping):
-    every notification is one."""
-    return "&".join(f"{quote_plus(name)}={value if _FORM_PLAIN.fullmatch(value) else quote_plus(value)}"
-                    for name, value in fields.items()).encode("ascii")
+    """The bytes urlencode writes for `fields`, at about half its cost: every notification is one."""
+    return "&".join(f"{_form_quote(name)}={_form_quote(value)}" for name, value in fields.items()).encode("ascii")
 
 
 def _form_unquote(value: str, charset: str) -> str:
