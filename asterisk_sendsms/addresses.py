@@ -9,7 +9,7 @@ from enum import StrEnum
 from .encoding import gsm7_septets
 from .errors import InvalidParameter
 
-__all__ = ["Address", "AddressKind", "parse_recipient", "parse_sender"]
+__all__ = ["Address", "AddressKind", "kind_of", "parse_recipient", "parse_sender"]
 
 # Separators people type in numbers; removed before validation.
 _SEPARATORS = re.compile(r"[\s\-.()/]")
@@ -65,3 +65,13 @@ def parse_sender(raw: str, parameter: str = "Sender") -> Address:
     if any(gsm7_septets(ch) is None or ch in "\r\n\x1b" for ch in value):
         raise InvalidParameter(parameter, reason=f"{raw!r} has characters a sender name cannot carry")
     return Address(value, AddressKind.ALPHANUMERIC)
+
+
+def kind_of(normal: str) -> AddressKind:
+    """The kind of an address in the normal form `parse_recipient` and `parse_sender` give (a stored message's
+    recipient or sender): read off its characters, without parsing it again for every submit."""
+    international = normal.startswith("+")
+    digits = normal[1:] if international else normal
+    if digits.isascii() and digits.isdigit() and 3 <= len(digits) <= 20:
+        return AddressKind.INTERNATIONAL if international else AddressKind.NATIONAL
+    return AddressKind.ALPHANUMERIC

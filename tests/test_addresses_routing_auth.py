@@ -6,8 +6,10 @@ import asyncio
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from asterisk_sendsms.addresses import AddressKind, parse_recipient, parse_sender
+from asterisk_sendsms.addresses import AddressKind, kind_of, parse_recipient, parse_sender
 from asterisk_sendsms.auth import Authenticator, check_destination
 from asterisk_sendsms.config import Route, UserConfig
 from asterisk_sendsms.errors import (
@@ -46,6 +48,17 @@ def test_senders() -> None:
         parse_sender("A very long sender")
     with pytest.raises(InvalidParameter, match="cannot carry"):
         parse_sender("Bank✓")
+
+
+@given(st.text(max_size=24) | st.from_regex(r"\A[ +0(]*[0-9 ().-]{0,25}\Z")
+       | st.sampled_from(["+ABC", "12", "+12", "+123"]))
+def test_the_kind_of_a_normal_address_is_the_kind_parsing_gave(raw: str) -> None:
+    for parse in (parse_recipient, parse_sender):
+        try:
+            address = parse(raw)
+        except InvalidParameter:
+            continue
+        assert kind_of(address.value) is address.kind
 
 
 def test_longest_prefix_wins() -> None:

@@ -55,7 +55,12 @@ class Command(IntEnum):
 
     @property
     def response(self) -> Command:
-        return Command(self | RESPONSE_BIT)
+        return _RESPONSES[self]
+
+
+# Looked up, not constructed: calling an enum class costs more than decoding the rest of a submit_sm_resp.
+_COMMANDS = {command.value: command for command in Command}
+_RESPONSES = {command: _COMMANDS[command | RESPONSE_BIT] for command in Command}
 
 
 class Status(IntEnum):
@@ -207,10 +212,9 @@ def decode_pdu(data: bytes) -> Pdu:
     length, command_id, status, sequence = HEADER.unpack_from(data)
     if length != len(data):
         raise PduError(f"PDU length {length} does not match its {len(data)} octets")
-    try:
-        command = Command(command_id)
-    except ValueError:
-        raise PduError(f"unknown command_id 0x{command_id:08X}") from None
+    command = _COMMANDS.get(command_id)
+    if command is None:
+        raise PduError(f"unknown command_id 0x{command_id:08X}")
     pdu = Pdu(command, sequence, status)
     position = HEADER.size
     for name, kind, _ in BODY.get(command, ()):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-from ..addresses import AddressKind, parse_recipient, parse_sender
+from ..addresses import AddressKind, kind_of
 from ..config import SmppSettings
 from ..encoding import Coding, EncodedMessage, concat_udh
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
@@ -258,8 +258,8 @@ class SmppTransport:
     async def submit(self, message: OutboundMessage, encoded: EncodedMessage) -> list[str]:
         link = self._links[0]
         base = self._base_params(message, encoded)
-        reference = int.from_bytes(hashlib.sha256(message.sms_id.encode()).digest()[:2], "big")
         total = encoded.part_count
+        reference = int.from_bytes(hashlib.sha256(message.sms_id.encode()).digest()[:2], "big") if total > 1 else 0
         ids: list[str] = []
         for number, segment in enumerate(encoded.segments, 1):
             params = dict(base)
@@ -279,10 +279,9 @@ class SmppTransport:
 
     def _base_params(self, message: OutboundMessage, encoded: EncodedMessage) -> dict[str, int | str | bytes]:
         settings = self._settings
-        destination = parse_recipient(message.recipient)
-        dest_ton, dest_npi = TON_NPI[destination.kind]
+        dest_ton, dest_npi = TON_NPI[kind_of(message.recipient)]
         params: dict[str, int | str | bytes] = {
-            "service_type": "", "destination_addr": destination.value.lstrip("+"),
+            "service_type": "", "destination_addr": message.recipient.lstrip("+"),
             "dest_addr_ton": dest_ton if settings.dest_ton is None else settings.dest_ton,
             "dest_addr_npi": dest_npi if settings.dest_npi is None else settings.dest_npi,
             "registered_delivery": 1 if settings.receipts else 0, "esm_class": 0,
@@ -290,9 +289,9 @@ class SmppTransport:
         }
         source_ton, source_npi, source = 0, 0, ""
         if message.sender:
-            sender = parse_sender(message.sender)
-            source_ton, source_npi = TON_NPI[sender.kind]
-            source = sender.value.lstrip("+") if sender.kind is not AddressKind.ALPHANUMERIC else sender.value
+            kind = kind_of(message.sender)
+            source_ton, source_npi = TON_NPI[kind]
+            source = message.sender.lstrip("+") if kind is not AddressKind.ALPHANUMERIC else message.sender
         params["source_addr"] = source
         params["source_addr_ton"] = source_ton if settings.source_ton is None else settings.source_ton
         params["source_addr_npi"] = source_npi if settings.source_npi is None else settings.source_npi
