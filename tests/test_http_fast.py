@@ -18,6 +18,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asterisk_sendsms import http_fast
 from asterisk_sendsms.config import UserConfig
 from asterisk_sendsms.http_api import OzekiEndpoint, build_app
 from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane, to_protocol
@@ -257,3 +258,29 @@ async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:
             writer.close()
         server.close()
         await lane.shutdown(1)
+
+
+async def test_idle_and_unfinished_connections_are_closed_after_the_timeout(servers: Servers,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_fast, "IDLE_TIMEOUT", 0.6)
+    monkeypatch.setattr(http_fast, "IDLE_SWEEP", 0.1)
+    query = b"command=SendSms&username=u&password=p&recipient=%2b36201234567&message=hi"
+    talking_reader, talking_writer = await asyncio.open_connection("127.0.0.1", servers.lane)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", servers.lane)
+    idle_writer.write(b"GET /api?" + query + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(idle_reader), 5))[0] == 200
+    slow_reader, slow_writer = await asyncio.open_connection("127.0.0.1", servers.lane)
+    slow_writer.write(b"GET /api?" + query)  # and never the rest
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for _ in range(6):  # a request every 0.2 s keeps a connection open past the timeout
+        talking_writer.write(b"GET /api?" + query + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(talking_reader), 5))[0] == 200
+        await asyncio.sleep(0.2)
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+    assert await asyncio.wait_for(slow_reader.read(), 5) == b""
+    assert 0.6 <= loop.time() - started < 3
+    talking_writer.write(b"GET /api?" + query + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(read_response(talking_reader), 5))[0] == 200
+    for writer in (talking_writer, idle_writer, slow_writer):
+        writer.close()

@@ -19,8 +19,7 @@ from asterisk_sendsms.encoding import Coding
 from asterisk_sendsms.errors import IllegalTransition, ServiceUnavailable
 from asterisk_sendsms.lifecycle import State
 from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt, ReceiptResult
-from asterisk_sendsms.store import SqliteStore, Store, make_store
-from asterisk_sendsms.store import sql
+from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
 from asterisk_sendsms.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
