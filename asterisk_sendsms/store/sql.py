@@ -43,8 +43,8 @@ _VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count,
 # The states each state may be reached from, as an SQL list of literals.
 _SOURCES_SQL = {target: ",".join(f"'{state.value}'" for state in sources) for target, sources in SOURCES.items()}
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
-_WAITING_PART_STATES = "('submitted', 'enroute', 'accepted')"
 _WAITING_PART_SET = frozenset({"submitted", "enroute", "accepted"})
+_WAITING_PART_STATES = "(" + ", ".join(f"'{state}'" for state in sorted(_WAITING_PART_SET)) + ")"
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
 _BATCH_LIMIT = 1024
