@@ -409,7 +409,8 @@ async def main() -> None:
             # Each round's ratio too: ours and Kannel of one round ran minutes apart at most.
             pairs = zip([r for r in runs if (r.system, r.window, r.case) == ("ours", window, case)],
                         [r for r in runs if (r.system, r.window, r.case) == ("Kannel", window, case)], strict=True)
-            rounds = ", ".join(f"{o.submitted / max(k.submitted, 1e-9):.2f}" for o, k in pairs)
+            rounds = ", ".join(f"{o.submitted / max(k.submitted, 1e-9):.2f} = {o.submitted:.0f}/{k.submitted:.0f}"
+                               for o, k in pairs)
             print(f"window {window:>3}, {case:<21}: ours/Kannel submitted "
                   f"{ours.submitted / max(kannel.submitted, 1e-9):.2f}"
                   + (f" (rounds: {rounds})" if args.rounds > 1 else "")
