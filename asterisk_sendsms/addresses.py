@@ -69,9 +69,7 @@ def parse_sender(raw: str, parameter: str = "Sender") -> Address:
 
 def kind_of(normal: str) -> AddressKind:
     """The kind of an address in the normal form `parse_recipient` and `parse_sender` give (a stored message's
-    recipient or sender): read off its characters, without parsing it again for every submit."""
-    international = normal.startswith("+")
-    digits = normal[1:] if international else normal
-    if digits.isascii() and digits.isdigit() and 3 <= len(digits) <= 20:
-        return AddressKind.INTERNATIONAL if international else AddressKind.NATIONAL
+    recipient or sender): the parsers' own number pattern, without their clean-up and checks on every submit."""
+    if _NUMBER.fullmatch(normal):
+        return AddressKind.INTERNATIONAL if normal.startswith("+") else AddressKind.NATIONAL
     return AddressKind.ALPHANUMERIC

@@ -50,11 +50,12 @@ async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, serv
                 authenticator: Authenticator, log_setup: tuple[str, str]) -> AsyncIterator[None]:
     """Serve the API on its TCP address: the fast lane first, `app` for every request it hands over; with
     HTTP front workers, they serve the address and hand this process what the lane here serves."""
+    max_line = max_request_line(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP,
-                           max_line_size=max_request_line(config))
+                           max_line_size=max_line)
     await runner.setup()
     assert runner.server is not None  # set by setup()
-    lane = FastLane(ozeki, to_protocol(runner.server), config.http.max_body_bytes, max_request_line(config))
+    lane = FastLane(ozeki, to_protocol(runner.server), config.http.max_body_bytes, max_line)
     loop = asyncio.get_running_loop()
     server = None
     sockets: list[socket.socket] = []

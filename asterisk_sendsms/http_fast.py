@@ -166,10 +166,10 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buffer = b""
         self._request = b""  # the bytes of the request last read, for a hand-off while it is answered
-        self._busy = False
         self._paused = False
         self._client = "local"
-        self._idle_since: float | None = None  # monotonic; None while a request is being read or answered
+        # Since when (monotonic) the connection has waited for its next request; None while one is answered.
+        self._idle_since: float | None = None
         self.task: asyncio.Task[None] | None = None
         self.pending = b""  # bytes read before the connection came to this process
 
@@ -188,7 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        if self._busy:
+        if self._idle_since is None:
             if len(self._buffer) > self._lane.max_head + self._lane.max_body and self._transport is not None:
                 self._transport.pause_reading()  # a client pipelining far ahead waits for its answers
                 self._paused = True
@@ -202,7 +202,7 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ shutdown
 
     def close_when_idle(self) -> None:
-        if not self._busy and self._transport is not None:
+        if self._idle_since is not None and self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
@@ -231,7 +231,6 @@ class _Connection(asyncio.Protocol):
         body = self._buffer[body_start:body_start + length] if request.method == "POST" else b""
         self._request = self._buffer[:body_start + length]
         self._buffer = self._buffer[body_start + length:]
-        self._busy = True
         self._idle_since = None
         self._lane.admit(self, request, body)
 
@@ -292,14 +291,13 @@ class _Connection(asyncio.Protocol):
                         b"Date: %s\r\nServer: asterisk-sendsms\r\n%s\r\n%s"
                         % (status, phrase, len(reply), self._lane.date(),
                            b"" if keep_alive else b"Connection: close\r\n", reply))
-        self._busy = False
+        self._idle_since = time.monotonic()
         if not keep_alive:
             transport.close()
             return
         if self._paused:
             self._paused = False
             transport.resume_reading()
-        self._idle_since = time.monotonic()
         if self._buffer:
             self._next_request()
 
