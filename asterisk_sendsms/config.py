@@ -164,6 +164,7 @@ class SmppSettings:
     source_npi: int | None = None
     dest_ton: int | None = None
     dest_npi: int | None = None
+    process: bool = True  # the connection in a process of its own (False: in the daemon's event loop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +434,7 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
         params = _query(parts.query, key, ("name", "window", "bind", "system_type", "throughput", "ids", "long",
                                            "receipts",
                                            "enquire_link", "response_timeout", "source_ton", "source_npi",
-                                           "dest_ton", "dest_npi"))
+                                           "dest_ton", "dest_npi", "process"))
         if not parts.hostname:
             raise ConfigError(f"{key}: an SMPP URL needs a host: smpp://USER:PASS@HOST:PORT")
         try:
@@ -459,6 +460,7 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             response_timeout=_float_opt(params, "response_timeout", 10.0, key) or 10.0,
             source_ton=_optional_int(params, "source_ton", key), source_npi=_optional_int(params, "source_npi", key),
             dest_ton=_optional_int(params, "dest_ton", key), dest_npi=_optional_int(params, "dest_npi", key),
+            process=_choice(params, "process", ("yes", "no"), key) == "yes",
         )
         if len(smpp.system_id) > 15 or len(smpp.password) > 8:
             raise ConfigError(f"{key}: SMPP 3.4 allows a system_id of 15 and a password of 8 characters")

@@ -157,7 +157,7 @@ def _announce(config: Config) -> None:
 
 async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text")) -> None:
     """Run until SIGTERM/SIGINT; `log_setup` (level, format) is how HTTP front workers log."""
-    transports: dict[str, Transport] = {t.name: build_transport(t) for t in config.transports}
+    transports: dict[str, Transport] = {t.name: build_transport(t, log_setup) for t in config.transports}
     config.data_dir.mkdir(parents=True, exist_ok=True)
     store = make_store(config.store)
     await store.open()

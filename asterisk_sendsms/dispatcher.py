@@ -29,6 +29,9 @@ T = TypeVar("T")
 EXPIRY_SWEEP_INTERVAL = 10.0
 # No transport of the route is up: look again soon, without spending an attempt.
 NOT_READY_DELAY = 2.0
+# At start-up the first claim waits this long at most for every transport to connect (an SMPP bind, a modem's
+# set-up), rather than putting the waiting messages back by NOT_READY_DELAY.
+STARTUP_GRACE = 5.0
 STORE_PIPELINE = 256
 # An outcome the store could not take is written again, for this share of the lease, every 0.2 s to 5 s.
 RECORD_PATIENCE = 0.8
@@ -72,6 +75,10 @@ class Dispatcher:
             log.info("%d messages claimed before a restart are queued again", released)
         for transport in self._transports.values():
             await transport.resume(await self._store.awaiting_receipts(transport.name))
+        give_up = time.monotonic() + STARTUP_GRACE
+        # Transports tell whether they are ready, not when they become so: looked at every 20 ms, at start-up only.
+        while not all(t.ready for t in self._transports.values()) and time.monotonic() < give_up:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
         async with asyncio.TaskGroup() as group:
             expiry = group.create_task(self._expiry_loop())
             await self._claim_loop(group)

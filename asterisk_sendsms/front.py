@@ -8,21 +8,22 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import pickle
 import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 
 import uvloop
 
 from .auth import Authenticator
+from .children import exit_description, hello_frame, keep_running, read_hello
 from .config import Config, HostPort, UserConfig
 from .errors import ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
 from .http_fast import FastLane, max_request_line
-from .intake import ConnectionInbox, DaemonLink, WorkerLink, frame, read_frame, send_connection
+from .intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
 from .logs import configure_logging
 from .model import NewMessage
 from .routing import Router
@@ -33,15 +34,12 @@ __all__ = ["FrontWorkers", "listening_sockets"]
 log = logging.getLogger(__name__)
 
 BACKLOG = 1024
-# A worker that dies this soon after its start is started again after a growing pause (up to the longest).
-RESTART_PAUSE = 1.0
-LONGEST_PAUSE = 30.0
 STOP_GRACE = 5.0  # a worker still running this long after SIGTERM is killed
 ANSWER_GRACE = 2.0  # a stopping worker's requests still open get this long (the daemon's own grace)
 
 
 # What the daemon tells a new worker, as the first frame of its link: the configuration, the log level and
-# format. (A tuple: the worker runs this module as __main__, where a class of it would not be the same.)
+# format.
 _Hello = tuple[Config, str, str]
 
 
@@ -75,7 +73,7 @@ class FrontWorkers:
                  commit: Callable[[list[NewMessage]], Awaitable[None]],
                  adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> None:
         self._count = count
-        self._hello = frame(pickle.dumps(hello))
+        self._hello = hello_frame(hello)
         self._sockets = sockets
         self._commit = commit
         self._adopt = adopt
@@ -97,26 +95,10 @@ class FrontWorkers:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             for number in range(1, self._count + 1):
-                group.create_task(self._keep(number), name=f"HTTP front worker {number}")
+                group.create_task(keep_running(partial(self._run_once, number), f"HTTP front worker {number}",
+                                               lambda: self._stopping), name=f"HTTP front worker {number}")
 
-    async def _keep(self, number: int) -> None:
-        pause = RESTART_PAUSE
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                code = await self._run_once(number)
-                ending = f"signal {-code}" if code < 0 else f"code {code}"
-            except OSError as exc:
-                ending = f"could not start: {exc.strerror or exc}"
-            if self._stopping:
-                return
-            if time.monotonic() - started >= LONGEST_PAUSE:
-                pause = RESTART_PAUSE
-            log.error("HTTP front worker %d exited (%s); starting it again in %.0f s", number, ending, pause)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, LONGEST_PAUSE)
-
-    async def _run_once(self, number: int) -> int:
+    async def _run_once(self, number: int) -> str:
         loop = asyncio.get_running_loop()
         link_ours, link_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         inbox_ours, inbox_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -140,7 +122,7 @@ class FrontWorkers:
         self._links.add(link)
         try:
             link.send_frame(self._hello)
-            return await process.wait()
+            return exit_description(await process.wait())
         finally:
             self._links.discard(link)
             self._processes.discard(process)
@@ -197,16 +179,6 @@ def _sendsms_only(identify: Identify) -> Identify:
     return check
 
 
-def _read_hello(link: socket.socket) -> _Hello:
-    try:
-        hello = read_frame(link)
-    except EOFError:
-        raise SystemExit("asterisk-sendsms front worker: the daemon closed the link before its configuration"
-                         ) from None
-    config, log_level, log_format = pickle.loads(hello)  # noqa: S301 - from the daemon, over a socketpair
-    return config, log_level, log_format
-
-
 async def _work(number: int, config: Config, link_socket: socket.socket, inbox: socket.socket,
                 listening: list[socket.socket]) -> None:
     loop = asyncio.get_running_loop()
@@ -248,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--listen", type=int, action="append", required=True)
     args = parser.parse_args(argv)
     link = socket.socket(fileno=args.link)
-    config, log_level, log_format = _read_hello(link)
+    config, log_level, log_format = read_hello(link, "front worker")
     configure_logging(log_level, log_format)
     inbox = socket.socket(fileno=args.inbox)
     listening = [socket.socket(fileno=fd) for fd in args.listen]

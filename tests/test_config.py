@@ -80,6 +80,9 @@ def test_transport_urls() -> None:
     assert (smpp.settings.host, smpp.settings.port, smpp.settings.system_id, smpp.settings.password,
             smpp.settings.window, smpp.settings.bind) == ("smsc.example", 2776, "esme", "s@cret", 20, "txrx")
     assert "s@cret" not in repr(smpp)
+    assert smpp.settings.process  # the connection in a process of its own unless told otherwise
+    _, in_loop = parse_transport_url("smpp://esme:pw@smsc?process=no")
+    assert isinstance(in_loop.settings, SmppSettings) and not in_loop.settings.process
     _, modem = parse_transport_url("modem:///dev/ttyUSB0?baud=115200&pin=1234")
     assert modem.settings == ModemSettings("/dev/ttyUSB0", 115200, "1234")
     _, sim = parse_transport_url("simulator?receipt_delay=0.5&undeliverable_prefix=%2B3699")
@@ -93,6 +96,7 @@ def test_transport_urls() -> None:
     ("smpp://u:p@smsc?bind=sideways", "option bind"),
     ("smpp://u:p@smsc?colour=red", "unknown option 'colour'"),
     ("smpp://u:toolongpassword@smsc", "password of 8"),
+    ("smpp://u:p@smsc?process=maybe", "option process must be one of yes, no"),
     ("modem://dev/ttyUSB0", "names a device path"),
     ("modem:///dev/ttyUSB0?pin=12", "pin must be 4 to 8 digits"),
     ("modem:///dev/ttyUSB0?baud=fast", "baud must be a whole number"),

@@ -51,6 +51,7 @@ async def test_two_nodes_share_one_queue_and_correlate_each_others_receipts(
     assert migrated.returncode == 0 and "migrated from version 0 to 1" in migrated.stdout, migrated
     a = node(daemon_factory, tmp_path, "a", postgres_url, smsc)
     b = node(daemon_factory, tmp_path, "b", postgres_url, smsc)
+    await smsc.wait_for(lambda: len([e for e in smsc.events if e["event"] == "bind" and e["ok"]]) == 2)
     texts = [f"cluster message {i}" for i in range(MESSAGES)]
     sms_ids = await send_all([a, b], texts, receiver.url)
     async with aiohttp.ClientSession() as session:

@@ -1,10 +1,13 @@
 """The SMPP transport in the real daemon against an independent SMSC (the npm package `smpp` in server mode,
 tests/peers/smsc.js): bind, submit, receipts, long messages, UCS-2, throttling, dropped connections, wrong
-passwords, receipts before responses, id forms."""
+passwords, receipts before responses, id forms; the connection's own process crashing, or outliving nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,24 @@ def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: s
     return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
 
 
+# The connection in a process of its own (the default), or in the daemon's event loop.
+IN_PROCESS_OR_NOT = pytest.mark.parametrize("process", ["yes", "no"])
+
+
+def smpp_process(daemon: Daemon) -> int:
+    """The PID of the daemon's SMPP child process."""
+    assert daemon.process is not None
+    for child in Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split():
+        if _running(int(child)):
+            return int(child)
+    raise AssertionError("the daemon has no SMPP process")
+
+
+@IN_PROCESS_OR_NOT
 async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any,
-                                           receiver: Receiver) -> None:
+                                           receiver: Receiver, process: str) -> None:
     smsc = smsc_factory()
-    daemon = gateway(daemon_factory, tmp_path, smsc)
+    daemon = gateway(daemon_factory, tmp_path, smsc, f"&process={process}")
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "Your receipt: 12.50 EUR", "+3612345678", receiver.url)
         data = await final(session, daemon, sms_id)
@@ -35,6 +52,8 @@ async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_pat
         async with session.get(f"{daemon.base}/healthz/nowhere") as response:
             assert response.status == 404
     assert data["state"] == "delivered" and data["transport"] == "operator"
+    # Sent as soon as the daemon listened: the dispatcher waited for the bind instead of putting it back.
+    assert [h["state"] for h in data["history"]] == ["accepted", "queued", "submitted", "delivered"], data["history"]
     [submit] = smsc.submits()
     assert (submit["source"], submit["source_ton"], submit["source_npi"]) == ("3612345678", 1, 1)
     assert (submit["dest"], submit["dest_ton"], submit["dest_npi"]) == ("36201234567", 1, 1)
@@ -133,10 +152,11 @@ async def test_permanent_refusal_is_rejected_with_its_status_name(daemon_factory
     assert posts[undelivered]["DeliveryStatus"] == "Undelivered"
 
 
+@IN_PROCESS_OR_NOT
 async def test_dropped_connection_mid_window_loses_nothing(daemon_factory: list[Daemon], tmp_path: Path,
-                                                           smsc_factory: Any) -> None:
+                                                           smsc_factory: Any, process: str) -> None:
     smsc = smsc_factory(drop_after=4)
-    daemon = gateway(daemon_factory, tmp_path, smsc)
+    daemon = gateway(daemon_factory, tmp_path, smsc, f"&process={process}")
     async with aiohttp.ClientSession() as session:
         ids = await asyncio.gather(*(send(session, daemon, f"+3620{i:07d}", f"burst {i}") for i in range(12)))
         results = [await final(session, daemon, sms_id, timeout=30) for sms_id in ids]
@@ -188,13 +208,14 @@ async def test_transmitter_and_receiver_binds(daemon_factory: list[Daemon], tmp_
     assert sorted(e["mode"] for e in smsc.events if e["event"] == "bind" and e["ok"]) == ["rx", "tx"]
 
 
+@IN_PROCESS_OR_NOT
 async def test_incoming_sms_are_stored_and_posted(daemon_factory: list[Daemon], tmp_path: Path,
-                                                  smsc_factory: Any, receiver: Receiver) -> None:
+                                                  smsc_factory: Any, receiver: Receiver, process: str) -> None:
     long_text = "Please call me back about order 17, I will be at home all afternoon. " * 3
     smsc = smsc_factory(mo=[{"source": "36201234567", "dest": "1234", "text": "STOP"},
                             {"source": "36209876543", "dest": "1234", "text": long_text, "parts": 2},
                             {"source": "36205555555", "dest": "1234", "text": "Köszönöm 😀"}])
-    gateway(daemon_factory, tmp_path, smsc, extra=f'[incoming]\nurl = "{receiver.url}"\n')
+    gateway(daemon_factory, tmp_path, smsc, f"&process={process}", extra=f'[incoming]\nurl = "{receiver.url}"\n')
     posts = await receiver.wait_for(3)
     by_sender = {p["Sender"]: p for p in posts}
     assert all(p["NotificationName"] == "IncomingSMS" and p["Recipient"] == "1234" for p in posts)
@@ -217,3 +238,39 @@ async def test_a_route_without_receipts(daemon_factory: list[Daemon], tmp_path: 
     assert smsc.submits()[0]["registered_delivery"] == 0
     assert data["state"] == "submitted"  # the last thing that will be known of it; it does not expire
     assert not any(e["event"] == "receipt_resp" for e in smsc.events)
+
+
+async def test_a_crashed_smpp_process_is_started_again_and_loses_nothing(daemon_factory: list[Daemon],
+                                                                        tmp_path: Path, smsc_factory: Any) -> None:
+    smsc = smsc_factory(response_delay_ms=200, receipt_delay_ms=500)
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    await smsc.wait_for(lambda: any(e["event"] == "bind" and e["ok"] for e in smsc.events))
+    async with aiohttp.ClientSession() as session:
+        ids = await asyncio.gather(*(send(session, daemon, f"+3620{i:07d}", f"crash {i}") for i in range(12)))
+        await smsc.wait_for(lambda: len(smsc.submits()) >= 5)
+        os.kill(smpp_process(daemon), signal.SIGKILL)  # submits and receipts in flight
+        results = [await final(session, daemon, sms_id, timeout=30) for sms_id in ids]
+    assert [r["state"] for r in results] == ["delivered"] * 12
+    assert len([e for e in smsc.events if e["event"] == "bind" and e["ok"]]) == 2
+    assert "SMPP operator process exited (signal 9); starting it again in 1 s" in daemon.output()
+
+
+async def test_the_smpp_process_ends_with_the_daemon(daemon_factory: list[Daemon], tmp_path: Path,
+                                                     smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    await smsc.wait_for(lambda: any(e["event"] == "bind" and e["ok"] for e in smsc.events))
+    child = smpp_process(daemon)
+    daemon.kill9()
+    await smsc.wait_for(lambda: any(e["event"] == "unbind" for e in smsc.events))  # it said goodbye first
+    deadline = time.monotonic() + 10
+    while _running(child):
+        assert time.monotonic() < deadline, "the SMPP process outlived its daemon"
+        await asyncio.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return b"asterisk_sendsms.smpp.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False

@@ -8,11 +8,17 @@ from .simulator import SimulatorTransport
 __all__ = ["SimulatorTransport", "Transport", "TransportHealth", "TransportSink", "build_transport"]
 
 
-def build_transport(config: TransportConfig) -> Transport:
+def build_transport(config: TransportConfig, log_setup: tuple[str, str] = ("INFO", "text")) -> Transport:
+    """`log_setup` (level, format) is how a transport's own process logs."""
     if isinstance(config.settings, SimulatorSettings):
         return SimulatorTransport(config.name, config.settings)
     if isinstance(config.settings, SmppSettings):
-        from ..smpp.transport import SmppTransport  # the SMPP package imports this one
+        # The SMPP package imports this one.
+        if config.settings.process:
+            from ..smpp.process import SmppProcess
+
+            return SmppProcess(config.name, config.settings, log_setup)
+        from ..smpp.transport import SmppTransport
 
         return SmppTransport(config.name, config.settings)
     if isinstance(config.settings, ModemSettings):

@@ -9,6 +9,7 @@
 //   throttle_first                  answer ESME_RTHROTTLED to the first N submit_sm
 //   drop_after                      drop the connection on the Nth submit_sm (unanswered)
 //   silent_after                    never answer submit_sm after the Nth
+//   response_delay_ms               delay of each submit_sm_resp
 //   refuse_binds                    answer ESME_RBINDFAIL to the first N binds (an SMSC restarting)
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
@@ -181,7 +182,8 @@ function onSubmit(session, pdu) {
   if (cfg.id_form === 'padded') respId = String(id).padStart(12, '0');
   const receiptId = String(id);
   const stat = cfg.undeliverable_prefix && dest.startsWith(cfg.undeliverable_prefix) ? 'UNDELIV' : 'DELIVRD';
-  const respond = () => session.send(pdu.response({ message_id: respId }));
+  const answer = () => session.send(pdu.response({ message_id: respId }));
+  const respond = cfg.response_delay_ms ? () => setTimeout(answer, cfg.response_delay_ms) : answer;
   const receipt = () => {
     if (cfg.intermediate) sendReceipt(pdu, respId, receiptId, 'ENROUTE');
     if (pdu.registered_delivery & 1) sendReceipt(pdu, respId, receiptId, stat);
