@@ -194,7 +194,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' 
             took, failed = await load(chunk, concurrency)
             seconds, errors = seconds + took, errors + failed
             if rss_every:
-                print(f"{first + len(chunk):>9} messages accepted: daemon and workers RSS "
+                print(f"{first + len(chunk):>9} messages accepted: the gateway's processes, RSS "
                       f"{sum(rss_mib(pid) for pid in processes):6.1f} MiB, peak {peak_rss_mib(*processes):6.1f} MiB",
                       flush=True)
         stats = await peer.wait_submits(warm_submits + messages - errors)
