@@ -274,3 +274,21 @@ def _running(pid: int) -> bool:
         return b"asterisk_sendsms.smpp.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
+
+
+async def test_stopping_every_process_at_once_still_drains_the_window(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                      smsc_factory: Any) -> None:
+    """systemd stops a service by signalling each of its processes: the SMPP process waits for the daemon,
+    which lets the answer to the submit in flight arrive before the unbind."""
+    smsc = smsc_factory(response_delay_ms=400)
+    daemon = gateway(daemon_factory, tmp_path, smsc)
+    async with aiohttp.ClientSession() as session:
+        sms_id = await send(session, daemon, "+36201234567", "in flight at shutdown")
+        await smsc.wait_for(lambda: len(smsc.submits()) == 1)
+        os.kill(smpp_process(daemon), signal.SIGTERM)
+        assert daemon.stop() == 0
+        again = start_daemon(daemon_factory, daemon.data_dir, *daemon.args)
+        await asyncio.sleep(1.0)
+        async with session.get(f"{again.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+            data = await r.json()
+    assert data["state"] in ("submitted", "delivered") and len(smsc.submits()) == 1, (data, smsc.submits())

@@ -304,9 +304,10 @@ async def _serve(name: str, settings: SmppSettings, link: socket.socket) -> None
     transport = SmppTransport(name, settings)
     child = _Child(transport)
     await loop.create_unix_connection(lambda: child.channel, sock=link)
-    # A Ctrl-C reaches the daemon too: it lets the window drain and then stops us. SIGTERM stops us at once.
-    loop.add_signal_handler(signal.SIGINT, lambda: None)
-    loop.add_signal_handler(signal.SIGTERM, child.stop.set)
+    # When to stop is the daemon's call (a stop frame, or the end of the link): a Ctrl-C, or systemd stopping
+    # the service, signals every process of the group at once, and the daemon first lets the window drain.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, lambda: None)
     running = loop.create_task(transport.run(child))
     health = loop.create_task(child.report_health())
     stopping = loop.create_task(child.stop.wait())
