@@ -155,7 +155,11 @@ class SmppProcess:
             raise
         finally:
             theirs.close()
-        _, channel = await loop.create_unix_connection(lambda: _Channel(self._heard), sock=ours)
+        try:
+            _, channel = await loop.create_unix_connection(lambda: _Channel(self._heard), sock=ours)
+        except BaseException:
+            ours.close()  # the child sees its link end and exits
+            raise
         channel.send_frame(self._hello)
         self._channel = channel
         self._health = TransportHealth(self.name, self.kind, False, "starting", self._where)
