@@ -1,44 +1,23 @@
-"""The daemon's child processes (HTTP front workers, SMPP links): each run again, after a growing pause, when
-it exits while the daemon runs; and the first frame of a child's link, which carries its configuration."""
+"""The daemon's child processes (HTTP front workers, SMPP links): how each is started, how its exit is told,
+and the first frame of its link, which carries its configuration."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import pickle
 import socket
-import time
-from collections.abc import Awaitable, Callable
+import sys
 from typing import Any
 
 from .intake import frame, read_frame
 
-__all__ = ["exit_description", "hello_frame", "keep_running", "read_hello"]
-
-log = logging.getLogger(__name__)
-
-# A child that exits this soon after its start is started again after a growing pause (up to the longest).
-RESTART_PAUSE = 1.0
-LONGEST_PAUSE = 30.0
+__all__ = ["child_command", "exit_description", "hello_frame", "read_hello"]
 
 
-async def keep_running(run_once: Callable[[], Awaitable[str]], what: str,
-                       stopping: Callable[[], bool] = lambda: False) -> None:
-    """Run `run_once` (which returns how the child ended) again and again until `stopping()` or cancelled."""
-    pause = RESTART_PAUSE
-    while not stopping():
-        started = time.monotonic()
-        try:
-            ending = await run_once()
-        except OSError as exc:
-            ending = f"could not start: {exc.strerror or exc}"
-        if stopping():
-            return
-        if time.monotonic() - started >= LONGEST_PAUSE:
-            pause = RESTART_PAUSE
-        log.error("%s exited (%s); starting it again in %.0f s", what, ending, pause)
-        await asyncio.sleep(pause)
-        pause = min(pause * 2, LONGEST_PAUSE)
+def child_command(module: str, *args: str) -> list[str]:
+    """How a child is started: this interpreter running `module` with the import path it was installed with.
+    `-P` keeps the working directory off that path: a file in the daemon's directory must not stand in for one
+    of the package's modules."""
+    return [sys.executable, "-P", "-m", module, *args]
 
 
 def exit_description(code: int) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import getpass
 import json
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -22,7 +23,8 @@ import uvloop
 from . import __version__
 from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
 from .errors import ConfigError, SmsGatewayError
-from .logs import configure_logging
+from .files import PRIVATE_UMASK
+from .logs import configure_logging, printable
 from .passwords import hash_password
 from .store import make_store
 
@@ -185,15 +187,15 @@ def _print_status(data: dict[str, Any]) -> None:
         rows.append(("Callback", f"{data['callback_url']} ({data['callback_state'] or 'not yet'})"))
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
-        print(f"{label:<{width}}  {value}")
+        print(f"{label:<{width}}  {printable(value)}")
     if data["parts"]:
         print("Parts:")
         for part in data["parts"]:
             error = f" err {part['error_code']}" if part["error_code"] else ""
-            print(f"  {part['index']}  {part['smsc_id'] or '-':<24} {part['state']}{error}")
+            print(printable(f"  {part['index']}  {part['smsc_id'] or '-':<24} {part['state']}{error}"))
     print("History:")
     for entry in data["history"]:
-        print(f"  {_time(entry['at'])}  {entry['state']:<11} {entry['detail']}")
+        print(f"  {_time(entry['at'])}  {entry['state']:<11} {printable(entry['detail'])}")
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -272,7 +274,7 @@ async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     elapsed = time.monotonic() - started
     for line, recipient, error in refused:
-        print(f"line {line}: {recipient or '(no recipient)'}: {error}")
+        print(printable(f"line {line}: {recipient or '(no recipient)'}: {error}"))
     print(f"{'rows':<10} {len(rows)}\n{'accepted':<10} {accepted}\n{'refused':<10} {len(refused)}\n"
           f"{'seconds':<10} {elapsed:.1f}\n{'per second':<10} {len(rows) / max(elapsed, 1e-9):.1f}")
     return 0 if not refused else EXIT_ERROR
@@ -285,7 +287,7 @@ async def _tail(args: argparse.Namespace) -> int:
                 print(json.dumps(event, ensure_ascii=False), flush=True)
                 continue
             details = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("time", "event", "sms_id"))
-            print(f"{_time(event['time'])}  {event['event']:<11} {event['sms_id']}  {details}", flush=True)
+            print(printable(f"{_time(event['time'])}  {event['event']:<11} {event['sms_id']}  {details}"), flush=True)
     return 0
 
 
@@ -306,8 +308,8 @@ async def _messages(args: argparse.Namespace) -> int:
     print(f"{'created':<23}  {'SmsId':<36}  {'state':<11}  {'recipient':<16}  text")
     for message in data:
         text = message["text"].replace("\n", " ")
-        print(f"{_time(message['created_at'])}  {message['sms_id']}  {message['state']:<11}  "
-              f"{message['recipient']:<16}  {text[:40] + ('…' if len(text) > 40 else '')}")
+        print(printable(f"{_time(message['created_at'])}  {message['sms_id']}  {message['state']:<11}  "
+                        f"{message['recipient']:<16}  {text[:40] + ('…' if len(text) > 40 else '')}"))
     return 0
 
 
@@ -405,6 +407,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Files this program writes hold message texts and credentials: its own unless it says otherwise.
+    os.umask(PRIVATE_UMASK)
     try:
         if args.command == "serve":
             return _serve(args)

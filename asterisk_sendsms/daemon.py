@@ -11,7 +11,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,7 @@ from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
 from .events import EventHub
 from .fastagi import FastAgiServer
+from .files import private_dir
 from .front import FrontWorkers, listening_sockets
 from .http_api import OzekiEndpoint, build_app, operator_identify, tcp_identify
 from .http_fast import FastLane, max_request_line, to_protocol
@@ -34,6 +36,7 @@ from .routing import Router
 from .service import ServiceBackend, SmsService
 from .speech import Speaker
 from .store import make_store
+from .supervision import keep_running
 from .transports import Transport, TransportHealth, build_transport
 
 __all__ = ["run_daemon"]
@@ -158,7 +161,7 @@ def _announce(config: Config) -> None:
 async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text")) -> None:
     """Run until SIGTERM/SIGINT; `log_setup` (level, format) is how HTTP front workers log."""
     transports: dict[str, Transport] = {t.name: build_transport(t, log_setup) for t in config.transports}
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(config.data_dir)
     store = make_store(config.store)
     await store.open()
     try:
@@ -201,14 +204,17 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
                     _control_site(control, config)):
             _announce(config)
             _tune_collector()
+            # Each loop is supervised: one that fails is started again, and the daemon goes on.
+            loops: dict[str, Callable[[], Awaitable[None]]] = {
+                f"transport {t.name}": partial(t.run, dispatcher) for t in transports.values()}
+            loops["notifier"] = notifier.run
+            if fastagi is not None:
+                loops["FastAGI server"] = fastagi.run
+            loops.update((f"ARI application {app}", app.run) for app in ari_apps)
             async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(t.run(dispatcher), name=f"transport {t.name}")
-                         for t in transports.values()]
-                dispatching = group.create_task(dispatcher.run(), name="dispatcher")
-                tasks.append(group.create_task(notifier.run(), name="notifier"))
-                if fastagi is not None:
-                    tasks.append(group.create_task(fastagi.run(), name="fastagi"))
-                tasks.extend(group.create_task(app.run(), name=f"ari {app}") for app in ari_apps)
+                tasks = [group.create_task(keep_running(run, what), name=what) for what, run in loops.items()]
+                dispatching = group.create_task(keep_running(dispatcher.run, "dispatcher", dispatcher.stopping),
+                                                name="dispatcher")
                 await stop.wait()
                 log.info("stopping: waiting for the submits in flight, then unbinding")
                 watchdog = loop.call_later(SHUTDOWN_STUCK, _report_stuck_shutdown)

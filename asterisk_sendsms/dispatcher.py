@@ -37,6 +37,8 @@ STORE_PIPELINE = 256
 RECORD_PATIENCE = 0.8
 RECORD_RETRY_INITIAL = 0.2
 RECORD_RETRY_MAX = 5.0
+# A message whose dispatch fails this often with an unexpected error (a bug) is parked as failed.
+UNEXPECTED_FAILURES = 3
 # Longest text the encoder may have to split again at dispatch (validated at accept).
 _ANY_LENGTH = 255
 
@@ -65,6 +67,7 @@ class Dispatcher:
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._turns: dict[str, int] = {}
+        self._unexpected: dict[str, int] = {}  # sms_id: dispatches that ended in an unexpected error
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -89,6 +92,9 @@ class Dispatcher:
         self._stopping = True
         self._wakeup.set()
         self._slot_freed.set()
+
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def _claim_loop(self, group: asyncio.TaskGroup) -> None:
         pending: set[asyncio.Task[None]] = set()
@@ -153,9 +159,28 @@ class Dispatcher:
             # Recording the outcome failed; the claim's lease runs out and the message is tried again.
             log.log(log_level(exc), "message %s: outcome not recorded, will retry after the lease: %s", message.sms_id,
                     exc)
-        except Exception:
-            # A bug must not stop every other message; this one waits for its lease like above.
-            log.exception("message %s: unexpected error while dispatching", message.sms_id)
+        except Exception as exc:
+            # A bug must not stop every other message: this one waits for its lease like above, and a message
+            # that keeps failing so is parked as failed with the reason instead of being claimed forever.
+            failures = self._unexpected[message.sms_id] = self._unexpected.get(message.sms_id, 0) + 1
+            log.exception("message %s: unexpected error while dispatching (%d of %d before it is parked)",
+                          message.sms_id, failures, UNEXPECTED_FAILURES)
+            if failures >= UNEXPECTED_FAILURES:
+                await self._park(message, exc)
+        else:
+            if self._unexpected:
+                self._unexpected.pop(message.sms_id, None)
+
+    async def _park(self, message: OutboundMessage, error: Exception) -> None:
+        del self._unexpected[message.sms_id]
+        reason = f"the gateway failed on this message {UNEXPECTED_FAILURES} times ({type(error).__name__})"
+        try:
+            await self._store.finish(message.sms_id, State.FAILED, "INTERNAL_ERROR", reason, self._clock())
+        except SmsGatewayError as exc:
+            log.log(log_level(exc), "message %s: not parked as failed: %s", message.sms_id, exc)
+            return
+        self._notifier.wake()
+        self._events.publish("failed", message.sms_id, error=reason)
 
     async def _submit(self, message: OutboundMessage) -> None:
         now = self._clock()

@@ -10,7 +10,6 @@ import contextlib
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -18,7 +17,7 @@ from functools import partial
 import uvloop
 
 from .auth import Authenticator
-from .children import exit_description, hello_frame, keep_running, read_hello
+from .children import child_command, exit_description, hello_frame, read_hello
 from .config import Config, HostPort, UserConfig
 from .errors import ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
@@ -28,6 +27,7 @@ from .logs import configure_logging
 from .model import NewMessage
 from .routing import Router
 from .service import Accepted, prepare_message
+from .supervision import keep_running
 
 __all__ = ["FrontWorkers", "listening_sockets"]
 
@@ -105,9 +105,9 @@ class FrontWorkers:
         listen_fds = [sock.fileno() for sock in self._sockets]
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asterisk_sendsms.front", "--number", str(number),
-                "--link", str(link_theirs.fileno()), "--inbox", str(inbox_theirs.fileno()),
-                *(arg for fd in listen_fds for arg in ("--listen", str(fd))),
+                *child_command("asterisk_sendsms.front", "--number", str(number), "--link", str(link_theirs.fileno()),
+                               "--inbox", str(inbox_theirs.fileno()),
+                               *(arg for fd in listen_fds for arg in ("--listen", str(fd)))),
                 pass_fds=(link_theirs.fileno(), inbox_theirs.fileno(), *listen_fds), stdin=asyncio.subprocess.DEVNULL)
         except BaseException:
             for sock in (link_ours, inbox_ours):

@@ -51,7 +51,13 @@ class Speaker:
 
     async def _synthesize(self, text: str, voice: str, target: Path) -> None:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.parent.is_dir():
+                # Asterisk, often another user, plays the prompts: the cache is the one place the gateway
+                # writes that others may read (prompts are what callers hear anyway).
+                target.parent.mkdir(parents=True)
+                target.parent.chmod(0o755)
+        except FileExistsError:
+            pass
         except OSError as exc:
             raise SpeechError(f"cannot create the prompt cache {target.parent}: {exc.strerror}") from None
         with tempfile.TemporaryDirectory(dir=target.parent) as work:

@@ -13,19 +13,19 @@ import itertools
 import logging
 import signal
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvloop
 
-from ..children import exit_description, hello_frame, keep_running, read_hello
+from ..children import child_command, exit_description, hello_frame, read_hello
 from ..config import SmppSettings
 from ..encoding import Coding, EncodedMessage, Segment
 from ..errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError
 from ..intake import FrameReader, frame
 from ..logs import configure_logging
 from ..model import IncomingPart, OutboundMessage, PartOutcome, Receipt
+from ..supervision import keep_running
 from ..transports.base import TransportHealth, TransportSink
 from .transport import UNBIND_GRACE, SmppTransport
 
@@ -160,7 +160,7 @@ class SmppProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "asterisk_sendsms.smpp.process", "--link", str(theirs.fileno()),
+                *child_command("asterisk_sendsms.smpp.process", "--link", str(theirs.fileno())),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
         except BaseException:
             ours.close()

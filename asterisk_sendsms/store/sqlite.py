@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import StoreConfig
 from ..errors import ServiceUnavailable
+from ..files import make_private
 from .sql import Cursor, Db, SqlStore
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
@@ -178,7 +179,9 @@ class SqliteStore(SqlStore):
 
     async def _acquire(self) -> None:
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for suffix in ("", "-wal", "-shm"):  # SQLite gives its journals the database file's mode
+                make_private(self._path.with_name(self._path.name + suffix))
             self._lock_fd = os.open(str(self._path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
