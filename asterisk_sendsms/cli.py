@@ -48,6 +48,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "$ASTERISK_SENDSMS_DATA_DIR, data_dir in the file, or ~/.local/share/asterisk-sendsms)")
 
 
+DEFAULT_AGI_DIR = Path("/var/lib/asterisk/agi-bin")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asterisk-sendsms",
                                      description="SMS gateway for Asterisk with an Ozeki-compatible SendSms API.")
@@ -116,8 +119,10 @@ def _parser() -> argparse.ArgumentParser:
 
     install = commands.add_parser("install-agi", help="install sendsms.agi and ozml.agi into Asterisk's agi-bin, "
                                                       "running with this installation's Python")
-    install.add_argument("--dir", type=Path, default=Path("/var/lib/asterisk/agi-bin"), metavar="DIR",
-                         help="Asterisk's agi-bin (astagidir in asterisk.conf; default /var/lib/asterisk/agi-bin)")
+    install.add_argument("--dir", type=Path, metavar="DIR",
+                         help=f"Asterisk's agi-bin (astagidir in asterisk.conf; default {DEFAULT_AGI_DIR})")
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -224,7 +229,14 @@ def _rows(path: Path, template: str | None) -> list[tuple[int, str, str]]:
     """(line number, recipient, text) of every row; a row that cannot be made is reported, not sent."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            # Spreadsheets in many locales save with ';' (the comma is their decimal mark): sniff the header.
+            header = handle.readline()
+            handle.seek(0)
+            try:
+                dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(header, delimiters=",;\t|")
+            except csv.Error:
+                dialect = csv.excel
+            reader = csv.DictReader(handle, dialect=dialect)
             if not reader.fieldnames:
                 raise CliError(f"{path} is empty")
             fields = [f.strip().lower() for f in reader.fieldnames]
@@ -337,6 +349,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     config = _config(args)
+    make_store(config.store)  # what `serve` finds only when it starts: e.g. PostgreSQL without its driver
     source = "embedded demo defaults" if config.demo else str(args.config or "the environment's file")
     print(f"configuration OK ({source})")
     print(f"  data dir: {config.data_dir}; store: {config.store.where} (node {config.store.node}, "
@@ -358,9 +371,10 @@ AGI_SCRIPTS = {"sendsms.agi": "main", "ozml.agi": "ozml_main"}
 
 def _install_agi(args: argparse.Namespace) -> int:
     """Write small launchers whose first line is this Python, so Asterisk runs them with the package."""
-    target: Path = args.dir
+    target: Path = args.dir or DEFAULT_AGI_DIR
     if not target.is_dir():
-        raise CliError(f"{target} is not a directory (is Asterisk installed? pass --dir)")
+        raise CliError(f"{target} is not a directory" if args.dir else
+                       f"{target} is not a directory (is Asterisk installed? name its agi-bin with --dir)")
     for name, function in AGI_SCRIPTS.items():
         path = target / name
         path.write_text(f"#!{sys.executable}\n# Installed by asterisk-sendsms install-agi.\nimport sys\n\n"
@@ -373,6 +387,8 @@ def _install_agi(args: argparse.Namespace) -> int:
 def _hash_password(args: argparse.Namespace) -> int:
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password on: pipe it in with --stdin")
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Again: ") != password:
@@ -406,7 +422,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told by the command's own parser, with its usage rather than the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     # Files this program writes hold message texts and credentials: its own unless it says otherwise.
     os.umask(PRIVATE_UMASK)
     try:

@@ -684,12 +684,20 @@ def default_data_dir(env: Mapping[str, str]) -> Path:
 
 def _read_file(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    try:
+        # Editors on Windows start UTF-8 files with a byte order mark, which TOML does not allow.
+        text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}): "
+                          "save it as UTF-8") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
 

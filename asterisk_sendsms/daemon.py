@@ -144,7 +144,7 @@ def _tune_collector() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
-def _announce(config: Config) -> None:
+def _announce(config: Config, json_logs: bool) -> None:
     transports = ", ".join(f"{t.name} ({t.kind})" for t in config.transports)
     lines = [f"asterisk-sendsms listening on http://{config.http.listen}/api",
              f"  store: {config.store.where}", f"  transports: {transports}",
@@ -154,8 +154,11 @@ def _announce(config: Config) -> None:
     lines.extend(f"  ARI: {ari}" for ari in config.asterisk.ari)
     if config.demo:
         lines.append(f"  demo user: {config.users[0].name} / {DEMO_PASSWORD} (no config file given: embedded "
-                     "defaults, SMSC simulator)")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+                     "defaults)")
+    if json_logs:  # a log shipper reads one JSON object per line: the banner is one record too
+        log.info("; ".join(line.strip() for line in lines))
+    else:
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text")) -> None:
@@ -202,7 +205,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
             await fastagi.bind()
         async with (_site(api, ozeki, config, service, authenticator, log_setup),
                     _control_site(control, config)):
-            _announce(config)
+            _announce(config, log_setup[1] == "json")
             _tune_collector()
             # Each loop is supervised: one that fails is started again, and the daemon goes on.
             loops: dict[str, Callable[[], Awaitable[None]]] = {

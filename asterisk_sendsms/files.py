@@ -7,6 +7,8 @@ import logging
 import stat
 from pathlib import Path
 
+from .errors import ServiceUnavailable
+
 __all__ = ["PRIVATE_UMASK", "make_private", "private_dir"]
 
 log = logging.getLogger(__name__)
@@ -29,5 +31,8 @@ def make_private(path: Path) -> None:
 
 def private_dir(path: Path) -> None:
     """Create `path` (and its parents) as a directory only its owner may enter, or make it so."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise ServiceUnavailable(f"cannot create the directory {path}: {exc.strerror or exc}") from None
     make_private(path)

@@ -44,7 +44,7 @@ async def keep_running(run_once: Callable[[], Awaitable[str | None]], what: str,
             return
         if time.monotonic() - started >= LONGEST_PAUSE:
             pause = RESTART_PAUSE
-        log.error("%s ended (%s); starting it again in %.0f s", what, ending, pause)
+        log.error("%s exited (%s); starting it again in %.0f s", what, ending, pause)
         await asyncio.sleep(pause)
         pause = min(pause * 2, LONGEST_PAUSE)
 

@@ -19,8 +19,7 @@ from asterisk_sendsms.agi import (
 
 from .peers.fake_asterisk import FakeChannel, parse_args
 
-# shared/ sits beside the checkout (as in CI's fresh clone).
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "asterisk"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "asterisk"
 
 
 def transcript(name: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -80,6 +81,74 @@ def test_json_logs(tmp_path: Path) -> None:
             time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=30)
-    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in stderr.splitlines()]  # every line, the banner too
     assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert any(r["message"].startswith(f"asterisk-sendsms listening on http://127.0.0.1:{port}/api") for r in records)
     assert any(r["message"].startswith("stopping") for r in records)
+
+
+# Every mistake a user can make: one line on standard error, naming what to do, never a traceback.
+
+def _one_line(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def test_a_data_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    line = _one_line(run("serve", "--data-dir", str(blocker / "data"), "--http", f"127.0.0.1:{free_port()}"), 1)
+    assert line == f"asterisk-sendsms: cannot create the directory {blocker / 'data'}: Not a directory\n"
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes(b"[[transports]]\nurl = 'simulator'\n# caf\xe9\n")
+    line = _one_line(run("check-config", "--config", str(bad)), 2)
+    assert line == (f"asterisk-sendsms: configuration error: config file {bad} is not UTF-8 (byte 0xe9 on line 3): "
+                    "save it as UTF-8\n")
+
+
+def test_a_config_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + SAMPLE.read_bytes())
+    result = run("check-config", "--config", str(bom))
+    assert result.returncode == 0, result.stderr
+
+
+def test_hash_password_without_a_terminal() -> None:
+    line = _one_line(run("hash-password"), 1)
+    assert line == "asterisk-sendsms: no terminal to ask for the password on: pipe it in with --stdin\n"
+
+
+def test_an_unknown_flag_is_told_with_the_commands_usage() -> None:
+    result = run("serve", "--bogus")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("usage: asterisk-sendsms serve ")
+    assert result.stderr.endswith("asterisk-sendsms serve: error: unrecognized arguments: --bogus\n")
+
+
+def test_client_commands_without_a_daemon_name_the_socket(tmp_path: Path) -> None:
+    for command in (["status", "0190b4e2-0000-7000-8000-000000000000"], ["messages"], ["send", "--to", "+3620",
+                                                                                       "--text", "x"]):
+        line = _one_line(run(*command, "--data-dir", str(tmp_path)), 1)
+        assert f"no control socket at {tmp_path / 'control.sock'}" in line
+
+
+def test_install_agi_into_a_missing_directory(tmp_path: Path) -> None:
+    line = _one_line(run("install-agi", "--dir", str(tmp_path / "missing")), 1)
+    assert line == f"asterisk-sendsms: {tmp_path / 'missing'} is not a directory\n"
+
+
+def test_check_config_finds_what_serve_would(tmp_path: Path) -> None:
+    """PostgreSQL named without its driver: check-config must say so, as serve does."""
+    config = tmp_path / "pg.toml"
+    config.write_text("[store]\nurl = 'postgresql://gw@127.0.0.1/sms'\n[[transports]]\nurl = 'simulator'\n")
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "psycopg.py").write_text("raise ImportError('psycopg is not installed')\n")
+    result = subprocess.run([str(RUN), "check-config", "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, check=False, env={**os.environ, "PYTHONPATH": str(blocker)})
+    line = _one_line(result, 2)
+    assert "store.url names PostgreSQL, but psycopg is not installed" in line

@@ -21,7 +21,7 @@ from asterisk_sendsms.smpp.receipts import (
     submit_key,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "smpp"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "smpp"
 
 
 def recorded(name: str) -> list[bytes]:

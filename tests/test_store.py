@@ -160,6 +160,24 @@ async def test_retry_release_and_expiry(store: SqlStore) -> None:
     assert view is not None and view.state is State.EXPIRED and view.callback_state == "pending"
 
 
+async def test_waiting_for_a_transport_is_one_history_entry(store: SqlStore) -> None:
+    message = new_message()
+    await store.accept(message)
+    for look in range(20):  # no transport ready: the dispatcher looks every 2 s
+        await store.claim(10, NOW + 2 * look, 60)
+        await store.retry_later(message.sms_id, NOW + 2 * look + 2, "NO_TRANSPORT_READY", "none ready",
+                                NOW + 2 * look, attempted=False)
+    await store.claim(10, NOW + 40, 60)
+    await store.retry_later(message.sms_id, NOW + 45, "ESME_RTHROTTLED", "throttled", NOW + 40, attempted=True)
+    await store.claim(10, NOW + 45, 60)
+    await store.retry_later(message.sms_id, NOW + 50, "ESME_RTHROTTLED", "throttled", NOW + 45, attempted=True)
+    view = await store.get(message.sms_id)
+    assert view is not None and view.updated_at == NOW + 45
+    waits = [h.detail.split(": ", 1)[1].split()[0] for h in view.history
+             if h.state is State.QUEUED and ": " in h.detail]
+    assert waits == ["NO_TRANSPORT_READY", "ESME_RTHROTTLED", "ESME_RTHROTTLED"]
+
+
 async def test_receipt_deadline_expires(store: SqlStore) -> None:
     sms_id = await submitted(store)
     assert await store.expire_overdue(NOW + 50) == 0

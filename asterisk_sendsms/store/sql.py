@@ -470,9 +470,14 @@ class SqlStore(ABC):
     async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,
                           attempted: bool) -> None:
         def op(db: Db) -> None:
+            # Waiting again for the same reason without an attempt (no transport ready, every 2 s) is one
+            # entry in the history, not one per look: the message's updated_at says when it last looked.
+            repeated = not attempted and db.execute("SELECT error_code FROM messages WHERE sms_id = ?",
+                                                    (sms_id,)).fetchone() == (error_code,)
             _move(db, sms_id, State.QUEUED, "due_at = ?, claimed_by = NULL, error_code = ?, error_text = ?,"
                   " attempts = attempts + ?, updated_at = ?", (due_at, error_code, error_text, int(attempted), now))
-            _history(db, sms_id, now, State.QUEUED, f"retry in {due_at - now:.0f}s: {error_code} {error_text}")
+            if not repeated:
+                _history(db, sms_id, now, State.QUEUED, f"retry in {due_at - now:.0f}s: {error_code} {error_text}")
         await self._run(op)
 
     async def finish(self, sms_id: str, state: State, error_code: str, error_text: str, now: float,

@@ -1,4 +1,4 @@
-"""A fake Asterisk as strict as the transcripts in shared/fixtures/asterisk: Asterisk's side of AGI (process
+"""A fake Asterisk as strict as the transcripts in tests/fixtures/asterisk: Asterisk's side of AGI (process
 over pipes, FastAGI over TCP) with its argument parsing, replies, 510/520 errors, SIGHUP at hangup and the
 unsolicited HANGUP line of FastAGI."""
 
