@@ -327,6 +327,23 @@ def test_bulk_send_from_csv_reports_bad_rows_by_line(daemon_factory: list[Daemon
     assert bad.returncode == 1 and "'state'" in bad.stderr
 
 
+def test_bulk_csv_with_semicolons_and_texts_shown_escaped(daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    """A spreadsheet saved in a locale whose decimal mark is the comma; a text that would clear the operator's
+    terminal is shown escaped in the table (and kept as it is in the store)."""
+    data_dir = tmp_path / "data"
+    start_daemon(daemon_factory, data_dir, "--transport", "simulator?receipt_delay=0.1")
+    rows = tmp_path / "customers.csv"
+    rows.write_text("Name;Number;Text\nAnna;+36201111111;Your code: 1,234\x1b[2J\n", encoding="utf-8")
+    result = subprocess.run([str(RUN), "send", "--csv", str(rows), "--data-dir", str(data_dir)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "accepted   1" in result.stdout
+    table = run_cli("messages", data_dir=data_dir)
+    assert table.returncode == 0 and "Your code: 1,234\\x1b[2J" in table.stdout and "\x1b" not in table.stdout
+    [message] = json.loads(run_cli("messages", "--json", data_dir=data_dir).stdout)
+    assert message["text"] == "Your code: 1,234\x1b[2J" and message["recipient"] == "+36201111111"
+
+
 async def test_status_page(demo: Daemon) -> None:
     from lxml import html
 
