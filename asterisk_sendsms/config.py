@@ -35,6 +35,7 @@ __all__ = [
     "SimulatorSettings",
     "SmppSettings",
     "SpeechConfig",
+    "StatusConfig",
     "StoreConfig",
     "TransportConfig",
     "UserConfig",
@@ -134,6 +135,12 @@ class CallbackConfig:
     retry_max: float = 600.0
     give_up_after: float = 24 * 3600.0
     concurrency: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    # Message texts carry one-time codes and payment details: the status page masks them unless this is true.
+    show_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +260,7 @@ class Config:
     dispatch: DispatchConfig = DispatchConfig()
     callbacks: CallbackConfig = CallbackConfig()
     asterisk: AsteriskConfig = AsteriskConfig()
+    status: StatusConfig = StatusConfig()
     incoming_url: str | None = None  # where IncomingSMS notifications go
     allow_plaintext_passwords: bool = False
     log_level: str = "INFO"
@@ -822,9 +830,12 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
             raise ConfigError("incoming.url: expected an http:// or https:// URL")
     incoming_table.finish()
     speech = _speech(root.table("speech"), data_dir)
+    status_table = root.table("status")
+    status = StatusConfig(show_text=status_table.flag("show_text", StatusConfig().show_text))
+    status_table.finish()
     asterisk = _asterisk(root.table("asterisk"), overrides, users)
     root.finish()
     return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
                   routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks, speech=speech,
-                  asterisk=asterisk, incoming_url=incoming_url, allow_plaintext_passwords=allow_plaintext,
-                  log_level=log_level, demo=demo)
+                  asterisk=asterisk, status=status, incoming_url=incoming_url,
+                  allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)

@@ -192,7 +192,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)
-        api = build_app(ozeki, service, health, config.http.max_body_bytes, metrics)
+        api = build_app(ozeki, service, health, config.http.max_body_bytes, metrics, config.status)
         control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http.max_body_bytes)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -8,6 +8,7 @@ import binascii
 import json
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Protocol
@@ -16,12 +17,13 @@ from aiohttp import web
 
 from .auth import OPERATOR, Authenticator
 from .calls import CallService
-from .config import UserConfig
+from .config import StatusConfig, UserConfig
 from .errors import (
     AuthenticationFailed,
     AuthenticationRequired,
     ForbiddenUser,
     InvalidParameter,
+    MessageNotFound,
     ParseError,
     ServiceUnavailable,
     SmsGatewayError,
@@ -31,7 +33,7 @@ from .metrics import Metrics
 from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
 from .service import Accepted, SmsService
-from .status_page import render_status_page
+from .status_page import PAGE_SIZE, Listing, render_status_page
 from .transports import TransportHealth
 
 __all__ = ["HandOver", "OzekiEndpoint", "build_app"]
@@ -46,6 +48,7 @@ ReadParams = Callable[[], Awaitable[dict[str, str]]]
 
 COMMANDS = {"sendsms": "SendSms", "call": "Call"}
 XML_TYPE = "text/xml"
+MAX_PAGE = 10_000  # the status page lists newest first; deeper than this, search instead
 
 
 def _client(request: web.Request) -> str:
@@ -151,18 +154,47 @@ async def _request_params(request: web.Request) -> dict[str, str]:
     return merge_params(query, parse_form(body, request.charset or "utf-8"))
 
 
-def _message_json(message: MessageView) -> dict[str, Any]:
+def _listing(request: web.Request) -> Listing:
+    query = request.rel_url.query
+    page = query.get("page", "1")
+    if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE:
+        raise InvalidParameter("page", "Status", f"a page number from 1 to {MAX_PAGE}")
+    return Listing(" ".join(query.get("q", "").split())[:100], query.get("state", ""), int(page))
+
+
+async def _listed(service: SmsService, user: UserConfig, listing: Listing) -> list[MessageView]:
+    """The messages of one page of the status page: the one an SmsId names, or those of a recipient prefix."""
+    try:
+        uuid.UUID(listing.search)
+    except ValueError:
+        recipient = listing.search.replace(" ", "") or None
+        return await service.messages(user, listing.state or None, recipient, None, PAGE_SIZE,
+                                      (listing.page - 1) * PAGE_SIZE)
+    try:
+        found = await service.status(user, listing.search, detail=False)
+    except MessageNotFound:
+        return []
+    return [found] if listing.page == 1 and listing.state in ("", found.state.value) else []
+
+
+def _message_json(message: MessageView, detail: bool = True) -> dict[str, Any]:
+    """A message as JSON; a list's entries (`detail` False) leave out parts and history, which a list does not
+    read (GET /api/messages/ID has them), rather than show them empty."""
     data = asdict(message)
     data["coding"] = message.coding.value
     data["state"] = message.state.value
-    data["history"] = [{"at": h.at, "state": h.state.value, "detail": h.detail} for h in message.history]
+    if detail:
+        data["history"] = [{"at": h.at, "state": h.state.value, "detail": h.detail} for h in message.history]
+    else:
+        del data["parts"], data["history"]
     return data
 
 
 def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, max_body: int,
-              metrics: Metrics | None = None) -> web.Application:
+              metrics: Metrics | None = None, status: StatusConfig | None = None) -> web.Application:
     routes = web.RouteTableDef()
     identify = ozeki.identify
+    show_text = (status or StatusConfig()).show_text
 
     async def query_user(request: web.Request, params: dict[str, str] | None = None) -> UserConfig:
         """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters of
@@ -216,7 +248,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
                                            since, limit)
         except SmsGatewayError as exc:
             return json_error(exc)
-        return web.json_response([_message_json(m) for m in found])
+        return web.json_response([_message_json(m, detail=False) for m in found])
 
     @routes.get("/api/messages/{sms_id}")
     async def json_status(request: web.Request) -> web.Response:
@@ -246,8 +278,10 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
         try:
             user = await admin_user(request)
             now = time.time()
-            latest = [await service.status(user, m.sms_id) for m in await service.messages(user, None, None, None, 20)]
-            page = render_status_page(health(), await service.stats(now - 3600), latest, now)
+            listing = _listing(request)
+            messages = [await service.status(user, m.sms_id) for m in await _listed(service, user, listing)]
+            page = render_status_page(health(), await service.stats(now - 3600), messages,
+                                      await service.pending_callbacks(PAGE_SIZE), listing, show_text, now)
         except (AuthenticationRequired, AuthenticationFailed) as exc:
             return web.Response(status=401, text=exc.message,
                                 headers={"WWW-Authenticate": 'Basic realm="asterisk-sendsms", charset="UTF-8"'})

@@ -19,6 +19,7 @@ __all__ = [
     "OutboundMessage",
     "PartOutcome",
     "PartView",
+    "PendingCallback",
     "Receipt",
     "ReceiptResult",
 ]
@@ -103,6 +104,17 @@ class CallbackJob:
     kind: str = "delivery"  # "delivery" (SMSDeliveryReport) or "incoming" (IncomingSMS)
     # What the notification reports, read with the claim (None if it was no longer in the store)
     subject: MessageView | IncomingView | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCallback:
+    """A notification still to be delivered, as the operator sees it."""
+
+    sms_id: str
+    url: str
+    attempts: int
+    last_error: str
+    due_at: float  # its next try
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from .errors import InvalidParameter, MessageNotFound, NoRoute, SmsGatewayError
 from .events import EventHub
 from .ids import new_sms_id
 from .lifecycle import State
-from .model import MessageView, NewMessage
+from .model import MessageView, NewMessage, PendingCallback
 from .notifier import validate_callback_url
 from .routing import Router
 from .store import Store
@@ -86,15 +86,18 @@ class SmsService:
                                 parts=message.part_count)
 
     async def messages(self, user: UserConfig, state: str | None, recipient: str | None, since: float | None,
-                       limit: int) -> list[MessageView]:
-        """The user's messages (an admin's: everyone's), newest first."""
+                       limit: int, offset: int = 0) -> list[MessageView]:
+        """The user's messages (an admin's: everyone's), newest first, skipping `offset` of them."""
         try:
             wanted = State(state) if state else None
         except ValueError:
             raise InvalidParameter("state", "Messages", f"one of {', '.join(s.value for s in State)}") from None
         if not 1 <= limit <= MAX_LIST:
             raise InvalidParameter("limit", "Messages", f"from 1 to {MAX_LIST}")
-        return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit)
+        if offset < 0:
+            raise InvalidParameter("offset", "Messages", "0 or more")
+        return await self._store.list_messages(None if user.admin else user.name, wanted, recipient, since, limit,
+                                               offset)
 
     async def store_problem(self) -> str | None:
         """None when the store answers a trivial read within STORE_CHECK_TIMEOUT, else what is wrong."""
@@ -108,6 +111,9 @@ class SmsService:
 
     async def stats(self, since: float) -> dict[str, Any]:
         return await self._store.stats(since)
+
+    async def pending_callbacks(self, limit: int) -> list[PendingCallback]:
+        return await self._store.pending_callbacks(limit)
 
     async def status(self, user: UserConfig, sms_id: str, detail: bool = True) -> MessageView:
         """A message as its sender (or an admin) may see it."""

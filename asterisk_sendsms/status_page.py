@@ -1,22 +1,27 @@
 """The status page, rendered by the daemon as plain HTML with SVG charts drawn here (no build step, no
-script library): transports, queue, messages per minute over the last hour, outcomes, the latest messages
-with their parts, pending notifications. It reloads itself every few seconds."""
+script library). It answers an operator's "why": transports, queue, messages per minute over the last hour
+on a dated time axis, outcomes and their most frequent reasons, pending notifications with their last error
+and next try, and the messages (searched by SmsId or recipient, filtered by state, a page at a time) with the
+reason each failed. Message texts are masked unless `[status] show_text` is set."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from html import escape
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 from .lifecycle import State
-from .model import MessageView
+from .model import MessageView, PendingCallback
 from .transports import TransportHealth
 
-__all__ = ["render_status_page"]
+__all__ = ["PAGE_SIZE", "Listing", "render_status_page"]
 
 REFRESH_SECONDS = 5
+PAGE_SIZE = 20
 OUTCOME_COLOURS = {"delivered": "#2e7d32", "undelivered": "#c62828", "expired": "#ef6c00", "rejected": "#6a1b9a",
                    "failed": "#455a64"}
 STYLE = """
@@ -25,22 +30,29 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
 table{border-collapse:collapse;background:#fff}td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left}
 .ok{color:#2e7d32}.bad{color:#c62828}.tiles{display:flex;gap:1rem}
 .tile{background:#fff;border:1px solid #ddd;padding:.6rem 1rem}.tile b{display:block;font-size:1.4rem}
-svg{background:#fff;border:1px solid #ddd}
+svg{background:#fff;border:1px solid #ddd}form{margin:.6rem 0}.masked{color:#888}.reason{color:#c62828}
 """
 
 
 def _rate_chart(per_minute: dict[int, int], now: float) -> str:
-    """Messages accepted per minute over the last hour, as bars."""
+    """Messages accepted per minute over the last hour, as bars over a time axis in the daemon's zone."""
     current = int(now // 60)
     counts = [per_minute.get(minute, 0) for minute in range(current - 59, current + 1)]
     top = max(counts) or 1
-    width, height, bar = 600, 120, 10
+    width, plot, height, bar = 600, 120, 140, 10
     bars = "".join(
-        f'<rect x="{i * bar}" y="{height - h}" width="{bar - 1}" height="{h}" fill="#1565c0">'
-        f"<title>{count} at -{59 - i} min</title></rect>"
-        for i, count in enumerate(counts) if (h := round(count / top * (height - 10))) > 0)
+        f'<rect x="{i * bar}" y="{plot - h}" width="{bar - 1}" height="{h}" fill="#1565c0">'
+        f"<title>{count} at {_clock((current - 59 + i) * 60)}</title></rect>"
+        for i, count in enumerate(counts) if (h := round(count / top * (plot - 10))) > 0)
+    ticks = "".join(
+        f'<line x1="{i * bar}" y1="{plot}" x2="{i * bar}" y2="{plot + 4}" stroke="#666"/>'
+        f'<text class="tick" x="{min(max(i * bar, 16), width - 16)}" y="{height - 4}" font-size="11" '
+        f'text-anchor="middle">{_clock((current - 59 + i) * 60)}</text>'
+        for i in range(0, 60, 15)) + (f'<text class="tick" x="{width - 16}" y="{height - 4}" font-size="11" '
+                                      f'text-anchor="middle">{_clock(now)}</text>')
     return (f'<svg id="rate-chart" role="img" aria-label="messages per minute, last hour" width="{width}" '
             f'height="{height}" viewBox="0 0 {width} {height}">{bars}'
+            f'<line x1="0" y1="{plot}" x2="{width}" y2="{plot}" stroke="#666"/>{ticks}'
             f'<text x="4" y="12" font-size="11">peak {top}/min ({top / 60:.1f}/s)</text></svg>')
 
 
@@ -60,11 +72,69 @@ def _outcome_chart(states: dict[str, int]) -> str:
             f'viewBox="0 0 600 52">{"".join(parts)}{"".join(legend)}</svg>')
 
 
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp).strftime("%H:%M")
+
+
 def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any], latest: Sequence[MessageView],
+def _zone(timestamp: float) -> str:
+    """The date and the daemon's time zone, which every time on the page is in."""
+    local = datetime.fromtimestamp(timestamp).astimezone()
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d}, {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+
+
+def _target(url: str) -> str:
+    """Where a notification goes, without its query (which may carry the application's tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Which messages the page lists: a search (an SmsId or a recipient prefix), a state, a page (from 1)."""
+
+    search: str = ""
+    state: str = ""
+    page: int = 1
+
+    def link(self, page: int) -> str:
+        query = {k: v for k, v in (("q", self.search), ("state", self.state)) if v}
+        return "?" + urlencode({**query, "page": str(page)})
+
+
+def _text(message: MessageView, show_text: bool) -> str:
+    if show_text:
+        return escape(message.text[:60])
+    return f'<span class="masked">hidden ({len(message.text)} characters)</span>'
+
+
+def _message_rows(messages: Sequence[MessageView], show_text: bool) -> str:
+    rows = []
+    for message in messages:
+        parts = ", ".join(f"{escape(p.smsc_id or '-')}: {escape(p.state)}" for p in message.parts) or "-"
+        reason = escape(f"{message.error_code} {message.error_text}".strip())
+        reason_cell = f"<td class='reason'>{reason}</td>" if reason else "<td>-</td>"
+        rows.append(f"<tr><td>{_when(message.created_at)}</td><td><code>{escape(message.sms_id)}</code></td>"
+                    f"<td>{escape(message.recipient)}</td><td>{escape(message.state.value)}</td>{reason_cell}"
+                    f"<td>{parts}</td><td>{escape(message.callback_state or '-')}</td>"
+                    f"<td>{_text(message, show_text)}</td></tr>")
+    return "".join(rows) or "<tr><td colspan='8'>no message matches</td></tr>"
+
+
+def _search_form(listing: Listing) -> str:
+    options = "".join(f"<option value='{state.value}'{' selected' if state.value == listing.state else ''}>"
+                      f"{state.value}</option>" for state in State)
+    return (f"<form id='search' method='get' action='/status'><input name='q' value='{escape(listing.search)}' "
+            "placeholder='SmsId or recipient (prefix)' size='40'> <select name='state'><option value=''>any state"
+            f"</option>{options}</select> <button>search</button></form>")
+
+
+def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any], messages: Sequence[MessageView],
+                       pending: Sequence[PendingCallback], listing: Listing, show_text: bool,
                        now: float | None = None) -> str:
     now = time.time() if now is None else now
     states: dict[str, int] = stats["states"]
@@ -72,24 +142,34 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         f"<tr><td>{escape(t.name)}</td><td>{escape(t.kind)}</td>"
         f"<td class='{'ok' if t.ready else 'bad'}'>{escape(t.state)}</td><td>{escape(t.detail)}</td></tr>"
         for t in health)
-    rows = []
-    for message in latest:
-        parts = ", ".join(f"{escape(p.smsc_id or '-')}: {escape(p.state)}" for p in message.parts) or "-"
-        rows.append(f"<tr><td>{_when(message.created_at)}</td><td><code>{escape(message.sms_id)}</code></td>"
-                    f"<td>{escape(message.recipient)}</td><td>{escape(message.state.value)}</td>"
-                    f"<td>{parts}</td><td>{escape(message.text[:60])}</td></tr>")
-    in_flight = sum(states.get(s.value, 0) for s in (State.SUBMITTED,))
+    reasons = "".join(f"<tr><td class='reason'>{escape(code)}</td><td>{count}</td></tr>"
+                      for code, count in stats["failure_reasons"]) or "<tr><td colspan='2'>none</td></tr>"
+    notifications = "".join(
+        f"<tr><td><code>{escape(job.sms_id)}</code></td><td>{escape(_target(job.url))}</td><td>{job.attempts}</td>"
+        f"<td class='reason'>{escape(job.last_error) or '-'}</td><td>{_when(job.due_at)}</td></tr>"
+        for job in pending) or "<tr><td colspan='5'>none</td></tr>"
+    in_flight = states.get(State.SUBMITTED.value, 0)
     tiles = (("waiting to be sent", stats["queue"]), ("awaiting receipts (1 h)", in_flight),
              ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
+    pages = []
+    if listing.page > 1:
+        pages.append(f"<a id='newer' href='{escape(listing.link(listing.page - 1))}'>newer</a>")
+    if len(messages) == PAGE_SIZE:
+        pages.append(f"<a id='older' href='{escape(listing.link(listing.page + 1))}'>older</a>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_SECONDS}">
 <title>asterisk-sendsms status</title><style>{STYLE}</style></head>
-<body><h1>asterisk-sendsms</h1><p>updated {_when(now)}, every {REFRESH_SECONDS} s</p>
+<body><h1>asterisk-sendsms</h1><p>updated {_when(now)} ({escape(_zone(now))}), every {REFRESH_SECONDS} s</p>
 <div class="tiles">{"".join(f'<div class="tile"><b>{value}</b>{label}</div>' for label, value in tiles)}</div>
 <h2>Transports</h2><table id="transports"><tr><th>name</th><th>kind</th><th>state</th><th>detail</th></tr>
 {transports}</table>
-<h2>Messages per minute, last hour</h2>{_rate_chart(stats["per_minute"], now)}
+<h2>Messages per minute, last hour ({escape(_zone(now))})</h2>{_rate_chart(stats["per_minute"], now)}
 <h2>Outcomes, last hour</h2>{_outcome_chart(states)}
-<h2>Latest messages</h2><table id="latest"><tr><th>time</th><th>SmsId</th><th>recipient</th><th>state</th>
-<th>parts (SMSC id: receipt)</th><th>text</th></tr>{"".join(rows)}</table>
+<h2>Why messages were not delivered, last hour</h2><table id="reasons"><tr><th>reason</th><th>messages</th></tr>
+{reasons}</table>
+<h2>Pending notifications</h2><table id="notifications"><tr><th>SmsId</th><th>to</th><th>attempts</th>
+<th>last error</th><th>next try</th></tr>{notifications}</table>
+<h2>Messages</h2>{_search_form(listing)}<table id="latest"><tr><th>time</th><th>SmsId</th><th>recipient</th>
+<th>state</th><th>reason</th><th>parts (SMSC id: receipt)</th><th>notification</th><th>text</th></tr>
+{_message_rows(messages, show_text)}</table><p id="pages">page {listing.page} {" ".join(pages)}</p>
 </body></html>"""

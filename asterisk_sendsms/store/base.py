@@ -12,6 +12,7 @@ from ..model import (
     MessageView,
     NewMessage,
     OutboundMessage,
+    PendingCallback,
     Receipt,
     ReceiptResult,
 )
@@ -93,13 +94,19 @@ class Store(Protocol):
         ...
 
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
-                            since: float | None, limit: int) -> list[MessageView]:
-        """Newest first, without parts and history; `recipient` is a prefix; `username` None means all."""
+                            since: float | None, limit: int, offset: int = 0) -> list[MessageView]:
+        """Newest first, with their callback state but without parts and history; `recipient` is a prefix;
+        `username` None means all; `offset` skips that many (paging)."""
         ...
 
     async def stats(self, since: float) -> dict[str, Any]:
         """For the status page: `states` (count per state since), `per_minute` (minute number → messages
-        accepted), `queue` (waiting to be sent), `pending_callbacks`."""
+        accepted), `queue` (waiting to be sent), `pending_callbacks` (a count), `failure_reasons` (the most
+        frequent error codes of messages that ended without delivery since, with their counts)."""
+        ...
+
+    async def pending_callbacks(self, limit: int) -> list[PendingCallback]:
+        """Notifications not yet delivered, the next due first."""
         ...
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:

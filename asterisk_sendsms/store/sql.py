@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
-from ..lifecycle import SOURCES, State, check_transition
+from ..lifecycle import FINAL_STATES, SOURCES, State, check_transition
 from ..model import (
     CallbackJob,
     HistoryEntry,
@@ -28,6 +28,7 @@ from ..model import (
     OutboundMessage,
     PartOutcome,
     PartView,
+    PendingCallback,
     Receipt,
     ReceiptResult,
 )
@@ -45,6 +46,9 @@ _SOURCES_SQL = {target: ",".join(f"'{state.value}'" for state in sources) for ta
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
 _WAITING_PART_SET = frozenset({"submitted", "enroute", "accepted"})
 _WAITING_PART_STATES = "(" + ", ".join(f"'{state}'" for state in sorted(_WAITING_PART_SET)) + ")"
+# Final states that are not a delivery: the status page ranks their reasons.
+_UNSUCCESSFUL_STATES = "(" + ", ".join(f"'{state.value}'" for state in sorted(FINAL_STATES - {State.DELIVERED})) + ")"
+TOP_REASONS = 5
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
 _BATCH_LIMIT = 1024
@@ -514,7 +518,7 @@ class SqlStore(ABC):
         return await self._run(lambda db: _view(db, sms_id, detail))
 
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
-                            since: float | None, limit: int) -> list[MessageView]:
+                            since: float | None, limit: int, offset: int = 0) -> list[MessageView]:
         def op(db: Db) -> list[MessageView]:
             where: list[str] = ["created_at >= ?"]
             params: list[float | str] = [since or 0.0]
@@ -525,9 +529,11 @@ class SqlStore(ABC):
             if recipient:
                 where.append("recipient LIKE ? ESCAPE '\\'")
                 params.append(recipient.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
-            rows = db.execute(f"SELECT {_VIEW_COLUMNS} FROM messages WHERE {' AND '.join(where)}"
-                              " ORDER BY created_at DESC LIMIT ?", (*params, limit)).fetchall()
-            return [_message_view(row, None, (), ()) for row in rows]
+            rows = db.execute(f"SELECT {_VIEW_COLUMNS}, (SELECT c.state FROM callbacks c WHERE c.sms_id ="
+                              " messages.sms_id ORDER BY c.job_id DESC LIMIT 1) FROM messages"
+                              f" WHERE {' AND '.join(where)} ORDER BY created_at DESC LIMIT ? OFFSET ?",
+                              (*params, limit, offset)).fetchall()
+            return [_message_view(row, row[-1], (), ()) for row in rows]
         return await self._run(op)
 
     async def stats(self, since: float) -> dict[str, Any]:
@@ -539,7 +545,12 @@ class SqlStore(ABC):
                 " GROUP BY 1", (since,)).fetchall())
             queue = db.execute("SELECT COUNT(*) FROM messages WHERE state IN ('accepted', 'queued')").fetchone()[0]
             callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
-            return {"states": states, "per_minute": per_minute, "queue": queue, "pending_callbacks": callbacks}
+            reasons = db.execute(
+                "SELECT error_code, COUNT(*) FROM messages WHERE updated_at >= ? AND error_code <> ''"
+                f" AND state IN {_UNSUCCESSFUL_STATES} GROUP BY error_code ORDER BY 2 DESC, 1 LIMIT ?",
+                (since, TOP_REASONS)).fetchall()
+            return {"states": states, "per_minute": per_minute, "queue": queue, "pending_callbacks": callbacks,
+                    "failure_reasons": [(code, count) for code, count in reasons]}
         return await self._run(op)
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
@@ -584,6 +595,13 @@ class SqlStore(ABC):
         await self._run(lambda db: db.executemany(
             "UPDATE callbacks SET state = 'done', last_error = '', claimed_by = NULL, updated_at = ? WHERE job_id = ?",
             [(now, job_id) for job_id in job_ids]))
+
+    async def pending_callbacks(self, limit: int) -> list[PendingCallback]:
+        def op(db: Db) -> list[PendingCallback]:
+            rows = db.execute("SELECT sms_id, url, attempts, last_error, due_at FROM callbacks"
+                              " WHERE state = 'pending' ORDER BY due_at LIMIT ?", (limit,)).fetchall()
+            return [PendingCallback(*row) for row in rows]
+        return await self._run(op)
 
     async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
         await self._run(lambda db: db.execute(
