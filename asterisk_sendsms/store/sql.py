@@ -12,7 +12,7 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
@@ -32,6 +32,7 @@ from ..model import (
     Receipt,
     ReceiptResult,
 )
+from ..urlpolicy import url_host
 
 __all__ = ["Cursor", "Db", "SqlStore"]
 
@@ -65,6 +66,10 @@ OUTAGE_QUIET = 1.0
 _CHUNK_ROWS = 512
 # Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
 _RETRIES = 3
+# Notifications whose host is filled per claim (normally all that arrived since the last claim).
+_HOST_FILL = 1000
+# A claim with per-host caps looks this many times its limit ahead, for rows of hosts with room.
+_CLAIM_WINDOW = 4
 
 
 class Cursor(Protocol):
@@ -578,11 +583,34 @@ class SqlStore(ABC):
             return incoming_id
         return await self._run(op)
 
-    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+    async def claim_callbacks(self, limit: int, now: float, lease: float, busy: Mapping[str, int] | None = None,
+                              per_host: int | None = None) -> list[CallbackJob]:
+        busy = busy or {}
+
         def op(db: Db) -> list[CallbackJob]:
-            rows = db.execute("SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
-                              " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
-                              (now, limit)).fetchall()
+            # Hosts are filled here, not where the outbox rows are made (those copy URLs in SQL), and before
+            # the claim, so that every due row of a full host is left out of it.
+            unnamed = db.execute("SELECT job_id, url FROM callbacks WHERE state = 'pending' AND host = ''"
+                                 " LIMIT ?", (_HOST_FILL,)).fetchall()
+            if unnamed:
+                db.executemany("UPDATE callbacks SET host = ? WHERE job_id = ?",
+                               [(url_host(url), job_id) for job_id, url in unnamed])
+            full = sorted(h for h, n in busy.items() if per_host is not None and n >= per_host)
+            excluded = f" AND host NOT IN ({', '.join('?' * len(full))})" if full else ""
+            candidates = db.execute(
+                "SELECT job_id, sms_id, url, attempts, created_at, kind, host FROM callbacks"
+                f" WHERE state = 'pending' AND due_at <= ?{excluded} ORDER BY due_at LIMIT ?" + db.claim_suffix,
+                (now, *full, limit if per_host is None else limit * _CLAIM_WINDOW)).fetchall()
+            taken: dict[str, int] = dict(busy)
+            rows = []
+            for row in candidates:
+                host = row[6]
+                if per_host is not None and taken.get(host, 0) >= per_host:
+                    continue
+                taken[host] = taken.get(host, 0) + 1
+                rows.append(row[:6])
+                if len(rows) == limit:
+                    break
             db.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed_by = ?, updated_at = ?"
                            " WHERE job_id = ?", [(now + lease, self._node, now, row[0]) for row in rows])
             # The subject is read in the same operation: one store round trip per batch, not per job.
