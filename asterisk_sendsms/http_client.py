@@ -202,6 +202,7 @@ class HttpClient:
     async def _exchange(self, key: tuple[str, str, int], connection: _Connection, request: bytes, answer: _Answer,
                         pooled: bool) -> Response:
         head_bytes = 0
+        prefix = b""
         reusable = False
         try:
             connection.writer.write(request)
@@ -218,6 +219,11 @@ class HttpClient:
                     if answer.head_done and answer.ends_with_connection:
                         break
                     raise HttpError("the connection closed before a complete answer")
+                if head_bytes < 5:
+                    # llhttp also reads RTSP/ and ICE/ answers as HTTP's.
+                    start = (prefix := prefix + data[:5])[:5]
+                    if not b"HTTP/".startswith(start):
+                        raise HttpError(f"malformed answer: not HTTP: {start!r}")
                 if not answer.head_done:
                     head_bytes += len(data)
                 try:

@@ -139,7 +139,7 @@ async def test_a_pooled_connection_closed_by_the_server_is_replaced() -> None:
 
 
 @pytest.mark.parametrize(("answer", "error"), [
-    (b"SMTP ready\r\n\r\n", "malformed answer: Expected HTTP/"),
+    (b"SMTP ready\r\n\r\n", "malformed answer: not HTTP"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "Invalid character in Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "before a complete answer"),
     (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed answer: Invalid header"),
