@@ -231,6 +231,9 @@ class HttpClient:
                 except httptools.HttpParserUpgrade:
                     raise HttpError("the answer switches protocols") from None
                 except httptools.HttpParserError as exc:
+                    if answer.complete:
+                        answer.extra = True  # bytes after a complete answer: it stands, the connection goes
+                        break
                     raise HttpError(f"malformed answer: {exc}") from None
                 if not answer.head_done and head_bytes > self._max_head:
                     raise HttpError(f"the answer's head is longer than {self._max_head} bytes")

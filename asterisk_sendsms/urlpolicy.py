@@ -158,7 +158,7 @@ class UrlPolicy:
 
     def check_host(self, host: str) -> None:
         """Refuses (`UrlRejected`) a host outside `allowed_hosts`, or one that names an internal address
-        literally; a name is not resolved here."""
+        literally; a name (`localhost` too) is checked where it resolves to, at connect."""
         host = host.lower()
         if self.allowed_hosts:
             if host.rstrip(".") not in self.allowed_hosts:
@@ -169,8 +169,6 @@ class UrlPolicy:
             if not self.address_allowed(address):
                 raise UrlRejected(f"{host} is an internal address ({address}); allow-list it to use it")
             return
-        if _is_loopback_name(host):
-            raise UrlRejected(f"{host} names this host; allow-list it to use it")
         try:
             ascii_host = host.rstrip(".").encode("idna").decode("ascii")
         except UnicodeError:

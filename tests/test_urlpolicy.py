@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from asterisk_sendsms.http_client import HttpClient, HttpRefused
 from asterisk_sendsms.notifier import validate_callback_url
 from asterisk_sendsms.urlpolicy import AddressRefused, UrlPolicy, UrlRejected, is_internal, literal_address
 
-INTERNAL_HOSTS = ["127.0.0.1", "localhost", "LocalHost.", "foo.localhost", "[::1]", "[::ffff:127.0.0.1]",
+INTERNAL_HOSTS = ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]",
                   "[::ffff:7f00:1]", "2130706433", "0x7f000001", "0x7F.1", "0177.0.0.1", "0.0.0.0", "0", "127.1",
                   "10.0.0.1", "172.16.3.4", "192.168.1.1", "169.254.169.254", "[fe80::1]", "[fe80::1%25eth0]",
                   "[fd00::2]", "224.0.0.1", "[ff02::1]", "100.64.0.1", "240.0.0.1", "255.255.255.255", "[::]",
@@ -56,8 +57,8 @@ def test_allow_lists() -> None:
     assert validate_callback_url("http://10.1.2.3/x", networks)
     with pytest.raises(InvalidParameter):
         validate_callback_url("http://10.2.0.1/x", networks)
-    with pytest.raises(InvalidParameter):
-        validate_callback_url("http://localhost/x", networks)  # a name: checked where it leads, at connect
+    # A name is checked where it leads, when the client connects.
+    assert validate_callback_url("http://localhost/x", CallbackConfig())
     hosts = CallbackConfig(allowed_hosts=("localhost", "hooks.example"))
     assert validate_callback_url("http://LOCALHOST:9/x", hosts)  # named, so trusted
     assert validate_callback_url("http://hooks.example/x", hosts)
@@ -83,8 +84,11 @@ def test_every_spelling_reads_as_the_resolver_reads_it(value: int, form: str) ->
 
 async def test_a_name_is_checked_on_every_address_at_connect() -> None:
     policy = UrlPolicy()
-    with pytest.raises(AddressRefused, match="localhost names this host"):
-        await policy.resolve("localhost", 80)
+    for name in ("localhost", "LocalHost.", "foo.localhost"):
+        with pytest.raises(AddressRefused, match="names this host"):
+            await policy.resolve(name, 80)
+    with pytest.raises(AddressRefused, match="resolves to an internal address"):
+        await policy.resolve(socket.gethostname(), 80)  # /etc/hosts maps it to a loopback or own address
     with pytest.raises(AddressRefused, match="resolves to an internal address"):
         await policy.resolve("127.0.0.1", 80)
     # Trusted by name, so its (loopback) addresses may be used.
