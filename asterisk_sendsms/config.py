@@ -141,6 +141,7 @@ class CallbackConfig:
     give_up_after: float = 24 * 3600.0
     concurrency: int = 16
     per_host: int = 4  # notifications in flight to one host at most (a hanging host cannot take every slot)
+    per_user: int = 8  # and for one user's messages, whatever their hosts
     max_failures: int = 3  # a notification failing by an error of ours this often is parked as failed
 
 
@@ -798,6 +799,7 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         give_up_after=callbacks_table.duration("give_up_after", CallbackConfig().give_up_after),
         concurrency=callbacks_table.integer("concurrency", CallbackConfig().concurrency, 1, 1000),
         per_host=callbacks_table.integer("per_host", CallbackConfig().per_host, 1, 1000),
+        per_user=callbacks_table.integer("per_user", CallbackConfig().per_user, 1, 1000),
         max_failures=callbacks_table.integer("max_failures", CallbackConfig().max_failures, 1, 1000),
     )
     callbacks_table.finish()

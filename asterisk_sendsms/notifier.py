@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from .config import CallbackConfig
 from .errors import InvalidParameter, SmsGatewayError, log_level
 from .http_client import HttpClient, HttpError, HttpRefused
-from .model import CallbackJob, IncomingView, MessageView
+from .model import CallbackJob, CallbackShares, IncomingView, MessageView
 from .ozeki import form_encode
 from .store import Store
 from .urlpolicy import UrlPolicy, UrlRejected, url_host
@@ -79,11 +79,13 @@ class Notifier:
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._in_flight: Counter[str] = Counter()  # jobs being posted, per host
+        self._users: Counter[str] = Counter()  # and per user ("" for incoming SMS: not counted)
         self._unexpected: Counter[int] = Counter()  # errors of ours per job, until it is parked
         self._failing: set[str] = set()  # hosts already reported as failing (log once per outage)
         self._recovered: dict[str, float] = {}  # when a failing host answered again
         self._done: list[int] = []
         self._done_waiting = asyncio.Event()
+        self._claims_failing = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -108,16 +110,26 @@ class Notifier:
                 jobs: list[CallbackJob] = []
                 if free > 0:
                     try:
-                        # Claimed with each host's share capped: a host whose receiver hangs holds at most
-                        # `per_host` slots, the others go to the next due jobs of other hosts.
-                        jobs = await self._store.claim_callbacks(free, self._clock(), lease, dict(self._in_flight),
-                                                                 self._policy.per_host)
+                        # Claimed with each host's and user's share capped: a host whose receiver hangs
+                        # holds at most `per_host` slots, a user at most `per_user`; the others go to the next
+                        # due jobs of other hosts and users.
+                        shares = CallbackShares(self._policy.per_host, self._policy.per_user,
+                                                dict(self._in_flight), dict(self._users))
+                        jobs = await self._store.claim_callbacks(free, self._clock(), lease, shares)
                     except SmsGatewayError as exc:
                         log.log(log_level(exc), "cannot read pending notifications: %s", exc)
-                    except Exception:  # a bug must not end the notifier, nor take the daemon with it
-                        log.exception("cannot read pending notifications")
+                    except Exception as exc:  # a bug must not end the notifier, nor take the daemon with it
+                        if not self._claims_failing:  # once per outage: the loop tries again every second
+                            log.error("cannot read pending notifications (%s):\n%s", type(exc).__name__,
+                                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                        self._claims_failing = True
+                    else:
+                        if self._claims_failing:
+                            log.info("pending notifications can be read again")
+                        self._claims_failing = False
                 for job in jobs:
                     self._in_flight[url_host(job.url)] += 1
+                    self._users[job.user] += 1
                     group.create_task(self._deliver(client, job))
                 if len(jobs) < free or free <= 0:
                     try:
@@ -135,9 +147,10 @@ class Notifier:
         except Exception as exc:  # the job's boundary: a bug ends this attempt, never the notifier
             await self._unexpected_failure(job, host, exc)
         finally:
-            self._in_flight[host] -= 1
-            if self._in_flight[host] <= 0:
-                del self._in_flight[host]
+            for counter, key in ((self._in_flight, host), (self._users, job.user)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
             self._wakeup.set()
 
     async def _attempt(self, client: HttpClient, job: CallbackJob, host: str) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -15,10 +17,13 @@ from aiohttp import web
 
 from asterisk_sendsms import notifier as notifier_module
 from asterisk_sendsms.config import CallbackConfig, StoreConfig
-from asterisk_sendsms.model import IncomingPart
+from asterisk_sendsms.encoding import Coding
+from asterisk_sendsms.model import CallbackShares, IncomingPart, NewMessage
 from asterisk_sendsms.notifier import Notifier
 from asterisk_sendsms.store import SqliteStore
 from asterisk_sendsms.store.sql import SqlStore
+
+from .test_store import Nodes
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
@@ -163,17 +168,70 @@ async def test_a_name_that_leads_inside_is_refused_and_parked(store: SqlStore) -
             await stop()
 
 
-async def test_claims_cap_each_hosts_share(store: SqlStore) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
+    nodes = Nodes(request.param, tmp_path, request)
+    yield await nodes.open()
+    for opened in nodes.opened:
+        await opened.close()
+
+
+async def test_claims_cap_each_hosts_share(any_store: SqlStore) -> None:
+    store = any_store
     now = time.time()
     await incoming(store, "http://slow.example/dlr", 100)
     await incoming(store, "http://Fast.Example:8080/dlr", 3)
-    first = await store.claim_callbacks(8, now + 10, 30, {}, per_host=4)
-    assert sorted(j.url for j in first).count("http://slow.example/dlr") == 4
-    # The window the claim looked at held only the slow host's rows: the fast one's come next time, when the
-    # slow host is full and left out of the claim.
-    second = await store.claim_callbacks(8, now + 10, 30, {"slow.example": 4}, per_host=4)
-    assert [j.url for j in second] == ["http://Fast.Example:8080/dlr"] * 3
-    third = await store.claim_callbacks(8, now + 10, 30, {"slow.example": 2, "fast.example": 3}, per_host=4)
+
+    def shares(hosts: dict[str, int]) -> CallbackShares:
+        return CallbackShares(per_host=4, per_user=8, hosts=hosts, users={})
+    first = await store.claim_callbacks(8, now + 10, 30, shares({}))
+    # The first window held only the slow host's rows; once it was full the claim looked again without it.
+    assert sorted(j.url for j in first) == ["http://Fast.Example:8080/dlr"] * 3 + ["http://slow.example/dlr"] * 4
+    assert await store.claim_callbacks(8, now + 10, 30, shares({"slow.example": 4, "fast.example": 3})) == []
+    third = await store.claim_callbacks(8, now + 10, 30, shares({"slow.example": 2}))
     assert [j.url for j in third] == ["http://slow.example/dlr"] * 2
-    # Without caps, the claim is as before: the due order.
+    # Without shares, the claim is as before: the due order.
     assert len(await store.claim_callbacks(8, now + 10, 30)) == 8
+
+
+async def test_claims_cap_each_users_share(any_store: SqlStore) -> None:
+    store = any_store
+    now = time.time()
+    for user, count in (("mallory", 30), ("alice", 3)):
+        for index in range(count):
+            message = NewMessage(str(uuid.uuid4()), user, None, "+3620", "hi", Coding.GSM7, 1,
+                                 f"http://h{index}.{user}.example/dlr", now, now + 3600)
+            await store.accept(message)
+            await store._run(lambda db, m=message: db.execute(
+                "INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?)", (m.sms_id, m.callback_url, now, now, now)))
+    jobs = await store.claim_callbacks(8, now + 10, 30, CallbackShares(4, 3, {}, {}))
+    # Thirty hosts of one user's get that user's share, and the other user's jobs get theirs.
+    assert sorted(j.user for j in jobs) == ["alice"] * 3 + ["mallory"] * 3
+    more = await store.claim_callbacks(8, now + 10, 30, CallbackShares(4, 3, {}, {"mallory": 3, "alice": 3}))
+    assert more == []
+
+
+async def test_a_failing_claim_is_logged_once_and_the_loop_goes_on(store: SqlStore, monkeypatch: pytest.MonkeyPatch,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "asterisk_sendsms.notifier")
+    real_claim = store.claim_callbacks
+    failures = [3]
+
+    async def flaky_claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures[0]:
+            failures[0] -= 1
+            raise KeyError("a bug in reading the outbox")
+        return await real_claim(*args, **kwargs)
+    monkeypatch.setattr(store, "claim_callbacks", flaky_claim)
+    monkeypatch.setattr(notifier_module, "_LOOP_PAUSE", 0.05)
+    async with Receiver("127.0.0.1") as fine:
+        await incoming(store, fine.url, 2)
+        task, stop = await running(Notifier(store, CallbackConfig(allowed_networks=LOOPBACK)))
+        try:
+            await until(lambda: len(fine.posts) == 2)
+            assert not task.done()
+        finally:
+            await stop()
+    assert caplog.text.count("cannot read pending notifications (KeyError)") == 1
+    assert "pending notifications can be read again" in caplog.text

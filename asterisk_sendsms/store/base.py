@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..lifecycle import State
 from ..model import (
     CallbackJob,
+    CallbackShares,
     IncomingPart,
     MessageView,
     NewMessage,
@@ -114,11 +115,10 @@ class Store(Protocol):
         with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""
         ...
 
-    async def claim_callbacks(self, limit: int, now: float, lease: float, busy: Mapping[str, int] | None = None,
-                              per_host: int | None = None) -> list[CallbackJob]:
-        """Due notifications, each with its subject (the message or incoming SMS) read alongside. With
-        `per_host`, no host (`urlpolicy.url_host`) gets more than that many jobs in flight, counting those
-        `busy` holds already: the slots a full host cannot take go to the next due jobs of other hosts."""
+    async def claim_callbacks(self, limit: int, now: float, lease: float, shares: CallbackShares | None = None
+                              ) -> list[CallbackJob]:
+        """Due notifications, each with its subject (the message or incoming SMS) read alongside; with `shares`,
+        none for a host or user whose share is in flight: their slots go to the next due jobs of others."""
         ...
 
     async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None: ...
