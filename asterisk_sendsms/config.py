@@ -786,13 +786,13 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     dispatch_table.finish()
 
     callbacks_table = root.table("callbacks")
-    networks_env = env.get(ENV_PREFIX + "ALLOWED_NETWORKS")  # as the file's list, comma-separated
+    file_networks = _networks(callbacks_table.get("allowed_networks", []), "callbacks.allowed_networks")
+    networks_env = env.get(ENV_PREFIX + "ALLOWED_NETWORKS")  # as the file's list, comma-separated; wins
     callbacks = CallbackConfig(
         allowed_hosts=tuple(h.lower().rstrip(".") for h in _str_list(callbacks_table.get("allowed_hosts", []),
                                                                      "callbacks.allowed_hosts")),
-        allowed_networks=_networks(callbacks_table.get("allowed_networks", []), "callbacks.allowed_networks")
-        if networks_env is None else _networks([n.strip() for n in networks_env.split(",") if n.strip()],
-                                               ENV_PREFIX + "ALLOWED_NETWORKS"),
+        allowed_networks=file_networks if networks_env is None else _networks(
+            [n.strip() for n in networks_env.split(",") if n.strip()], ENV_PREFIX + "ALLOWED_NETWORKS"),
         timeout=callbacks_table.duration("timeout", CallbackConfig().timeout),
         retry_initial=callbacks_table.duration("retry_initial", CallbackConfig().retry_initial),
         retry_max=callbacks_table.duration("retry_max", CallbackConfig().retry_max),

@@ -82,6 +82,7 @@ class Notifier:
         self._users: Counter[str] = Counter()  # and per user ("" for incoming SMS: not counted)
         self._unexpected: Counter[int] = Counter()  # errors of ours per job, until it is parked
         self._failing: set[str] = set()  # hosts already reported as failing (log once per outage)
+        self._refused: set[str] = set()  # hosts already reported as refused by the URL policy
         self._recovered: dict[str, float] = {}  # when a failing host answered again
         self._done: list[int] = []
         self._done_waiting = asyncio.Event()
@@ -167,7 +168,9 @@ class Notifier:
             # again would not change that. The job is parked with the reason; nothing tells whether the
             # internal target would have answered.
             await self._store.callback_abandon(job.job_id, f"refused: {exc}", self._clock())
-            log.warning("notification %s for %s refused: %s", job.job_id, job.sms_id, exc)
+            if host not in self._refused:  # once per host: a user can queue many
+                self._refused.add(host)
+                log.warning("notification %s for %s refused: %s", job.job_id, job.sms_id, exc)
             return
         except HttpError as exc:
             error = str(exc)

@@ -257,6 +257,24 @@ async def test_a_hostile_receiver_answer(gateway: Daemon, hostile: Callable[[Ans
     assert server.requests[0].startswith(b"POST /dlr HTTP/1.1\r\n")
 
 
+async def test_a_restart_with_a_hostile_notification_due_does_not_crash_loop(
+        tmp_path: Path, hostile: Callable[[Answer], Awaitable[Hostile]], receiver: Receiver) -> None:
+    """The crash loop of the report: the daemon killed while a notification to a chunk-size -5 receiver is
+    claimed; on restart it is due at once, and the daemon stays up."""
+    server = await hostile(chunk_size(b"-5"))
+    for daemon in _daemon(tmp_path, "127.0.0.1/32"):
+        async with aiohttp.ClientSession() as session:
+            sms_id = await send(session, daemon, "+36201234567", "hostile", report_url=f"{server.url}/dlr")
+            await wait_until(lambda: bool(server.requests), what="the first attempt")
+            daemon.kill9()
+            seen = len(server.requests)
+            daemon.start()
+            await wait_until(lambda: len(server.requests) >= seen + 2,  # noqa: B023 - read while seen holds
+                             what="attempts after the restart")
+            assert (await final(session, daemon, sms_id))["state"] == "delivered"
+            await still_serving(session, daemon, receiver)
+
+
 async def test_many_hanging_notifications_do_not_hold_back_others(gateway: Daemon,
                                                                   hostile: Callable[[Answer], Awaitable[Hostile]],
                                                                   receiver: Receiver) -> None:
@@ -310,6 +328,8 @@ OZML_CASES: dict[str, Answer] = {
     "redirect": writes(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/seed\r\nContent-Length: 0\r\n\r\n"),
     "not XML": writes(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot <xml>"),
     "connection reset": reset,
+    "no answer at all": never,  # these two take the fetch's whole time (10 s)
+    "slow drip of the head": slow_head,
 }
 
 
