@@ -162,7 +162,7 @@ class HttpClient:
             raise HttpError(f"no answer within {self._timeout:g}s") from None
         except AddressRefused as exc:
             raise HttpRefused(str(exc)) from None
-        except (OSError, ssl.SSLError) as exc:  # refused, reset, unreachable, TLS failures, unknown host
+        except (OSError, ValueError) as exc:  # refused, reset, unreachable, TLS and certificate failures
             raise HttpError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
 
     def _checkout(self, key: tuple[str, str, int]) -> _Connection | None:
