@@ -215,7 +215,8 @@ class UrlPolicy:
         return addresses
 
     def check_connected(self, host: str, local: IpAddress, peer: IpAddress) -> None:
-        """After connecting: a peer that is the local end's own address is this host, whatever the lists said."""
+        """After connecting: a peer whose address is the local end's is this host, even if the list of own
+        addresses missed it (an interface that came up since); allow-listed hosts and networks excepted."""
         host = host.lower().rstrip(".")
         if self.allowed_hosts and host in self.allowed_hosts:
             return
