@@ -47,6 +47,7 @@ class AddressRefused(Exception):
     would have answered."""
 
 
+@functools.lru_cache(maxsize=4096)  # ipaddress's properties test lists of networks; receivers' addresses repeat
 def is_internal(address: IpAddress) -> bool:
     """Whether `address` belongs to an internal network (not reachable on the public internet), including
     IPv6 forms that carry an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
@@ -69,11 +70,12 @@ def is_internal(address: IpAddress) -> bool:
 def literal_address(host: str) -> IpAddress | None:
     """The address a URL's host names literally, in any spelling a resolver accepts; None for a name."""
     host = host.rstrip(".")
-    try:
-        return ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        pass
-    if _IPV4_LEGACY.fullmatch(host):
+    if ":" in host:
+        try:
+            return ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            return None
+    if _IPV4_LEGACY.fullmatch(host):  # dotted quads too: inet_aton reads them as ip_address would
         try:
             return ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:
@@ -170,7 +172,7 @@ class UrlPolicy:
                 raise UrlRejected(f"{host} is an internal address ({address}); allow-list it to use it")
             return
         try:
-            ascii_host = host.rstrip(".").encode("idna").decode("ascii")
+            ascii_host = host.rstrip(".") if host.isascii() else host.rstrip(".").encode("idna").decode("ascii")
         except UnicodeError:
             ascii_host = ""
         if not _HOST_NAME.fullmatch(ascii_host):
