@@ -23,6 +23,7 @@ from .errors import RequestError, ServiceUnavailable, SmsGatewayError
 from .lifecycle import State
 from .ozml_runner import CallDetails, OzmlRunner
 from .speech import Speaker
+from .urlpolicy import UrlPolicy
 
 __all__ = ["HttpBackend", "main", "ozml_main"]
 
@@ -103,7 +104,9 @@ async def run(action: str) -> int:
             speaker = Speaker(config.speech)
             if action == "ozml":
                 details = CallDetails.of_agi(environment)
-                runner = OzmlRunner(backend, speaker, config.prompts, config.record_dir, config.ozml_unknown_ends_call)
+                # No allow-list in agi.toml (yet): script URLs must lead to public addresses.
+                runner = OzmlRunner(backend, speaker, config.prompts, UrlPolicy(), config.record_dir,
+                                    config.ozml_unknown_ends_call)
                 await runner.run_source(channel, details, args[0], args[1] or None)
                 return 0
             params = {k.lower(): v for k, v in parse_qsl(args[2], keep_blank_values=True)}

@@ -43,7 +43,7 @@ class CallService:
             number = parse_recipient(dialed, "Dialed").value
             check_destination(user, number)
             endpoint = self._dial_template.format(number=number)
-        script = validate_callback_url(url, self._policy, "Url")
+        script = validate_callback_url(url, self._policy, "Url", COMMAND)
         if "," in script:
             raise InvalidParameter("Url", COMMAND, "a comma cannot pass through Stasis arguments; encode it as %2C")
         ready = [o for o in self._originators if o.connected]

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .addresses import parse_sender
 from .errors import ConfigError, InvalidParameter
 from .passwords import PasswordHashError, parse_hash
+from .urlpolicy import UrlPolicy, UrlRejected
 
 __all__ = [
     "AgiScriptConfig",
@@ -129,12 +130,19 @@ class DispatchConfig:
 
 @dataclass(frozen=True, slots=True)
 class CallbackConfig:
-    allowed_hosts: tuple[str, ...] = ()  # empty: any host
-    timeout: float = 10.0
+    """The URLs users supply (DeliveryReportURL, the incoming-SMS URL, OzML fetches, the Call command's Url)
+    and the notifier that posts to them; `urlpolicy.UrlPolicy` applies the first two lists."""
+
+    allowed_hosts: tuple[str, ...] = ()  # empty: any host; else only these, each trusted even if internal
+    allowed_networks: tuple[Network, ...] = ()  # internal addresses that may be connected to all the same
+    timeout: float = 10.0  # a whole request: connecting, sending, the answer
     retry_initial: float = 5.0
     retry_max: float = 600.0
     give_up_after: float = 24 * 3600.0
     concurrency: int = 16
+    per_host: int = 4  # notifications in flight to one host at most (a hanging host cannot take every slot)
+    per_user: int = 8  # and for one user's messages, whatever their hosts
+    max_failures: int = 3  # a notification failing by an error of ours this often is parked as failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -778,14 +786,21 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     dispatch_table.finish()
 
     callbacks_table = root.table("callbacks")
+    file_networks = _networks(callbacks_table.get("allowed_networks", []), "callbacks.allowed_networks")
+    networks_env = env.get(ENV_PREFIX + "ALLOWED_NETWORKS")  # as the file's list, comma-separated; wins
     callbacks = CallbackConfig(
-        allowed_hosts=tuple(h.lower() for h in _str_list(callbacks_table.get("allowed_hosts", []),
-                                                         "callbacks.allowed_hosts")),
+        allowed_hosts=tuple(h.lower().rstrip(".") for h in _str_list(callbacks_table.get("allowed_hosts", []),
+                                                                     "callbacks.allowed_hosts")),
+        allowed_networks=file_networks if networks_env is None else _networks(
+            [n.strip() for n in networks_env.split(",") if n.strip()], ENV_PREFIX + "ALLOWED_NETWORKS"),
         timeout=callbacks_table.duration("timeout", CallbackConfig().timeout),
         retry_initial=callbacks_table.duration("retry_initial", CallbackConfig().retry_initial),
         retry_max=callbacks_table.duration("retry_max", CallbackConfig().retry_max),
         give_up_after=callbacks_table.duration("give_up_after", CallbackConfig().give_up_after),
         concurrency=callbacks_table.integer("concurrency", CallbackConfig().concurrency, 1, 1000),
+        per_host=callbacks_table.integer("per_host", CallbackConfig().per_host, 1, 1000),
+        per_user=callbacks_table.integer("per_user", CallbackConfig().per_user, 1, 1000),
+        max_failures=callbacks_table.integer("max_failures", CallbackConfig().max_failures, 1, 1000),
     )
     callbacks_table.finish()
 
@@ -828,6 +843,10 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         parts = urlsplit(incoming_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError("incoming.url: expected an http:// or https:// URL")
+        try:
+            UrlPolicy(callbacks.allowed_hosts, callbacks.allowed_networks).check_url(incoming_url)
+        except UrlRejected as exc:
+            raise ConfigError(f"incoming.url: {exc} (callbacks.allowed_hosts, callbacks.allowed_networks)") from None
     incoming_table.finish()
     speech = _speech(root.table("speech"), data_dir)
     status_table = root.table("status")

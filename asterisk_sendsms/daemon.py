@@ -30,7 +30,7 @@ from .front import FrontWorkers, listening_sockets
 from .http_api import OzekiEndpoint, build_app, operator_identify, tcp_identify
 from .http_fast import FastLane, max_request_line, to_protocol
 from .metrics import Metrics
-from .notifier import Notifier
+from .notifier import Notifier, url_policy
 from .ozml_runner import OzmlRunner
 from .routing import Router
 from .service import ServiceBackend, SmsService
@@ -186,8 +186,10 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         speaker = Speaker(config.speech)
         recordings = config.data_dir / "recordings"
         unknown_ends_call = config.asterisk.ozml_unknown_ends_call
-        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings), unknown_ends_call)
-        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
+        scripts = url_policy(config.callbacks)
+        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, str(recordings),
+                              unknown_ends_call)
+        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, "", unknown_ends_call)
         ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None

@@ -3,6 +3,7 @@ a callback job, and the read-only view of a message's history."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -11,6 +12,7 @@ from .lifecycle import State
 
 __all__ = [
     "CallbackJob",
+    "CallbackShares",
     "HistoryEntry",
     "IncomingPart",
     "IncomingView",
@@ -95,6 +97,17 @@ class ReceiptResult:
 
 
 @dataclass(frozen=True, slots=True)
+class CallbackShares:
+    """How many notifications each host (`urlpolicy.url_host`) and each user (the message's owner; incoming
+    SMS have none) may have in flight, and how many they have: a claim gives none to one that is full."""
+
+    per_host: int
+    per_user: int
+    hosts: Mapping[str, int]
+    users: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class CallbackJob:
     job_id: int
     sms_id: str  # the message's SmsId, or the incoming message's id
@@ -104,6 +117,11 @@ class CallbackJob:
     kind: str = "delivery"  # "delivery" (SMSDeliveryReport) or "incoming" (IncomingSMS)
     # What the notification reports, read with the claim (None if it was no longer in the store)
     subject: MessageView | IncomingView | None = None
+
+    @property
+    def user(self) -> str:
+        """Whose notification this is, for fairness between users ("" for incoming SMS)."""
+        return self.subject.username if isinstance(self.subject, MessageView) else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,46 +1,45 @@
-"""Delivery notifications: the callback URL policy, the Ozeki `SMSDeliveryReport` form, and the loop that
-POSTs each one from the store's outbox until the receiver answers 2xx or the retry time runs out."""
+"""Delivery notifications: the accept-time URL check, the Ozeki `SMSDeliveryReport` form, and the loop that
+POSTs each one from the store's outbox until the receiver answers 2xx or the retry time runs out. Each job
+fails alone: whatever goes wrong is recorded on the job (retried, or parked as failed), never in the loop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import traceback
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from .config import CallbackConfig
 from .errors import InvalidParameter, SmsGatewayError, log_level
-from .http_client import HttpClient, HttpError
-from .model import CallbackJob, IncomingView, MessageView
+from .http_client import HttpClient, HttpError, HttpRefused
+from .model import CallbackJob, CallbackShares, IncomingView, MessageView
 from .ozeki import form_encode
 from .store import Store
+from .urlpolicy import UrlPolicy, UrlRejected, url_host
 
-__all__ = ["Notifier", "delivery_report_form", "incoming_form", "validate_callback_url"]
+__all__ = ["Notifier", "delivery_report_form", "incoming_form", "url_policy", "validate_callback_url"]
 
 log = logging.getLogger(__name__)
 
-MAX_URL_LENGTH = 2048
 DONE_BATCH_DELAY = 0.05
 _LEASE_MARGIN = 30.0
+_LOOP_PAUSE = 1.0  # after the store failed to hand out jobs, or with nothing due
 
 
-def validate_callback_url(url: str, policy: CallbackConfig, parameter: str = "DeliveryReportURL") -> str:
-    url = url.strip()
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidParameter(parameter, reason=f"the URL is longer than {MAX_URL_LENGTH} characters")
+def url_policy(config: CallbackConfig) -> UrlPolicy:
+    return UrlPolicy.of(config.allowed_hosts, config.allowed_networks)
+
+
+def validate_callback_url(url: str, policy: CallbackConfig, parameter: str = "DeliveryReportURL",
+                          command: str = "SendSms") -> str:
+    """The URL as it is kept, or `InvalidParameter` naming `parameter` (Ozeki code 302)."""
     try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise InvalidParameter(parameter, reason="the URL cannot be parsed") from None
-    if parts.scheme not in ("http", "https") or not hostname:
-        raise InvalidParameter(parameter, reason="only http:// and https:// URLs with a host are supported")
-    if policy.allowed_hosts and hostname.lower() not in policy.allowed_hosts:
-        raise InvalidParameter(parameter, reason=f"host {hostname} is not in the callback allow-list")
-    return url
+        return url_policy(policy).check_url(url)
+    except UrlRejected as exc:
+        raise InvalidParameter(parameter, command, str(exc)) from None
 
 
 def _iso(timestamp: float) -> str:
@@ -79,11 +78,15 @@ class Notifier:
         self._policy = policy
         self._clock = clock
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(policy.concurrency)
+        self._in_flight: Counter[str] = Counter()  # jobs being posted, per host
+        self._users: Counter[str] = Counter()  # and per user ("" for incoming SMS: not counted)
+        self._unexpected: Counter[int] = Counter()  # errors of ours per job, until it is parked
         self._failing: set[str] = set()  # hosts already reported as failing (log once per outage)
+        self._refused: set[str] = set()  # hosts already reported as refused by the URL policy
         self._recovered: dict[str, float] = {}  # when a failing host answered again
         self._done: list[int] = []
         self._done_waiting = asyncio.Event()
+        self._claims_failing = False
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -93,7 +96,7 @@ class Notifier:
 
     async def run(self) -> None:
         lease = self._policy.timeout + _LEASE_MARGIN
-        client = HttpClient(self._policy.timeout, self._policy.concurrency)
+        client = HttpClient(url_policy(self._policy), self._policy.timeout, self._policy.per_host)
         try:
             await self._serve(client, lease)
         finally:
@@ -104,53 +107,116 @@ class Notifier:
             group.create_task(self._record_done())
             while True:
                 self._wakeup.clear()
-                try:
-                    jobs = await self._store.claim_callbacks(self._policy.concurrency, self._clock(), lease)
-                except SmsGatewayError as exc:
-                    log.log(log_level(exc), "cannot read pending notifications: %s", exc)
-                    jobs = []
-                for job in jobs:
-                    await self._slots.acquire()
-                    group.create_task(self._deliver(client, job))
-                if len(jobs) < self._policy.concurrency:
+                free = self._policy.concurrency - sum(self._in_flight.values())
+                jobs: list[CallbackJob] = []
+                if free > 0:
                     try:
-                        await asyncio.wait_for(self._wakeup.wait(), 1.0)
+                        # Claimed with each host's and user's share capped: a host whose receiver hangs
+                        # holds at most `per_host` slots, a user at most `per_user`; the others go to the next
+                        # due jobs of other hosts and users.
+                        shares = CallbackShares(self._policy.per_host, self._policy.per_user,
+                                                dict(self._in_flight), dict(self._users))
+                        jobs = await self._store.claim_callbacks(free, self._clock(), lease, shares)
+                    except SmsGatewayError as exc:
+                        log.log(log_level(exc), "cannot read pending notifications: %s", exc)
+                    except Exception as exc:  # a bug must not end the notifier, nor take the daemon with it
+                        if not self._claims_failing:  # once per outage: the loop tries again every second
+                            log.error("cannot read pending notifications (%s):\n%s", type(exc).__name__,
+                                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                        self._claims_failing = True
+                    else:
+                        if self._claims_failing:
+                            log.info("pending notifications can be read again")
+                        self._claims_failing = False
+                for job in jobs:
+                    self._in_flight[url_host(job.url)] += 1
+                    self._users[job.user] += 1
+                    group.create_task(self._deliver(client, job))
+                if len(jobs) < free or free <= 0:
+                    try:
+                        await asyncio.wait_for(self._wakeup.wait(), _LOOP_PAUSE)
                     except TimeoutError:
                         pass
 
     async def _deliver(self, client: HttpClient, job: CallbackJob) -> None:
+        host = url_host(job.url)
         try:
-            form = self._form(job)
-            if form is None:
-                await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
-                return
-            host = urlsplit(job.url).hostname or job.url
-            started = self._clock()
-            error = await self._post(client, job.url, form)
-            now = self._clock()
-            if error is None:
-                self._done.append(job.job_id)
-                self._done_waiting.set()
-                if host in self._failing:
-                    self._failing.discard(host)
-                    self._recovered[host] = now
-                    log.info("delivery notifications to %s succeed again", host)
-                return
-            if now - job.created_at >= self._policy.give_up_after:
-                await self._store.callback_abandon(job.job_id, error, now)
-                log.warning("gave up notifying %s about %s after %d attempts: %s", host, job.sms_id,
-                            job.attempts, error)
-                return
-            await self._store.callback_retry(job.job_id, now + self._backoff(job.attempts), error, now)
-            # A post that began before the host recovered belongs to the outage already reported.
-            if host not in self._failing and started >= self._recovered.get(host, started):
-                self._failing.add(host)
-                log.warning("delivery notification to %s failed (%s); retrying with backoff", host, error)
+            await self._attempt(client, job, host)
         except SmsGatewayError as exc:
             # The job's lease runs out and it is claimed again.
             log.log(log_level(exc), "notification %s for %s not recorded: %s", job.job_id, job.sms_id, exc)
+        except Exception as exc:  # the job's boundary: a bug ends this attempt, never the notifier
+            await self._unexpected_failure(job, host, exc)
         finally:
-            self._slots.release()
+            for counter, key in ((self._in_flight, host), (self._users, job.user)):
+                counter[key] -= 1
+                if counter[key] <= 0:
+                    del counter[key]
+            self._wakeup.set()
+
+    async def _attempt(self, client: HttpClient, job: CallbackJob, host: str) -> None:
+        form = self._form(job)
+        if form is None:
+            await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
+            return
+        started = self._clock()
+        try:
+            status = await client.post_form(job.url, form_encode(form))
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except HttpRefused as exc:
+            # The policy refuses where the host leads (an internal address): no request went out, and asking
+            # again would not change that. The job is parked with the reason; nothing tells whether the
+            # internal target would have answered.
+            await self._store.callback_abandon(job.job_id, f"refused: {exc}", self._clock())
+            if host not in self._refused:  # once per host: a user can queue many
+                self._refused.add(host)
+                log.warning("notification %s for %s refused: %s", job.job_id, job.sms_id, exc)
+            return
+        except HttpError as exc:
+            error = str(exc)
+        now = self._clock()
+        self._unexpected.pop(job.job_id, None)
+        if error is None:
+            self._done.append(job.job_id)
+            self._done_waiting.set()
+            if host in self._failing:
+                self._failing.discard(host)
+                self._recovered[host] = now
+                log.info("delivery notifications to %s succeed again", host)
+            return
+        if now - job.created_at >= self._policy.give_up_after:
+            await self._store.callback_abandon(job.job_id, error, now)
+            log.warning("gave up notifying %s about %s after %d attempts: %s", host, job.sms_id,
+                        job.attempts, error)
+            return
+        await self._store.callback_retry(job.job_id, now + self._backoff(job.attempts), error, now)
+        # A post that began before the host recovered belongs to the outage already reported.
+        if host not in self._failing and started >= self._recovered.get(host, started):
+            self._failing.add(host)
+            log.warning("delivery notification to %s failed (%s); retrying with backoff", host, error)
+
+    async def _unexpected_failure(self, job: CallbackJob, host: str, exc: Exception) -> None:
+        """An error of ours (a bug): logged once per job with where it happened (the exception's type and
+        frames, not its text, which could carry a message's), retried with backoff, parked after
+        `max_failures` so that no job can fail forever, or at every start."""
+        self._unexpected[job.job_id] += 1
+        count = self._unexpected[job.job_id]
+        reason = f"internal error ({type(exc).__name__}) while notifying {host}"
+        if count == 1:
+            log.error("notification %s for %s to %s failed by an internal error %s; retrying:\n%s", job.job_id,
+                      job.sms_id, host, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+        try:
+            now = self._clock()
+            if count >= self._policy.max_failures:
+                self._unexpected.pop(job.job_id, None)
+                await self._store.callback_abandon(job.job_id, reason, now)
+                log.error("notification %s for %s parked as failed after %d internal errors", job.job_id,
+                          job.sms_id, count)
+            else:
+                await self._store.callback_retry(job.job_id, now + self._backoff(count), reason, now)
+        except Exception as store_error:  # the lease runs out and the job is claimed again
+            log.warning("notification %s for %s not recorded: %s", job.job_id, job.sms_id,
+                        type(store_error).__name__)
 
     @staticmethod
     def _form(job: CallbackJob) -> dict[str, str] | None:
@@ -173,12 +239,6 @@ class Notifier:
             except SmsGatewayError as exc:
                 log.log(log_level(exc, logging.WARNING), "%d delivered notifications not marked done (they may be "
                         "sent again): %s", len(batch), exc)
-
-    @staticmethod
-    async def _post(client: HttpClient, url: str, form: dict[str, str]) -> str | None:
-        """POST the form; None on a 2xx answer, else what went wrong."""
-        try:
-            status = await client.post_form(url, form_encode(form))
-        except HttpError as exc:
-            return str(exc)
-        return None if 200 <= status < 300 else f"HTTP {status}"
+            except Exception as exc:  # the loop outlives a bug; the posts are sent again after their lease
+                log.error("%d delivered notifications not marked done (%s); they may be sent again", len(batch),
+                          type(exc).__name__)

@@ -11,14 +11,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
-
-import aiohttp
 
 from .agi import AgiEnvironment
 from .callflow import CallControl, Prompter, SmsBackend, agi_status
 from .config import PromptConfig
 from .errors import SmsGatewayError
+from .http_client import HttpClient, HttpError
+from .ozeki import form_encode
 from .ozml import (
     BlindTransfer,
     Command,
@@ -37,6 +36,7 @@ from .ozml import (
     parse_ozml,
 )
 from .speech import SpeechError
+from .urlpolicy import UrlPolicy
 
 __all__ = ["CallDetails", "OzmlCall", "OzmlRunner"]
 
@@ -96,9 +96,10 @@ class _Stop(Exception):
 
 
 class OzmlRunner:
-    def __init__(self, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig, record_dir: str = "",
-                 unknown_ends_call: bool = False) -> None:
+    def __init__(self, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig, policy: UrlPolicy,
+                 record_dir: str = "", unknown_ends_call: bool = False) -> None:
         self._backend = backend
+        self._policy = policy  # every script URL, the dialplan's included, goes where it allows
         self._prompter = prompter
         self._prompts = prompts
         self._record_dir = record_dir  # AGI: a directory of ours; ARI: "" (Asterisk keeps recordings)
@@ -109,33 +110,40 @@ class OzmlRunner:
         """Run a script given as a URL (fetched as the Ozeki phone system does: a POST with CallConnected), a
         file path, or inline XML, following GoTo and UserInput answers. If it cannot be had or run, the OzML
         that `error_url` answers to a POST of the error runs instead; failing that, the call ends politely."""
-        async with aiohttp.ClientSession() as session:
-            await self._quietly(call.answer)  # OzML runs on a connected call, as on the Ozeki phone system
+        session = HttpClient(self._policy, FETCH_TIMEOUT, max_body=MAX_SCRIPT_BYTES)
+        try:
+            await self._run_source(call, details, source, error_url, session)
+        finally:
+            await session.close()
+
+    async def _run_source(self, call: OzmlCall, details: CallDetails, source: str, error_url: str | None,
+                          session: HttpClient) -> None:
+        await self._quietly(call.answer)  # OzML runs on a connected call, as on the Ozeki phone system
+        try:
+            await self._follow(call, details, await self._load(session, details, source), session)
+            return
+        except _Stop:
+            return
+        except SmsGatewayError as exc:  # the script, or Asterisk refusing one of its commands
+            if call.hung_up:
+                return
+            log.warning("OzML on call %s: %s", details.call_id, exc.message)
+            error = exc.message
+        if error_url:
             try:
-                await self._follow(call, details, await self._load(session, details, source), session)
+                commands = await self.fetch(session, error_url, details.form("Error", Error=error))
+                await self._follow(call, details, commands, session)
                 return
             except _Stop:
                 return
-            except SmsGatewayError as exc:  # the script, or Asterisk refusing one of its commands
-                if call.hung_up:
-                    return
-                log.warning("OzML on call %s: %s", details.call_id, exc.message)
-                error = exc.message
-            if error_url:
-                try:
-                    commands = await self.fetch(session, error_url, details.form("Error", Error=error))
-                    await self._follow(call, details, commands, session)
-                    return
-                except _Stop:
-                    return
-                except OzmlError as exc:
-                    log.warning("OzML error script for call %s: %s", details.call_id, exc.message)
-            if self._prompts.failed and not call.hung_up:
-                with contextlib.suppress(SmsGatewayError):
-                    await call.play(await self._prompter.prompt(self._prompts.failed))
-            await self._quietly(call.hangup)
+            except OzmlError as exc:
+                log.warning("OzML error script for call %s: %s", details.call_id, exc.message)
+        if self._prompts.failed and not call.hung_up:
+            with contextlib.suppress(SmsGatewayError):
+                await call.play(await self._prompter.prompt(self._prompts.failed))
+        await self._quietly(call.hangup)
 
-    async def _load(self, session: aiohttp.ClientSession, details: CallDetails, source: str
+    async def _load(self, session: HttpClient, details: CallDetails, source: str
                     ) -> tuple[Command, ...]:
         if source.lstrip().startswith("<"):
             return parse_ozml(source)
@@ -143,22 +151,20 @@ class OzmlRunner:
             return parse_ozml(_read_script(Path(source)))
         return await self.fetch(session, source, details.form("CallConnected"))
 
-    async def fetch(self, session: aiohttp.ClientSession, url: str, form: Mapping[str, str]) -> tuple[Command, ...]:
-        """POST the call's details to `url` and parse the OzML it answers."""
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise OzmlError(f"only http:// and https:// script URLs are fetched, not {url!r}")
+    @staticmethod
+    async def fetch(session: HttpClient, url: str, form: Mapping[str, str]) -> tuple[Command, ...]:
+        """POST the call's details to `url` and parse the OzML it answers (the whole answer, however many
+        reads it takes, up to MAX_SCRIPT_BYTES)."""
         try:
-            async with session.post(url, data=dict(form), timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
-                                    allow_redirects=False) as response:
-                body = await response.content.read(MAX_SCRIPT_BYTES + 1)
-                if response.status != 200:
-                    raise OzmlError(f"{url} answered HTTP {response.status}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise OzmlError(f"cannot fetch the script at {url}: {exc or type(exc).__name__}") from None
-        return parse_ozml(body)
+            response = await session.request("POST", url, form_encode(form))
+        except HttpError as exc:
+            raise OzmlError(f"cannot fetch the script at {url[:200]}: {exc}") from None
+        if response.status != 200:
+            raise OzmlError(f"{url[:200]} answered HTTP {response.status}")
+        return parse_ozml(response.body)
 
     async def _follow(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
-                      session: aiohttp.ClientSession) -> None:
+                      session: HttpClient) -> None:
         """Run a script and the scripts it leads to; raises `_Stop` when one ends the call."""
         for _ in range(MAX_SCRIPTS):
             following = await self._run_script(call, details, commands, session)
@@ -187,7 +193,7 @@ class OzmlRunner:
         await call.play(sound)
 
     async def _run_script(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
-                          session: aiohttp.ClientSession) -> tuple[Command, ...] | None:
+                          session: HttpClient) -> tuple[Command, ...] | None:
         """Run commands in order; returns the script to continue with (GoTo, UserInput, Record), or None."""
         for command in commands:
             if call.hung_up and not isinstance(command, SendSms):

@@ -55,6 +55,9 @@ class Daemon:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    # The tests' receivers and OzML servers listen on 127.0.0.1, which the URL policy refuses unless
+    # allow-listed; "" leaves the policy as a fresh installation has it.
+    allowed_networks: str = "127.0.0.1/32"
 
     @property
     def base(self) -> str:
@@ -64,6 +67,7 @@ class Daemon:
         self.log_path = self.data_dir.parent / f"daemon-{self.port}-{time.monotonic_ns()}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("ASTERISK_SENDSMS_")}
+        env["ASTERISK_SENDSMS_ALLOWED_NETWORKS"] = self.allowed_networks
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [str(RUN), "serve", "--data-dir", str(self.data_dir), "--http", f"127.0.0.1:{self.port}",

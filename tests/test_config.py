@@ -59,6 +59,11 @@ def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
      "routes[0].transports: no transport named 'smsc'"),
     ("[[transports]]\nurl='simulator'\n[[transports]]\nurl='simulator'", "a second transport named 'simulator'"),
     ("[callbacks]\nallowed_hosts = 'x'\n[[transports]]\nurl='simulator'", "callbacks.allowed_hosts: expected a list"),
+    ("[callbacks]\nallowed_networks = ['10.0.0.0/33']\n[[transports]]\nurl='simulator'",
+     "callbacks.allowed_networks"),
+    ("[callbacks]\nper_host = 0\n[[transports]]\nurl='simulator'", "callbacks.per_host: expected a whole number"),
+    ("[incoming]\nurl = 'http://127.0.0.1/sms'\n[[transports]]\nurl='simulator'",
+     "incoming.url: 127.0.0.1 is an internal address"),
     ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\nallowed_sources=['10.0.0.300']\n"
      "[[transports]]\nurl='simulator'", "users[0].allowed_sources"),
     ("not toml = = =", "config file"),
@@ -105,3 +110,16 @@ def test_transport_urls() -> None:
 def test_bad_transport_urls(url: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_transport_url(url, "--transport")
+
+
+def test_internal_networks_allowed_by_the_file_or_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[callbacks]\nallowed_networks = ['10.1.0.0/16']\n[incoming]\nurl = 'http://10.1.2.3/sms'\n"
+                           "[[transports]]\nurl='simulator'\n")
+    config = load_config(Overrides(config_file=path), env={})
+    assert [str(n) for n in config.callbacks.allowed_networks] == ["10.1.0.0/16"]
+    assert config.callbacks.per_host == 4 and config.callbacks.per_user == 8 and config.callbacks.max_failures == 3
+    env = {"ASTERISK_SENDSMS_ALLOWED_NETWORKS": "127.0.0.1/32, 10.0.0.0/8"}
+    config = load_config(Overrides(config_file=path), env=env)
+    assert [str(n) for n in config.callbacks.allowed_networks] == ["127.0.0.1/32", "10.0.0.0/8"]
+    with pytest.raises(ConfigError, match=r"incoming\.url: 10\.1\.2\.3 is an internal address"):
+        load_config(Overrides(config_file=path), env={"ASTERISK_SENDSMS_ALLOWED_NETWORKS": ""})

@@ -5,6 +5,7 @@ interim 100, HTTP/1.0, garbage, a pooled connection closed under us, no answer a
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,6 +15,11 @@ import pytest
 from aiohttp import web
 
 from asterisk_sendsms.http_client import HttpClient, HttpError
+from asterisk_sendsms.urlpolicy import UrlPolicy
+
+# The receivers of these tests listen on 127.0.0.1, which the policy refuses unless allow-listed.
+LOCAL = UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+LOCALHOST = UrlPolicy(allowed_hosts=("localhost",))
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -71,7 +77,7 @@ async def receiver() -> AsyncIterator[tuple[str, list[tuple[int, bytes]]]]:
 
 async def test_posts_reuse_one_connection(receiver: tuple[str, list[tuple[int, bytes]]]) -> None:
     url, seen = receiver
-    client = HttpClient(5)
+    client = HttpClient(LOCAL, 5)
     for index in range(20):
         assert await client.post_form(url, f"n={index}".encode()) == 200
     await client.close()
@@ -92,7 +98,7 @@ async def test_answers_on_a_kept_connection(answer: bytes, status: int) -> None:
             writer.write(answer)
     server = RawServer(script)
     async with server as url:
-        client = HttpClient(5)
+        client = HttpClient(LOCAL, 5)
         assert [await client.post_form(url, b"a=1") for _ in range(3)] == [status] * 3
         await client.close()
     assert server.connections == 1
@@ -109,7 +115,7 @@ async def test_answers_that_end_the_connection(answer: bytes) -> None:
         writer.write(answer)
     server = RawServer(script)
     async with server as url:
-        client = HttpClient(5)
+        client = HttpClient(LOCAL, 5)
         assert [await client.post_form(url, b"a=1") for _ in range(3)] == [200] * 3
         await client.close()
     assert server.connections == 3
@@ -126,17 +132,17 @@ async def test_a_pooled_connection_closed_by_the_server_is_replaced() -> None:
         writer.transport.abort()
     server = RawServer(script)
     async with server as url:
-        client = HttpClient(5)
+        client = HttpClient(LOCAL, 5)
         assert [await client.post_form(url, b"a=1") for _ in range(3)] == [200] * 3
         await client.close()
     assert server.connections >= 3
 
 
 @pytest.mark.parametrize(("answer", "error"), [
-    (b"SMTP ready\r\n\r\n", "not an HTTP answer"),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "Content-Length"),
+    (b"SMTP ready\r\n\r\n", "malformed answer: not HTTP"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", "Invalid character in Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "before a complete answer"),
-    (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed header"),
+    (b"HTTP/1.1 200 OK\r\nbroken header\r\n\r\n", "malformed answer: Invalid header"),
 ])
 async def test_bad_answers_are_errors(answer: bytes, error: str) -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,7 +151,7 @@ async def test_bad_answers_are_errors(answer: bytes, error: str) -> None:
         await writer.drain()
     async with RawServer(script) as url:
         with pytest.raises(HttpError, match=error):
-            await HttpClient(5).post_form(url, b"a=1")
+            await HttpClient(LOCAL, 5).post_form(url, b"a=1")
 
 
 async def test_no_answer_times_out_and_refused_connection_is_an_error() -> None:
@@ -155,16 +161,16 @@ async def test_no_answer_times_out_and_refused_connection_is_an_error() -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(HttpError, match=r"no answer within 0\.3s"):
-            await HttpClient(0.3).post_form(url, b"a=1")
+            await HttpClient(LOCAL, 0.3).post_form(url, b"a=1")
         assert loop.time() - started < 2
     with pytest.raises(HttpError, match="ConnectionRefused"):
-        await HttpClient(5).post_form(url, b"a=1")
+        await HttpClient(LOCAL, 5).post_form(url, b"a=1")
 
 
 async def test_a_url_cannot_inject_into_the_request() -> None:
     server = RawServer(lambda reader, writer: _answer_once(server, reader, writer))
     async with server as url:
-        assert await HttpClient(5).post_form(url + "/a b\r\nX-Injected: 1?q=ü&r=%41", b"a=1") == 200
+        assert await HttpClient(LOCAL, 5).post_form(url + "/a b\r\nX-Injected: 1?q=ü&r=%41", b"a=1") == 200
     request_line, *headers = server.heads[0].split(b"\r\n")
     # urlsplit drops CR, LF and tab; the space and the non-ASCII are encoded, the existing escape kept.
     assert request_line == b"POST /dlr/a%20bX-Injected:%201?q=%C3%BC&r=%41 HTTP/1.1"
@@ -196,8 +202,8 @@ async def test_https_checks_the_certificate(tmp_path: Path, monkeypatch: pytest.
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         with pytest.raises(HttpError, match="CERTIFICATE_VERIFY_FAILED"):
-            await HttpClient(5).post_form(f"https://localhost:{port}/dlr", b"a=1")
+            await HttpClient(LOCALHOST, 5).post_form(f"https://localhost:{port}/dlr", b"a=1")
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what an operator does for a private CA
-        assert await HttpClient(5).post_form(f"https://localhost:{port}/dlr", b"a=1") == 200
+        assert await HttpClient(LOCALHOST, 5).post_form(f"https://localhost:{port}/dlr", b"a=1") == 200
     finally:
         await runner.cleanup()

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from ..lifecycle import State
 from ..model import (
     CallbackJob,
+    CallbackShares,
     IncomingPart,
     MessageView,
     NewMessage,
@@ -114,8 +115,10 @@ class Store(Protocol):
         with its IncomingSMS notification queued when `callback_url` is set; None while parts are missing."""
         ...
 
-    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
-        """Due notifications, each with its subject (the message or incoming SMS) read alongside."""
+    async def claim_callbacks(self, limit: int, now: float, lease: float, shares: CallbackShares | None = None
+                              ) -> list[CallbackJob]:
+        """Due notifications, each with its subject (the message or incoming SMS) read alongside; with `shares`,
+        none for a host or user whose share is in flight: their slots go to the next due jobs of others."""
         ...
 
     async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None: ...

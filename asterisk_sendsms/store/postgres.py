@@ -117,6 +117,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (transport, sender, reference, total, sequence)
         )""",
     ),
+    # Each notification's host, filled when it is first seen by a claim: a host's share of the notifier's
+    # slots is capped in the claim itself, so a hanging receiver cannot hold them all.
+    (
+        "ALTER TABLE callbacks ADD COLUMN host TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX callbacks_host_due ON callbacks (host, due_at) WHERE state = 'pending'",
+    ),
 )
 
 

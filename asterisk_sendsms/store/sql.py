@@ -20,6 +20,7 @@ from ..errors import ServiceUnavailable, SmsGatewayError
 from ..lifecycle import FINAL_STATES, SOURCES, State, check_transition
 from ..model import (
     CallbackJob,
+    CallbackShares,
     HistoryEntry,
     IncomingPart,
     IncomingView,
@@ -32,6 +33,7 @@ from ..model import (
     Receipt,
     ReceiptResult,
 )
+from ..urlpolicy import url_host
 
 __all__ = ["Cursor", "Db", "SqlStore"]
 
@@ -65,6 +67,12 @@ OUTAGE_QUIET = 1.0
 _CHUNK_ROWS = 512
 # Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
 _RETRIES = 3
+# Notifications whose host is filled per claim (normally all that arrived since the last claim).
+_HOST_FILL = 1000
+# A claim with shares looks this many times its limit ahead, for rows of hosts and users with room, and looks
+# again (leaving out those that filled up) at most this many times.
+_CLAIM_WINDOW = 4
+_CLAIM_ROUNDS = 3
 
 
 class Cursor(Protocol):
@@ -578,11 +586,20 @@ class SqlStore(ABC):
             return incoming_id
         return await self._run(op)
 
-    async def claim_callbacks(self, limit: int, now: float, lease: float) -> list[CallbackJob]:
+    async def claim_callbacks(self, limit: int, now: float, lease: float, shares: CallbackShares | None = None
+                              ) -> list[CallbackJob]:
         def op(db: Db) -> list[CallbackJob]:
-            rows = db.execute("SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
-                              " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
-                              (now, limit)).fetchall()
+            # Hosts are filled here, not where the outbox rows are made (those copy URLs in SQL), and before
+            # the claim, so that every due row of a full host is left out of it.
+            unnamed = db.execute("SELECT job_id, url FROM callbacks WHERE state = 'pending' AND host = ''"
+                                 " LIMIT ?", (_HOST_FILL,)).fetchall()
+            if unnamed:
+                db.executemany("UPDATE callbacks SET host = ? WHERE job_id = ?",
+                               [(url_host(url), job_id) for job_id, url in unnamed])
+            rows = _fair_rows(db, limit, now, shares) if shares else db.execute(
+                "SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
+                " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
+                (now, limit)).fetchall()
             db.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed_by = ?, updated_at = ?"
                            " WHERE job_id = ?", [(now + lease, self._node, now, row[0]) for row in rows])
             # The subject is read in the same operation: one store round trip per batch, not per job.
@@ -612,6 +629,42 @@ class SqlStore(ABC):
         await self._run(lambda db: db.execute(
             "UPDATE callbacks SET state = 'abandoned', last_error = ?, claimed_by = NULL, updated_at = ?"
             " WHERE job_id = ?", (error, now, job_id)))
+
+
+def _fair_rows(db: Db, limit: int, now: float, shares: CallbackShares) -> list[tuple[Any, ...]]:
+    """Due notifications in due order, none for a host or user with its share in flight. Full hosts and users
+    are left out in the statement; a window of due rows is then taken in order up to each share, and looked
+    at again (without those that filled up) while it gave fewer than `limit` for that reason."""
+    hosts, users = Counter(shares.hosts), Counter(shares.users)
+    rows: list[tuple[Any, ...]] = []
+    seen: set[int] = set()
+    for _ in range(_CLAIM_ROUNDS):
+        full_hosts = sorted(h for h, n in hosts.items() if n >= shares.per_host)
+        full_users = sorted(u for u, n in users.items() if u and n >= shares.per_user)
+        where = "".join([
+            f" AND host NOT IN ({', '.join('?' * len(full_hosts))})" if full_hosts else "",
+            f" AND COALESCE((SELECT username FROM messages m WHERE m.sms_id = callbacks.sms_id), '')"
+            f" NOT IN ({', '.join('?' * len(full_users))})" if full_users else ""])
+        window = limit * _CLAIM_WINDOW
+        candidates = db.execute(
+            "SELECT job_id, sms_id, url, attempts, created_at, kind, host,"
+            " COALESCE((SELECT username FROM messages m WHERE m.sms_id = callbacks.sms_id), '') FROM callbacks"
+            f" WHERE state = 'pending' AND due_at <= ?{where} ORDER BY due_at LIMIT ?" + db.claim_suffix,
+            (now, *full_hosts, *full_users, window)).fetchall()
+        for row in candidates:
+            host, user = row[6], row[7]
+            if row[0] in seen or hosts[host] >= shares.per_host or (user and users[user] >= shares.per_user):
+                continue
+            seen.add(row[0])
+            hosts[host] += 1
+            if user:
+                users[user] += 1
+            rows.append(row[:6])
+            if len(rows) == limit:
+                return rows
+        if len(candidates) < window:
+            break  # every due row was looked at
+    return rows
 
 
 # ---------------------------------------------------------------- helpers run on the writer thread

@@ -123,6 +123,12 @@ ALTER TABLE messages DROP COLUMN claimed;
 ALTER TABLE callbacks ADD COLUMN claimed_by TEXT;
 ALTER TABLE callbacks DROP COLUMN claimed;
 """),
+    # Each notification's host, filled when it is first seen by a claim: a host's share of the notifier's
+    # slots is capped in the claim itself, so a hanging receiver cannot hold them all.
+    _statements("""
+ALTER TABLE callbacks ADD COLUMN host TEXT NOT NULL DEFAULT '';
+CREATE INDEX callbacks_host_due ON callbacks (host, due_at) WHERE state = 'pending';
+"""),
 )
 
 
