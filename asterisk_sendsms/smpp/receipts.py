@@ -28,6 +28,7 @@ _TLV_STATES = {1: PartOutcome.ENROUTE, 2: PartOutcome.DELIVERED, 3: PartOutcome.
                5: PartOutcome.UNDELIVERED, 6: PartOutcome.ACCEPTED, 7: PartOutcome.UNDELIVERED,
                8: PartOutcome.REJECTED}
 RECEIPT_ESM_TYPES = (0x04, 0x08)  # SMSC delivery receipt, intermediate delivery notification
+MAX_ID = 64  # submit_sm_resp.message_id is a C-Octet String of 65 octets at most
 
 
 class IdForm(StrEnum):
@@ -100,6 +101,8 @@ def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
         key = receipt_key(fields["id"], form)
     else:
         return None
+    if len(key) > MAX_ID:
+        return None  # no SMSC gave such an id in a submit_sm_resp: it can match no part
     state = pdu.tlvs.get(Tlv.MESSAGE_STATE, b"")
     outcome = _TLV_STATES.get(state[0]) if len(state) == 1 else None
     if outcome is None:

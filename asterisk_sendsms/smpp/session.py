@@ -30,6 +30,9 @@ TRANSITIONS: dict[BindState, frozenset[BindState]] = {
     BindState.UNBINDING: frozenset({BindState.CLOSED}),
     BindState.CLOSED: frozenset(),
 }
+# Requests from the SMSC that need a bind.
+BOUND_REQUESTS = frozenset({Command.DELIVER_SM, Command.DATA_SM})
+UNBOUND = frozenset({BindState.OPEN, BindState.BINDING})
 # Which requests an ESME may send in which state.
 ALLOWED_REQUESTS: dict[BindState, frozenset[Command]] = {
     BindState.OPEN: frozenset({Command.BIND_TRANSCEIVER, Command.BIND_TRANSMITTER, Command.BIND_RECEIVER}),
@@ -47,15 +50,16 @@ class IllegalSmppState(SmsGatewayError):
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    """A PDU that could not be read. With `fatal`, the stream itself is out of step (a length outside the
-    sane range): the connection must end. Otherwise its header was read: a request is answered with
-    generic_nack(`status`), a response fails the request it answers."""
+    """A PDU that cannot be taken. With `fatal`, the stream itself is out of step (a length outside the sane
+    range): the connection must end. Otherwise its header was read: a request is refused (`refuse`), a
+    response fails the request it answers. `read`: the PDU was read, but came out of state."""
 
     command_id: int
     sequence: int
     status: int
     reason: str
     fatal: bool = False
+    read: bool = False
 
     @property
     def is_response(self) -> bool:
@@ -105,6 +109,13 @@ class SmppSession:
     def nack(self, sequence: int, status: int) -> bytes:
         return encode_pdu(Pdu(Command.GENERIC_NACK, sequence, status))
 
+    def refuse(self, request: Unreadable) -> bytes:
+        """The answer to a request that cannot be taken: its own response with the error if it was read (and
+        came out of state), generic_nack if it could not be read (SMPP 3.4, 4.3)."""
+        if request.read:
+            return encode_pdu(Pdu(Command(request.command_id).response, request.sequence, request.status))
+        return self.nack(request.sequence, request.status)
+
     def forget(self, sequence: int) -> None:
         """The request went unanswered for too long: a late response to it is ignored."""
         self._pending.pop(sequence, None)
@@ -131,6 +142,13 @@ class SmppSession:
                     if mismatch is not None:
                         pdus.append(mismatch)
                         continue
+                elif pdu.command in BOUND_REQUESTS and self.state in UNBOUND:
+                    # Judged here, in the order of the stream: a bind_resp later in the same read must not
+                    # make it look in time. (While unbinding they are taken: an SMSC acknowledged with an
+                    # error may never send them again.)
+                    pdus.append(Unreadable(pdu.command, pdu.sequence, Status.ESME_RINVBNDSTS,
+                                           f"a {pdu.command.name.lower()} while {self.state}", read=True))
+                    continue
                 pdus.append(pdu)
         except PduError as exc:
             self._out_of_step = True

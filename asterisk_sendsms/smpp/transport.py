@@ -556,13 +556,7 @@ class SmppTransport:
                 link.send(link.session.respond(pdu))
                 link.close("the SMSC unbound")
                 return
-            elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM):
-                if link.session.state is not BindState.BOUND or link.deliveries is None:
-                    if link.complain("unbound delivery"):
-                        log.warning("SMPP %s (%s): a %s before the bind; refused", self.name, link.mode,
-                                    pdu.command.name.lower())
-                    link.send(link.session.respond(pdu, Status.ESME_RINVBNDSTS, message_id=""))
-                    continue
+            elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM) and link.deliveries is not None:
                 link.storing += 1
                 if link.storing >= MAX_DELIVERIES:
                     link.hold("storing", True)
@@ -576,13 +570,14 @@ class SmppTransport:
         if pdu.fatal:
             link.close(f"the SMSC's stream is out of step ({pdu.reason})")
             return True
-        if link.complain(f"unreadable {pdu.is_response}"):
-            log.warning("SMPP %s (%s): unreadable PDU from the SMSC (%s); %s", self.name, link.mode, pdu.reason,
-                        "its request fails" if pdu.is_response else f"answered generic_nack {status_name(pdu.status)}")
+        if link.complain(f"unreadable {pdu.is_response} {pdu.read}"):
+            log.warning("SMPP %s (%s): %s PDU from the SMSC (%s); %s", self.name, link.mode,
+                        "an untimely" if pdu.read else "an unreadable", pdu.reason,
+                        "its request fails" if pdu.is_response else f"refused with {status_name(pdu.status)}")
         if pdu.is_response:
             link.unreadable_answer(pdu.sequence, pdu.reason)
         else:
-            link.send(link.session.nack(pdu.sequence, pdu.status))
+            link.send(link.session.refuse(pdu))
         return False
 
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:

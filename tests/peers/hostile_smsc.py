@@ -302,7 +302,8 @@ class HostileSmsc:
             write(pdu(GENERIC_NACK, sequence, status=0x03))
         elif kind == "drop_mid_pdu":
             write(pdu(SUBMIT_SM | RESP, sequence, cstring("1234567"))[:11])
-            asyncio.get_running_loop().call_later(0.05, connection.writer.close)
+            connection.mute = True  # nothing after it: the PDU stays cut
+            connection.writer.close()
         elif kind == "die_under_load":
             # Submits pile up unanswered for a moment, then the SMSC dies under them (a reset, not a goodbye).
             connection.holding.append(sequence)
