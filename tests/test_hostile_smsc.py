@@ -7,12 +7,16 @@ the SMSC behaves again."""
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+
+from asterisk_sendsms.smpp.pdu import Command, Pdu, Status, encode_pdu
+from asterisk_sendsms.smpp.session import BindState, SmppSession, Unreadable
 
 from .conftest import Daemon, final, gateway_config, send, start_daemon
 from .peers.hostile_smsc import DELIVER_SM, ENQUIRE_LINK, GENERIC_NACK, RESP, UNBIND, HostileSmsc
@@ -152,3 +156,58 @@ async def test_hostile_smsc(daemon_factory: list[Daemon], tmp_path: Path, smsc: 
         # Once per connection it happened on, not once per PDU.
         assert output.count(case.logged) <= case.times, output
     assert daemon.stop() == 0
+
+
+# ---------------------------------------------------------------- the session's rules, without a socket
+
+
+def _bound_session() -> SmppSession:
+    session = SmppSession()
+    bind = Pdu(Command.BIND_TRANSCEIVER, params={"system_id": "esme", "password": "pw"})
+    session.request(bind)
+    assert session.receive_data(encode_pdu(Pdu(Command.BIND_TRANSCEIVER_RESP, bind.sequence, 0,
+                                               {"system_id": "smsc"})))
+    assert session.state is BindState.BOUND
+    return session
+
+
+def test_what_cannot_be_read_comes_out_in_its_place_and_the_rest_still_counts() -> None:
+    session = _bound_session()
+    submit = Pdu(Command.SUBMIT_SM, params={"destination_addr": "3620", "short_message": b"x"})
+    session.request(submit)
+    good = encode_pdu(Pdu(Command.SUBMIT_SM_RESP, submit.sequence, 0, {"message_id": "42"}))
+    unknown = struct.pack(">IIII", 16, 0x999, 0, 7)
+    truncated = struct.pack(">IIII", 17, Command.DELIVER_SM, 0, 8) + b"\x00"  # ends after service_type
+    bad_tlv = encode_pdu(Pdu(Command.ENQUIRE_LINK, 9)) + b"\x00\x1e\x03\x84"
+    bad_tlv = struct.pack(">I", len(bad_tlv)) + bad_tlv[4:]
+    out_of_step = struct.pack(">I", 0x7FFFFFFF) + b"\0" * 12
+    pdus = session.receive_data(good + unknown + truncated + bad_tlv + out_of_step + good)
+    assert isinstance(pdus[0], Pdu) and pdus[0].text("message_id") == "42"
+    assert [(p.sequence, p.status, p.fatal) for p in pdus[1:] if isinstance(p, Unreadable)] == [
+        (7, Status.ESME_RINVCMDID, False), (8, Status.ESME_RINVCMDLEN, False),
+        (9, Status.ESME_RINVOPTPARSTREAM, False), (0, Status.ESME_RINVCMDLEN, True)]
+    assert session.receive_data(good) == []  # out of step: nothing more is read
+    assert session.refuse(pdus[1]) == encode_pdu(Pdu(Command.GENERIC_NACK, 7, Status.ESME_RINVCMDID))
+
+
+def test_a_response_of_the_wrong_kind_fails_its_request_and_late_ones_are_ignored() -> None:
+    session = _bound_session()
+    submit = Pdu(Command.SUBMIT_SM, params={"destination_addr": "3620", "short_message": b"x"})
+    session.request(submit)
+    [wrong] = session.receive_data(encode_pdu(Pdu(Command.BIND_TRANSCEIVER_RESP, submit.sequence, 0)))
+    assert isinstance(wrong, Unreadable) and wrong.is_response and session.outstanding == 0
+    session.request(submit)
+    session.forget(submit.sequence)  # timed out
+    [late] = session.receive_data(encode_pdu(Pdu(Command.SUBMIT_SM_RESP, submit.sequence, 0, {"message_id": "1"})))
+    assert isinstance(late, Pdu) and session.outstanding == 0
+
+
+def test_a_delivery_before_the_bind_is_refused_in_stream_order() -> None:
+    session = SmppSession()
+    bind = Pdu(Command.BIND_TRANSCEIVER, params={"system_id": "esme", "password": "pw"})
+    session.request(bind)
+    deliver = encode_pdu(Pdu(Command.DELIVER_SM, 5, 0, {"esm_class": 4, "short_message": b"id:1 stat:DELIVRD"}))
+    bound = encode_pdu(Pdu(Command.BIND_TRANSCEIVER_RESP, bind.sequence, 0, {"system_id": "smsc"}))
+    early, _, in_time = session.receive_data(deliver + bound + deliver)
+    assert isinstance(early, Unreadable) and early.read and isinstance(in_time, Pdu)
+    assert session.refuse(early) == encode_pdu(Pdu(Command.DELIVER_SM_RESP, 5, Status.ESME_RINVBNDSTS))
