@@ -27,7 +27,8 @@ AT_CONNECT = frozenset({"silent", "deliver_before_bind", "nack_all", "bind_resp_
 AT_SUBMIT = frozenset({
     "garbage", "short_length", "huge_length", "truncated_body", "bad_tlv", "missing_fields", "unknown_command",
     "unknown_resp", "mismatched_resp", "unbind_mid_window", "broken_receipts", "enquire_flood", "endless_pdus",
-    "endless_garbage", "silent_after_bind", "nack_submits", "drop_mid_pdu", "die_under_load"})
+    "endless_garbage", "silent_after_bind", "nack_submits", "drop_mid_pdu", "die_under_load", "mo_flood"})
+MO_FLOOD = 5000
 
 
 def pdu(command: int, sequence: int, body: bytes = b"", status: int = 0, length: int | None = None) -> bytes:
@@ -289,6 +290,12 @@ class HostileSmsc:
                 deliver_body(b"\x05\x00\x03\x01", esm_class=0x40),  # a UDH that claims more than it holds
             ):
                 write(pdu(DELIVER_SM, connection.next_sequence(), broken))
+        elif kind == "mo_flood":
+            # Incoming SMS sent without waiting for a single answer: each must be stored, then acknowledged.
+            write(b"".join(pdu(DELIVER_SM, connection.next_sequence(),
+                               deliver_body(f"MO {n} confidential text".encode(), esm_class=0))
+                           for n in range(MO_FLOOD)))
+            self._accept(connection, sequence)
         elif kind == "enquire_flood":
             write(b"".join(pdu(ENQUIRE_LINK, connection.next_sequence()) for _ in range(20_000)))
             self._accept(connection, sequence)
