@@ -20,7 +20,6 @@ FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:", "NO CARRIER")
 # Unsolicited codes; those in WITH_PDU are followed by a PDU line.
 UNSOLICITED = ("+CDS:", "+CDSI:", "+CMTI:", "+CMT:", "RING", "+CLIP:", "^RSSI:", "^BOOT:")
 WITH_PDU = ("+CDS:", "+CMT:")  # in text mode +CDS carries its fields on its own line
-_LINE_END = re.compile(rb"[\r\n]")
 _CONTENT = re.compile(rb"[^\r\n]")
 # Lines that are never the PDU a +CMT/+CDS announces.
 _RESULT = re.compile("|".join(re.escape(code) for code in (*FINAL_OK, *FINAL_ERRORS, *UNSOLICITED, "+CMGS:")))
@@ -107,8 +106,11 @@ class AtParser:
                 self._scanned = 0
                 events.append(Prompt())
                 continue
-            end = _LINE_END.search(buffer, self._scanned)
-            if end is None:
+            # memchr twice, the second only up to the first's find: each octet looked at once.
+            cr = buffer.find(b"\r", self._scanned)
+            lf = buffer.find(b"\n", self._scanned, cr if cr >= 0 else len(buffer))
+            cut = lf if lf >= 0 else cr
+            if cut < 0:
                 self._scanned = len(buffer)
                 if len(buffer) > MAX_BUFFER:
                     buffer.clear()
@@ -117,7 +119,6 @@ class AtParser:
                         self._dropping = True
                         self.discarded += 1
                 return events
-            cut = end.start()
             line = buffer[:cut].decode("latin-1").strip()
             del buffer[:cut + 1]
             self._scanned = 0
