@@ -558,7 +558,7 @@ class SmppTransport:
                 return
             elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM) and link.deliveries is not None:
                 link.storing += 1
-                if link.storing >= MAX_DELIVERIES:
+                if link.storing == MAX_DELIVERIES:  # one at a time: it passes every count
                     link.hold("storing", True)
                 link.deliveries.create_task(self._on_deliver(link, pdu))
             else:
@@ -610,7 +610,7 @@ class SmppTransport:
             status = Status.ESME_RX_P_APPN
         finally:
             link.storing -= 1
-            if link.storing < MAX_DELIVERIES // 2:
+            if link.storing == MAX_DELIVERIES // 2:
                 link.hold("storing", False)
         if link.bound:
             link.send(link.session.respond(pdu, status, message_id=""))
