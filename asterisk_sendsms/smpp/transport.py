@@ -73,7 +73,8 @@ class _Exchange:
 class _Link:
     """One TCP connection and bind."""
 
-    def __init__(self, mode: str, response_timeout: float) -> None:
+    def __init__(self, name: str, mode: str, response_timeout: float) -> None:
+        self.name = name  # the transport's, for the log
         self.mode = mode
         self.response_timeout = response_timeout
         self.session = SmppSession()
@@ -195,8 +196,8 @@ class _Link:
         if exchange is None:
             # Late (timed out) or never asked for: ignored.
             if self.complain("unasked"):
-                log.info("SMPP (%s): a %s for no request in flight (sequence %d); ignored", self.mode,
-                         pdu.command.name.lower(), pdu.sequence)
+                log.info("SMPP %s (%s): a %s for no request in flight (sequence %d); ignored", self.name,
+                         self.mode, pdu.command.name.lower(), pdu.sequence)
             return
         if exchange.on_answer is not None:
             exchange.on_answer(pdu)
@@ -292,7 +293,7 @@ class SmppTransport:
         self._window: SubmitWindow[_Attempt] = SubmitWindow(settings.window)
         self._pacer = Pacer(settings.throughput)
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
-        self._links = [_Link(mode, settings.response_timeout) for mode in modes]
+        self._links = [_Link(name, mode, settings.response_timeout) for mode in modes]
         self._sink: TransportSink | None = None
 
     # ------------------------------------------------------------ Transport protocol
