@@ -9,7 +9,7 @@ import statistics
 import timeit
 
 from asterisk_sendsms.smpp.pdu import Command, Pdu, encode_pdu
-from asterisk_sendsms.smpp.session import SmppSession
+from asterisk_sendsms.smpp.session import BindState, SmppSession
 
 PDUS = 20_000
 READ = 64 * 1024
@@ -30,6 +30,7 @@ def stream() -> bytes:
 
 def run_once(data: bytes) -> None:
     session = SmppSession()
+    session.state = BindState.BOUND  # receipts come on a bound link
     # Every submit_sm_resp answers a request the session made (as it would on a bound link).
     session._pending.update((n + 1, Command.SUBMIT_SM) for n in range(1, PDUS // 2 + 1))
     count = 0
