@@ -16,6 +16,9 @@ __all__ = ["Deliver", "ModemPduError", "StatusReport", "SubmitPdu", "decode_pdu"
 TOA_INTERNATIONAL = 0x91
 TOA_UNKNOWN = 0x81
 TOA_ALPHANUMERIC = 0xD0
+# An SMSC address (12 octets at most) and the longest TPDU (an SMS-DELIVER: 164 octets): anything longer is
+# not one PDU.
+MAX_PDU_OCTETS = 12 + 164
 
 
 class ModemPduError(SmsGatewayError):
@@ -175,6 +178,8 @@ def _user_data(data: bytes, position: int, dcs: int, udhi: bool) -> tuple[str, t
 
 def decode_pdu(hex_pdu: str) -> StatusReport | Deliver:
     """A PDU as +CDS/+CMGR/+CMT give it (SMSC part included)."""
+    if len(hex_pdu) > 2 * MAX_PDU_OCTETS + 2:
+        raise ModemPduError(f"a PDU of {len(hex_pdu) // 2} octets: longer than any SMS")
     try:
         data = bytes.fromhex(hex_pdu.strip())
         position = 1 + data[0]  # skip the SMSC
@@ -187,6 +192,8 @@ def decode_pdu(hex_pdu: str) -> StatusReport | Deliver:
             return StatusReport(reference, recipient, data[position + 14], discharged)
         if kind == 0x00:
             sender, position = _read_address(data, position + 1)
+            if not sender:
+                raise ModemPduError("an SMS-DELIVER without a sender")
             dcs = data[position + 1]
             timestamp = _timestamp(data[position + 2:position + 9])
             text, (reference, total, sequence) = _user_data(data, position + 9, dcs, bool(first & 0x40))

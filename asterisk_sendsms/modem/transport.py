@@ -1,5 +1,7 @@
 """The GSM modem transport: AT commands over a serial port (pyserial opens and configures it, asyncio reads
-it), PDU mode sending, status reports and incoming SMS, reset and reopen when the modem stops answering."""
+and writes it), PDU mode sending, status reports and incoming SMS, reset and reopen when the modem stops
+answering. Whatever the modem sends ends at most the session with it (reopened with backoff): bad lines and
+reports are logged once per session, unsolicited codes beyond a bound are dropped."""
 
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ from ..encoding import Coding, EncodedMessage
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
-from .at import CTRL_Z, AtParser, Prompt, Response, Unsolicited, cms_code
+from .at import CTRL_Z, ESC, AtParser, Prompt, Response, Unsolicited, cms_code
 from .pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
 
 __all__ = ["ModemError", "ModemTransport"]
 
 log = logging.getLogger(__name__)
 
+# Unsolicited codes waiting to be handled; a modem announcing more than this is babbling.
+MAX_UNSOLICITED = 256
 SEND_TIMEOUT_FACTOR = 6  # the network answers the PDU; a weak signal makes that slow
 PROBE_ATTEMPTS = 3
 SIGNAL_INTERVAL = 60.0
@@ -66,7 +70,9 @@ class ModemTransport:
         self._lock = asyncio.Lock()
         self._response: asyncio.Future[Response] | None = None
         self._prompt: asyncio.Future[None] | None = None
-        self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue()
+        self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue(MAX_UNSOLICITED)
+        # Kinds of bad input already logged in this session: each is logged once.
+        self._complained: set[str] = set()
         self._broken = asyncio.Event()
         self._ready = False
         self._signal = ""
@@ -76,7 +82,7 @@ class ModemTransport:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        return self._ready and not self._broken.is_set()
 
     def health(self) -> TransportHealth:
         detail = self._settings.device + (f", signal {self._signal}" if self._signal else "")
@@ -89,7 +95,12 @@ class ModemTransport:
         backoff = BACKOFF_INITIAL
         reported: str | None = None
         while True:
-            problem = await self._session(sink)
+            try:
+                problem = await self._session(sink)
+            except Exception as exc:
+                # The boundary of one session: a bug it hits ends the session, not the transport (nor the daemon).
+                log.exception("modem %s: unexpected error; reopening", self.name)
+                problem = f"internal error: {type(exc).__name__}"
             if self._ready:
                 backoff, reported = BACKOFF_INITIAL, None
             self._ready = False
@@ -132,6 +143,9 @@ class ModemTransport:
         fd = self._serial.fileno()
         self._parser = AtParser()
         self._broken.clear()
+        self._complained.clear()
+        while not self._unsolicited.empty():  # what the last session's modem said is not this one's business
+            self._unsolicited.get_nowait()
         loop.add_reader(fd, self._readable, fd)
         try:
             async with asyncio.TaskGroup() as group:
@@ -172,30 +186,64 @@ class ModemTransport:
             self._broken.set()
             asyncio.get_running_loop().remove_reader(fd)
             return
-        for event in self._parser.feed(data):
+        discarded = self._parser.discarded
+        try:
+            events = self._parser.feed(data)
+        except Exception:
+            log.exception("modem %s: unexpected error reading the modem; reset", self.name)
+            self._broken.set()
+            asyncio.get_running_loop().remove_reader(fd)
+            return
+        if self._parser.discarded != discarded:
+            self._complain("lines", "lines too long (or too many for one answer) dropped")
+        for event in events:
             if isinstance(event, Response) and self._response is not None and not self._response.done():
                 self._response.set_result(event)
             elif isinstance(event, Prompt) and self._prompt is not None and not self._prompt.done():
                 self._prompt.set_result(None)
             elif isinstance(event, Unsolicited):
-                self._unsolicited.put_nowait(event)
+                try:
+                    self._unsolicited.put_nowait(event)
+                except asyncio.QueueFull:
+                    self._complain("flood", f"more than {MAX_UNSOLICITED} unsolicited codes waiting; dropping")
 
-    def _write(self, data: bytes) -> None:
+    def _complain(self, kind: str, text: str) -> None:
+        """Log bad input from the modem, once per kind and session (no message text goes in `text`)."""
+        if kind not in self._complained:
+            self._complained.add(kind)
+            log.warning("modem %s: %s", self.name, text)
+
+    async def _write(self, data: bytes) -> None:
+        """Write all of `data`, waiting (without holding up the event loop) while the port takes none."""
         assert self._serial is not None
+        fd = self._serial.fileno()
+        loop = asyncio.get_running_loop()
         view = memoryview(data)
-        deadline = time.monotonic() + self._settings.timeout
+        deadline = loop.time() + self._settings.timeout
         while view:
             try:
-                view = view[os.write(self._serial.fileno(), view):]
+                view = view[os.write(fd, view):]
+                continue
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ModemSilent("the serial port does not take data") from None
-                time.sleep(0.001)
+                pass
+            except OSError as exc:
+                self._broken.set()
+                raise ModemSilent(f"write failed: {exc.strerror or exc}") from None
+            writable: asyncio.Future[None] = loop.create_future()
+            loop.add_writer(fd, _settle, writable)
+            try:
+                await asyncio.wait_for(writable, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self._broken.set()
+                raise ModemSilent("the serial port does not take data") from None
+            finally:
+                loop.remove_writer(fd)
 
     def _fail_waiting(self) -> None:
         for future in (self._response, self._prompt):
             if future is not None and not future.done():
                 future.set_exception(ModemSilent("the modem connection was reset"))
+                future.exception()  # whoever waited for it has given up already; it is not an error to log
 
     async def _wait(self, future: asyncio.Future[Response] | asyncio.Future[None], seconds: float, what: str) -> None:
         try:
@@ -207,10 +255,10 @@ class ModemTransport:
 
     async def command(self, line: str, seconds: float | None = None) -> Response:
         async with self._lock:
-            if self._serial is None:
+            if self._serial is None or self._broken.is_set():
                 raise ModemSilent("the modem is not open")
             self._response = asyncio.get_running_loop().create_future()
-            self._write(self._parser.command(line))
+            await self._write(self._parser.command(line))
             await self._wait(self._response, seconds or self._settings.timeout, line)
             return self._response.result()
 
@@ -222,7 +270,7 @@ class ModemTransport:
             except ModemSilent:
                 return  # the session is being reset
             rssi = value.split(",")[0].strip()
-            if rssi.isdigit() and int(rssi) <= 31:
+            if rssi.isascii() and rssi.isdigit() and int(rssi) <= 31:
                 self._signal = f"{rssi}/31 ({-113 + 2 * int(rssi)} dBm)"
             elif rssi:
                 self._signal = "unknown"
@@ -235,6 +283,9 @@ class ModemTransport:
         return response
 
     async def _initialise(self) -> None:
+        # A modem left waiting for a PDU after a `> ` prompt (we gave up on it) takes all that follows as the
+        # PDU: ESC ends that wait, and is nothing to a modem at its command line.
+        await self._write(ESC)
         for attempt in range(PROBE_ATTEMPTS):
             try:
                 await self.command("AT", min(2.0, self._settings.timeout))
@@ -268,13 +319,15 @@ class ModemTransport:
     async def _send(self, command: str, body: bytes, recipient: str) -> str:
         """AT+CMGS, the `> ` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
         async with self._lock:
-            if self._serial is None:
+            if self._serial is None or self._broken.is_set():
+                # Not on a session being reset: a prompt answered there would leave the modem waiting for a
+                # PDU that never comes.
                 raise TransientSubmitError("the modem is not open", "MODEM_NOT_READY")
             loop = asyncio.get_running_loop()
             self._prompt = loop.create_future()
             self._response = loop.create_future()
             try:
-                self._write(self._parser.command(command))
+                await self._write(self._parser.command(command))
                 waiters: set[asyncio.Future[Any]] = {self._prompt, self._response}
                 await asyncio.wait(waiters, timeout=self._settings.timeout, return_when=asyncio.FIRST_COMPLETED)
                 if self._response.done() and not self._prompt.done():  # refused before the prompt
@@ -284,7 +337,7 @@ class ModemTransport:
                     self._broken.set()
                     raise ModemSilent(f"no '> ' prompt after AT+CMGS within {self._settings.timeout:g}s")
                 self._prompt.result()
-                self._write(body + CTRL_Z)
+                await self._write(body + CTRL_Z)
                 await self._wait(self._response, self._settings.timeout * SEND_TIMEOUT_FACTOR, "the PDU")
             except ModemSilent as exc:
                 raise TransientSubmitError(f"modem {self.name}: {exc.message}", "MODEM_SILENT") from None
@@ -292,8 +345,12 @@ class ModemTransport:
 
     def _sent(self, response: Response, recipient: str) -> str:
         if response.ok:
-            reference = response.value("+CMGS:") or ""
-            return f"{reference.split(',')[0].strip()}:{recipient}"
+            reference = (response.value("+CMGS:") or "").split(",")[0].strip()
+            if not _small_number(reference):
+                # Sent (the modem said OK), but its status report cannot be matched: it expires unreported.
+                self._complain("+CMGS:", "an AT+CMGS answer without a message reference; its report will not match")
+                reference = "?"
+            return f"{reference}:{recipient}"
         code = cms_code(response.final)
         text = f"modem {self.name}: {_explain(response.final)}"
         if code in PERMANENT_CMS:
@@ -306,14 +363,19 @@ class ModemTransport:
         while True:
             event = await self._unsolicited.get()
             try:
-                if event.code == "+CDS:" and event.pdu is None:
+                if event.code == "+CDS:" and event.pdu is None and self._parser.text_mode:
                     await self._on_text_report(sink, event.line)
-                elif event.code in ("+CDS:", "+CMT:") and event.pdu:
+                elif event.code in ("+CDS:", "+CMT:"):
+                    if event.pdu is None:
+                        raise ModemError("announced without its PDU")
                     await self._on_pdu(sink, event.pdu)
                 elif event.code in ("+CMTI:", "+CDSI:"):
                     await self._read_stored(sink, event.line.split(",")[-1].strip())
             except SmsGatewayError as exc:
-                log.error("modem %s: %s not handled: %s", self.name, event.line, exc.message)
+                # The code, not the line: a report's line may carry a number, a +CMT's the sender.
+                self._complain(event.code, f"{event.code} not handled: {exc.message}")
+            except Exception:
+                log.exception("modem %s: unexpected error handling %s", self.name, event.code)
 
     async def _on_pdu(self, sink: TransportSink, pdu_hex: str) -> None:
         decoded = decode_pdu(pdu_hex)
@@ -327,8 +389,8 @@ class ModemTransport:
     async def _on_text_report(self, sink: TransportSink, line: str) -> None:
         """+CDS: <fo>,<mr>,"<ra>",<tora>,"<scts>","<dt>",<st> (text mode)."""
         fields = [f.strip().strip('"') for f in line[len("+CDS:"):].split(",")]
-        if len(fields) < 7 or not fields[1].isdigit() or not fields[-1].isdigit():
-            raise ModemError(f"unreadable status report {line!r}")
+        if len(fields) < 7 or not _small_number(fields[1]) or not _small_number(fields[-1]):
+            raise ModemError("an unreadable status report")
         recipient = fields[2]
         if fields[3] == "145" and not recipient.startswith("+"):
             recipient = "+" + recipient
@@ -337,10 +399,20 @@ class ModemTransport:
                                       f"{report.status:02X}"))
 
     async def _read_stored(self, sink: TransportSink, index: str) -> None:
-        if not index.isdigit():
-            return
+        if not (index.isascii() and index.isdigit() and len(index) <= 5):
+            raise ModemError("a storage index that is not one")
         response = await self.command(f"AT+CMGR={index}")
         pdu_line = next((line for line in reversed(response.lines) if not line.startswith("+CMGR:")), None)
         if response.ok and pdu_line:
             await self._on_pdu(sink, pdu_line)  # stored first: only then is it deleted from the SIM
         await self.command(f"AT+CMGD={index}")
+
+
+def _small_number(text: str) -> bool:
+    """0-255 in ASCII digits (`str.isdigit` takes '²', which `int` does not)."""
+    return text.isascii() and text.isdigit() and int(text) <= 255
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

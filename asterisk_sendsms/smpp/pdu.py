@@ -22,12 +22,9 @@ __all__ = [
 ]
 
 HEADER = struct.Struct(">IIII")
+_TLV_HEADER = struct.Struct(">HH")
 MAX_PDU = 64 * 1024  # far above any real PDU; a larger length means a broken stream
 RESPONSE_BIT = 0x80000000
-
-
-class PduError(SmsGatewayError):
-    """Bytes that are not a valid PDU."""
 
 
 class Command(IntEnum):
@@ -101,6 +98,14 @@ class Status(IntEnum):
     ESME_RINVOPTPARAMVAL = 0xC4
     ESME_RDELIVERYFAILURE = 0xFE
     ESME_RUNKNOWNERR = 0xFF
+
+
+class PduError(SmsGatewayError):
+    """Bytes that are not a valid PDU; `status` is the SMPP error that tells the sender what was wrong."""
+
+    def __init__(self, message: str, status: int = Status.ESME_RINVCMDLEN) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def status_name(code: int) -> str:
@@ -204,26 +209,31 @@ def frame_length(buffer: bytes | bytearray) -> int | None:
         return None
     length = int.from_bytes(buffer[:4], "big")
     if not HEADER.size <= length <= MAX_PDU:
-        raise PduError(f"PDU length {length} outside {HEADER.size}..{MAX_PDU}: the stream is out of step")
+        raise PduError(f"PDU length {length} outside {HEADER.size}..{MAX_PDU}")
     return length
 
 
 def decode_pdu(data: bytes) -> Pdu:
+    """One PDU, framed by `frame_length`. A request must carry all its mandatory fields; a response may stop
+    short (error responses, and some SMSCs' others, carry no body)."""
     length, command_id, status, sequence = HEADER.unpack_from(data)
     if length != len(data):
         raise PduError(f"PDU length {length} does not match its {len(data)} octets")
     command = _COMMANDS.get(command_id)
     if command is None:
-        raise PduError(f"unknown command_id 0x{command_id:08X}")
+        raise PduError(f"unknown command_id 0x{command_id:08X}", Status.ESME_RINVCMDID)
     pdu = Pdu(command, sequence, status)
     position = HEADER.size
+    end_of_body = len(data)
     for name, kind, _ in BODY.get(command, ()):
-        if position >= len(data):
-            break  # responses with an error (and some SMSCs' generic ones) carry no body
+        if position >= end_of_body:
+            if command_id & RESPONSE_BIT:
+                break
+            raise PduError(f"{command.name} ends before its {name}")
         if kind == "c":
             end = data.find(b"\0", position, position + _LENIENT_CSTRING)
             if end < 0:
-                raise PduError(f"{command.name}.{name} has no terminating NUL")
+                raise PduError(f"{command.name}.{name} has no terminating NUL", Status.ESME_RINVPARLEN)
             pdu.params[name] = data[position:end].decode("latin-1")
             position = end + 1
         elif kind == "1":
@@ -231,16 +241,16 @@ def decode_pdu(data: bytes) -> Pdu:
             position += 1
         else:
             size = data[position]
-            if position + 1 + size > len(data):
-                raise PduError(f"{command.name}.short_message runs past the PDU")
+            if position + 1 + size > end_of_body:
+                raise PduError(f"{command.name}.short_message runs past the PDU", Status.ESME_RINVMSGLEN)
             pdu.params[name] = bytes(data[position + 1:position + 1 + size])
             position += 1 + size
-    while position < len(data):
-        if position + 4 > len(data):
-            raise PduError(f"{command.name}: a truncated TLV header")
-        tag, size = struct.unpack_from(">HH", data, position)
-        if position + 4 + size > len(data):
-            raise PduError(f"{command.name}: TLV 0x{tag:04X} runs past the PDU")
+    while position < end_of_body:
+        if position + 4 > end_of_body:
+            raise PduError(f"{command.name}: a truncated TLV header", Status.ESME_RINVOPTPARSTREAM)
+        tag, size = _TLV_HEADER.unpack_from(data, position)
+        if position + 4 + size > end_of_body:
+            raise PduError(f"{command.name}: TLV 0x{tag:04X} runs past the PDU", Status.ESME_RINVOPTPARSTREAM)
         pdu.tlvs[tag] = bytes(data[position + 4:position + 4 + size])
         position += 4 + size
     return pdu

@@ -12,7 +12,8 @@ from ..encoding import decode_gsm7
 from ..model import PartOutcome
 from .pdu import Command, Pdu, Tlv
 
-__all__ = ["IdForm", "MoText", "ParsedReceipt", "canonical_id", "decode_mo", "is_receipt", "parse_receipt"]
+__all__ = ["IdForm", "MoText", "ParsedReceipt", "canonical_id", "decode_mo", "is_receipt", "parse_receipt",
+           "receipt_fields"]
 
 _FIELD = re.compile(r"(?i)\b(id|sub|dlvrd|submit date|done date|stat|err|text):")
 _STATES = {
@@ -27,6 +28,7 @@ _TLV_STATES = {1: PartOutcome.ENROUTE, 2: PartOutcome.DELIVERED, 3: PartOutcome.
                5: PartOutcome.UNDELIVERED, 6: PartOutcome.ACCEPTED, 7: PartOutcome.UNDELIVERED,
                8: PartOutcome.REJECTED}
 RECEIPT_ESM_TYPES = (0x04, 0x08)  # SMSC delivery receipt, intermediate delivery notification
+MAX_ID = 64  # submit_sm_resp.message_id is a C-Octet String of 65 octets at most
 
 
 class IdForm(StrEnum):
@@ -80,6 +82,13 @@ def _text_fields(text: str) -> dict[str, str]:
     return fields
 
 
+def receipt_fields(pdu: Pdu) -> list[str]:
+    """The names of what a receipt carries (its text fields, its receipt TLVs), to log instead of its text."""
+    payload = pdu.tlvs.get(Tlv.MESSAGE_PAYLOAD) or pdu.octets("short_message")
+    names = list(_text_fields(payload.decode("latin-1")))
+    return names + [f"TLV 0x{tag:04X}" for tag in (Tlv.RECEIPTED_MESSAGE_ID, Tlv.MESSAGE_STATE) if tag in pdu.tlvs]
+
+
 def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
     """The receipt in a deliver_sm/data_sm, or None when it names no message id or no state."""
     payload = pdu.tlvs.get(Tlv.MESSAGE_PAYLOAD) or pdu.octets("short_message")
@@ -92,6 +101,8 @@ def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
         key = receipt_key(fields["id"], form)
     else:
         return None
+    if len(key) > MAX_ID:
+        return None  # no SMSC gave such an id in a submit_sm_resp: it can match no part
     state = pdu.tlvs.get(Tlv.MESSAGE_STATE, b"")
     outcome = _TLV_STATES.get(state[0]) if len(state) == 1 else None
     if outcome is None:
@@ -134,12 +145,14 @@ def decode_mo(pdu: Pdu) -> MoText:
         while position + 2 <= len(header):
             element, size = header[position], header[position + 1]
             value = header[position + 2:position + 2 + size]
+            if len(value) < size:
+                break  # the header claims more than it holds
             if element == 0x00 and size == 3:
                 reference, total, sequence = value[0], value[1], value[2]
             elif element == 0x08 and size == 4:
                 reference, total, sequence = int.from_bytes(value[:2], "big"), value[2], value[3]
             position += 2 + size
-    elif Tlv.SAR_MSG_REF_NUM in pdu.tlvs:
+    elif 1 <= len(pdu.tlvs.get(Tlv.SAR_MSG_REF_NUM, b"")) <= 2:  # a longer one is not SMPP's (and not a number)
         reference = int.from_bytes(pdu.tlvs[Tlv.SAR_MSG_REF_NUM], "big")
         # An empty TLV (seen from fuzzing, never from an SMSC) counts as absent.
         total = (pdu.tlvs.get(Tlv.SAR_TOTAL_SEGMENTS) or b"\x01")[0]

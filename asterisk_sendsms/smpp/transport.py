@@ -1,6 +1,9 @@
 """The SMPP transport: asyncio links (a transceiver, or a transmitter and a receiver) around the sans-I/O
 session, with a window of outstanding submits matched by sequence number, pacing and throttling backoff,
-enquire_link on idle, reconnect with backoff, receipts handed to the store before they are acknowledged."""
+enquire_link on idle, reconnect with backoff, receipts handed to the store before they are acknowledged.
+Whatever the SMSC sends ends at most its connection: unreadable PDUs are answered with generic_nack (or fail
+the request they answer), a stream out of step is dropped, and reading pauses while our answers or the
+deliveries being stored pile up."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import re
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -21,8 +23,8 @@ from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
 from .pdu import Command, Pdu, PduError, Status, Tlv, status_name
-from .receipts import IdForm, decode_mo, is_receipt, parse_receipt, submit_key
-from .session import BindState, SmppSession
+from .receipts import IdForm, decode_mo, is_receipt, parse_receipt, receipt_fields, submit_key
+from .session import BindState, SmppSession, Unreadable
 from .window import THROTTLE_PAUSE_INITIAL, Pacer, SubmitWindow
 
 __all__ = ["SmppTransport"]
@@ -38,6 +40,12 @@ REFUSED_RETRY = 60.0  # credentials refused: retried slowly (the operator must a
 CREDENTIALS_REFUSED = frozenset({Status.ESME_RINVPASWD, Status.ESME_RINVSYSID, Status.ESME_RINVSYSTYP})
 THROTTLE_RETRIES = 20
 CONNECT_TIMEOUT = 10.0
+# A connection that stayed bound this long was a good one: the reconnect backoff starts over. One that an SMSC
+# breaks sooner after each bind (garbage, unbind) backs off like a connection that cannot be made.
+STABLE_CONNECTION = 30.0
+# Deliveries of one connection being stored at once; beyond it the connection is not read until some are
+# (acknowledged): an SMSC flooding deliver_sm cannot make us hold an unbounded number of them.
+MAX_DELIVERIES = 1024
 UNBIND_GRACE = 2.0
 SWEEP_INTERVAL = 0.5
 # Errors after which the same message may go through later (SMPP 3.4 and common SMSC practice).
@@ -65,7 +73,8 @@ class _Exchange:
 class _Link:
     """One TCP connection and bind."""
 
-    def __init__(self, mode: str, response_timeout: float) -> None:
+    def __init__(self, name: str, mode: str, response_timeout: float) -> None:
+        self.name = name  # the transport's, for the log
         self.mode = mode
         self.response_timeout = response_timeout
         self.session = SmppSession()
@@ -83,8 +92,13 @@ class _Link:
         self._sweep_every = min(SWEEP_INTERVAL, response_timeout / 4)
         self._sweeper: asyncio.TimerHandle | None = None
         self.state = "connecting"
-        self.was_bound = False
+        self.bound_at: float | None = None
         self.last_heard = time.monotonic()
+        self.storing = 0  # deliveries handed to the store, not yet acknowledged
+        # Why reading is paused (our answers not taken by the SMSC, too many deliveries being stored).
+        self._holds: set[str] = set()
+        # Kinds of bad input already logged on this connection: each is logged once.
+        self._complained: set[str] = set()
 
     @property
     def bound(self) -> bool:
@@ -106,9 +120,31 @@ class _Link:
         if unsent and self.transport is not None:
             self.transport.write(b"".join(unsent))
 
+    def hold(self, reason: str, on: bool) -> None:
+        """Pause reading the connection while any reason holds it."""
+        held = bool(self._holds)
+        if on:
+            self._holds.add(reason)
+        else:
+            self._holds.discard(reason)
+        if self.transport is not None and not self.transport.is_closing() and held != bool(self._holds):
+            if self._holds:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def complain(self, kind: str) -> bool:
+        """True the first time `kind` of bad input is seen on this connection (to be logged then only)."""
+        if kind in self._complained:
+            return False
+        self._complained.add(kind)
+        return True
+
     def connected(self, transport: asyncio.Transport | None) -> None:
         self.transport = transport
         self._unsent = None
+        self._holds.clear()
+        self._complained.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -119,12 +155,20 @@ class _Link:
 
     def close(self, reason: str) -> None:
         """End the connection (what is queued to send goes first); the requests waiting fail now."""
-        self.lost(reason)
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self.flush()
-            self.transport.close()
+            if "writing" in self._holds:
+                transport.abort()  # the SMSC reads nothing: a close would wait for it forever
+            else:
+                transport.close()
+        self.lost(reason)
 
     def lost(self, reason: str) -> None:
+        """The connection is over: nothing more is written to it (a write to a closed transport raises, in a
+        callback nobody catches), and what waits for its answers fails now."""
+        self.transport = None
+        self._unsent = None
         if self.closed is not None and not self.closed.done():
             self.closed.set_result(reason)
             self.fail_waiting(f"SMPP connection lost: {reason}")
@@ -150,11 +194,22 @@ class _Link:
     def answered(self, pdu: Pdu) -> None:
         exchange = self.waiting.pop(pdu.sequence, None)
         if exchange is None:
-            return  # late (timed out) or never asked for
+            # Late (timed out) or never asked for: ignored.
+            if self.complain("unasked"):
+                log.info("SMPP %s (%s): a %s for no request in flight (sequence %d); ignored", self.name,
+                         self.mode, pdu.command.name.lower(), pdu.sequence)
+            return
         if exchange.on_answer is not None:
             exchange.on_answer(pdu)
         if not exchange.future.done():
             exchange.future.set_result(pdu)
+
+    def unreadable_answer(self, sequence: int, reason: str) -> None:
+        """The answer to a request could not be read: the request failed (a submit is sent again later)."""
+        exchange = self.waiting.pop(sequence, None)
+        if exchange is not None and not exchange.future.done():
+            exchange.future.set_exception(TransientSubmitError(
+                f"unreadable answer to {exchange.command.name.lower()}: {reason}", "BAD_RESPONSE"))
 
     def _time_out(self) -> None:
         """Fail the requests past their deadline. All share one timeout and `waiting` keeps the order they
@@ -167,6 +222,7 @@ class _Link:
             expired.append(sequence)
         for sequence in expired:
             exchange = self.waiting.pop(sequence)
+            self.session.forget(sequence)
             if not exchange.future.done():
                 exchange.future.set_exception(TransientSubmitError(
                     f"no {exchange.command.name.lower()}_resp within {self.response_timeout:g}s", "RESPONSE_TIMEOUT"))
@@ -198,6 +254,15 @@ class _Wire(asyncio.Protocol):
         if self._link.transport is self._transport:  # not a connection the link has already let go
             self._link.lost(f"connection broken: {exc}" if exc else "the SMSC closed the connection")
 
+    # An SMSC that sends requests and does not read our answers would grow our write buffer without end.
+    def pause_writing(self) -> None:
+        if self._link.transport is self._transport:
+            self._link.hold("writing", True)
+
+    def resume_writing(self) -> None:
+        if self._link.transport is self._transport:
+            self._link.hold("writing", False)
+
 
 # Where an attempt stands with its window slot.
 _WAITING, _HELD, _GONE = "waiting for a slot", "holding a slot", "slot given up"
@@ -228,7 +293,7 @@ class SmppTransport:
         self._window: SubmitWindow[_Attempt] = SubmitWindow(settings.window)
         self._pacer = Pacer(settings.throughput)
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
-        self._links = [_Link(mode, settings.response_timeout) for mode in modes]
+        self._links = [_Link(name, mode, settings.response_timeout) for mode in modes]
         self._sink: TransportSink | None = None
 
     # ------------------------------------------------------------ Transport protocol
@@ -311,7 +376,8 @@ class SmppTransport:
                     raise PermanentSubmitError(f"cannot encode the submit: {exc.message}", "ENCODING") from None
                 status = response.status
                 if response.command is Command.GENERIC_NACK:
-                    raise PermanentSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",
+                    # Ours are well-formed: an SMSC that says otherwise is broken (or hostile), not the message.
+                    raise TransientSubmitError(f"the SMSC could not read our submit_sm ({status_name(status)})",
                                                status_name(status))
                 if status == Status.ESME_ROK:
                     self._pacer.recovered()
@@ -377,11 +443,16 @@ class SmppTransport:
         backoff = BACKOFF_INITIAL
         reported: str | None = None
         while True:
-            link.was_bound = False
-            problem, retry = await self._connect_and_serve(link)
+            link.bound_at = None
+            try:
+                problem, retry = await self._connect_and_serve(link)
+            except Exception as exc:
+                # The boundary of one connection: a bug it hits ends the connection, not the transport.
+                log.exception("SMPP %s (%s): unexpected error; reconnecting", self.name, link.mode)
+                problem, retry = f"internal error: {type(exc).__name__}", 0.0
             link.fail_waiting(f"SMPP connection lost: {problem}")
             link.state = problem
-            if link.was_bound:
+            if link.bound_at is not None and time.monotonic() - link.bound_at >= STABLE_CONNECTION:
                 backoff, reported = BACKOFF_INITIAL, None
             delay = retry or backoff
             # Logged once per kind of trouble, not once per attempt.
@@ -432,7 +503,7 @@ class SmppTransport:
                 retry = REFUSED_RETRY if response.status in CREDENTIALS_REFUSED else 0.0
                 return f"bind refused: {status_name(response.status)}", retry
             link.state = "bound"
-            link.was_bound = True
+            link.bound_at = time.monotonic()
             log.info("SMPP %s (%s) bound to %s:%d as %s", self.name, link.mode, settings.host, settings.port,
                      settings.system_id)
             keepalive = group.create_task(self._keepalive(link))
@@ -459,19 +530,26 @@ class SmppTransport:
                 try:
                     await link.exchange(Pdu(Command.ENQUIRE_LINK))
                 except TransientSubmitError:
-                    log.warning("SMPP %s (%s): no enquire_link_resp; reconnecting", self.name, link.mode)
-                    link.close("no enquire_link_resp")
+                    link.close("no enquire_link_resp")  # logged with the reconnection, once
                     return
 
     def _received(self, link: _Link, data: bytes) -> None:
-        link.last_heard = time.monotonic()
         try:
-            pdus = link.session.receive_data(data)
-        except PduError as exc:
-            link.close(f"connection broken: {exc}")
-            return
+            self._read(link, data)
+        except Exception:
+            # A bug must cost this connection only (and be seen once), not leave it half-read.
+            log.exception("SMPP %s (%s): unexpected error reading the SMSC; reconnecting", self.name, link.mode)
+            link.close("internal error reading the SMSC")
+
+    def _read(self, link: _Link, data: bytes) -> None:
+        pdus = link.session.receive_data(data)
+        if pdus:
+            link.last_heard = time.monotonic()  # a whole PDU: a peer trickling bytes is not alive
         for pdu in pdus:
-            if pdu.command.is_response:
+            if isinstance(pdu, Unreadable):
+                if self._unreadable(link, pdu):
+                    return
+            elif pdu.command.is_response:
                 link.answered(pdu)
             elif pdu.command is Command.ENQUIRE_LINK:
                 link.send(link.session.respond(pdu))
@@ -480,10 +558,28 @@ class SmppTransport:
                 link.close("the SMSC unbound")
                 return
             elif pdu.command in (Command.DELIVER_SM, Command.DATA_SM) and link.deliveries is not None:
+                link.storing += 1
+                if link.storing == MAX_DELIVERIES:  # one at a time: it passes every count
+                    link.hold("storing", True)
                 link.deliveries.create_task(self._on_deliver(link, pdu))
             else:
                 link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
         link.flush()  # the submits that took the slots freed by this read leave now, not a turn later
+
+    def _unreadable(self, link: _Link, pdu: Unreadable) -> bool:
+        """Handle a PDU that could not be read; True if the connection is over."""
+        if pdu.fatal:
+            link.close(f"the SMSC's stream is out of step ({pdu.reason})")
+            return True
+        if link.complain(f"unreadable {pdu.is_response} {pdu.read}"):
+            log.warning("SMPP %s (%s): %s PDU from the SMSC (%s); %s", self.name, link.mode,
+                        "an untimely" if pdu.read else "an unreadable", pdu.reason,
+                        "its request fails" if pdu.is_response else f"refused with {status_name(pdu.status)}")
+        if pdu.is_response:
+            link.unreadable_answer(pdu.sequence, pdu.reason)
+        else:
+            link.send(link.session.refuse(pdu))
+        return False
 
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
         """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
@@ -493,9 +589,10 @@ class SmppTransport:
             if receipt:
                 parsed = parse_receipt(pdu, self._form)
                 if parsed is None:
-                    # Up to its text: a receipt quotes the start of the message, which stays out of logs.
-                    quoted = re.split(rb"(?i)\btext:", pdu.octets("short_message"), maxsplit=1)[0]
-                    log.warning("SMPP %s: a receipt without id or state: %r", self.name, quoted[:160])
+                    # Named, not quoted: a receipt quotes the message, and a broken one may be all text.
+                    if link.complain("receipt"):
+                        log.warning("SMPP %s: a receipt without id or state (fields %s); acknowledged and dropped",
+                                    self.name, ", ".join(receipt_fields(pdu)) or "none")
                 elif self._sink is not None:
                     await self._sink.on_receipt(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
             elif self._sink is not None:
@@ -512,6 +609,10 @@ class SmppTransport:
             # again it would fail again, so it is refused for good.
             log.exception("SMPP %s: cannot process a %s; refused", self.name, pdu.command.name.lower())
             status = Status.ESME_RX_P_APPN
+        finally:
+            link.storing -= 1
+            if link.storing == MAX_DELIVERIES // 2:
+                link.hold("storing", False)
         if link.bound:
             link.send(link.session.respond(pdu, status, message_id=""))
 

@@ -1,6 +1,9 @@
 """A GSM modem emulator on a real pseudo-terminal: AT commands in PDU mode, echo on or off, SIM PIN, +CMS
 errors, a modem that goes silent, status reports (+CDS) before or after the AT+CMGS result, incoming SMS
-announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder."""
+announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder.
+Hostile modes, off by default: `hostile` lists misbehaviours (HOSTILE), each done once, in order, when a PDU is
+submitted (binary garbage, an endless line, huge lines, junk unsolicited codes, malformed +CMGS/+CDS/+CMT,
+silence mid-command); `hostile_done` records those done."""
 
 from __future__ import annotations
 
@@ -13,6 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gsmmodem import pdu as reference
+
+HOSTILE = frozenset({"binary_garbage", "endless_line", "huge_lines", "junk_urcs", "bad_cmgs", "bad_cds", "bad_cmt",
+                     "silent_mid_command"})
+# Broken PDUs after +CDS/+CMT: not hex, truncated, of another type, empty, oversized.
+BROKEN_PDUS = ("ZZZZ", "00", "0006", "0006FF", "07911326040000F0", "00" + "FF" * 40, "00" * 2000)
 
 
 def _address(number: str) -> str:
@@ -54,6 +62,8 @@ class FakeModem:
     submits: list[dict[str, Any]] = field(default_factory=list)
     stored: dict[int, str] = field(default_factory=dict)
     deleted: list[int] = field(default_factory=list)
+    hostile: list[str] = field(default_factory=list)
+    hostile_done: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.master, self.slave = os.openpty()
@@ -96,6 +106,10 @@ class FakeModem:
                 continue
             while True:
                 if pdu_mode:
+                    if b"\x1b" in buffer.split(b"\x1a", 1)[0]:  # ESC: no PDU after all
+                        buffer = buffer.split(b"\x1b", 1)[1]
+                        pdu_mode = False
+                        continue
                     if b"\x1a" not in buffer:
                         break
                     data, buffer = buffer.split(b"\x1a", 1)
@@ -105,7 +119,7 @@ class FakeModem:
                 if b"\r" not in buffer:
                     break
                 raw, buffer = buffer.split(b"\r", 1)
-                line = raw.decode("latin-1").strip()
+                line = raw.replace(b"\x1b", b"").decode("latin-1").strip()  # ESC is nothing at the command line
                 if line:
                     pdu_mode = self._on_line(line)
 
@@ -182,13 +196,46 @@ class FakeModem:
                       f'"26/11/25,10:15:30+04","26/11/25,10:15:40+04",{self.report_status}')
             threading.Timer(self.report_delay, self._reply, (report,)).start()
 
+    def _misbehave(self, kind: str) -> None:
+        """Before the answer to a submit (which follows unless the modem falls silent)."""
+        if kind == "binary_garbage":
+            self._write(os.urandom(8192).replace(b"\r", b"").replace(b"\n", b"").decode("latin-1"))
+            self._write("\r\n")
+        elif kind == "endless_line":
+            for _ in range(64):  # 2 MiB without a line end, then one
+                self._write("A" * 32768)
+            self._write("\r\n")
+        elif kind == "huge_lines":
+            for _ in range(8):
+                self._reply("+CSQ: " + "9" * 200_000)
+        elif kind == "junk_urcs":
+            self._reply(*['+CMTI: "SM",\u00b2', "+CMTI: junk", '+CDSI: "SR",99999999999', "+CDS: 25", "RING",
+                          "^BOOT:\u00ff\u00fe", "+CLIP: ", '+CMTI: "SM",', "+CDS: 7,x,,,", "+CSQ: \u00b2,99",
+                          *["RING"] * 2000, *['+CMTI: "SM",9'] * 300])
+        elif kind == "bad_cds":
+            for broken in BROKEN_PDUS:
+                self._reply(f"+CDS: {len(broken) // 2}", broken)
+        elif kind == "bad_cmt":
+            for broken in BROKEN_PDUS:
+                self._reply(f"+CMT: ,{len(broken) // 2}", broken)
+            self._reply("+CMT: ,24")  # and one whose PDU never comes: the next line is the OK of the submit
+        elif kind == "silent_mid_command":
+            self._silent_until = time.monotonic() + self.silent_for
+
     def _on_pdu(self, pdu_hex: str) -> None:
         if self._text_mode:
             self._on_text(pdu_hex)
             return
         decoded = reference.decodeSmsPdu(pdu_hex)
         self.submits.append(decoded)
+        kind = self.hostile.pop(0) if self.hostile else None  # "" is a submit that goes well
+        if kind:
+            self._misbehave(kind)
+            self.hostile_done.append(kind)
         if time.monotonic() < self._silent_until:
+            return
+        if kind == "bad_cmgs":
+            self._reply("+CMGS: \u00b2\u00b2", "OK")
             return
         if self.cms_on_send is not None:
             self._reply(f"+CMS ERROR: {self.cms_on_send}")
