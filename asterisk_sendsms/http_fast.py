@@ -183,14 +183,14 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:
             return
-        reader = self._reader
-        reader.feed(data)
-        if self._deadline is None:  # a request is being answered
+        if self._deadline is None:  # a request is being answered: the next waits in the buffer
+            reader = self._reader
+            reader.feed(data)
             if reader.buffered > self._lane.max_buffered and self._transport is not None:
                 self._transport.pause_reading()
                 self._paused = True
             return
-        self._next_request()
+        self._next_request(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -208,12 +208,12 @@ class _Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------ requests
 
-    def _next_request(self) -> None:
-        """Answer the request at the head of the buffer if it is complete and ours; hand it over if it is not
-        ours; refuse bytes that are no request; wait for more bytes otherwise."""
+    def _next_request(self, data: bytes = b"") -> None:
+        """With `data` added to the buffer, answer the request at its head if it is complete and ours; hand it
+        over if it is not ours; refuse bytes that are no request; wait for more bytes otherwise."""
         reader = self._reader
         try:
-            request = reader.next_request()
+            request = reader.next_request(data)
         except NotOurs:
             self._hand_over()
             return
@@ -253,14 +253,13 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             transport.close()
             return
-        reader = self._reader
-        reader.finish()
+        more = self._reader.finish()
         self._waiting = Stage.IDLE
         self._deadline = time.monotonic() + self._lane.idle_timeout
         if self._paused:
             self._paused = False
             transport.resume_reading()
-        if reader.buffered:
+        if more:
             self._next_request()
 
     def _refuse(self, exc: BadRequest) -> None:

@@ -28,8 +28,11 @@ LINGER = 2.0
 # and version separated by single spaces; field lines of a token, a colon, optional whitespace and a value of
 # visible characters, spaces, tabs and obs-text. No bare CR or LF anywhere: a line ends with CRLF.
 _TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
-_REQUEST_LINE = re.compile(rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/([0-9])\.([0-9])")
-_FIELD_LINES = re.compile(rb"(?:\r\n" + _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*)*")
+_REQUEST_LINE = rb"(" + _TCHAR + rb"+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])"
+_HEAD = re.compile(_REQUEST_LINE + rb"(?:\r\n" + _TCHAR + rb"+:[\t\x20-\x7e]*)*")  # less its final CRLF CRLF
+# The same with obs-text in field values: allowed, and left to aiohttp.
+_HEAD_OBS_TEXT = re.compile(_REQUEST_LINE + rb"(?:\r\n" + _TCHAR + rb"+:[\t\x20-\x7e\x80-\xff]*)*")
+_REQUEST_LINE_ONLY = re.compile(_REQUEST_LINE)
 # A field of lines that match _FIELD_LINES: the value runs to the end of its line, less trailing whitespace.
 _FIELD = re.compile(rb"\r\n(" + _TCHAR + rb"+):[ \t]*([^\r]*)")
 _METHOD_START = re.compile(_TCHAR + rb"{1,20}(?: |$)")
@@ -38,6 +41,8 @@ _LINE_END = b"\r\n"
 # Headers that change how the body is framed or answered: aiohttp knows them all.
 _HAND_OVER = frozenset((b"transfer-encoding", b"expect", b"upgrade"))
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"application/x-www-form-urlencoded; charset=utf-8")
+_METHODS = {b"GET": "GET", b"POST": "POST"}  # the lane's; any other is handed over
+_VERSIONS = (b"1.1", b"1.0")
 _MAX_LENGTH_DIGITS = 15
 
 
@@ -115,10 +120,12 @@ class RequestReader:
         """Every byte not answered yet, from the first of the current request."""
         return bytes(self._buffer)
 
-    def next_request(self) -> Request | None:
-        """The request at the head of the buffer when it is complete and the lane's; None while bytes are
-        missing. Raises NotOurs for a request another server answers, BadRequest for bytes that are no request.
-        After a request, call `finish` once it is answered."""
+    def next_request(self, data: bytes = b"") -> Request | None:
+        """With `data` fed, the request at the head of the buffer when it is complete and the lane's; None while
+        bytes are missing. Raises NotOurs for a request another server answers, BadRequest for bytes that are no
+        request. After a request, call `finish` once it is answered."""
+        if data:
+            self._buffer += data
         if self._ready:
             return None
         if not self._message_length:
@@ -137,8 +144,9 @@ class RequestReader:
             request = request._replace(body=bytes(self._buffer[self._head_length:self._message_length]))
         return request
 
-    def finish(self) -> None:
-        """The request returned last is answered: its bytes leave the buffer."""
+    def finish(self) -> bool:
+        """The request returned last is answered: its bytes leave the buffer. Whether bytes of another are
+        buffered."""
         assert self._ready
         del self._buffer[:self._message_length]  # moves the start of the bytearray, copies nothing
         self._ready = False
@@ -148,6 +156,7 @@ class RequestReader:
             self._scanned = self._checked = 0
             self._line_end = -1
             self._method_seen = False
+        return bool(self._buffer)
 
     # ------------------------------------------------------------ parsing
 
@@ -180,56 +189,71 @@ class RequestReader:
 
     def _read_head(self, head_length: int) -> None:
         """Read the head by the grammar: BadRequest for one that breaks it, NotOurs for one that keeps it but is
-        not the lane's; else the request waits for its body (Stage.BODY)."""
-        head = bytes(self._buffer[:head_length - len(_END_OF_HEAD)])
-        line_end = head.find(_LINE_END)
-        if line_end < 0:
-            line_end = len(head)
+        not the lane's; else the request waits for its body."""
+        buffer = self._buffer  # read in place (matched groups are bytes of their own)
+        head_end = head_length - len(_END_OF_HEAD)
+        start = _HEAD.fullmatch(buffer, 0, head_end)
+        if start is None:
+            self._refuse_head(head_end)
+        assert start is not None  # _refuse_head raises
+        line_end = start.end(3)
         if line_end > self._max_line:
             raise self._line_too_long()
-        if len(head) - line_end > MAX_HEADER_BYTES:
+        if head_end - line_end > MAX_HEADER_BYTES:
             raise self._headers_too_long()
-        start = _REQUEST_LINE.fullmatch(head, 0, line_end)
-        if start is None:
-            raise BadRequest("the request line is not METHOD TARGET HTTP/x.y")
-        if _FIELD_LINES.fullmatch(head, line_end) is None:
-            raise BadRequest("a header field is not NAME: VALUE (or it holds a control character)")
-        fields = _FIELD.findall(head, line_end)
+        fields = _FIELD.findall(buffer, line_end, head_end)
         if len(fields) > MAX_HEADERS:
             raise self._headers_too_long()
-        headers = {name.lower(): value.rstrip(b" \t") for name, value in fields}
-        length_field = headers.get(b"content-length", b"0")
+        headers = {}
+        for name, value in fields:
+            headers[name.lower()] = value
         if len(headers) < len(fields):  # a field given twice: aiohttp refuses some, and which value counts
             lengths = {value.rstrip(b" \t") for name, value in fields if name.lower() == b"content-length"}
             if len(lengths) > 1:
                 raise BadRequest("two different Content-Length fields")
             raise NotOurs()
-        if not length_field.isdigit() or len(length_field) > _MAX_LENGTH_DIGITS:
-            raise BadRequest("Content-Length is not a number of bytes")
-        length = int(length_field)
-        if length > self._max_body:  # refused before it is sent: no server of ours would read it
-            raise BadRequest(f"the request body is larger than {self._max_body} bytes", 413)
-        method, target, http10 = start.group(1), start.group(2), start.group(4) == b"0"
-        if (method not in (b"GET", b"POST") or not (target == b"/api" or target.startswith(b"/api?"))
-                or b"#" in target or start.group(3) != b"1" or start.group(4) not in (b"0", b"1")
-                or not head.isascii()  # obs-text in a field: aiohttp's call
-                or not _HAND_OVER.isdisjoint(headers)):
+        length = 0
+        if b"content-length" in headers:
+            length_field = headers[b"content-length"].rstrip(b" \t")
+            if not length_field.isdigit() or len(length_field) > _MAX_LENGTH_DIGITS:
+                raise BadRequest("Content-Length is not a number of bytes")
+            length = int(length_field)
+            if length > self._max_body:  # refused before it is sent: no server of ours would read it
+                raise BadRequest(f"the request body is larger than {self._max_body} bytes", 413)
+        method, target, version = start.groups()
+        if (method not in _METHODS or not (target == b"/api" or target.startswith(b"/api?")) or b"#" in target
+                or version not in _VERSIONS or not _HAND_OVER.isdisjoint(headers)):
             raise NotOurs()
+        http10 = version == b"1.0"
         if not http10 and b"host" not in headers:
             raise NotOurs()  # aiohttp answers 400, as HTTP/1.1 asks
-        content_type = headers.get(b"content-type")
-        if method == b"POST" and length and content_type is not None and content_type.lower() not in _FORM_TYPES:
+        if length and method == b"POST" and b"content-type" in headers and \
+                headers[b"content-type"].rstrip(b" \t").lower() not in _FORM_TYPES:
             raise NotOurs()
-        connection = headers.get(b"connection")
-        if connection is None:
-            keep_alive = not http10
-        else:
-            tokens = {token.strip() for token in connection.lower().split(b",")}
+        if b"connection" in headers:
+            tokens = {token.strip() for token in headers[b"connection"].lower().split(b",")}
             keep_alive = b"keep-alive" in tokens if http10 else b"close" not in tokens
-        self._request = Request(method.decode(), target[5:].decode(), b"",
-                                headers.get(b"authorization", b"").decode(), keep_alive, http10)
+        else:
+            keep_alive = not http10
+        authorization = headers[b"authorization"].rstrip(b" \t").decode() if b"authorization" in headers else ""
+        self._request = Request(_METHODS[method], target[5:].decode(), b"", authorization, keep_alive, http10)
         self._head_length = head_length
         self._message_length = head_length + length
+
+    def _refuse_head(self, head_end: int) -> None:
+        """Hand over a head with obs-text, else say which part of it breaks the grammar."""
+        buffer = self._buffer
+        line_end = buffer.find(_LINE_END, 0, head_end)
+        line_end = head_end if line_end < 0 else line_end
+        if line_end > self._max_line:
+            raise self._line_too_long()
+        if head_end - line_end > MAX_HEADER_BYTES:
+            raise self._headers_too_long()
+        if _HEAD_OBS_TEXT.fullmatch(buffer, 0, head_end) is not None:
+            raise NotOurs()
+        if _REQUEST_LINE_ONLY.fullmatch(buffer, 0, line_end) is None:
+            raise BadRequest("the request line is not METHOD TARGET HTTP/x.y")
+        raise BadRequest("a header field is not NAME: VALUE (or it holds a control character)")
 
     def _line_too_long(self) -> BadRequest:
         return BadRequest(f"the request line is longer than {self._max_line} bytes", 414)

@@ -25,6 +25,8 @@ REQUEST = (b"GET /api?command=SendSms&username=HTTP_User_1&password=qwe123&sende
            b"&recipient=%2b36201234567&message=Your+payment+of+42+EUR+was+received HTTP/1.1\r\n"
            b"Host: 127.0.0.1:9509\r\nUser-Agent: Python/3.11 aiohttp/3.9\r\nAccept: */*\r\n"
            b"Accept-Encoding: gzip, deflate\r\n\r\n")
+# A request line near the limit (max_body_bytes, 64 KiB here), as an attacker dribbles it.
+BIG_REQUEST = REQUEST.replace(b"&message=", b"&pad=" + b"x" * 60_000 + b"&message=")
 REPLY = (b'<?xml version="1.0"?>\n<OzApi_CommandResult_SendSms><Code>200</Code><Message>Command successfully '
          b"executed</Message><SmsId>0123456789abcdef0123456789abcdef</SmsId></OzApi_CommandResult_SendSms>")
 
@@ -64,7 +66,7 @@ def refuse(transport: asyncio.Transport, data: bytes) -> None:
     raise AssertionError(f"handed over: {data[:80]!r}")
 
 
-async def lane_round(requests: int, batch: int, piece: int) -> float:
+async def lane_round(requests: int, batch: int, piece: int, request: bytes = REQUEST) -> float:
     """µs of CPU per request: `batch` requests per burst, each burst sent in reads of `piece` bytes."""
     if "http" in inspect.signature(FastLane).parameters:
         lane = FastLane(StubEndpoint(), refuse, HttpConfig(max_body_bytes=65536))  # type: ignore[arg-type]
@@ -73,7 +75,7 @@ async def lane_round(requests: int, batch: int, piece: int) -> float:
     protocol = lane()
     transport = NullTransport()
     protocol.connection_made(transport)
-    burst = REQUEST * batch
+    burst = request * batch
     reads = [burst[i:i + piece] for i in range(0, len(burst), piece)]
     started = time.process_time()
     for _ in range(requests // batch):
@@ -131,6 +133,9 @@ async def main() -> None:
         count = args.requests // (8 if piece < 64 else 1)
         results = [await lane_round(count, batch, piece) for _ in range(args.rounds)]
         print(f"lane, {label:<26} median {statistics.median(results):6.2f} µs/request (min {min(results):.2f})")
+    results = [await lane_round(20, 1, 128, BIG_REQUEST) for _ in range(args.rounds)]
+    print(f"lane, 60 kB GET, 128-byte reads median {statistics.median(results):6.0f} µs/request "
+          f"(min {min(results):.0f})")
     if args.httptools:
         results = [httptools_round(args.requests) for _ in range(args.rounds)]
         print(f"httptools parse only, one request   median {statistics.median(results):6.2f} µs/request "
