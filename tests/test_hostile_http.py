@@ -287,6 +287,15 @@ class Hostile:
         status, _, _ = await self.one(form_post(b"command=SendSms&Message=\xff\xfe"))
         assert status == 400
 
+    async def follower_leaves(self) -> None:
+        client = await Client.connect(self.daemon)
+        await client.send(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAuthorization: Basic b3BzOnB3\r\n\r\n")  # ops:pw
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        client.writer.transport.abort()
+        await self.still_serving()  # an event for the follower that left: its stream ends without a traceback
+        await self.still_serving()
+
     async def health_without_login(self) -> None:
         async with aiohttp.ClientSession() as session, session.get(f"{self.daemon.base}/healthz") as response:
             health = await response.json()
@@ -297,7 +306,8 @@ class Hostile:
 CASES: list[Callable[[Hostile], Awaitable[None]]] = [
     Hostile.dribbled_head, Hostile.huge_heads, Hostile.many_unfinished_heads, Hostile.trickled_bodies,
     Hostile.bare_lf, Hostile.http10_keep_alive, Hostile.pipelined, Hostile.leave_mid_body, Hostile.broken_lengths,
-    Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.not_utf8, Hostile.health_without_login,
+    Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.not_utf8, Hostile.follower_leaves,
+    Hostile.health_without_login,
 ]
 
 
