@@ -175,7 +175,9 @@ class _Connection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self._client = str(peer[0])
         self._lane.register(self)
-        self._deadline = time.monotonic() + self._lane.idle_timeout
+        # A new connection owes its first request's head: one that never says a word holds a file descriptor
+        # for head_timeout, not idle_timeout (that is for a keep-alive connection between requests).
+        self._deadline = time.monotonic() + self._lane.timeouts[Stage.HEAD]
         if self.pending:
             data, self.pending = self.pending, b""
             self.data_received(data)

@@ -18,7 +18,7 @@ import pytest
 
 from .conftest import Daemon, gateway_config, start_daemon, wait_final
 
-TIMEOUTS = "head_timeout = 1\nbody_timeout = 1\nidle_timeout = 4\n"
+TIMEOUTS = "head_timeout = 1\nbody_timeout = 1\nidle_timeout = 60\n"
 PASSWORD = "Pw-n0t-in-logs"  # alice's password in this module's daemons
 SECRET_TEXT = "SecretMessageText"  # a message text that must never reach the log
 SEND = (f"command=SendSms&Username=alice&Password={PASSWORD}&Recipient=%2b36201234567&Message=hello").encode()
@@ -149,6 +149,13 @@ class Hostile:
         assert status == 408 and headers["connection"] == "close"
         assert await client.closed()
         client.close()
+
+    async def silent_connections(self) -> None:
+        # Connected, and not a byte: closed after head_timeout (idle_timeout, 60 s here, is for keep-alive).
+        clients = [await Client.connect(self.daemon) for _ in range(20)]
+        for client in clients:
+            assert await client.closed(timeout=10)
+            client.close()
 
     async def huge_heads(self) -> None:
         status, _, _ = await self.one(b"GET /api?" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -304,10 +311,10 @@ class Hostile:
 
 
 CASES: list[Callable[[Hostile], Awaitable[None]]] = [
-    Hostile.dribbled_head, Hostile.huge_heads, Hostile.many_unfinished_heads, Hostile.trickled_bodies,
-    Hostile.bare_lf, Hostile.http10_keep_alive, Hostile.pipelined, Hostile.leave_mid_body, Hostile.broken_lengths,
-    Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.not_utf8, Hostile.follower_leaves,
-    Hostile.health_without_login,
+    Hostile.dribbled_head, Hostile.silent_connections, Hostile.huge_heads, Hostile.many_unfinished_heads,
+    Hostile.trickled_bodies, Hostile.bare_lf, Hostile.http10_keep_alive, Hostile.pipelined, Hostile.leave_mid_body,
+    Hostile.broken_lengths, Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.not_utf8,
+    Hostile.follower_leaves, Hostile.health_without_login,
 ]
 
 
