@@ -85,6 +85,15 @@ class HttpConfig:
     max_body_bytes: int = 64 * 1024
     # Processes that answer SendSms requests beside the daemon (0: the daemon answers them itself).
     workers: int = 0
+    # A request's head must arrive within head_timeout of its first byte and its body within body_timeout of
+    # the head; a connection waiting for its next request is closed after idle_timeout. Slow clients cannot
+    # hold a connection (a file descriptor, a buffer) for longer than that.
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    # Connections the kernel queues before the daemon (or a front worker) accepts them; capped by
+    # net.core.somaxconn.
+    backlog: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,8 +384,11 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: expected true or false")
         return value
 
-    def duration(self, name: str, default: float) -> float:
-        return parse_duration(self.get(name, default), self.key(name))
+    def duration(self, name: str, default: float, at_least: float = 0.0) -> float:
+        seconds = parse_duration(self.get(name, default), self.key(name))
+        if seconds < at_least:
+            raise ConfigError(f"{self.key(name)}: expected at least {at_least:g} s")
+        return seconds
 
     def table(self, name: str) -> _Table:
         return _Table(self.get(name, {}), self.key(name))
@@ -741,8 +753,12 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     http = HttpConfig(
         listen=parse_host_port(listen_text, "http.listen") if listen_text else HttpConfig().listen,
         allowed_clients=_networks(http_table.get("allowed_clients", []), http_table.key("allowed_clients")),
-        max_body_bytes=http_table.integer("max_body_bytes", 64 * 1024, 1024, 16 * 1024 * 1024),
-        workers=http_table.integer("workers", 0, 0, 64),
+        max_body_bytes=http_table.integer("max_body_bytes", HttpConfig().max_body_bytes, 1024, 16 * 1024 * 1024),
+        workers=http_table.integer("workers", HttpConfig().workers, 0, 64),
+        head_timeout=http_table.duration("head_timeout", HttpConfig().head_timeout, at_least=0.1),
+        body_timeout=http_table.duration("body_timeout", HttpConfig().body_timeout, at_least=0.1),
+        idle_timeout=http_table.duration("idle_timeout", HttpConfig().idle_timeout, at_least=0.1),
+        backlog=http_table.integer("backlog", HttpConfig().backlog, 16, 65535),
     )
     http_table.finish()
 

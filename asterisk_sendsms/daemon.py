@@ -27,8 +27,8 @@ from .events import EventHub
 from .fastagi import FastAgiServer
 from .files import private_dir
 from .front import FrontWorkers, listening_sockets
-from .http_api import OzekiEndpoint, build_app, operator_identify, tcp_identify
-from .http_fast import FastLane, max_request_line, to_protocol
+from .http_api import OzekiEndpoint, build_app, make_runner, operator_identify, tcp_identify
+from .http_fast import FastLane, to_protocol
 from .metrics import Metrics
 from .notifier import Notifier, url_policy
 from .ozml_runner import OzmlRunner
@@ -53,12 +53,10 @@ async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, serv
                 authenticator: Authenticator, log_setup: tuple[str, str]) -> AsyncIterator[None]:
     """Serve the API on its TCP address: the fast lane first, `app` for every request it hands over; with
     HTTP front workers, they serve the address and hand this process what the lane here serves."""
-    max_line = max_request_line(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP,
-                           max_line_size=max_line)
+    runner = make_runner(app, config.http, SHUTDOWN_HTTP)
     await runner.setup()
     assert runner.server is not None  # set by setup()
-    lane = FastLane(ozeki, to_protocol(runner.server), config.http.max_body_bytes, max_line)
+    lane = FastLane(ozeki, to_protocol(runner.server), config.http)
     loop = asyncio.get_running_loop()
     server = None
     sockets: list[socket.socket] = []
@@ -78,13 +76,13 @@ async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, serv
 
     try:
         if config.http.workers:
-            sockets = listening_sockets(config.http.listen)
+            sockets = listening_sockets(config.http.listen, config.http.backlog)
             workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit, adopt, authenticator)
             running = loop.create_task(workers.run(), name="HTTP front workers")
         else:
             try:
                 server = await loop.create_server(lane, config.http.listen.host, config.http.listen.port,
-                                                  reuse_address=True)
+                                                  reuse_address=True, backlog=config.http.backlog)
             except OSError as exc:
                 raise ServiceUnavailable(f"cannot listen on {config.http.listen}: {exc.strerror}") from None
         yield
@@ -194,8 +192,8 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)
-        api = build_app(ozeki, service, health, config.http.max_body_bytes, metrics, config.status)
-        control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http.max_body_bytes)
+        api = build_app(ozeki, service, health, config.http, metrics, config.status)
+        control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -21,7 +21,7 @@ from .children import child_command, exit_description, hello_frame, read_hello
 from .config import Config, HostPort, UserConfig
 from .errors import ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
-from .http_fast import FastLane, max_request_line
+from .http_fast import FastLane
 from .intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
 from .logs import configure_logging
 from .model import NewMessage
@@ -33,7 +33,6 @@ __all__ = ["FrontWorkers", "listening_sockets"]
 
 log = logging.getLogger(__name__)
 
-BACKLOG = 1024
 STOP_GRACE = 5.0  # a worker still running this long after SIGTERM is killed
 ANSWER_GRACE = 2.0  # a stopping worker's requests still open get this long (the daemon's own grace)
 
@@ -43,7 +42,7 @@ ANSWER_GRACE = 2.0  # a stopping worker's requests still open get this long (the
 _Hello = tuple[Config, str, str]
 
 
-def listening_sockets(listen: HostPort) -> list[socket.socket]:
+def listening_sockets(listen: HostPort, backlog: int) -> list[socket.socket]:
     """The API's listening sockets, made by the daemon (which reports a taken port) and served by workers."""
     found: dict[tuple[int, object], socket.socket] = {}
     try:
@@ -57,7 +56,7 @@ def listening_sockets(listen: HostPort) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            sock.listen(BACKLOG)
+            sock.listen(backlog)
     except OSError as exc:
         for sock in found.values():
             sock.close()
@@ -196,8 +195,8 @@ async def _work(number: int, config: Config, link_socket: socket.socket, inbox: 
 
     ozeki = OzekiEndpoint(_LinkedSender(config, Router(config.routes), link),
                           _sendsms_only(tcp_identify(authenticator)))
-    lane = FastLane(ozeki, hand_off, config.http.max_body_bytes, max_request_line(config), per_turn=None)
-    servers = [await loop.create_server(lane, sock=sock, backlog=BACKLOG) for sock in listening]
+    lane = FastLane(ozeki, hand_off, config.http, per_turn=None)
+    servers = [await loop.create_server(lane, sock=sock, backlog=config.http.backlog) for sock in listening]
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, lambda: None)  # a Ctrl-C reaches the daemon too: it stops us

@@ -3,21 +3,22 @@ TCP for applications and on a Unix socket for the local operator's CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .auth import OPERATOR, Authenticator
 from .calls import CallService
-from .config import StatusConfig, UserConfig
+from .config import HttpConfig, StatusConfig, UserConfig
 from .errors import (
     AuthenticationFailed,
     AuthenticationRequired,
@@ -29,6 +30,7 @@ from .errors import (
     SmsGatewayError,
     UnknownCommand,
 )
+from .http_request import LINGER, MAX_HEADER_BYTES, MAX_HEADERS, max_request_line
 from .metrics import Metrics
 from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
@@ -36,7 +38,7 @@ from .service import Accepted, SmsService
 from .status_page import PAGE_SIZE, Listing, render_status_page
 from .transports import TransportHealth
 
-__all__ = ["HandOver", "OzekiEndpoint", "build_app"]
+__all__ = ["HandOver", "OzekiEndpoint", "build_app", "make_runner"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def tcp_identify(auth: Authenticator) -> Identify:
         if authorization[:6].lower() == "basic ":
             try:
                 username, _, password = base64.b64decode(authorization[6:], validate=True).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, or text that is not ASCII
                 raise ParseError("malformed Basic authorization header") from None
         return await auth.authenticate(username, password, client)
     return identify
@@ -86,6 +88,37 @@ class HandOver(Exception):
 
 class _BodyTooLarge(ParseError):
     http_status = 413
+
+
+class _BodyTimeout(ParseError):
+    http_status = 408
+
+
+_Read = TypeVar("_Read")
+
+
+async def _read_body(request: web.BaseRequest, read: Callable[[], Awaitable[_Read]], within: float) -> _Read:
+    """A request body, read within `within` seconds (a body trickled in never ends otherwise); every way
+    reading it can fail is a ParseError: the client answered, if it is still there, and one line logged."""
+    if request.content_length is not None and request.content_length > request.client_max_size:
+        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes")
+    try:
+        async with asyncio.timeout(within):
+            return await read()
+    except TimeoutError:
+        raise _BodyTimeout(f"the request body did not arrive within {within:g} s") from None
+    except web.HTTPRequestEntityTooLarge:
+        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+    except (ConnectionError, ClientPayloadError, HttpProcessingError) as exc:
+        raise ParseError(f"the request body could not be read ({type(exc).__name__}): the client went away "
+                         "or framed it wrongly") from None
+
+
+def _respond(response: web.Response) -> web.Response:
+    """A connection whose body timed out is closed: the rest of the body may never come."""
+    if response.status == _BodyTimeout.http_status:
+        response.force_close()
+    return response
 
 
 class OzekiEndpoint:
@@ -140,17 +173,14 @@ class OzekiEndpoint:
         return {"SmsId": accepted.sms_id}
 
 
-async def _request_params(request: web.Request) -> dict[str, str]:
+async def _request_params(request: web.Request, body_timeout: float) -> dict[str, str]:
     query = parse_form(request.rel_url.raw_query_string)
     if request.method != "POST" or not request.can_read_body:
         return query
-    try:
-        if request.content_type == "multipart/form-data":
-            form = await request.post()
-            return merge_params(query, {k: v for k, v in form.items() if isinstance(v, str)})
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+    if request.content_type == "multipart/form-data":
+        form = await _read_body(request, request.post, body_timeout)
+        return merge_params(query, {k: v for k, v in form.items() if isinstance(v, str)})
+    body = await _read_body(request, request.read, body_timeout)
     return merge_params(query, parse_form(body, request.charset or "utf-8"))
 
 
@@ -190,11 +220,12 @@ def _message_json(message: MessageView, detail: bool = True) -> dict[str, Any]:
     return data
 
 
-def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, max_body: int,
+def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, http: HttpConfig,
               metrics: Metrics | None = None, status: StatusConfig | None = None) -> web.Application:
     routes = web.RouteTableDef()
     identify = ozeki.identify
     show_text = (status or StatusConfig()).show_text
+    body_timeout = http.body_timeout
 
     async def query_user(request: web.Request, params: dict[str, str] | None = None) -> UserConfig:
         """The user a JSON/status request authenticates as (Basic auth or Username/Password parameters of
@@ -210,18 +241,18 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
 
     @routes.route("*", "/api")
     async def ozeki_api(request: web.Request) -> web.Response:
-        status, reply = await ozeki.answer(request.method, lambda: _request_params(request),
+        status, reply = await ozeki.answer(request.method, lambda: _request_params(request, body_timeout),
                                            request.headers.get("Authorization", ""), _client(request))
-        return web.Response(body=reply, status=status, content_type=XML_TYPE, charset="utf-8")
+        return _respond(web.Response(body=reply, status=status, content_type=XML_TYPE, charset="utf-8"))
 
     def json_error(exc: SmsGatewayError) -> web.Response:
-        return web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status)
+        return _respond(web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status))
 
     @routes.post("/api/messages")
     async def json_send(request: web.Request) -> web.Response:
         try:
             try:
-                body = json.loads(await request.read() or b"{}")
+                body = json.loads(await _read_body(request, request.read, body_timeout) or b"{}")
             except (ValueError, UnicodeDecodeError):
                 raise ParseError("the body is not JSON") from None
             if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
@@ -270,8 +301,12 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
         await response.prepare(request)
         async with service.events.subscribe() as queue:
             log.info("an event follower connected")
-            while True:
-                await response.write((json.dumps(await queue.get()) + "\n").encode())
+            try:
+                while True:
+                    await response.write((json.dumps(await queue.get()) + "\n").encode())
+            except ConnectionError:  # the follower left: the way this stream ends
+                log.info("an event follower left")
+        return response
 
     @routes.get("/status")
     async def status_page(request: web.Request) -> web.Response:
@@ -301,15 +336,33 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
+    async def shows_details(request: web.Request) -> bool:
+        """Whether a health check may see states and details (SMSC addresses, error texts): admins only. A load
+        balancer, without credentials, needs no more than readiness."""
+        if "Authorization" not in request.headers and not request.rel_url.raw_query_string:
+            return False
+        try:
+            await admin_user(request)
+        except SmsGatewayError:
+            return False
+        return True
+
+    def transport_view(found: TransportHealth, details: bool) -> dict[str, Any]:
+        return asdict(found) if details else {"name": found.name, "ready": found.ready}
+
     @routes.get("/healthz")
     async def healthz(request: web.Request) -> web.Response:
         """200 when the store answers and every transport is ready (for a load balancer in front of nodes)."""
-        transports = [asdict(h) for h in health()]
+        details = await shows_details(request)
+        found = health()
         store_problem = await service.store_problem()
-        ready = store_problem is None and all(t["ready"] for t in transports)
-        store = {"ready": store_problem is None, "state": store_problem or "ok"}
-        return web.json_response({"status": "ok" if ready else "degraded", "store": store, "transports": transports},
-                                 status=200 if ready else 503)
+        ready = store_problem is None and all(h.ready for h in found)
+        store: dict[str, Any] = {"ready": store_problem is None}
+        if details:
+            store["state"] = store_problem or "ok"
+        return web.json_response({"status": "ok" if ready else "degraded", "store": store,
+                                  "transports": [transport_view(h, details) for h in found]},
+                                 status=200 if ready else 503, headers={"Cache-Control": "no-store"})
 
     @routes.get("/healthz/{transport}")
     async def transport_health(request: web.Request) -> web.Response:
@@ -317,8 +370,9 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
         name = request.match_info["transport"]
         found = next((h for h in health() if h.name == name), None)
         if found is None:
-            return web.json_response({"error": f"no transport named {name!r}"}, status=404)
-        return web.json_response(asdict(found), status=200 if found.ready else 503)
+            return web.json_response({"error": "no such transport"}, status=404)
+        return web.json_response(transport_view(found, await shows_details(request)),
+                                 status=200 if found.ready else 503, headers={"Cache-Control": "no-store"})
 
     @web.middleware
     async def unexpected_errors(request: web.Request,
@@ -334,6 +388,36 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, m
             return web.Response(body=command_result(None, error.ozeki_code, error.message), status=500,
                                 content_type=XML_TYPE, charset="utf-8")
 
-    app = web.Application(client_max_size=max_body, middlewares=[unexpected_errors])
+    app = web.Application(client_max_size=http.max_body_bytes, middlewares=[unexpected_errors])
     app.add_routes(routes)
     return app
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """aiohttp's own log lines for the API's connections. A request it cannot parse is bad input: one INFO line
+    naming the kind of error, never its text (which quotes the request line, passwords and message texts
+    included). A client gone in the middle of a request is no error of ours."""
+
+    def log(self, level: int, msg: object, *args: object, exc_info: Any = None, **kwargs: Any) -> None:
+        error = exc_info if isinstance(exc_info, BaseException) else None
+        if isinstance(exc_info, tuple):
+            error = exc_info[1]
+        if isinstance(error, HttpProcessingError):
+            self.logger.info("malformed HTTP request refused: %d %s", error.code, type(error).__name__)
+        elif isinstance(error, ConnectionError | ClientPayloadError):
+            self.logger.debug("a client left in the middle of a request: %s", type(error).__name__)
+        else:
+            self.logger.log(level, msg, *args, exc_info=exc_info, **kwargs)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return msg, kwargs
+
+
+def make_runner(app: web.Application, http: HttpConfig, shutdown_timeout: float) -> web.AppRunner:
+    """The aiohttp runner for the API's TCP socket, with the fast lane's limits for the connections it hands
+    over: the same request line, few and short headers, the idle timeout (aiohttp's own default is an hour), and
+    the lane's LINGER for a body it does not read (aiohttp's default 10 s, for a client that may never stop)."""
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                         max_line_size=max_request_line(http), max_headers=MAX_HEADERS,
+                         max_field_size=MAX_HEADER_BYTES, keepalive_timeout=http.idle_timeout, lingering_time=LINGER,
+                         logger=_ServerLog(logging.getLogger("aiohttp.server"), {}))

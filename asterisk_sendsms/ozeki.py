@@ -75,7 +75,8 @@ def merge_params(*sources: Mapping[str, str] | list[tuple[str, str]]) -> dict[st
         for name, value in (source.items() if isinstance(source, Mapping) else source):
             key = name.lower()
             if key in merged and merged[key] != value:
-                raise ParseError(f"parameter '{name}' is given twice with different values")
+                shown = name if len(name) <= 64 else name[:64] + "…"  # it may be as long as a request
+                raise ParseError(f"parameter '{shown}' is given twice with different values")
             merged[key] = value
     return merged
 

@@ -204,7 +204,8 @@ async def wait_final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str
 
 
 def gateway_config(path: Path, transport: str, extra: str = "", lease: float = 120.0, callbacks: str = "") -> Path:
-    """A daemon configuration with user alice/pw, one transport named "operator", and quick retries."""
+    """A daemon configuration with user alice/pw, admin ops/pw (who sees /healthz in full), one transport named
+    "operator", and quick retries."""
     path.write_text(f"""
 {extra}
 [dispatch]
@@ -220,6 +221,10 @@ timeout = 1
 [[users]]
 name = "alice"
 password_hash = "{hash_password('pw')}"
+[[users]]
+name = "ops"
+password_hash = "{hash_password('pw')}"
+admin = true
 [[transports]]
 name = "operator"
 url = "{transport}"

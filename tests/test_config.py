@@ -35,6 +35,17 @@ def test_demo_defaults(tmp_path: Path) -> None:
     assert config.store.path == tmp_path / "messages.sqlite3"
 
 
+def test_http_timeouts_and_backlog(tmp_path: Path) -> None:
+    config = load_config(Overrides(data_dir=tmp_path), env={})
+    assert (config.http.head_timeout, config.http.body_timeout, config.http.idle_timeout) == (10, 30, 75)
+    assert config.http.backlog == 1024
+    path = write(tmp_path, '[http]\nhead_timeout = "2s"\nbody_timeout = 5\nidle_timeout = "1m"\nbacklog = 4096\n'
+                           '[[transports]]\nurl = "simulator"\n')
+    config = load_config(Overrides(config_file=path), env={})
+    assert (config.http.head_timeout, config.http.body_timeout, config.http.idle_timeout) == (2, 5, 60)
+    assert config.http.backlog == 4096
+
+
 def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, 'data_dir = "/from/file"\n[http]\nlisten = "127.0.0.1:1"\n'
                            '[[transports]]\nurl = "simulator"\n')
@@ -67,6 +78,9 @@ def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
     ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\nallowed_sources=['10.0.0.300']\n"
      "[[transports]]\nurl='simulator'", "users[0].allowed_sources"),
     ("not toml = = =", "config file"),
+    ("[http]\nhead_timeout = 0\n[[transports]]\nurl='simulator'", "http.head_timeout: expected at least 0.1 s"),
+    ("[http]\nbody_timeout = 'slow'\n[[transports]]\nurl='simulator'", "http.body_timeout: expected a duration"),
+    ("[http]\nbacklog = 1\n[[transports]]\nurl='simulator'", "http.backlog: expected a whole number"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

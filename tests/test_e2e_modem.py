@@ -42,6 +42,7 @@ retry_max = 1
 [[users]]
 name = "alice"
 password_hash = "{hash_password('pw')}"
+admin = true  # /healthz shows transport details to admins
 [[transports]]
 name = "gsm"
 url = "modem://{modem.path}?timeout=1{options}"
@@ -63,7 +64,8 @@ async def test_send_in_pdu_mode_and_correlate_status_reports(daemon_factory: lis
         long = await final(session, daemon, await send(session, daemon, "+36207654321", long_text))
     assert short["state"] == "delivered" and long["state"] == "delivered"
     assert modem.commands[:6] == ["AT", "ATE0", "AT+CMEE=1", "AT+CPIN?", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0"]
-    async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/healthz") as response:
+    async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/healthz",
+                                                                       headers=basic_auth("alice", "pw")) as response:
         health = (await response.json())["transports"][0]
     assert health["ready"] and "signal 20/31 (-73 dBm)" in health["detail"]
     first, *rest = modem.submits
@@ -90,7 +92,7 @@ async def test_missing_pin_is_reported_and_the_message_waits(daemon_factory: lis
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "waiting for the PIN")
         await asyncio.sleep(1.5)
-        async with session.get(f"{daemon.base}/healthz") as response:
+        async with session.get(f"{daemon.base}/healthz", headers=basic_auth("alice", "pw")) as response:
             health = await response.json()
         async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
             state = (await r.json())["state"]

@@ -45,7 +45,7 @@ async def test_submit_receipt_and_callback(daemon_factory: list[Daemon], tmp_pat
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "Your receipt: 12.50 EUR", "+3612345678", receiver.url)
         data = await final(session, daemon, sms_id)
-        async with session.get(f"{daemon.base}/healthz") as response:
+        async with session.get(f"{daemon.base}/healthz", headers=basic_auth("ops", "pw")) as response:
             health = await response.json()
         async with session.get(f"{daemon.base}/healthz/operator") as response:
             assert response.status == 200 and (await response.json())["name"] == "operator"
@@ -175,7 +175,7 @@ async def test_wrong_password_is_reported_once_and_messages_wait(daemon_factory:
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "waiting")
         await asyncio.sleep(1.5)
-        async with session.get(f"{daemon.base}/healthz") as response:
+        async with session.get(f"{daemon.base}/healthz", headers=basic_auth("ops", "pw")) as response:
             health = await response.json()
             assert response.status == 503
         async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:

@@ -18,15 +18,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asterisk_sendsms import http_fast
-from asterisk_sendsms.config import UserConfig
-from asterisk_sendsms.http_api import OzekiEndpoint, build_app
+from asterisk_sendsms.config import HttpConfig, UserConfig
+from asterisk_sendsms.http_api import OzekiEndpoint, build_app, make_runner
 from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane, to_protocol
 from asterisk_sendsms.service import Accepted, SmsService
 
 from .conftest import Daemon, start_daemon
 
 MAX_BODY = 4096
+HTTP = HttpConfig(max_body_bytes=MAX_BODY)
 
 
 class EchoService:
@@ -48,20 +48,19 @@ class Servers:
     plain: int
 
 
-@pytest.fixture
-async def servers() -> AsyncIterator[Servers]:
+async def start_servers(http: HttpConfig) -> AsyncIterator[Servers]:
     service = cast(SmsService, EchoService())
     ozeki = OzekiEndpoint(service, identify)
-    app = build_app(ozeki, service, list, MAX_BODY)
+    app = build_app(ozeki, service, list, http)
     runners = []
     for _ in range(2):
-        runner = web.AppRunner(app, access_log=None, max_line_size=8190)
+        runner = make_runner(app, http, 1)
         await runner.setup()
         runners.append(runner)
     plain = web.TCPSite(runners[0], "127.0.0.1", 0)
     await plain.start()
     assert runners[1].server is not None
-    lane = FastLane(ozeki, to_protocol(runners[1].server), MAX_BODY, 8190)
+    lane = FastLane(ozeki, to_protocol(runners[1].server), http)
     server = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
     try:
         yield Servers(server.sockets[0].getsockname()[1], plain._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
@@ -70,6 +69,12 @@ async def servers() -> AsyncIterator[Servers]:
         await lane.shutdown(1)
         for runner in runners:
             await runner.cleanup()
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[Servers]:
+    async for started in start_servers(HTTP):
+        yield started
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
@@ -159,7 +164,14 @@ async def test_same_answers_as_aiohttp(servers: Servers, request_bytes: bytes, p
     if request_bytes.startswith(b"HEAD"):
         return  # a HEAD answer has no body to compare
     expected = await exchange(servers.plain, request_bytes, [])
-    assert await exchange(servers.lane, request_bytes, pieces) == expected
+    assert without_reasons(await exchange(servers.lane, request_bytes, pieces)) == without_reasons(expected)
+
+
+def without_reasons(answers: list[tuple[int, str, bytes]]) -> list[tuple[int, str, bytes]]:
+    """A malformed request is refused by the lane or aiohttp in the same terms (status, type, closing), but the
+    reasons are worded differently (aiohttp's quote the request)."""
+    return [(status, kind, b"" if status == 400 and kind.startswith("text/plain") else body)
+            for status, kind, body in answers]
 
 
 async def test_pipelined_and_mixed_requests_on_one_connection(servers: Servers) -> None:
@@ -241,7 +253,7 @@ class TurnRecordingService(EchoService):
 async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:
     service = TurnRecordingService()
     lane = FastLane(OzekiEndpoint(cast(SmsService, service), identify), to_protocol(web.Server(lambda _: None)),
-                    MAX_BODY, 8190)
+                    HTTP)
     server = await asyncio.get_running_loop().create_server(lane, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
@@ -260,10 +272,12 @@ async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:
         await lane.shutdown(1)
 
 
-async def test_idle_and_unfinished_connections_are_closed_after_the_timeout(servers: Servers,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http_fast, "IDLE_TIMEOUT", 0.6)
-    monkeypatch.setattr(http_fast, "IDLE_SWEEP", 0.1)
+async def test_idle_and_unfinished_connections_are_closed_after_the_timeout() -> None:
+    async for servers in start_servers(HttpConfig(max_body_bytes=MAX_BODY, idle_timeout=0.6, head_timeout=0.6)):
+        await idle_and_unfinished(servers)
+
+
+async def idle_and_unfinished(servers: Servers) -> None:
     query = b"command=SendSms&username=u&password=p&recipient=%2b36201234567&message=hi"
     talking_reader, talking_writer = await asyncio.open_connection("127.0.0.1", servers.lane)
     idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", servers.lane)
@@ -278,6 +292,7 @@ async def test_idle_and_unfinished_connections_are_closed_after_the_timeout(serv
         assert (await asyncio.wait_for(read_response(talking_reader), 5))[0] == 200
         await asyncio.sleep(0.2)
     assert await asyncio.wait_for(idle_reader.read(), 5) == b""
+    assert (await asyncio.wait_for(read_response(slow_reader), 5))[0] == 408
     assert await asyncio.wait_for(slow_reader.read(), 5) == b""
     assert 0.6 <= loop.time() - started < 3
     talking_writer.write(b"GET /api?" + query + b" HTTP/1.1\r\nHost: x\r\n\r\n")
