@@ -190,7 +190,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
         ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
                     for ari in config.asterisk.ari]
-        calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
+        calls = CallService(ari_apps, config.asterisk, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)
         api = build_app(ozeki, service, health, config.http.max_body_bytes, metrics, config.status)
         control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http.max_body_bytes)
