@@ -18,6 +18,7 @@ import aiohttp
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import AriConfig, PromptConfig
 from .errors import SmsGatewayError
+from .logsafe import printable
 from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
@@ -29,6 +30,16 @@ REST_TIMEOUT = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 HANGUP_EVENTS = ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed")
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # a larger websocket frame ends the connection (aiohttp), then we reconnect
+MAX_REST_BODY = 1024 * 1024  # Asterisk's answers are a few kB; a larger one is not read into memory
+# Channels in our application at once; more StasisStarts are left alone (a peer could otherwise start
+# unbounded work).
+MAX_CHANNELS = 10_000
+
+
+def _object(value: object) -> dict[str, Any]:
+    """A JSON object of an event, or an empty one: events come from a peer and may have any shape."""
+    return value if isinstance(value, dict) else {}
 
 
 class AriError(SmsGatewayError):
@@ -51,14 +62,17 @@ class AriRest:
             async with self._session.request(method, f"{self._base}{path}", params=params,
                                              headers={"Authorization": self.auth_header},
                                              timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT)) as response:
-                body = await response.read()
+                body = await response.content.read(MAX_REST_BODY + 1)
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AriError(f"ARI {method} {path}: {exc or type(exc).__name__}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            raise AriError(f"ARI {method} {printable(path)}: {printable(exc or type(exc).__name__)}") from None
+        if len(body) > MAX_REST_BODY:
+            raise AriError(f"ARI {method} {printable(path)}: an answer larger than {MAX_REST_BODY} bytes")
         if status == 404:
-            raise ChannelGone(f"ARI {method} {path}: channel not found")
+            raise ChannelGone(f"ARI {method} {printable(path)}: channel not found")
         if status >= 300:
-            raise AriError(f"ARI {method} {path}: HTTP {status} {body[:200].decode(errors='replace')}")
+            text = printable(body[:200].decode(errors="replace"))
+            raise AriError(f"ARI {method} {printable(path)}: HTTP {status} {text}")
         return body
 
 
@@ -84,13 +98,15 @@ class AriChannel:
             self._gone = True
             self._settle_playbacks(False)
         elif kind == "ChannelDtmfReceived":
-            self._digits.put_nowait(str(event.get("digit", "")))
+            digit = str(event.get("digit", ""))
+            if len(digit) == 1 and self._digits.qsize() < 64:  # a key, and not a flood of them
+                self._digits.put_nowait(digit)
         elif kind in ("RecordingFinished", "RecordingFailed"):
-            future = self._recordings.pop(str(event.get("recording", {}).get("name")), None)
+            future = self._recordings.pop(str(_object(event.get("recording")).get("name")), None)
             if future is not None and not future.done():
                 future.set_result(kind == "RecordingFinished")
         elif kind == "PlaybackFinished":
-            playback = event.get("playback", {})
+            playback = _object(event.get("playback"))
             future = self._playbacks.pop(str(playback.get("id")), None)
             if future is not None and not future.done():
                 future.set_result(playback.get("state") == "done")
@@ -220,7 +236,12 @@ class AriApp:
                     problem = (f"refused the ari.conf user {self._config.username!r} (HTTP 401)" if exc.status == 401
                                else f"refused the event stream (HTTP {exc.status})")
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    problem = str(exc) or type(exc).__name__
+                    problem = printable(str(exc) or type(exc).__name__)
+                except Exception:
+                    # The connection's error boundary: whatever the peer did ends this connection, never the
+                    # daemon; we reconnect as after a drop.
+                    log.exception("ARI %s: the event stream failed", self._config)
+                    problem = "the event stream failed"
                 if self.connected:
                     backoff, reported = BACKOFF_INITIAL, False
                 self.connected = False
@@ -236,33 +257,44 @@ class AriApp:
         url = f"{self._config.base_url}/ari/events"
         params = {"app": self._config.app, "subscribeAll": "false"}
         async with session.ws_connect(url, params=params, headers={"Authorization": rest.auth_header},
-                                      heartbeat=30.0, max_msg_size=4 * 1024 * 1024) as websocket:
+                                      heartbeat=30.0, max_msg_size=MAX_EVENT_BYTES) as websocket:
             self.connected = True
             log.info("ARI %s connected", self._config)
+            unreadable = 0
             async for message in websocket:
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     continue
                 try:
                     event = message.json()
-                except ValueError:
-                    log.warning("ARI %s sent an event that is not JSON", self._config)
+                except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+                    event = None
+                if not isinstance(event, dict):
+                    if not unreadable:  # once per connection: a peer sending garbage must not flood the log
+                        log.warning("ARI %s sent an event that is not a JSON object; ignoring such events",
+                                    self._config)
+                    unreadable += 1
                     continue
-                if isinstance(event, dict):
-                    self._dispatch(event, rest, group)
+                self._dispatch(event, rest, group)
 
     def _dispatch(self, event: dict[str, Any], rest: AriRest, group: asyncio.TaskGroup) -> None:
-        channel_id = str((event.get("channel") or {}).get("id", ""))
+        description = _object(event.get("channel"))
+        channel_id = str(description.get("id", ""))
         if event.get("type") == "StasisStart":
-            args = [str(a) for a in event.get("args", [])]
-            if len(args) < 2 or channel_id in self._channels:
+            raw_args = event.get("args")
+            args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
+            if len(args) < 2 or not channel_id or channel_id in self._channels:
                 # Not a Stasis(sendsms,RECIPIENT,MESSAGE) call, e.g. the other half of a Local channel.
-                log.debug("ARI: leaving channel %s alone (args %s)", channel_id, args)
+                log.debug("ARI: leaving channel %s alone (args %s)", printable(channel_id), printable(args))
+                return
+            if len(self._channels) >= MAX_CHANNELS:
+                log.warning("ARI %s: %d channels are in the application already; leaving %s alone", self._config,
+                            MAX_CHANNELS, printable(channel_id))
                 return
             channel = AriChannel(rest, channel_id)
             self._channels[channel_id] = channel
-            group.create_task(self._handle(channel, args, event.get("channel") or {}))
+            group.create_task(self._handle(channel, args, description))
             return
-        target = str((event.get("playback") or event.get("recording") or {}).get("target_uri", ""))
+        target = str(_object(event.get("playback") or event.get("recording")).get("target_uri", ""))
         if target.startswith("channel:"):
             channel_id = target[len("channel:"):]
         known = self._channels.get(channel_id)
@@ -272,8 +304,8 @@ class AriApp:
     async def _handle(self, channel: AriChannel, args: list[str], description: dict[str, Any]) -> None:
         try:
             if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
-                caller = str((description.get("caller") or {}).get("number", ""))
-                callee = str((description.get("dialplan") or {}).get("exten", ""))
+                caller = str(_object(description.get("caller")).get("number", ""))
+                callee = str(_object(description.get("dialplan")).get("exten", ""))
                 await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
                                             args[2] if len(args) > 2 and args[2] else None)
                 return
@@ -282,11 +314,11 @@ class AriApp:
             outcome = await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, params)
             if not channel.hung_up:  # back to the dialplan's next priority, SMS_* variables set
                 await channel.continue_in_dialplan()
-            log.debug("ARI channel %s: %s", channel.id, outcome.status)
+            log.debug("ARI channel %s: %s", printable(channel.id), outcome.status)
         except SmsGatewayError as exc:
-            log.info("ARI channel %s: %s", channel.id, exc.message)
+            log.info("ARI channel %s: %s", printable(channel.id), printable(exc.message))
         except Exception:
-            log.exception("ARI channel %s failed", channel.id)
+            log.exception("ARI channel %s failed", printable(channel.id))
         finally:
             self._channels.pop(channel.id, None)
             with contextlib.suppress(Exception):

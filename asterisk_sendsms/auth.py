@@ -18,15 +18,17 @@ from .errors import AuthenticationFailed, AuthenticationRequired, ForbiddenAddre
 from .passwords import hash_password, verify_password
 from .routing import prefix_matches
 
-__all__ = ["OPERATOR", "Authenticator", "check_destination"]
+__all__ = ["OPERATOR", "Authenticator", "check_destination", "client_allowed"]
 
 # The local operator (the CLI on the daemon's control socket) may do anything.
 OPERATOR = UserConfig("operator", can_send=True, admin=True)
-# Sends from calls (FastAGI, ARI) when no `asterisk.user` is configured: the dialplan is trusted.
+# Sends from calls (FastAGI, ARI) when no `asterisk.user` is configured: the dialplan is trusted. The
+# configuration allows that only while FastAGI listens on loopback (ARI connects out to a configured server).
 ASTERISK_PRINCIPAL = UserConfig("asterisk", can_send=True)
 
 
-def _allowed(address: str, networks: Sequence[Network]) -> bool:
+def client_allowed(address: str, networks: Sequence[Network]) -> bool:
+    """Whether `address` is in one of `networks` (empty: any address)."""
     if not networks:
         return True
     try:
@@ -146,7 +148,7 @@ class Authenticator:
         return await asyncio.shield(pending)
 
     def check_client(self, address: str) -> None:
-        if not _allowed(address, self._allowed_clients):
+        if not client_allowed(address, self._allowed_clients):
             raise ForbiddenAddress(f"Forbidden address: {address} may not use this API")
 
     def _fingerprint(self, name: str, password: str) -> bytes:
@@ -184,6 +186,6 @@ class Authenticator:
             if not await self._verify(user, password, fingerprint):
                 self._failed(address, username)
             self._verified[username] = fingerprint
-        if not _allowed(address, user.allowed_sources):
+        if not client_allowed(address, user.allowed_sources):
             raise ForbiddenAddress(f"Forbidden address: {user.name} may not connect from {address}")
         return user

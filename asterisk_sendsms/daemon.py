@@ -201,7 +201,8 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         fastagi = None
         if config.asterisk.fastagi is not None:
             recordings.mkdir(parents=True, exist_ok=True)
-            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml)
+            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml,
+                                    config.asterisk.fastagi_allowed_clients, config.asterisk.fastagi_secret)
             await fastagi.bind()
         async with (_site(api, ozeki, config, service, authenticator, log_setup),
                     _control_site(control, config)):
