@@ -56,7 +56,9 @@ class AgiChannel:
         except asyncio.LimitOverrunError:
             raise AgiError(f"an AGI line longer than {MAX_LINE} bytes") from None
         except TimeoutError:
-            raise AgiError(f"Asterisk did not answer within {seconds:g}s") from None
+            # Its answer may still come and would be read as the next command's: the conversation is over.
+            self._closed = True
+            raise AgiHangup(f"Asterisk did not answer within {seconds:g}s") from None
         except (ConnectionError, OSError) as exc:
             self._closed = True
             raise AgiHangup(f"AGI stream broken: {exc}") from None
