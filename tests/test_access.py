@@ -129,3 +129,18 @@ def test_fastagi_access_defaults_and_settings(tmp_path: Path) -> None:
     assert "0123456789abcdef" not in repr(configured)
     with pytest.raises(ConfigError, match="beyond this machine"):  # the command line cannot sidestep it
         load(config_text(tmp_path), fastagi="[::]:4573")
+
+
+def test_fastagi_beyond_loopback_without_a_user_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "c.toml"
+    config.write_text('[[transports]]\nurl = "simulator"\n')
+    result = subprocess.run([sys.executable, "-m", "asterisk_sendsms", "serve", "--config", str(config),
+                             "--data-dir", str(tmp_path / "data"), "--http", "127.0.0.1:0",
+                             "--fastagi", "0.0.0.0:4573"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "asterisk-sendsms: configuration error: asterisk.user: FastAGI listens on 0.0.0.0:4573, beyond this "
+        "machine: name the [[users]] entry whose limits its sends get (asterisk.user)"]
