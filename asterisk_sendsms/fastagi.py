@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import socket
 import time
 from collections.abc import Mapping, Sequence
 
@@ -70,18 +71,22 @@ class FastAgiServer:
         self._ozml = ozml
         self._allowed = tuple(allowed_clients)
         self._secret = secret.encode() if secret is not None else None
-        self._server: asyncio.Server | None = None
+        self._socket: socket.socket | None = None
         self._group: asyncio.TaskGroup | None = None
         self._open = 0
         self._refusals = _RefusalLog()
 
     async def bind(self) -> None:
-        """Take the port now, so the daemon says it is ready only once Asterisk can connect."""
+        """Take the port and listen now: Asterisk's connections wait in the backlog until `run` accepts them, so
+        the daemon may say it is ready before its tasks start (a socket only bound would refuse them)."""
+        host, port = self._listen.host, self._listen.port
         try:
-            self._server = await asyncio.start_server(self._connected, self._listen.host, self._listen.port,
-                                                      limit=MAX_LINE, backlog=BACKLOG, start_serving=False)
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                                 flags=socket.AI_PASSIVE)
+            family, _, _, _, address = infos[0]
+            self._socket = socket.create_server(address[:2], family=family, backlog=BACKLOG)
         except OSError as exc:
-            raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror}") from None
+            raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror or exc}") from None
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._group is not None  # connections are accepted only inside run()
@@ -101,13 +106,16 @@ class FastAgiServer:
         self._group.create_task(self._serve(reader, writer, address))
 
     async def run(self) -> None:
-        if self._server is None:
+        if self._socket is None:
             await self.bind()
-        assert self._server is not None
+        assert self._socket is not None
+        # asyncio calls listen() again: with our backlog, not its default of 100.
+        server = await asyncio.start_server(self._connected, sock=self._socket, limit=MAX_LINE, backlog=BACKLOG,
+                                            start_serving=False)
         # The connections end (TaskGroup) before the listening socket closes.
-        async with self._server, asyncio.TaskGroup() as group:
+        async with server, asyncio.TaskGroup() as group:
             self._group = group
-            await self._server.serve_forever()
+            await server.serve_forever()
 
     async def _authorised(self, channel: AgiChannel, params: Mapping[str, str], address: str) -> bool:
         if self._secret is None:

@@ -3,7 +3,10 @@ of calls and FastAGI access."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +147,87 @@ def test_fastagi_beyond_loopback_without_a_user_stops_the_start_with_one_line(tm
     assert result.stderr.splitlines() == [
         "asterisk-sendsms: configuration error: asterisk.user: FastAGI listens on 0.0.0.0:4573, beyond this "
         "machine: name the [[users]] entry whose limits its sends get (asterisk.user)"]
+
+
+class Backend:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, recipient: str, text: str, sender: str | None, report_url: str | None) -> str:
+        self.sent.append(recipient)
+        return f"id-{len(self.sent)}"
+
+    async def state(self, sms_id: str) -> tuple[Any, str]:
+        from asterisk_sendsms.lifecycle import State
+        return State.SUBMITTED, ""
+
+
+def fastagi_server(port: int, backend: Backend) -> Any:
+    from asterisk_sendsms.config import HostPort, PromptConfig
+    from asterisk_sendsms.fastagi import FastAgiServer
+    return FastAgiServer(HostPort("127.0.0.1", port), backend, None, PromptConfig(), None,  # type: ignore[arg-type]
+                         LOOPBACK, None)
+
+
+async def served(port: int, query: str) -> dict[str, str]:
+    from .peers.fake_asterisk import FakeChannel, base_environment, run_fastagi
+    channel = FakeChannel(base_environment(f"agi://h/sendsms?{query}", agi_network="yes",
+                                           agi_network_script=f"sendsms?{query}"), Path("/nonexistent"))
+    await run_fastagi(channel, "127.0.0.1", port, timeout=20)
+    return channel.variables
+
+
+async def test_fastagi_connections_made_before_it_runs_wait_in_the_backlog() -> None:
+    """The daemon announces itself once FastAGI has bound; a call arriving before the server task starts is
+    queued by the kernel, not refused."""
+    from .conftest import free_port
+    backend, port = Backend(), free_port()
+    server = fastagi_server(port, backend)
+    await server.bind()
+    early = asyncio.create_task(served(port, "recipient=%2B3620123456&message=early&announce=no"))
+    await asyncio.sleep(0.2)  # connected and waiting (a refused connection would have failed by now)
+    assert not early.done()
+    running = asyncio.create_task(server.run())
+    try:
+        assert (await early)["SMS_STATUS"] == "SENT" and backend.sent == ["+3620123456"]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_fastagi_closes_connections_beyond_its_cap(monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import asterisk_sendsms.fastagi as fastagi_module
+
+    from .conftest import free_port
+    monkeypatch.setattr(fastagi_module, "MAX_CONNECTIONS", 3)
+    backend, port = Backend(), free_port()
+    server = fastagi_server(port, backend)
+    await server.bind()
+    running = asyncio.create_task(server.run())
+    idle = []
+    try:
+        for _ in range(3):
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once, unread
+        writer.close()
+        assert "3 connections are open" in caplog.text
+        for _, idle_writer in idle:
+            idle_writer.close()
+        idle.clear()
+        deadline = asyncio.get_running_loop().time() + 10
+        # The slots free up as the idle peers' connections end; until then a call is closed unserved.
+        while "SMS_STATUS" not in (variables := await served(port, "recipient=%2B3620123456&message=after"
+                                                                   "&announce=no")):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        assert variables["SMS_STATUS"] == "SENT"
+    finally:
+        for _, idle_writer in idle:
+            idle_writer.close()
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
