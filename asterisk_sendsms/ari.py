@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -35,6 +36,7 @@ MAX_REST_BODY = 1024 * 1024  # Asterisk's answers are a few kB; a larger one is 
 # Channels in our application at once; more StasisStarts are left alone (a peer could otherwise start
 # unbounded work).
 MAX_CHANNELS = 10_000
+CHANNEL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
 
 
 def _object(value: object) -> dict[str, Any]:
@@ -219,9 +221,13 @@ class AriApp:
             params["callerId"] = caller_id
         body = await self._rest.call("POST", "/channels", **params)
         try:
-            return str(json.loads(body)["id"])
-        except (ValueError, KeyError, TypeError):
-            raise AriError("ARI answered the originate without a channel id") from None
+            channel_id = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            channel_id = None
+        # The id goes into replies and log lines: Asterisk's are like 1795570300.8 (or an id given to it).
+        if not isinstance(channel_id, str) or not CHANNEL_ID.fullmatch(channel_id):
+            raise AriError("ARI answered the originate without a channel id")
+        return channel_id
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:

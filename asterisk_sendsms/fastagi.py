@@ -17,7 +17,7 @@ from .agi import MAX_LINE, AgiEnvironment, AgiError
 from .agi_channel import AgiChannel
 from .auth import client_allowed
 from .callflow import Prompter, SmsBackend, send_sms_from_params
-from .config import HostPort, Network, PromptConfig
+from .config import HostPort, Network, PromptConfig, is_loopback
 from .errors import ServiceUnavailable, SmsGatewayError
 from .logsafe import printable
 from .ozml_runner import CallDetails, OzmlRunner
@@ -87,6 +87,10 @@ class FastAgiServer:
             self._socket = socket.create_server(address[:2], family=family, backlog=BACKLOG)
         except OSError as exc:
             raise ServiceUnavailable(f"cannot listen for FastAGI on {self._listen}: {exc.strerror or exc}") from None
+        if self._secret is None and not is_loopback(host):
+            log.warning("FastAGI listens on %s without asterisk.fastagi_secret: every host in "
+                        "asterisk.fastagi_allowed_clients (%s) may send SMS through it", self._listen,
+                        ", ".join(str(net) for net in self._allowed) or "any address")
 
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._group is not None  # connections are accepted only inside run()

@@ -270,12 +270,14 @@ async def test_a_refused_originate(daemon: Daemon, ari: HostileAri) -> None:
              f"&Url={quote('http://127.0.0.1:9/none', safe='')}")
     answers = []
     for fault in (web.Response(status=500, text="Allocation failed"), web.Response(status=200, text="not json"),
-                  web.Response(status=200, text="[1, 2]"), web.Response(status=200, body=b"{" * 2_000_000)):
+                  web.Response(status=200, text="[1, 2]"), web.Response(status=200, body=b"{" * 2_000_000),
+                  web.Response(status=200, text="[" * 100_000), web.json_response({"id": "x\r\nINFO forged"}),
+                  web.json_response({"id": {"nested": 1}})):
         ari.originate_fault = fault
         async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/api?{query}") as response:
             answers.append(etree.fromstring(await response.read()).findtext("Code"))
     ari.originate_fault = None
-    assert answers == ["500"] * 4
+    assert answers == ["500"] * 7
     await healthy(daemon, ari)
 
 
