@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
 from .errors import SmsGatewayError
-from .logsafe import printable
 
 __all__ = [
     "AgiCommandError",
@@ -137,7 +136,7 @@ class ReplyParser:
         if self._usage is not None:
             if text.startswith("520 "):
                 usage, self._usage = " ".join(u.strip() for u in self._usage if u.strip()), None
-                raise AgiCommandError(f"wrong command usage (520): {printable(usage)}", 520)
+                raise AgiCommandError(f"wrong command usage (520): {usage[:200]}", 520)
             if len(self._usage) >= MAX_USAGE_LINES:
                 raise AgiCommandError(f"a 520 usage reply longer than {MAX_USAGE_LINES} lines", 520)
             self._usage.append(text)
@@ -148,16 +147,16 @@ class ReplyParser:
         if text.startswith("200 "):
             match = _RESULT.fullmatch(text)
             if not match:
-                raise AgiCommandError(f"unparseable AGI reply: {printable(text, 120)}", 200)
+                raise AgiCommandError(f"unparseable AGI reply: {text[:120]!r}", 200)
             endpos = match.group(3)
             return AgiReply(int(match.group(1)), match.group(2), int(endpos) if endpos is not None else None)
         if text.startswith("511"):
             raise AgiHangup("channel is dead (511)")
         if text.startswith("510"):
-            raise AgiCommandError(f"Asterisk does not know the command (510): {printable(text[4:], 120)}", 510)
+            raise AgiCommandError(f"Asterisk does not know the command (510): {text[4:124]}", 510)
         if text.startswith("520-"):
             self._usage = []
             return None
         if text.startswith("520"):
-            raise AgiCommandError(f"wrong command usage (520): {printable(text[4:], 120)}", 520)
-        raise AgiCommandError(f"unexpected AGI reply: {printable(text, 120)}", 0)
+            raise AgiCommandError(f"wrong command usage (520): {text[4:124]}", 520)
+        raise AgiCommandError(f"unexpected AGI reply: {text[:120]!r}", 0)

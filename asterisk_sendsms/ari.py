@@ -19,7 +19,6 @@ import aiohttp
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import AriConfig, PromptConfig
 from .errors import SmsGatewayError
-from .logsafe import printable
 from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
@@ -67,14 +66,14 @@ class AriRest:
                 body = await response.content.read(MAX_REST_BODY + 1)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise AriError(f"ARI {method} {printable(path)}: {printable(exc or type(exc).__name__)}") from None
+            raise AriError(f"ARI {method} {path}: {exc or type(exc).__name__}") from None
         if len(body) > MAX_REST_BODY:
-            raise AriError(f"ARI {method} {printable(path)}: an answer larger than {MAX_REST_BODY} bytes")
+            raise AriError(f"ARI {method} {path}: an answer larger than {MAX_REST_BODY} bytes")
         if status == 404:
-            raise ChannelGone(f"ARI {method} {printable(path)}: channel not found")
+            raise ChannelGone(f"ARI {method} {path}: channel not found")
         if status >= 300:
-            text = printable(body[:200].decode(errors="replace"))
-            raise AriError(f"ARI {method} {printable(path)}: HTTP {status} {text}")
+            text = body[:200].decode(errors="replace")
+            raise AriError(f"ARI {method} {path}: HTTP {status} {text}")
         return body
 
 
@@ -242,7 +241,7 @@ class AriApp:
                     problem = (f"refused the ari.conf user {self._config.username!r} (HTTP 401)" if exc.status == 401
                                else f"refused the event stream (HTTP {exc.status})")
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    problem = printable(str(exc) or type(exc).__name__)
+                    problem = str(exc) or type(exc).__name__
                 except Exception:
                     # The connection's error boundary: whatever the peer did ends this connection, never the
                     # daemon; we reconnect as after a drop.
@@ -290,11 +289,11 @@ class AriApp:
             args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
             if len(args) < 2 or not channel_id or channel_id in self._channels:
                 # Not a Stasis(sendsms,RECIPIENT,MESSAGE) call, e.g. the other half of a Local channel.
-                log.debug("ARI: leaving channel %s alone (args %s)", printable(channel_id), printable(args))
+                log.debug("ARI: leaving channel %s alone (args %s)", channel_id, args)
                 return
             if len(self._channels) >= MAX_CHANNELS:
                 log.warning("ARI %s: %d channels are in the application already; leaving %s alone", self._config,
-                            MAX_CHANNELS, printable(channel_id))
+                            MAX_CHANNELS, channel_id)
                 return
             channel = AriChannel(rest, channel_id)
             self._channels[channel_id] = channel
@@ -320,11 +319,11 @@ class AriApp:
             outcome = await send_sms_from_params(channel, self._backend, self._prompter, self._prompts, params)
             if not channel.hung_up:  # back to the dialplan's next priority, SMS_* variables set
                 await channel.continue_in_dialplan()
-            log.debug("ARI channel %s: %s", printable(channel.id), outcome.status)
+            log.debug("ARI channel %s: %s", channel.id, outcome.status)
         except SmsGatewayError as exc:
-            log.info("ARI channel %s: %s", printable(channel.id), printable(exc.message))
+            log.info("ARI channel %s: %s", channel.id, exc.message)
         except Exception:
-            log.exception("ARI channel %s failed", printable(channel.id))
+            log.exception("ARI channel %s failed", channel.id)
         finally:
             self._channels.pop(channel.id, None)
             with contextlib.suppress(Exception):

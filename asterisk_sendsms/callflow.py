@@ -15,7 +15,6 @@ from typing import Protocol
 from .config import PromptConfig
 from .errors import InvalidParameter, SmsGatewayError
 from .lifecycle import State, is_final
-from .logsafe import printable
 
 __all__ = [
     "CallControl",
@@ -170,7 +169,7 @@ class _Channel:
         try:
             await operation()
         except SmsGatewayError as exc:
-            log.info("%s skipped: %s", what, printable(exc.message))
+            log.info("%s skipped: %s", what, exc.message)
 
     async def say(self, text: str) -> None:
         if not text or self.call.hung_up:
@@ -209,8 +208,8 @@ async def run_send_sms(call: CallControl, backend: SmsBackend, prompter: Prompte
             await channel.say(prompts.after if options.after is None else options.after)
     if options.hangup:
         await channel.run("hangup", call.hangup)
-    log.info("SendSms to %s on a call: %s %s%s", printable(recipient), outcome.status, outcome.sms_id,
-             f" ({printable(outcome.error)})" if outcome.error else "")
+    log.info("SendSms to %s on a call: %s %s%s", recipient, outcome.status, outcome.sms_id,
+             f" ({outcome.error})" if outcome.error else "")
     return outcome
 
 
@@ -226,7 +225,7 @@ async def send_sms_from_params(call: CallControl, backend: SmsBackend, prompter:
         if not text:
             raise InvalidParameter("message", COMMAND, "the message text is empty")
     except InvalidParameter as exc:
-        log.info("SendSms on a call refused: %s", printable(exc.message))
+        log.info("SendSms on a call refused: %s", exc.message)
         channel = _Channel(call, prompter, None)
         for name, value in (("SMS_ID", ""), ("SMS_STATUS", "FAILED"), ("SMS_ERROR", exc.message)):
             await channel.run(f"set {name}", functools.partial(call.set_variable, name, value), needs_caller=False)

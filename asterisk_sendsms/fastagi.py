@@ -19,7 +19,6 @@ from .auth import client_allowed
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import HostPort, Network, PromptConfig, is_loopback
 from .errors import ServiceUnavailable, SmsGatewayError
-from .logsafe import printable
 from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["FastAgiServer"]
@@ -97,12 +96,12 @@ class FastAgiServer:
         address = _peer_address(writer.get_extra_info("peername"))
         # An allowed peer on a Unix socket or with an unknown address is impossible here: we listen on TCP.
         if not client_allowed(address, self._allowed):
-            self._refusals.warn("address", address, f"FastAGI connection from {printable(address)} refused: "
+            self._refusals.warn("address", address, f"FastAGI connection from {address} refused: "
                                                     "not in asterisk.fastagi_allowed_clients")
             writer.transport.abort()
             return
         if self._open >= MAX_CONNECTIONS:
-            self._refusals.warn("full", "anyone", f"FastAGI connection from {printable(address)} refused: "
+            self._refusals.warn("full", "anyone", f"FastAGI connection from {address} refused: "
                                                   f"{MAX_CONNECTIONS} connections are open")
             writer.transport.abort()
             return
@@ -116,10 +115,13 @@ class FastAgiServer:
         # asyncio calls listen() again: with our backlog, not its default of 100.
         server = await asyncio.start_server(self._connected, sock=self._socket, limit=MAX_LINE, backlog=BACKLOG,
                                             start_serving=False)
-        # The connections end (TaskGroup) before the listening socket closes.
-        async with server, asyncio.TaskGroup() as group:
-            self._group = group
-            await server.serve_forever()
+        try:
+            # The connections end (TaskGroup) before the listening socket closes.
+            async with server, asyncio.TaskGroup() as group:
+                self._group = group
+                await server.serve_forever()
+        finally:
+            self._socket = None  # closed with the server: run again (supervision), it binds again
 
     async def _authorised(self, channel: AgiChannel, params: Mapping[str, str], address: str) -> bool:
         if self._secret is None:
@@ -130,7 +132,7 @@ class FastAgiServer:
             given = await channel.get_variable(SECRET_VARIABLE)
         if given is not None and hmac.compare_digest(given.encode(), self._secret):
             return True
-        self._refusals.warn("secret", address, f"FastAGI request from {printable(address)} refused: the secret "
+        self._refusals.warn("secret", address, f"FastAGI request from {address} refused: the secret "
                                                f"is {'wrong' if given is not None else 'missing'}")
         with contextlib.suppress(SmsGatewayError):
             await channel.set_variable("SMS_STATUS", "FAILED")
@@ -146,9 +148,9 @@ class FastAgiServer:
                 await self._run_script(channel, environment, {k: v for k, v in params.items() if k != SECRET_PARAM},
                                        address)
         except AgiError as exc:
-            log.info("FastAGI connection from %s ended: %s", printable(address), exc.message)
+            log.info("FastAGI connection from %s ended: %s", address, exc.message)
         except Exception:
-            log.exception("FastAGI connection from %s failed", printable(address))
+            log.exception("FastAGI connection from %s failed", address)
         finally:
             self._open -= 1
             writer.close()
@@ -164,8 +166,8 @@ class FastAgiServer:
             await self._ozml.run_source(channel, CallDetails.of_agi(environment), params["url"],
                                         params.get("error_url") or None)
         else:
-            log.warning("FastAGI request for unknown script %s from %s", printable(repr(script)),
-                        printable(address))
+            log.warning("FastAGI request for unknown script %s from %s", repr(script),
+                        address)
             with contextlib.suppress(SmsGatewayError):
                 await channel.set_variable("SMS_STATUS", "FAILED")
                 await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}': use sendsms, or "

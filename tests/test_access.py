@@ -231,3 +231,27 @@ async def test_fastagi_closes_connections_beyond_its_cap(monkeypatch: pytest.Mon
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+
+
+async def test_fastagi_serves_again_when_run_again() -> None:
+    """The daemon's supervision starts an ended loop again: the FastAGI server then binds anew."""
+    from .conftest import free_port
+    backend, port = Backend(), free_port()
+    server = fastagi_server(port, backend)
+    for attempt in range(2):
+        running = asyncio.create_task(server.run())
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                try:
+                    variables = await served(port, f"recipient=%2B3620123456&message=run+{attempt}&announce=no")
+                    break
+                except ConnectionRefusedError:
+                    assert asyncio.get_running_loop().time() < deadline
+                    await asyncio.sleep(0.05)
+            assert variables["SMS_STATUS"] == "SENT"
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    assert len(backend.sent) == 2

@@ -162,17 +162,8 @@ def test_an_endless_usage_reply_is_cut() -> None:
             parser.feed(" more")
 
 
-def test_peer_text_in_errors_cannot_break_log_lines() -> None:
-    with pytest.raises(AgiCommandError) as info:
-        ReplyParser().feed("510 x\r\x1b[2J\u2028INFO forged")
-    assert "\r" not in info.value.message and "\u2028" not in info.value.message and "\x1b" not in info.value.message
-    assert "\\x0d\\x1b[2J\\u2028INFO forged" in info.value.message
-
-
-def test_printable_escapes_controls_and_bounds_length() -> None:
-    from asterisk_sendsms.logsafe import printable
-
-    assert printable("+3620\r\n2026-12-03 INFO forged") == "+3620\\x0d\\x0a2026-12-03 INFO forged"
-    assert printable("é ✓ 漢字") == "é ✓ 漢字"  # readable text stays readable
-    assert printable("\x00\x7f\x85\u2029") == "\\x00\\x7f\\x85\\u2029"
-    assert printable("x" * 500, 10) == "x" * 10 + "..."
+def test_peer_text_in_errors_is_bounded() -> None:
+    for reply in ("510 " + "x" * 100_000, "200 result=" + "x" * 100_000, "\x1b" * 100_000):
+        with pytest.raises(AgiCommandError) as info:
+            ReplyParser().feed(reply)
+        assert len(info.value.message) < 1000

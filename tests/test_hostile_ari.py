@@ -260,7 +260,7 @@ async def test_http_errors_on_rest_calls(daemon: Daemon, ari: HostileAri) -> Non
     for channel in channels:
         await ari._end(channel, soft=False)
     await healthy(daemon, ari, ids)
-    assert "\nINFO forged" not in daemon.output() and "\\x0d\\x0aINFO forged" in daemon.output()
+    assert "\nINFO forged" not in daemon.output() and "\\r\\nINFO forged" in daemon.output()
 
 
 @hostile
