@@ -78,7 +78,10 @@ def address_key(address: str) -> str:
 
 
 def pair_key(username: str, address: str) -> str:
-    # A source holds no space, so the key cannot be read as another (source, name) pair.
+    # A source holds no space, so the key cannot be read as another (source, name) pair. A long invented
+    # name is kept as its digest: the log holds up to MAX_TRACKED_KEYS keys, each of bounded size.
+    if len(username) > 64:
+        username = "sha256:" + hashlib.sha256(username.encode(errors="surrogatepass")).hexdigest()
     return f"user {_source(address)} {username}"
 
 

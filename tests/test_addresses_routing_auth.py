@@ -222,3 +222,5 @@ def test_the_failure_log_stays_bounded_and_keeps_the_latest() -> None:
             log.record(blocking, 999.5)  # still failing: kept
     assert len(log._failures) <= auth_module.MAX_TRACKED_KEYS
     assert log.blocked(blocking) > 0
+    long_names = {auth_module.pair_key("x" * 100_000, "192.0.2.7"), auth_module.pair_key("x" * 99_999, "192.0.2.7")}
+    assert len(long_names) == 2 and all(len(key) < 100 for key in long_names)
