@@ -94,7 +94,7 @@ class FastAgiServer:
     def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._group is not None  # connections are accepted only inside run()
         address = _peer_address(writer.get_extra_info("peername"))
-        # An allowed peer on a Unix socket or with an unknown address is impossible here: we listen on TCP.
+        # A peer whose address cannot be read ("unknown") is refused, unless the allow-list is empty (any).
         if not client_allowed(address, self._allowed):
             self._refusals.warn("address", address, f"FastAGI connection from {address} refused: "
                                                     "not in asterisk.fastagi_allowed_clients")
@@ -166,8 +166,7 @@ class FastAgiServer:
             await self._ozml.run_source(channel, CallDetails.of_agi(environment), params["url"],
                                         params.get("error_url") or None)
         else:
-            log.warning("FastAGI request for unknown script %s from %s", repr(script),
-                        address)
+            log.warning("FastAGI request for unknown script %r from %s", script, address)
             with contextlib.suppress(SmsGatewayError):
                 await channel.set_variable("SMS_STATUS", "FAILED")
                 await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}': use sendsms, or "
