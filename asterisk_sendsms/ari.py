@@ -10,14 +10,16 @@ import contextlib
 import json
 import logging
 import re
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
 
 from .callflow import Prompter, SmsBackend, send_sms_from_params
-from .config import AriConfig, PromptConfig
+from .config import AriConfig, PromptConfig, UserConfig
 from .errors import SmsGatewayError
 from .ozml_runner import CallDetails, OzmlRunner
 
@@ -36,6 +38,9 @@ MAX_REST_BODY = 1024 * 1024  # Asterisk's answers are a few kB; a larger one is 
 # unbounded work).
 MAX_CHANNELS = 10_000
 CHANNEL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# How long a call placed by the Call command may take to be answered (it rings 30 s, after a Local channel's
+# dialplan) before we forget whose it was.
+PLACED_TTL = 300.0
 
 
 def _object(value: object) -> dict[str, Any]:
@@ -199,12 +204,15 @@ class AriApp:
     """One Asterisk server's connection for our Stasis application."""
 
     def __init__(self, config: AriConfig, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig,
-                 ozml: OzmlRunner) -> None:
+                 ozml: OzmlRunner, ozml_for: Callable[[UserConfig], OzmlRunner]) -> None:
         self._config = config
         self._backend = backend
         self._prompter = prompter
         self._prompts = prompts
         self._ozml = ozml
+        # The runner for a call placed by the Call command: its script's SMS go as the user who placed it.
+        self._ozml_for = ozml_for
+        self._placed: dict[str, tuple[UserConfig, float]] = {}
         self._channels: dict[str, AriChannel] = {}
         self._rest: AriRest | None = None
         self.connected = False
@@ -212,20 +220,33 @@ class AriApp:
     def __str__(self) -> str:
         return str(self._config)
 
-    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
+    async def originate(self, endpoint: str, url: str, caller_id: str | None, user: UserConfig) -> str:
         if self._rest is None or not self.connected:
             raise AriError(f"ARI {self._config} is not connected")
-        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30"}
+        now = time.monotonic()
+        for expired in [key for key, (_, until) in self._placed.items() if until < now]:
+            del self._placed[expired]
+        # Our own channel id, noted before the request: the StasisStart of the answered call cannot outrun it.
+        placed = str(uuid.uuid4())
+        self._placed[placed] = (user, now + PLACED_TTL)
+        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30",
+                  "channelId": placed}
         if caller_id:
             params["callerId"] = caller_id
-        body = await self._rest.call("POST", "/channels", **params)
         try:
-            channel_id = json.loads(body)["id"]
-        except (ValueError, KeyError, TypeError, RecursionError):
-            channel_id = None
-        # The id goes into replies and log lines: Asterisk's are like 1795570300.8 (or an id given to it).
-        if not isinstance(channel_id, str) or not CHANNEL_ID.fullmatch(channel_id):
-            raise AriError("ARI answered the originate without a channel id")
+            body = await self._rest.call("POST", "/channels", **params)
+            try:
+                channel_id = json.loads(body)["id"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                channel_id = None
+            # The id goes into replies and log lines: Asterisk's are like 1795570300.8 (or the one we gave).
+            if not isinstance(channel_id, str) or not CHANNEL_ID.fullmatch(channel_id):
+                raise AriError("ARI answered the originate without a channel id")
+        except SmsGatewayError:
+            self._placed.pop(placed, None)
+            raise
+        if channel_id != placed and placed in self._placed:
+            self._placed[channel_id] = self._placed.pop(placed)
         return channel_id
 
     async def run(self) -> None:
@@ -311,8 +332,10 @@ class AriApp:
             if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
                 caller = str(_object(description.get("caller")).get("number", ""))
                 callee = str(_object(description.get("dialplan")).get("exten", ""))
-                await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
-                                            args[2] if len(args) > 2 and args[2] else None)
+                placed = self._placed.pop(channel.id, None)
+                runner = self._ozml_for(placed[0]) if placed is not None else self._ozml
+                await runner.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
+                                        args[2] if len(args) > 2 and args[2] else None)
                 return
             params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
             params.update(recipient=args[0], message=args[1])

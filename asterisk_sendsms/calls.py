@@ -47,8 +47,9 @@ class Originator(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
-        """Dial `endpoint` into the Stasis application with `ozml,URL`; returns the channel id."""
+    async def originate(self, endpoint: str, url: str, caller_id: str | None, user: UserConfig) -> str:
+        """Dial `endpoint` into the Stasis application with `ozml,URL`; returns the channel id. The script's
+        SMS go with `user`'s permissions: the script is the caller's, not the dialplan's."""
         ...
 
 
@@ -73,6 +74,6 @@ class CallService:
         if not ready:
             raise ServiceUnavailable("no Asterisk is connected over ARI: start the daemon with --ari")
         try:
-            return await ready[0].originate(endpoint, script, caller_id)
+            return await ready[0].originate(endpoint, script, caller_id, user)
         except SmsGatewayError as exc:
             raise ServiceUnavailable(f"Asterisk did not originate the call: {exc.message}") from None

@@ -20,7 +20,7 @@ from aiohttp import web
 from .ari import AriApp
 from .auth import ASTERISK_PRINCIPAL, Authenticator
 from .calls import CallService
-from .config import DEMO_PASSWORD, Config
+from .config import DEMO_PASSWORD, Config, UserConfig
 from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
 from .events import EventHub
@@ -188,7 +188,10 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         unknown_ends_call = config.asterisk.ozml_unknown_ends_call
         agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings), unknown_ends_call)
         ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
-        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
+        def ozml_for(user: UserConfig) -> OzmlRunner:  # a call placed by the Call command runs as its user
+            return OzmlRunner(ServiceBackend(service, user), speaker, config.asterisk.prompts, "", unknown_ends_call)
+
+        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml, ozml_for)
                     for ari in config.asterisk.ari]
         calls = CallService(ari_apps, config.asterisk, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)

@@ -24,7 +24,7 @@ class Recorder:
     def __init__(self) -> None:
         self.endpoints: list[str] = []
 
-    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
+    async def originate(self, endpoint: str, url: str, caller_id: str | None, user: UserConfig) -> str:
         self.endpoints.append(endpoint)
         return "channel-1"
 

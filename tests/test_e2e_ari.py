@@ -18,7 +18,7 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, free_port, get_status, start_daemon
+from .conftest import Daemon, basic_auth, free_port, get_status, start_daemon
 from .peers.fake_ari import FakeAri, FakeAriChannel
 from .test_agi_protocol import FIXTURES, write_wav
 
@@ -160,9 +160,12 @@ async def test_wrong_ari_password_is_reported_once(daemon_factory: list[Daemon],
 async def test_call_command_needs_its_own_permission(daemon_factory: list[Daemon], tmp_path: Path,
                                                      ari: FakeAri) -> None:
     """The Ozeki Call command over HTTP: off for a user who may send SMS, limited to the user's call
-    destinations, and endpoints only where [asterisk] call_endpoints allows them; refusals are Ozeki 306."""
+    destinations, and endpoints only where [asterisk] call_endpoints allows them; refusals are Ozeki 306. The
+    answered call's script sends SMS as the user who placed the call, within that user's limits (not as the
+    Asterisk principal, which has none)."""
     async def ivr(_: web.Request) -> web.Response:
-        return web.Response(text="<Response><Hangup/></Response>")
+        return web.Response(text="<Response><SendSms Recipient='+4420123456'>premium</SendSms>"
+                                 "<SendSms Recipient='+36201111111'>allowed</SendSms><Hangup/></Response>")
 
     script = web.Application()
     script.router.add_route("*", "/ivr", ivr)
@@ -186,6 +189,11 @@ name = "caller"
 password_hash = "{hash_password('pw')}"
 can_call = true
 call_destinations = ["+3620", "PJSIP/1??"]
+allowed_destinations = ["+3620"]
+[[users]]
+name = "viewer"
+password_hash = "{hash_password('viewer-secret')}"
+admin = true
 [[transports]]
 url = "simulator"
 """)
@@ -217,6 +225,13 @@ url = "simulator"
         while not all(channel.gone for channel in ari.channels.values()):
             assert time.monotonic() < deadline, daemon.output()
             await asyncio.sleep(0.05)
-        assert [c.requests for c in ari.channels.values()] == [["answer", "hangup"]] * 2, daemon.output()
+        assert all(c.requests[0] == "answer" and c.requests[-1] == "hangup" for c in ari.channels.values())
+        assert set(ari.channels) == {o["channelId"] for o in ari.originated}  # the ids we gave
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.base}/api/messages?limit=10",
+                                   headers=basic_auth("viewer", "viewer-secret")) as response:
+                sent = await response.json()
+        assert sorted((m["recipient"], m["username"]) for m in sent) == [("+36201111111", "caller")] * 2
+        assert daemon.output().count("OzML SendSms to +4420123456: FAILED") == 2  # outside caller's limits
     finally:
         await runner.cleanup()
