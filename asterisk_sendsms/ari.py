@@ -68,18 +68,20 @@ class AriRest:
             async with self._session.request(method, f"{self._base}{path}", params=params,
                                              headers={"Authorization": self.auth_header},
                                              timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT)) as response:
-                body = await response.content.read(MAX_REST_BODY + 1)
+                body = bytearray()
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_REST_BODY:
+                        raise AriError(f"ARI {method} {path}: an answer larger than {MAX_REST_BODY} bytes")
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            raise AriError(f"ARI {method} {path}: {exc or type(exc).__name__}") from None
-        if len(body) > MAX_REST_BODY:
-            raise AriError(f"ARI {method} {path}: an answer larger than {MAX_REST_BODY} bytes")
+            raise AriError(f"ARI {method} {path}: {str(exc) or type(exc).__name__}") from None
         if status == 404:
             raise ChannelGone(f"ARI {method} {path}: channel not found")
         if status >= 300:
-            text = body[:200].decode(errors="replace")
+            text = bytes(body[:200]).decode(errors="replace")
             raise AriError(f"ARI {method} {path}: HTTP {status} {text}")
-        return body
+        return bytes(body)
 
 
 class AriChannel:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -35,7 +36,7 @@ class HostileAri(FakeAri):
 
     def __init__(self, sounds_dir: Path) -> None:
         super().__init__(sounds_dir)
-        self.faults: dict[str, web.StreamResponse] = {}
+        self.faults: dict[str, Callable[[], web.StreamResponse]] = {}
         self.originate_fault: web.Response | None = None
 
     @web.middleware
@@ -46,7 +47,7 @@ class HostileAri(FakeAri):
             channel = self.channels.get(channel_id)
             if channel is not None:
                 channel.requests.append(f"fault {parts[4] if len(parts) > 4 else request.method}")
-            return self.faults[channel_id]
+            return self.faults[channel_id]()  # a response can be sent once: a new one each time
         if request.path == "/ari/channels" and request.method == "POST" and self.originate_fault is not None:
             return self.originate_fault
         return await super()._auth(request, handler)
@@ -239,10 +240,10 @@ async def test_duplicate_stasis_start(daemon: Daemon, ari: HostileAri) -> None:
 async def test_http_errors_on_rest_calls(daemon: Daemon, ari: HostileAri) -> None:
     """Every REST call about the channel fails (500, 403, 400 with HTML, a 1.5 MiB answer): the SMS still goes."""
     await ari.wait_connected()
-    faults = [web.Response(status=500, text="Internal Server Error\r\nINFO forged"),
-              web.Response(status=403, text='{"message": "Forbidden"}'),
-              web.Response(status=400, text="<html>" + "x" * 1000),
-              web.Response(status=204, body=b"x" * (3 * 1024 * 1024 // 2))]
+    faults = [partial(web.Response, status=500, text="Internal Server Error\r\nINFO forged"),
+              partial(web.Response, status=403, text='{"message": "Forbidden"}'),
+              partial(web.Response, status=400, text="<html>" + "x" * 1000),
+              partial(web.Response, status=200, body=b"x" * (3 * 1024 * 1024 // 2))]
     channels = []
     for number, fault in enumerate(faults):
         channel_id = f"broken.{number}"
@@ -261,6 +262,7 @@ async def test_http_errors_on_rest_calls(daemon: Daemon, ari: HostileAri) -> Non
         await ari._end(channel, soft=False)
     await healthy(daemon, ari, ids)
     assert "\nINFO forged" not in daemon.output() and "\\r\\nINFO forged" in daemon.output()
+    assert "/channels/broken.3/answer: an answer larger than 1048576 bytes" in daemon.output()
 
 
 @hostile
