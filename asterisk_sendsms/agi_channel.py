@@ -69,7 +69,7 @@ class AgiChannel:
         async def read() -> None:
             size = 0
             for _ in range(MAX_ENVIRONMENT_LINES):
-                line = await self._readline(within)
+                line = await self._readline(within + 1.0)  # the overall deadline below ends it first
                 size += len(line)
                 if size > MAX_ENVIRONMENT_BYTES:
                     raise AgiError(f"the AGI environment is larger than {MAX_ENVIRONMENT_BYTES} bytes")
