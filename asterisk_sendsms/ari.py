@@ -20,7 +20,7 @@ import aiohttp
 
 from .callflow import Prompter, SmsBackend, send_sms_from_params
 from .config import AriConfig, PromptConfig, UserConfig
-from .errors import SmsGatewayError
+from .errors import ForbiddenUser, SmsGatewayError
 from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
@@ -95,6 +95,8 @@ class AriChannel:
         self._playbacks: dict[str, asyncio.Future[bool]] = {}
         self._digits: asyncio.Queue[str] = asyncio.Queue()
         self._recordings: dict[str, asyncio.Future[bool]] = {}
+        # Set for a call placed by the Call command: whose call it is.
+        self.placed_by: UserConfig | None = None
 
     @property
     def hung_up(self) -> bool:
@@ -182,6 +184,11 @@ class AriChannel:
         await self._call("POST", "/dtmf", dtmf=digits)
 
     async def transfer(self, context: str | None, extension: str) -> None:
+        if self.placed_by is not None:
+            # Anywhere in the dialplan is past the user's call_destinations: a cheap call allowed by them could
+            # be moved on to any number.
+            raise ForbiddenUser(f"Forbidden user: a call {self.placed_by.name} placed cannot be transferred "
+                                "(BlindTransfer)")
         params = {"extension": extension, "priority": "1", **({"context": context} if context else {})}
         await self._call("POST", "/continue", **params)
         self._gone = True
@@ -335,7 +342,10 @@ class AriApp:
                 caller = str(_object(description.get("caller")).get("number", ""))
                 callee = str(_object(description.get("dialplan")).get("exten", ""))
                 placed = self._placed.pop(channel.id, None)
-                runner = self._ozml_for(placed[0]) if placed is not None else self._ozml
+                runner = self._ozml
+                if placed is not None:
+                    channel.placed_by = placed[0]
+                    runner = self._ozml_for(placed[0])
                 await runner.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
                                         args[2] if len(args) > 2 and args[2] else None)
                 return

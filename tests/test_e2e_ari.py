@@ -162,10 +162,11 @@ async def test_call_command_needs_its_own_permission(daemon_factory: list[Daemon
     """The Ozeki Call command over HTTP: off for a user who may send SMS, limited to the user's call
     destinations, and endpoints only where [asterisk] call_endpoints allows them; refusals are Ozeki 306. The
     answered call's script sends SMS as the user who placed the call, within that user's limits (not as the
-    Asterisk principal, which has none)."""
+    Asterisk principal, which has none), and cannot move the call elsewhere in the dialplan (BlindTransfer)."""
     async def ivr(_: web.Request) -> web.Response:
         return web.Response(text="<Response><SendSms Recipient='+4420123456'>premium</SendSms>"
-                                 "<SendSms Recipient='+36201111111'>allowed</SendSms><Hangup/></Response>")
+                                 "<SendSms Recipient='+36201111111'>allowed</SendSms>"
+                                 "<BlindTransfer>from-internal,0900123456</BlindTransfer></Response>")
 
     script = web.Application()
     script.router.add_route("*", "/ivr", ivr)
@@ -226,6 +227,8 @@ url = "simulator"
             assert time.monotonic() < deadline, daemon.output()
             await asyncio.sleep(0.05)
         assert all(c.requests[0] == "answer" and c.requests[-1] == "hangup" for c in ari.channels.values())
+        assert not any(c.continued for c in ari.channels.values())  # BlindTransfer refused: ended instead
+        assert daemon.output().count("a call caller placed cannot be transferred") == 2
         assert set(ari.channels) == {o["channelId"] for o in ari.originated}  # the ids we gave
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{daemon.base}/api/messages?limit=10",
