@@ -188,6 +188,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         unknown_ends_call = config.asterisk.ozml_unknown_ends_call
         agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, str(recordings), unknown_ends_call)
         ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, "", unknown_ends_call)
+
         def ozml_for(user: UserConfig) -> OzmlRunner:  # a call placed by the Call command runs as its user
             return OzmlRunner(ServiceBackend(service, user), speaker, config.asterisk.prompts, "", unknown_ends_call)
 
