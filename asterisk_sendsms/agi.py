@@ -23,8 +23,14 @@ __all__ = [
 ]
 
 MAX_LINE = 8192
+# Asterisk passes at most 128 arguments to an AGI (MAX_ARGS in res_agi.c).
+MAX_ARGS = 128
+# A 520 usage text is a few lines; a peer that sends more is not Asterisk.
+MAX_USAGE_LINES = 64
 HANGUP_LINE = "HANGUP"
-_RESULT = re.compile(r"200 result=(-?\d+)(?: \((.*)\))?(?: endpos=(\d+))?\s*")
+# ASCII digits only, and few of them: int() of thousands of digits is refused (and slow).
+_RESULT = re.compile(r"200 result=(-?[0-9]{1,18})(?: \((.*)\))?(?: endpos=([0-9]{1,18}))?\s*")
+_ARG_NAME = re.compile(r"agi_arg_([0-9]{1,3})")
 
 
 class AgiError(SmsGatewayError):
@@ -90,8 +96,11 @@ def parse_environment_line(environment: AgiEnvironment, line: str) -> bool:
         raise AgiError(f"not an AGI environment line: {line[:80]!r}")
     value = value[1:] if value.startswith(" ") else value
     environment.variables[name] = value
-    if name.startswith("agi_arg_") and name[8:].isdigit():
-        index = int(name[8:])
+    if name.startswith("agi_arg_"):
+        match = _ARG_NAME.fullmatch(name)
+        index = int(match.group(1)) if match else 0
+        if not 1 <= index <= MAX_ARGS:
+            raise AgiError(f"not an AGI argument: {name[:40]!r} (agi_arg_1 to agi_arg_{MAX_ARGS})")
         while len(environment.args) < index:
             environment.args.append("")
         environment.args[index - 1] = value
@@ -127,7 +136,9 @@ class ReplyParser:
         if self._usage is not None:
             if text.startswith("520 "):
                 usage, self._usage = " ".join(u.strip() for u in self._usage if u.strip()), None
-                raise AgiCommandError(f"wrong command usage (520): {usage}", 520)
+                raise AgiCommandError(f"wrong command usage (520): {usage[:200]}", 520)
+            if len(self._usage) >= MAX_USAGE_LINES:
+                raise AgiCommandError(f"a 520 usage reply longer than {MAX_USAGE_LINES} lines", 520)
             self._usage.append(text)
             return None
         if text == HANGUP_LINE:
@@ -142,10 +153,10 @@ class ReplyParser:
         if text.startswith("511"):
             raise AgiHangup("channel is dead (511)")
         if text.startswith("510"):
-            raise AgiCommandError(f"Asterisk does not know the command (510): {text[4:]}", 510)
+            raise AgiCommandError(f"Asterisk does not know the command (510): {text[4:124]}", 510)
         if text.startswith("520-"):
             self._usage = []
             return None
         if text.startswith("520"):
-            raise AgiCommandError(f"wrong command usage (520): {text[4:]}", 520)
+            raise AgiCommandError(f"wrong command usage (520): {text[4:124]}", 520)
         raise AgiCommandError(f"unexpected AGI reply: {text[:120]!r}", 0)

@@ -20,6 +20,9 @@ from .agi import (
 __all__ = ["AgiChannel", "stdio_streams"]
 
 MAX_ENVIRONMENT_LINES = 200
+# Asterisk's block is about 1 kB plus the arguments; this bounds what a peer can make us hold per connection.
+MAX_ENVIRONMENT_BYTES = 64 * 1024
+DTMF = frozenset("0123456789*#ABCDabcd")
 # STREAM FILE answers when playback ends: a long prompt may take minutes.
 PLAYBACK_TIMEOUT = 600.0
 
@@ -53,7 +56,9 @@ class AgiChannel:
         except asyncio.LimitOverrunError:
             raise AgiError(f"an AGI line longer than {MAX_LINE} bytes") from None
         except TimeoutError:
-            raise AgiError(f"Asterisk did not answer within {seconds:g}s") from None
+            # Its answer may still come and would be read as the next command's: the conversation is over.
+            self._closed = True
+            raise AgiHangup(f"Asterisk did not answer within {seconds:g}s") from None
         except (ConnectionError, OSError) as exc:
             self._closed = True
             raise AgiHangup(f"AGI stream broken: {exc}") from None
@@ -62,8 +67,13 @@ class AgiChannel:
     async def read_environment(self, within: float = 10.0) -> AgiEnvironment:
         """Read the block up to its blank line, within `within` seconds overall and a bounded number of lines."""
         async def read() -> None:
+            size = 0
             for _ in range(MAX_ENVIRONMENT_LINES):
-                if not parse_environment_line(self.environment, await self._readline(within)):
+                line = await self._readline(within + 1.0)  # the overall deadline below ends it first
+                size += len(line)
+                if size > MAX_ENVIRONMENT_BYTES:
+                    raise AgiError(f"the AGI environment is larger than {MAX_ENVIRONMENT_BYTES} bytes")
+                if not parse_environment_line(self.environment, line):
                     return
             raise AgiError(f"the AGI environment has more than {MAX_ENVIRONMENT_LINES} lines")
         try:
@@ -78,7 +88,11 @@ class AgiChannel:
             raise AgiHangup("the AGI stream is closed")
         try:
             self._writer.write(format_command(command, *arguments, raw=raw))
-            await self._writer.drain()
+            # A peer that stops reading must not hold the call flow forever.
+            await asyncio.wait_for(self._writer.drain(), self._timeout)
+        except TimeoutError:
+            self._closed = True
+            raise AgiHangup(f"Asterisk did not read a command within {self._timeout:g}s") from None
         except (ConnectionError, OSError) as exc:
             self._closed = True
             raise AgiHangup(f"AGI stream broken: {exc}") from None
@@ -115,8 +129,8 @@ class AgiChannel:
                                        reply_within=seconds + self._timeout)
             if reply.result <= 0:  # 0: silence until the timeout; -1: the channel went away
                 break
-            digit = chr(reply.result)
-            if digit == terminator:
+            digit = chr(reply.result) if reply.result < 0x80 else ""
+            if digit not in DTMF or digit == terminator:  # not a key: treated as the end of the input
                 break
             digits += digit
         return digits

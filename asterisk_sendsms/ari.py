@@ -9,15 +9,18 @@ import base64
 import contextlib
 import json
 import logging
+import re
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
 
 from .callflow import Prompter, SmsBackend, send_sms_from_params
-from .config import AriConfig, PromptConfig
-from .errors import SmsGatewayError
+from .config import AriConfig, PromptConfig, UserConfig
+from .errors import ForbiddenUser, SmsGatewayError
 from .ozml_runner import CallDetails, OzmlRunner
 
 __all__ = ["AriApp", "AriChannel", "AriError", "ChannelGone"]
@@ -29,6 +32,20 @@ REST_TIMEOUT = 10.0
 BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 HANGUP_EVENTS = ("ChannelHangupRequest", "StasisEnd", "ChannelDestroyed")
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # a larger websocket frame ends the connection (aiohttp), then we reconnect
+MAX_REST_BODY = 1024 * 1024  # Asterisk's answers are a few kB; a larger one is not read into memory
+# Channels in our application at once; more StasisStarts are left alone (a peer could otherwise start
+# unbounded work).
+MAX_CHANNELS = 10_000
+CHANNEL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
+# How long a call placed by the Call command may take to be answered (it rings 30 s, after a Local channel's
+# dialplan) before we forget whose it was.
+PLACED_TTL = 300.0
+
+
+def _object(value: object) -> dict[str, Any]:
+    """A JSON object of an event, or an empty one: events come from a peer and may have any shape."""
+    return value if isinstance(value, dict) else {}
 
 
 class AriError(SmsGatewayError):
@@ -51,15 +68,20 @@ class AriRest:
             async with self._session.request(method, f"{self._base}{path}", params=params,
                                              headers={"Authorization": self.auth_header},
                                              timeout=aiohttp.ClientTimeout(total=REST_TIMEOUT)) as response:
-                body = await response.read()
+                body = bytearray()
+                async for chunk in response.content.iter_any():
+                    body += chunk
+                    if len(body) > MAX_REST_BODY:
+                        raise AriError(f"ARI {method} {path}: an answer larger than {MAX_REST_BODY} bytes")
                 status = response.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise AriError(f"ARI {method} {path}: {exc or type(exc).__name__}") from None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            raise AriError(f"ARI {method} {path}: {str(exc) or type(exc).__name__}") from None
         if status == 404:
             raise ChannelGone(f"ARI {method} {path}: channel not found")
         if status >= 300:
-            raise AriError(f"ARI {method} {path}: HTTP {status} {body[:200].decode(errors='replace')}")
-        return body
+            text = bytes(body[:200]).decode(errors="replace")
+            raise AriError(f"ARI {method} {path}: HTTP {status} {text}")
+        return bytes(body)
 
 
 class AriChannel:
@@ -73,6 +95,8 @@ class AriChannel:
         self._playbacks: dict[str, asyncio.Future[bool]] = {}
         self._digits: asyncio.Queue[str] = asyncio.Queue()
         self._recordings: dict[str, asyncio.Future[bool]] = {}
+        # Set for a call placed by the Call command: whose call it is.
+        self.placed_by: UserConfig | None = None
 
     @property
     def hung_up(self) -> bool:
@@ -84,13 +108,15 @@ class AriChannel:
             self._gone = True
             self._settle_playbacks(False)
         elif kind == "ChannelDtmfReceived":
-            self._digits.put_nowait(str(event.get("digit", "")))
+            digit = str(event.get("digit", ""))
+            if len(digit) == 1 and self._digits.qsize() < 64:  # a key, and not a flood of them
+                self._digits.put_nowait(digit)
         elif kind in ("RecordingFinished", "RecordingFailed"):
-            future = self._recordings.pop(str(event.get("recording", {}).get("name")), None)
+            future = self._recordings.pop(str(_object(event.get("recording")).get("name")), None)
             if future is not None and not future.done():
                 future.set_result(kind == "RecordingFinished")
         elif kind == "PlaybackFinished":
-            playback = event.get("playback", {})
+            playback = _object(event.get("playback"))
             future = self._playbacks.pop(str(playback.get("id")), None)
             if future is not None and not future.done():
                 future.set_result(playback.get("state") == "done")
@@ -158,6 +184,11 @@ class AriChannel:
         await self._call("POST", "/dtmf", dtmf=digits)
 
     async def transfer(self, context: str | None, extension: str) -> None:
+        if self.placed_by is not None:
+            # Anywhere in the dialplan is past the user's call_destinations: a cheap call allowed by them could
+            # be moved on to any number.
+            raise ForbiddenUser(f"Forbidden user: a call {self.placed_by.name} placed cannot be transferred "
+                                "(BlindTransfer)")
         params = {"extension": extension, "priority": "1", **({"context": context} if context else {})}
         await self._call("POST", "/continue", **params)
         self._gone = True
@@ -182,12 +213,15 @@ class AriApp:
     """One Asterisk server's connection for our Stasis application."""
 
     def __init__(self, config: AriConfig, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig,
-                 ozml: OzmlRunner) -> None:
+                 ozml: OzmlRunner, ozml_for: Callable[[UserConfig], OzmlRunner]) -> None:
         self._config = config
         self._backend = backend
         self._prompter = prompter
         self._prompts = prompts
         self._ozml = ozml
+        # The runner for a call placed by the Call command: its script's SMS go as the user who placed it.
+        self._ozml_for = ozml_for
+        self._placed: dict[str, tuple[UserConfig, float]] = {}
         self._channels: dict[str, AriChannel] = {}
         self._rest: AriRest | None = None
         self.connected = False
@@ -195,17 +229,34 @@ class AriApp:
     def __str__(self) -> str:
         return str(self._config)
 
-    async def originate(self, endpoint: str, url: str, caller_id: str | None) -> str:
+    async def originate(self, endpoint: str, url: str, caller_id: str | None, user: UserConfig) -> str:
         if self._rest is None or not self.connected:
             raise AriError(f"ARI {self._config} is not connected")
-        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30"}
+        now = time.monotonic()
+        for expired in [key for key, (_, until) in self._placed.items() if until < now]:
+            del self._placed[expired]
+        # Our own channel id, noted before the request: the StasisStart of the answered call cannot outrun it.
+        placed = str(uuid.uuid4())
+        self._placed[placed] = (user, now + PLACED_TTL)
+        params = {"endpoint": endpoint, "app": self._config.app, "appArgs": f"ozml,{url}", "timeout": "30",
+                  "channelId": placed}
         if caller_id:
             params["callerId"] = caller_id
-        body = await self._rest.call("POST", "/channels", **params)
         try:
-            return str(json.loads(body)["id"])
-        except (ValueError, KeyError, TypeError):
-            raise AriError("ARI answered the originate without a channel id") from None
+            body = await self._rest.call("POST", "/channels", **params)
+            try:
+                channel_id = json.loads(body)["id"]
+            except (ValueError, KeyError, TypeError, RecursionError):
+                channel_id = None
+            # The id goes into replies and log lines: Asterisk's are like 1795570300.8 (or the one we gave).
+            if not isinstance(channel_id, str) or not CHANNEL_ID.fullmatch(channel_id):
+                raise AriError("ARI answered the originate without a channel id")
+        except SmsGatewayError:
+            self._placed.pop(placed, None)
+            raise
+        if channel_id != placed and placed in self._placed:
+            self._placed[channel_id] = self._placed.pop(placed)
+        return channel_id
 
     async def run(self) -> None:
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as group:
@@ -221,6 +272,11 @@ class AriApp:
                                else f"refused the event stream (HTTP {exc.status})")
                 except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     problem = str(exc) or type(exc).__name__
+                except Exception:
+                    # The connection's error boundary: whatever the peer did ends this connection, never the
+                    # daemon; we reconnect as after a drop.
+                    log.exception("ARI %s: the event stream failed", self._config)
+                    problem = "the event stream failed"
                 if self.connected:
                     backoff, reported = BACKOFF_INITIAL, False
                 self.connected = False
@@ -236,33 +292,44 @@ class AriApp:
         url = f"{self._config.base_url}/ari/events"
         params = {"app": self._config.app, "subscribeAll": "false"}
         async with session.ws_connect(url, params=params, headers={"Authorization": rest.auth_header},
-                                      heartbeat=30.0, max_msg_size=4 * 1024 * 1024) as websocket:
+                                      heartbeat=30.0, max_msg_size=MAX_EVENT_BYTES) as websocket:
             self.connected = True
             log.info("ARI %s connected", self._config)
+            unreadable = 0
             async for message in websocket:
                 if message.type is not aiohttp.WSMsgType.TEXT:
                     continue
                 try:
                     event = message.json()
-                except ValueError:
-                    log.warning("ARI %s sent an event that is not JSON", self._config)
+                except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
+                    event = None
+                if not isinstance(event, dict):
+                    if not unreadable:  # once per connection: a peer sending garbage must not flood the log
+                        log.warning("ARI %s sent an event that is not a JSON object; ignoring such events",
+                                    self._config)
+                    unreadable += 1
                     continue
-                if isinstance(event, dict):
-                    self._dispatch(event, rest, group)
+                self._dispatch(event, rest, group)
 
     def _dispatch(self, event: dict[str, Any], rest: AriRest, group: asyncio.TaskGroup) -> None:
-        channel_id = str((event.get("channel") or {}).get("id", ""))
+        description = _object(event.get("channel"))
+        channel_id = str(description.get("id", ""))
         if event.get("type") == "StasisStart":
-            args = [str(a) for a in event.get("args", [])]
-            if len(args) < 2 or channel_id in self._channels:
+            raw_args = event.get("args")
+            args = [str(a) for a in raw_args] if isinstance(raw_args, list) else []
+            if len(args) < 2 or not channel_id or channel_id in self._channels:
                 # Not a Stasis(sendsms,RECIPIENT,MESSAGE) call, e.g. the other half of a Local channel.
                 log.debug("ARI: leaving channel %s alone (args %s)", channel_id, args)
                 return
+            if len(self._channels) >= MAX_CHANNELS:
+                log.warning("ARI %s: %d channels are in the application already; leaving %s alone", self._config,
+                            MAX_CHANNELS, channel_id)
+                return
             channel = AriChannel(rest, channel_id)
             self._channels[channel_id] = channel
-            group.create_task(self._handle(channel, args, event.get("channel") or {}))
+            group.create_task(self._handle(channel, args, description))
             return
-        target = str((event.get("playback") or event.get("recording") or {}).get("target_uri", ""))
+        target = str(_object(event.get("playback") or event.get("recording")).get("target_uri", ""))
         if target.startswith("channel:"):
             channel_id = target[len("channel:"):]
         known = self._channels.get(channel_id)
@@ -272,10 +339,15 @@ class AriApp:
     async def _handle(self, channel: AriChannel, args: list[str], description: dict[str, Any]) -> None:
         try:
             if args[0] == "ozml":  # Stasis(sendsms,ozml,URL)
-                caller = str((description.get("caller") or {}).get("number", ""))
-                callee = str((description.get("dialplan") or {}).get("exten", ""))
-                await self._ozml.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
-                                            args[2] if len(args) > 2 and args[2] else None)
+                caller = str(_object(description.get("caller")).get("number", ""))
+                callee = str(_object(description.get("dialplan")).get("exten", ""))
+                placed = self._placed.pop(channel.id, None)
+                runner = self._ozml
+                if placed is not None:
+                    channel.placed_by = placed[0]
+                    runner = self._ozml_for(placed[0])
+                await runner.run_source(channel, CallDetails(channel.id, caller, callee), args[1],
+                                        args[2] if len(args) > 2 and args[2] else None)
                 return
             params = {k.lower(): v for k, v in parse_qsl(args[2] if len(args) > 2 else "", keep_blank_values=True)}
             params.update(recipient=args[0], message=args[1])

@@ -18,15 +18,17 @@ from .errors import AuthenticationFailed, AuthenticationRequired, ForbiddenAddre
 from .passwords import hash_password, verify_password
 from .routing import prefix_matches
 
-__all__ = ["OPERATOR", "Authenticator", "check_destination"]
+__all__ = ["OPERATOR", "Authenticator", "check_destination", "client_allowed"]
 
 # The local operator (the CLI on the daemon's control socket) may do anything.
 OPERATOR = UserConfig("operator", can_send=True, admin=True)
-# Sends from calls (FastAGI, ARI) when no `asterisk.user` is configured: the dialplan is trusted.
+# Sends from calls (FastAGI, ARI) when no `asterisk.user` is configured: the dialplan is trusted. The
+# configuration allows that only while FastAGI listens on loopback (ARI connects out to a configured server).
 ASTERISK_PRINCIPAL = UserConfig("asterisk", can_send=True)
 
 
-def _allowed(address: str, networks: Sequence[Network]) -> bool:
+def client_allowed(address: str, networks: Sequence[Network]) -> bool:
+    """Whether `address` is in one of `networks` (empty: any address)."""
     if not networks:
         return True
     try:
@@ -45,10 +47,46 @@ def check_destination(user: UserConfig, recipient: str) -> None:
         raise ForbiddenUser(f"Forbidden user: {user.name} may not send to {recipient}")
 
 
-# Brute force: after this many failed logins within the window, from one address or for one user name,
-# further attempts are refused at once (no hash is computed) until the window has passed.
+# Brute force: after MAX_FAILURES failed logins within the window for one user name from one address, or
+# MAX_ADDRESS_FAILURES from one address whatever the names, further attempts from there are refused at once (no
+# hash is computed) until the window has passed. Failures are never counted per name alone: whoever can reach
+# the API could otherwise lock any user out everywhere by guessing ten times. The pair's limit is below the
+# address's so that one misconfigured client retrying an old password does not lock out its neighbours
+# behind the same NAT address.
 MAX_FAILURES = 10
+MAX_ADDRESS_FAILURES = 30
 FAILURE_WINDOW = 300.0
+MAX_TRACKED_KEYS = 100_000
+
+
+def _source(address: str) -> str:
+    """Whom failures are counted against: the IPv4 address, or the /64 of an IPv6 address (one host usually
+    holds a whole /64, so counting single IPv6 addresses would give it billions of tries)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address.replace(" ", "_")
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def address_key(address: str) -> str:
+    return f"address {_source(address)}"
+
+
+def pair_key(username: str, address: str) -> str:
+    # A source holds no space, so the key cannot be read as another (source, name) pair. A long invented
+    # name is kept as its digest: the log holds up to MAX_TRACKED_KEYS keys, each of bounded size.
+    if len(username) > 64:
+        username = "sha256:" + hashlib.sha256(username.encode(errors="surrogatepass")).hexdigest()
+    return f"user {_source(address)} {username}"
+
+
+def _limit(key: str) -> int:
+    return MAX_ADDRESS_FAILURES if key.startswith("address ") else MAX_FAILURES
 
 
 class _FailureLog:
@@ -67,12 +105,22 @@ class _FailureLog:
         if not times:
             del self._failures[key]
             return 0.0
-        return times[0] + FAILURE_WINDOW - now if len(times) >= MAX_FAILURES else 0.0
+        return times[0] + FAILURE_WINDOW - now if len(times) >= _limit(key) else 0.0
 
     def record(self, key: str, at: float) -> None:
-        if len(self._failures) > 100_000:  # bounded memory under a flood of invented names
-            self._failures.clear()
-        self._failures.setdefault(key, deque(maxlen=MAX_FAILURES)).append(at)
+        times = self._failures.pop(key, None)  # re-inserted last: the dict stays ordered by latest failure
+        if times is None:
+            if len(self._failures) >= MAX_TRACKED_KEYS:
+                self._forget_oldest()
+            times = deque(maxlen=_limit(key))
+        times.append(at)
+        self._failures[key] = times
+
+    def _forget_oldest(self) -> None:
+        # Bounded memory under a flood of invented names: the keys whose latest failure is oldest go, so the
+        # counts that block an attacker now are the last to be forgotten.
+        for key in list(self._failures)[:MAX_TRACKED_KEYS // 10]:
+            del self._failures[key]
 
 
 class Authenticator:
@@ -103,7 +151,7 @@ class Authenticator:
         return await asyncio.shield(pending)
 
     def check_client(self, address: str) -> None:
-        if not _allowed(address, self._allowed_clients):
+        if not client_allowed(address, self._allowed_clients):
             raise ForbiddenAddress(f"Forbidden address: {address} may not use this API")
 
     def _fingerprint(self, name: str, password: str) -> bytes:
@@ -119,7 +167,7 @@ class Authenticator:
 
     def _failed(self, address: str, username: str) -> NoReturn:
         now = self._clock()
-        for key in (f"address {address}", f"user {username}"):
+        for key in (address_key(address), pair_key(username, address)):
             self._failures.record(key, now)
             for listener in self._failure_listeners:
                 listener(key, now)
@@ -128,7 +176,7 @@ class Authenticator:
     async def authenticate(self, username: str | None, password: str | None, address: str) -> UserConfig:
         if not username or password is None:
             raise AuthenticationRequired()
-        wait = max(self._failures.blocked(f"address {address}"), self._failures.blocked(f"user {username}"))
+        wait = max(self._failures.blocked(address_key(address)), self._failures.blocked(pair_key(username, address)))
         if wait:
             raise AuthenticationFailed(f"Authentication failed: too many failed logins, try again in {wait:.0f} s")
         user = self._users.get(username)
@@ -141,6 +189,6 @@ class Authenticator:
             if not await self._verify(user, password, fingerprint):
                 self._failed(address, username)
             self._verified[username] = fingerprint
-        if not _allowed(address, user.allowed_sources):
+        if not client_allowed(address, user.allowed_sources):
             raise ForbiddenAddress(f"Forbidden address: {user.name} may not connect from {address}")
         return user

@@ -76,6 +76,11 @@ class UserConfig:
     allowed_destinations: tuple[str, ...] = ()  # recipient prefixes; empty: any
     default_sender: str | None = None
     admin: bool = False  # may look up every user's messages
+    # The Ozeki Call command costs money: off until granted, and then only to these destinations (number
+    # prefixes like allowed_destinations, or TECH/resource patterns for endpoints [asterisk] call_endpoints
+    # allows).
+    can_call: bool = False
+    call_destinations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,14 +258,26 @@ class PromptConfig:
     failed: str = "Sorry, the text message could not be sent."
 
 
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
 @dataclass(frozen=True, slots=True)
 class AsteriskConfig:
     fastagi: HostPort | None = None
+    # Peers FastAGI serves; any other is disconnected before a byte is read.
+    fastagi_allowed_clients: tuple[Network, ...] = LOOPBACK
+    # When set, every FastAGI request proves it with `secret=` in its URL or the channel variable
+    # SENDSMS_SECRET (e.g. from [globals], which Asterisk's verbose log does not show).
+    fastagi_secret: str | None = field(default=None, repr=False)
     ari: tuple[AriConfig, ...] = ()
-    user: str | None = None  # the API user whose permissions FastAGI and ARI sends get; none: no limits
+    # The API user whose permissions FastAGI and ARI sends get. None: a built-in principal without limits,
+    # allowed only while FastAGI listens on loopback.
+    user: str | None = None
     prompts: PromptConfig = PromptConfig()
-    # The Ozeki Call command dials a number through this (an endpoint like PJSIP/100 is dialled as it is).
+    # The Ozeki Call command dials a number through this.
     dial: str = "Local/{number}@from-internal"
+    # TECH/resource patterns (shell-style, * and ?) the Call command may dial as they are; empty: none.
+    call_endpoints: tuple[str, ...] = ()
     ozml_unknown_ends_call: bool = False  # an unknown OzML command: skipped (default) or the call ends
 
 
@@ -571,17 +588,50 @@ def _asterisk(table: _Table, overrides: Overrides, users: tuple[UserConfig, ...]
         ari = tuple(parse_ari_url(u, f"--ari {u}") for u in overrides.ari)
     else:
         ari = tuple(parse_ari_url(u, f"{table.key('ari')}[{i}]") for i, u in enumerate(ari_urls))
+    defaults = AsteriskConfig()
+    allowed = (_networks(table.get("fastagi_allowed_clients"), table.key("fastagi_allowed_clients"))
+               if table.has("fastagi_allowed_clients") else defaults.fastagi_allowed_clients)
+    secret = table.text("fastagi_secret") or None
+    if secret is not None and len(secret) < 16:
+        raise ConfigError(f"{table.key('fastagi_secret')}: use at least 16 characters (e.g. from "
+                          "`openssl rand -hex 16`)")
     user = table.text("user")
     if user and user not in {u.name for u in users}:
         raise ConfigError(f"{table.key('user')}: no user named {user!r}")
+    if fastagi is not None and not user and not is_loopback(fastagi.host):
+        raise ConfigError(f"{table.key('user')}: FastAGI listens on {fastagi}, beyond this machine: name the "
+                          "[[users]] entry whose limits its sends get (asterisk.user)")
     prompts = _prompts(table.table("prompts"))
-    dial = table.text("dial", AsteriskConfig().dial) or AsteriskConfig().dial
+    dial = table.text("dial", defaults.dial) or defaults.dial
     if "{number}" not in dial:
         raise ConfigError(f"{table.key('dial')}: the dial string needs {{number}}, e.g. \"PJSIP/{{number}}@trunk\"")
+    endpoints = _str_list(table.get("call_endpoints", []), table.key("call_endpoints"))
+    for pattern in endpoints:
+        _check_endpoint_pattern(pattern, table.key("call_endpoints"))
     unknown = _ozml_unknown(table)
     table.finish()
-    return AsteriskConfig(fastagi=fastagi, ari=ari, user=user or None, prompts=prompts, dial=dial,
+    return AsteriskConfig(fastagi=fastagi, fastagi_allowed_clients=allowed, fastagi_secret=secret, ari=ari,
+                          user=user or None, prompts=prompts, dial=dial, call_endpoints=endpoints,
                           ozml_unknown_ends_call=unknown)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listening host reaches this machine only (a name other than localhost counts as not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+ENDPOINT_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*/\S+")
+
+
+def _check_endpoint_pattern(pattern: str, key: str) -> None:
+    if not ENDPOINT_PATTERN.fullmatch(pattern):
+        raise ConfigError(f"{key}: {pattern!r} is not a TECH/resource pattern such as \"PJSIP/1??\" or "
+                          "\"Local/*@ivr-out\"")
 
 
 def _ozml_unknown(table: _Table) -> bool:
@@ -663,9 +713,27 @@ def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
         allowed_destinations=_str_list(table.get("allowed_destinations", []), table.key("allowed_destinations")),
         default_sender=default_sender or None,
         admin=table.flag("admin", False),
+        can_call=table.flag("can_call", UserConfig("").can_call),
+        call_destinations=_call_destinations(table),
     )
+    if user.can_call and not user.call_destinations:
+        raise ConfigError(f"{table.key('call_destinations')}: user {name!r} may call (can_call) but no destination "
+                          "is named: list number prefixes (e.g. [\"+3620\"], or [\"\"] for any number) or "
+                          "endpoint patterns (e.g. [\"PJSIP/1??\"])")
     table.finish()
     return user
+
+
+def _call_destinations(table: _Table) -> tuple[str, ...]:
+    key = table.key("call_destinations")
+    destinations = _str_list(table.get("call_destinations", []), key)
+    for destination in destinations:
+        if "/" in destination:
+            _check_endpoint_pattern(destination, key)
+        elif not re.fullmatch(r"\+?[0-9]*", destination):
+            raise ConfigError(f"{key}: {destination!r} is neither a number prefix (digits, optionally after '+') "
+                              "nor a TECH/resource pattern")
+    return destinations
 
 
 def _check_sender(value: str, key: str) -> None:

@@ -20,7 +20,7 @@ from aiohttp import web
 from .ari import AriApp
 from .auth import ASTERISK_PRINCIPAL, Authenticator
 from .calls import CallService
-from .config import DEMO_PASSWORD, Config
+from .config import DEMO_PASSWORD, Config, UserConfig
 from .dispatcher import Dispatcher
 from .errors import ServiceUnavailable
 from .events import EventHub
@@ -188,9 +188,14 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, str(recordings),
                               unknown_ends_call)
         ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, "", unknown_ends_call)
-        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml)
+
+        def ozml_for(user: UserConfig) -> OzmlRunner:  # a call placed by the Call command runs as its user
+            return OzmlRunner(ServiceBackend(service, user), speaker, config.asterisk.prompts, scripts, "",
+                              unknown_ends_call)
+
+        ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml, ozml_for)
                     for ari in config.asterisk.ari]
-        calls = CallService(ari_apps, config.asterisk.dial, config.callbacks) if ari_apps else None
+        calls = CallService(ari_apps, config.asterisk, config.callbacks) if ari_apps else None
         ozeki = OzekiEndpoint(service, tcp_identify(authenticator), calls)
         api = build_app(ozeki, service, health, config.http, metrics, config.status)
         control = build_app(OzekiEndpoint(service, operator_identify), service, health, config.http)
@@ -201,7 +206,8 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         fastagi = None
         if config.asterisk.fastagi is not None:
             recordings.mkdir(parents=True, exist_ok=True)
-            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml)
+            fastagi = FastAgiServer(config.asterisk.fastagi, call_backend, speaker, config.asterisk.prompts, agi_ozml,
+                                    config.asterisk.fastagi_allowed_clients, config.asterisk.fastagi_secret)
             await fastagi.bind()
         async with (_site(api, ozeki, config, service, authenticator, log_setup),
                     _control_site(control, config)):

@@ -132,11 +132,95 @@ async def test_brute_force_is_refused_without_hashing(monkeypatch: pytest.Monkey
     hashed: list[str] = []
     real_verify = auth_module.verify_password
     monkeypatch.setattr(auth_module, "verify_password", lambda p, e: hashed.append(p) or False)
-    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+    with pytest.raises(AuthenticationFailed, match="too many failed logins, try again in 300 s"):
         await auth.authenticate("alice", "pw", "192.0.2.7")  # even the right password, from that address
-    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
-        await auth.authenticate("alice", "pw", "198.51.100.1")  # or for that user from elsewhere
     assert hashed == []  # refused before any hash was computed
     monkeypatch.setattr(auth_module, "verify_password", real_verify)
-    now[0] += auth_module.FAILURE_WINDOW + 1
+    now[0] += auth_module.FAILURE_WINDOW - 1
+    with pytest.raises(AuthenticationFailed, match="try again in 1 s"):
+        await auth.authenticate("alice", "pw", "192.0.2.7")
+    now[0] += 2
     assert (await auth.authenticate("alice", "pw", "192.0.2.7")).name == "alice"
+
+
+async def test_guessing_a_name_does_not_lock_its_user_out_elsewhere() -> None:
+    import asterisk_sendsms.auth as auth_module
+
+    now = [1000.0]
+    auth = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
+    for attempt in range(3 * auth_module.MAX_FAILURES):  # the attacker keeps hammering, refused or not
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate("alice", f"guess{attempt}", "192.0.2.7")
+        now[0] += 1
+    assert (await auth.authenticate("alice", "pw", "198.51.100.1")).name == "alice"  # the user, elsewhere
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await auth.authenticate("alice", "pw", "192.0.2.7")
+
+
+async def test_one_address_guessing_many_names_is_stopped() -> None:
+    import asterisk_sendsms.auth as auth_module
+
+    now = [1000.0]
+    users = [UserConfig(f"user{i}", password_hash=hash_password("pw")) for i in range(2)]
+    auth = Authenticator(users, [], clock=lambda: now[0])
+    for attempt in range(auth_module.MAX_ADDRESS_FAILURES):  # few guesses per name, many names
+        with pytest.raises(AuthenticationFailed, match=r"^Authentication failed$"):
+            await auth.authenticate(f"name{attempt % 15}", "guess", "192.0.2.7")
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await auth.authenticate("user0", "pw", "192.0.2.7")  # a name never tried from there, right password
+    assert (await auth.authenticate("user0", "pw", "192.0.2.8")).name == "user0"
+    # An IPv6 host holds a whole /64: its addresses count as one.
+    for attempt in range(auth_module.MAX_FAILURES):
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate("user1", "guess", f"2001:db8:1:2::{attempt + 1:x}")
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await auth.authenticate("user1", "pw", "2001:db8:1:2:ffff::1")
+    assert (await auth.authenticate("user1", "pw", "2001:db8:1:3::1")).name == "user1"
+
+
+async def test_a_misconfigured_client_does_not_lock_out_its_neighbours() -> None:
+    """Behind one NAT address: one client retrying an old password is stopped, the others still log in."""
+    import asterisk_sendsms.auth as auth_module
+
+    now = [1000.0]
+    users = [UserConfig(name, password_hash=hash_password("pw")) for name in ("app", "bob")]
+    auth = Authenticator(users, [], clock=lambda: now[0])
+    for _ in range(5 * auth_module.MAX_FAILURES):
+        with pytest.raises(AuthenticationFailed):
+            await auth.authenticate("app", "old-password", "203.0.113.9")
+    assert (await auth.authenticate("bob", "pw", "203.0.113.9")).name == "bob"
+
+
+async def test_failures_reach_other_processes_with_the_same_keys() -> None:
+    """The HTTP front workers hear of each failure the daemon counts (front.py) and refuse alike."""
+    import asterisk_sendsms.auth as auth_module
+
+    now = [1000.0]
+    daemon = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
+    worker = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
+    heard: list[tuple[str, float]] = []
+    daemon.on_failed_login(lambda key, at: (heard.append((key, at)), worker.note_failed_login(key, at)))
+    for _ in range(auth_module.MAX_FAILURES):
+        with pytest.raises(AuthenticationFailed):
+            await daemon.authenticate("alice", "guess", "192.0.2.7")
+    assert {key for key, _ in heard} == {"address 192.0.2.7", "user 192.0.2.7 alice"}
+    with pytest.raises(AuthenticationFailed, match="too many failed logins"):
+        await worker.authenticate("alice", "pw", "192.0.2.7")
+    assert (await worker.authenticate("alice", "pw", "192.0.2.8")).name == "alice"
+
+
+def test_the_failure_log_stays_bounded_and_keeps_the_latest() -> None:
+    import asterisk_sendsms.auth as auth_module
+
+    log = auth_module._FailureLog(lambda: 1000.0)
+    blocking = auth_module.pair_key("alice", "192.0.2.7")
+    for _ in range(auth_module.MAX_FAILURES):
+        log.record(blocking, 999.0)
+    for index in range(auth_module.MAX_TRACKED_KEYS + 5):
+        log.record(auth_module.pair_key(f"invented{index}", "198.51.100.1"), 999.0)
+        if index == auth_module.MAX_TRACKED_KEYS // 2:
+            log.record(blocking, 999.5)  # still failing: kept
+    assert len(log._failures) <= auth_module.MAX_TRACKED_KEYS
+    assert log.blocked(blocking) > 0
+    long_names = {auth_module.pair_key("x" * 100_000, "192.0.2.7"), auth_module.pair_key("x" * 99_999, "192.0.2.7")}
+    assert len(long_names) == 2 and all(len(key) < 100 for key in long_names)

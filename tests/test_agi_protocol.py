@@ -10,6 +10,7 @@ import pytest
 from asterisk_sendsms.agi import (
     AgiCommandError,
     AgiEnvironment,
+    AgiError,
     AgiHangup,
     AgiReply,
     ReplyParser,
@@ -131,3 +132,38 @@ async def test_fake_asterisk_answers_as_the_recording(name: str, tmp_path: Path)
     for command, _ in exchanges:
         produced += await channel.handle(command.replace("/var/cache/asterisk-sendsms/tts", str(tmp_path / "tts")))
     assert produced[:len(recorded)] == recorded
+
+
+@pytest.mark.parametrize("line", ["agi_arg_999999999: x", "agi_arg_0: x", "agi_arg_129: x", "agi_arg_٣: x",
+                                  "agi_arg_" + "9" * 5000 + ": x", "agi_arg_-1: x", "agi_arg_: x"])
+def test_absurd_argument_numbers_are_refused(line: str) -> None:
+    with pytest.raises(AgiError, match="not an AGI argument"):
+        parse_environment_line(AgiEnvironment(), line)
+
+
+def test_argument_numbers_up_to_asterisks_limit() -> None:
+    environment = AgiEnvironment()
+    parse_environment_line(environment, "agi_arg_128: last")
+    parse_environment_line(environment, "agi_arg_1: first")
+    assert len(environment.args) == 128 and environment.args[0] == "first" and environment.args[-1] == "last"
+
+
+@pytest.mark.parametrize("reply", ["200 result=" + "9" * 5000, "200 result=١٢", "200 result=1 endpos=" + "9" * 40])
+def test_unparseable_numbers_are_one_error(reply: str) -> None:
+    with pytest.raises(AgiCommandError, match="unparseable AGI reply"):
+        ReplyParser().feed(reply)
+
+
+def test_an_endless_usage_reply_is_cut() -> None:
+    parser = ReplyParser()
+    assert parser.feed("520-Invalid command syntax.  Proper usage follows:") is None
+    with pytest.raises(AgiCommandError, match="longer than 64 lines"):
+        for _ in range(1000):
+            parser.feed(" more")
+
+
+def test_peer_text_in_errors_is_bounded() -> None:
+    for reply in ("510 " + "x" * 100_000, "200 result=" + "x" * 100_000, "\x1b" * 100_000):
+        with pytest.raises(AgiCommandError) as info:
+            ReplyParser().feed(reply)
+        assert len(info.value.message) < 1000

@@ -9,13 +9,16 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
+from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, free_port, get_status, start_daemon
+from .conftest import Daemon, basic_auth, free_port, get_status, start_daemon
 from .peers.fake_ari import FakeAri, FakeAriChannel
 from .test_agi_protocol import FIXTURES, write_wav
 
@@ -152,3 +155,86 @@ async def test_wrong_ari_password_is_reported_once(daemon_factory: list[Daemon],
     assert "refused the ari.conf user 'asterisk' (HTTP 401)" in daemon.output()
     assert "Xq9-bad" not in daemon.output()
     assert base64.b64encode(b"asterisk:Xq9-bad").decode() not in daemon.output()
+
+
+async def test_call_command_needs_its_own_permission(daemon_factory: list[Daemon], tmp_path: Path,
+                                                     ari: FakeAri) -> None:
+    """The Ozeki Call command over HTTP: off for a user who may send SMS, limited to the user's call
+    destinations, and endpoints only where [asterisk] call_endpoints allows them; refusals are Ozeki 306. The
+    answered call's script sends SMS as the user who placed the call, within that user's limits (not as the
+    Asterisk principal, which has none), and cannot move the call elsewhere in the dialplan (BlindTransfer)."""
+    async def ivr(_: web.Request) -> web.Response:
+        return web.Response(text="<Response><SendSms Recipient='+4420123456'>premium</SendSms>"
+                                 "<SendSms Recipient='+36201111111'>allowed</SendSms>"
+                                 "<BlindTransfer>from-internal,0900123456</BlindTransfer></Response>")
+
+    script = web.Application()
+    script.router.add_route("*", "/ivr", ivr)
+    runner = web.AppRunner(script)
+    await runner.setup()
+    script_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", script_port).start()
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[speech]
+cache_dir = "{tmp_path / 'tts'}"
+[callbacks]
+allowed_hosts = ["127.0.0.1"]
+[asterisk]
+call_endpoints = ["PJSIP/*"]
+[[users]]
+name = "sender"
+password_hash = "{hash_password('pw')}"
+[[users]]
+name = "caller"
+password_hash = "{hash_password('pw')}"
+can_call = true
+call_destinations = ["+3620", "PJSIP/1??"]
+allowed_destinations = ["+3620"]
+[[users]]
+name = "viewer"
+password_hash = "{hash_password('viewer-secret')}"
+admin = true
+[[transports]]
+url = "simulator"
+""")
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(config), "--ari",
+                          f"http://asterisk:ari-secret@127.0.0.1:{ari.port}?app=sendsms")
+    await ari.wait_connected()
+    url = quote(f"http://127.0.0.1:{script_port}/ivr", safe="")
+
+    async def call(user: str, dialed: str) -> tuple[str, str]:
+        query = f"command=Call&Username={user}&Password=pw&Dialed={quote(dialed, safe='')}&Url={url}"
+        async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/api?{query}") as response:
+            root = etree.fromstring(await response.read())
+        return root.findtext("Code") or "", root.findtext("Message") or ""
+
+    try:
+        assert await call("sender", "+36201234567") == ("306", "Forbidden user: sender may not place calls "
+                                                               "(can_call is off)")
+        code, message = await call("caller", "+44201234567")
+        assert code == "306" and "may not call +44201234567" in message
+        code, message = await call("caller", "Local/100@from-internal")
+        assert code == "306" and "call_endpoints" in message
+        code, message = await call("caller", "PJSIP/2000")
+        assert code == "306" and "may not call PJSIP/2000" in message
+        assert ari.originated == []  # nothing was dialled for a refused call
+        assert (await call("caller", "PJSIP/100"))[0] == "200"
+        assert (await call("caller", "+36201234567"))[0] == "200"
+        assert [o["endpoint"] for o in ari.originated] == ["PJSIP/100", "Local/+36201234567@from-internal"]
+        deadline = time.monotonic() + 20
+        while not all(channel.gone for channel in ari.channels.values()):
+            assert time.monotonic() < deadline, daemon.output()
+            await asyncio.sleep(0.05)
+        assert all(c.requests[0] == "answer" and c.requests[-1] == "hangup" for c in ari.channels.values())
+        assert not any(c.continued for c in ari.channels.values())  # BlindTransfer refused: ended instead
+        assert daemon.output().count("a call caller placed cannot be transferred") == 2
+        assert set(ari.channels) == {o["channelId"] for o in ari.originated}  # the ids we gave
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{daemon.base}/api/messages?limit=10",
+                                   headers=basic_auth("viewer", "viewer-secret")) as response:
+                sent = await response.json()
+        assert sorted((m["recipient"], m["username"]) for m in sent) == [("+36201111111", "caller")] * 2
+        assert daemon.output().count("OzML SendSms to +4420123456: FAILED") == 2  # outside caller's limits
+    finally:
+        await runner.cleanup()

@@ -73,6 +73,8 @@ cache_dir = "{tmp_path / 'tts'}"
 name = "viewer"
 password_hash = "{hash_password('viewer-secret')}"
 admin = true
+can_call = true
+call_destinations = ["+36"]
 [[transports]]
 url = "simulator?receipt_delay=0.1"
 """)

@@ -149,7 +149,8 @@ class FakeAri:
             return web.json_response({"error": "Allocation failed"}, status=500)
         self.originated.append(params)
         number = next(self._ids)
-        channel = FakeAriChannel(f"1795570300.{number}", f"{params['endpoint']}-0000000{number}",
+        channel = FakeAriChannel(params.get("channelId") or f"1795570300.{number}",  # Asterisk takes a given id
+                                 f"{params['endpoint']}-0000000{number}",
                                  ",".join([self.app, params.get("appArgs", "")]), state="Down")
         self.channels[channel.id] = channel
 
