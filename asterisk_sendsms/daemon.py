@@ -105,7 +105,9 @@ async def _control_site(app: web.Application, config: Config) -> AsyncIterator[N
     path = config.control_socket
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # the store lock proves no other daemon owns this data directory
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_HTTP)
+    # The CLI's socket gets the API's limits and log rules too: a request it cannot parse is logged without its
+    # text, and an idle connection is closed after the same timeout.
+    runner = make_runner(app, config.http, SHUTDOWN_HTTP)
     await runner.setup()
     old_umask = os.umask(0o177)
     try:

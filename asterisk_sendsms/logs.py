@@ -9,8 +9,6 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 __all__ = ["configure_logging", "printable"]
 
 # Characters that would let text from a peer or a user forge a log line or drive the operator's terminal: C0
@@ -49,21 +47,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-class MalformedHttpFilter(logging.Filter):
-    """aiohttp logs a request it cannot parse (a URL over the line limit, a broken header) as an error with a
-    traceback; for the gateway that is bad input, worth one line at INFO like any other refused request."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
-            record.msg, record.args = "malformed HTTP request refused: %s", (" ".join(str(error).split())[:200],)
-            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
-        return True
-
-
 def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json"
                          else TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("aiohttp.server").addFilter(MalformedHttpFilter())

@@ -40,6 +40,13 @@ SEED_QUERY = ("command=SendSms&Username=HTTP_User_1&Password=qwe123&Sender=%2b06
               "&Recipient=%2b0615546670&Message=Hello+world&DeliveryReportURL=http://yourapp.com/smsdelivered.php")
 
 
+def seed_query(callback_url: str = "") -> str:
+    """The Ozeki documentation's request as it is, its DeliveryReportURL pointed at a receiver of the test's
+    (or left out): a daemon under test never posts to, or even resolves, a host outside this machine."""
+    query = SEED_QUERY.replace("&DeliveryReportURL=http://yourapp.com/smsdelivered.php", "")
+    return query + (f"&DeliveryReportURL={callback_url}" if callback_url else "")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

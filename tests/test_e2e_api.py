@@ -18,7 +18,7 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import RUN, SEED_QUERY, Daemon, Receiver, basic_auth, get_status, start_daemon, wait_final
+from .conftest import RUN, Daemon, Receiver, basic_auth, get_status, seed_query, start_daemon, wait_final
 
 XSD = "http://www.w3.org/2001/XMLSchema"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -38,8 +38,9 @@ def demo(daemon_factory: list[Daemon], tmp_path: Path) -> Daemon:
     return start_daemon(daemon_factory, tmp_path / "data", "--transport", "simulator?receipt_delay=0.2")
 
 
-async def test_seed_request_verbatim(demo: Daemon) -> None:
-    async with aiohttp.ClientSession() as session, session.get(f"{demo.base}/api?{SEED_QUERY}") as response:
+async def test_seed_request_verbatim(demo: Daemon, receiver: Receiver) -> None:
+    query = seed_query(receiver.url)
+    async with aiohttp.ClientSession() as session, session.get(f"{demo.base}/api?{query}") as response:
         assert response.status == 200
         assert response.content_type == "text/xml"
         code, message, sms_id = parse_reply(await response.read())
@@ -48,8 +49,10 @@ async def test_seed_request_verbatim(demo: Daemon) -> None:
         data = await wait_final(session, demo, sms_id)
     assert data["state"] == "delivered"
     assert data["sender"] == "+0615546669" and data["recipient"] == "+0615546670"
-    assert data["text"] == "Hello world" and data["callback_url"] == "http://yourapp.com/smsdelivered.php"
+    assert data["text"] == "Hello world" and data["callback_url"] == receiver.url
     assert [h["state"] for h in data["history"]] == ["accepted", "queued", "submitted", "delivered"]  # type: ignore[union-attr,index]
+    [report] = await receiver.wait_for(1)
+    assert report["SmsId"] == sms_id and report["DeliveryStatus"] == "Delivered"
 
 
 async def test_post_form_case_insensitive_misspelling_utf8_and_plus(demo: Daemon, receiver: Receiver) -> None:
@@ -348,7 +351,7 @@ async def test_status_page(demo: Daemon) -> None:
     from lxml import html
 
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{demo.base}/api?{SEED_QUERY}") as response:
+        async with session.get(f"{demo.base}/api?{seed_query()}") as response:
             _, _, sms_id = parse_reply(await response.read())
         await wait_final(session, demo, sms_id)
         async with session.get(f"{demo.base}/status") as response:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import SEED_QUERY, Daemon, start_daemon, wait_final
+from .conftest import Daemon, seed_query, start_daemon, wait_final
 
 
 async def test_data_directory_and_store_files_are_private(daemon_factory: list[Daemon], tmp_path: Path) -> None:
@@ -18,7 +18,7 @@ async def test_data_directory_and_store_files_are_private(daemon_factory: list[D
     data.chmod(0o755)
     daemon = start_daemon(daemon_factory, data, "--transport", "simulator?receipt_delay=0.05")
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{daemon.base}/api?{SEED_QUERY}") as response:
+        async with session.get(f"{daemon.base}/api?{seed_query()}") as response:
             assert response.status == 200
             body = await response.text()
         sms_id = body.split("<SmsId>")[1].split("</SmsId>")[0]

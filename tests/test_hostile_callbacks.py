@@ -37,12 +37,14 @@ def _daemon(tmp_path: Path, allowed_networks: str, *args: str) -> Iterator[Daemo
 [speech]
 cache_dir = "{tmp_path / 'tts'}"
 """, callbacks="per_host = 2")
-    # The viewer may place calls (an admin), for the Call command's Url check.
+    # The viewer may place calls, for the Call command's Url check.
     config.write_text(config.read_text() + f"""
 [[users]]
 name = "viewer"
 password_hash = "{hash_password('viewer-secret')}"
 admin = true
+can_call = true
+call_destinations = ["+36"]
 """)
     daemon = Daemon(tmp_path / "data", ["--config", str(config), *args], allowed_networks=allowed_networks)
     try:
