@@ -104,8 +104,8 @@ async def run(action: str) -> int:
             speaker = Speaker(config.speech)
             if action == "ozml":
                 details = CallDetails.of_agi(environment)
-                # No allow-list in agi.toml (yet): script URLs must lead to public addresses.
-                runner = OzmlRunner(backend, speaker, config.prompts, UrlPolicy(), config.record_dir,
+                policy = UrlPolicy.of(config.ozml_allowed_hosts, config.ozml_allowed_networks)
+                runner = OzmlRunner(backend, speaker, config.prompts, policy, config.record_dir,
                                     config.ozml_unknown_ends_call)
                 await runner.run_source(channel, details, args[0], args[1] or None)
                 return 0

@@ -154,7 +154,7 @@ class CallbackConfig:
     retry_max: float = 600.0
     give_up_after: float = 24 * 3600.0
     concurrency: int = 16
-    per_host: int = 4  # notifications in flight to one host at most (a hanging host cannot take every slot)
+    per_host: int = 8  # notifications in flight to one host at most: half the slots (a hanging host cannot take all)
     per_user: int = 8  # and for one user's messages, whatever their hosts
     max_failures: int = 3  # a notification failing by an error of ours this often is parked as failed
 
@@ -355,6 +355,11 @@ def _networks(values: object, key: str) -> tuple[Network, ...]:
         return tuple(ipaddress.ip_network(item, strict=False) for item in items)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+
+
+def _hosts(values: object, key: str) -> tuple[str, ...]:
+    """Host names as URLs give them to the URL policy: lower case, without a trailing dot."""
+    return tuple(host.lower().rstrip(".") for host in _str_list(values, key))
 
 
 def _str_list(values: object, key: str) -> tuple[str, ...]:
@@ -662,6 +667,9 @@ class AgiScriptConfig:
     prompts: PromptConfig = PromptConfig()
     record_dir: str = DEFAULT_RECORD_DIR  # where OzML <Record> writes on the Asterisk host
     ozml_unknown_ends_call: bool = False
+    # The URL policy of the scripts ozml.agi fetches, as [callbacks] gives the daemon's (urlpolicy.UrlPolicy).
+    ozml_allowed_hosts: tuple[str, ...] = ()
+    ozml_allowed_networks: tuple[Network, ...] = ()
 
 
 def load_agi_config(path: Path) -> AgiScriptConfig:
@@ -678,7 +686,10 @@ def load_agi_config(path: Path) -> AgiScriptConfig:
                              speech=_speech(root.table("speech"), Path("/var/cache/asterisk-sendsms")),
                              prompts=_prompts(root.table("prompts")),
                              record_dir=root.text("record_dir", DEFAULT_RECORD_DIR) or "",
-                             ozml_unknown_ends_call=_ozml_unknown(root))
+                             ozml_unknown_ends_call=_ozml_unknown(root),
+                             ozml_allowed_hosts=_hosts(root.get("ozml_allowed_hosts", []), "ozml_allowed_hosts"),
+                             ozml_allowed_networks=_networks(root.get("ozml_allowed_networks", []),
+                                                             "ozml_allowed_networks"))
     root.finish()
     return config
 
@@ -873,8 +884,7 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     file_networks = _networks(callbacks_table.get("allowed_networks", []), "callbacks.allowed_networks")
     networks_env = env.get(ENV_PREFIX + "ALLOWED_NETWORKS")  # as the file's list, comma-separated; wins
     callbacks = CallbackConfig(
-        allowed_hosts=tuple(h.lower().rstrip(".") for h in _str_list(callbacks_table.get("allowed_hosts", []),
-                                                                     "callbacks.allowed_hosts")),
+        allowed_hosts=_hosts(callbacks_table.get("allowed_hosts", []), "callbacks.allowed_hosts"),
         allowed_networks=file_networks if networks_env is None else _networks(
             [n.strip() for n in networks_env.split(",") if n.strip()], ENV_PREFIX + "ALLOWED_NETWORKS"),
         timeout=callbacks_table.duration("timeout", CallbackConfig().timeout),

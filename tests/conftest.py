@@ -25,6 +25,7 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
+from .peers.fake_modem import FakeModem
 from .peers.postgres import PostgresServer
 
 # CI runs the same examples every time (a new random example must not decide whether a change lands);
@@ -108,6 +109,20 @@ class Daemon:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode
+
+
+@pytest.fixture
+def modem_factory() -> Iterator[Callable[..., FakeModem]]:
+    modems: list[FakeModem] = []
+
+    def make(**options: Any) -> FakeModem:
+        modem = FakeModem(**options)
+        modems.append(modem)
+        return modem
+
+    yield make
+    for modem in modems:
+        modem.close()
 
 
 @pytest.fixture

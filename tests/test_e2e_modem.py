@@ -4,7 +4,6 @@ as a user would configure it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,6 @@ from asterisk_sendsms.passwords import hash_password
 from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
 from .peers.fake_modem import FakeModem
 from .test_e2e_smpp import send
-
-
-@pytest.fixture
-def modem_factory() -> Iterator[Callable[..., FakeModem]]:
-    modems: list[FakeModem] = []
-
-    def make(**options: Any) -> FakeModem:
-        modem = FakeModem(**options)
-        modems.append(modem)
-        return modem
-
-    yield make
-    for modem in modems:
-        modem.close()
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, modem: FakeModem, options: str = "",

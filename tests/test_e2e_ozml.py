@@ -214,6 +214,25 @@ async def test_process_agi_runs_a_script_from_a_file_and_inline(daemon_factory: 
     assert message["text"] == "inline"
 
 
+async def test_process_agi_fetches_internal_scripts_only_where_agi_toml_allows(daemon_factory: list[Daemon],
+                                                                              tmp_path: Path, app: App) -> None:
+    """ozml.agi runs on the Asterisk host with the URL policy of the daemon: an application on the LAN (here on
+    loopback) must be allowed in agi.toml, and until then nothing is fetched from it."""
+    daemon = gateway(daemon_factory, tmp_path)
+    env = agi_env(tmp_path, daemon.base)
+    env["ASTERISK_SENDSMS_AGI_CONFIG"] = str(tmp_path / "viewer-agi.toml")
+    settings = (f'url = "{daemon.base}"\nusername = "viewer"\npassword = "viewer-secret"\n{{allow}}'
+                f'[speech]\ncache_dir = "{tmp_path / "agi-tts"}"\n')
+    ozml_agi = REPO / "agi-bin" / "ozml.agi"
+    for allow, fetched in (("", False), ('ozml_allowed_networks = ["127.0.0.0/8"]\n', True)):
+        (tmp_path / "viewer-agi.toml").write_text(settings.format(allow=allow))
+        app.posts.clear()
+        channel = FakeChannel(base_environment("ozml.agi"), tmp_path / "sounds")
+        await run_process_agi(channel, ozml_agi, [f"{app.base}/seed"], env)
+        assert ([p for p, _ in app.posts] == ["/seed"]) is fetched, app.posts
+        assert ("SMS_ID" in channel.variables) is fetched
+
+
 async def test_error_url_and_unknown_commands(daemon_factory: list[Daemon], tmp_path: Path, app: App) -> None:
     port = free_port()
     daemon = gateway(daemon_factory, tmp_path, "--fastagi", f"127.0.0.1:{port}")

@@ -6,7 +6,7 @@ before and during it reaches its final state. Then the AT parser's bounds, witho
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,44 +14,17 @@ import aiohttp
 import pytest
 
 from asterisk_sendsms.modem.at import MAX_BUFFER, MAX_LINES, AtParser, Prompt, Response, Unsolicited
-from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, basic_auth, send, start_daemon, wait_final
+from .conftest import Daemon, basic_auth, send, wait_final
 from .peers.fake_modem import FakeModem
+from .test_e2e_modem import gateway as modem_gateway
 
 TEXT = "confidential text"  # no message text may show in the log
 
 
-@pytest.fixture
-def modem_factory() -> Iterator[Callable[..., FakeModem]]:
-    modems: list[FakeModem] = []
-
-    def make(**options: Any) -> FakeModem:
-        modem = FakeModem(**options)
-        modems.append(modem)
-        return modem
-
-    yield make
-    for modem in modems:
-        modem.close()
-
-
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, modem: FakeModem) -> Daemon:
-    config = tmp_path / "modem.toml"
-    config.write_text(f"""
-[messages]
-receipt_timeout = 2
-[dispatch]
-retry_initial = 0.3
-retry_max = 1
-[[users]]
-name = "alice"
-password_hash = "{hash_password('pw')}"
-[[transports]]
-name = "gsm"
-url = "modem://{modem.path}?timeout=1"
-""")
-    return start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+    """The modem tests' daemon, with a short receipt timeout (some cases leave a report unmatched)."""
+    return modem_gateway(daemon_factory, tmp_path, modem, extra="[messages]\nreceipt_timeout = 2")
 
 
 async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
