@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -48,10 +49,22 @@ def seed_query(callback_url: str = "") -> str:
     return query + (f"&DeliveryReportURL={callback_url}" if callback_url else "")
 
 
+# Ports for the servers tests start, below the kernel's ephemeral range (32768-60999): a port taken from that
+# range is free when asked for, but a client connection of any test may take it before the server binds it
+# ("address already in use" seen once in a full run).
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    for _ in range(100):
+        port = random.choice(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port found for a test server")
 
 
 @dataclass
