@@ -347,6 +347,23 @@ def test_bulk_csv_with_semicolons_and_texts_shown_escaped(daemon_factory: list[D
     assert message["text"] == "Your code: 1,234\x1b[2J" and message["recipient"] == "+36201111111"
 
 
+async def test_status_page_search_takes_hostile_input(demo: Daemon) -> None:
+    """The status page's search parameters are a way in: markup is shown escaped, bad pages and states are
+    refused with 400, and the daemon goes on serving."""
+    auth = basic_auth("HTTP_User_1", "qwe123")
+    async with aiohttp.ClientSession() as session:
+        for query, status in ((f"q={'<script>alert(1)</script>' * 3}%0d%0aX:1", 200), ("page=-1", 400),
+                              ("page=99999999999999999999", 400), ("page=%00", 400), ("state=lost", 400),
+                              ("q=%ff%fe&state=failed&page=2", 400), ("q=" + "9" * 5000, 200)):
+            async with session.get(f"{demo.base}/status?{query}", headers=auth) as response:
+                body = await response.text()
+                assert response.status == status, (query, body[:300])
+                assert "<script>" not in body
+        async with session.get(f"{demo.base}/api?{seed_query()}") as response:
+            assert response.status == 200
+    assert "Traceback" not in demo.output()
+
+
 async def test_status_page(demo: Daemon) -> None:
     from lxml import html
 
