@@ -23,6 +23,7 @@ from .errors import RequestError, ServiceUnavailable, SmsGatewayError
 from .lifecycle import State
 from .ozml_runner import CallDetails, OzmlRunner
 from .speech import Speaker
+from .traffic import CALL_PRIORITY
 from .urlpolicy import UrlPolicy
 
 __all__ = ["HttpBackend", "main", "ozml_main"]
@@ -60,7 +61,8 @@ class HttpBackend:
 
     async def send(self, recipient: str, text: str, sender: str | None, report_url: str | None) -> str:
         data = await self._call("POST", "/api/messages", {"recipient": recipient, "text": text, "sender": sender,
-                                                          "delivery_report_url": report_url})
+                                                          "delivery_report_url": report_url,
+                                                          "priority": CALL_PRIORITY.value})
         return str(data["sms_id"])
 
     async def state(self, sms_id: str) -> tuple[State, str]:

@@ -17,8 +17,9 @@ from .config import Network, UserConfig
 from .errors import AuthenticationFailed, AuthenticationRequired, ForbiddenAddress, ForbiddenUser
 from .passwords import hash_password, verify_password
 from .routing import prefix_matches
+from .traffic import Priority
 
-__all__ = ["OPERATOR", "Authenticator", "check_destination", "client_allowed"]
+__all__ = ["OPERATOR", "Authenticator", "check_destination", "check_priority", "client_allowed"]
 
 # The local operator (the CLI on the daemon's control socket) may do anything.
 OPERATOR = UserConfig("operator", can_send=True, admin=True)
@@ -45,6 +46,11 @@ def check_destination(user: UserConfig, recipient: str) -> None:
         raise ForbiddenUser(f"Forbidden user: {user.name} may not send SMS")
     if user.allowed_destinations and not any(prefix_matches(recipient, p) for p in user.allowed_destinations):
         raise ForbiddenUser(f"Forbidden user: {user.name} may not send to {recipient}")
+
+
+def check_priority(user: UserConfig, priority: Priority) -> None:
+    if priority not in user.priorities:
+        raise ForbiddenUser(f"Forbidden user: {user.name} may not send {priority.value} messages")
 
 
 # Brute force: after MAX_FAILURES failed logins within the window for one user name from one address, or

@@ -28,6 +28,7 @@ from .lifecycle import FINAL_STATES, SETTLED_STATES, State
 from .logs import configure_logging, printable
 from .passwords import hash_password
 from .store import make_store
+from .traffic import CSV_PRIORITY, DEFAULT_PRIORITY, Priority
 
 __all__ = ["main"]
 
@@ -86,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="bulk: messages per second handed to the daemon (default 20)")
     send.add_argument("--from", dest="sender", metavar="SENDER", help="sender number or name")
     send.add_argument("--report-url", metavar="URL", help="DeliveryReportURL for the delivery notification")
+    send.add_argument("--priority", choices=[p.value for p in Priority],
+                      help=f"traffic class (default {DEFAULT_PRIORITY.value}; {CSV_PRIORITY.value} with --csv)")
     send.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
                       help="wait up to SECONDS for a final state and print it")
 
@@ -209,7 +212,8 @@ async def _send(args: argparse.Namespace) -> int:
     if not args.text:
         raise CliError("--text is required")
     status, reply = await _control(config, "POST", "/api/messages", {
-        "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url})
+        "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url,
+        "priority": args.priority or DEFAULT_PRIORITY.value})
     if status != 201:
         raise CliError(f"not sent: {reply.get('error', reply)}")
     sms_id = reply["sms_id"]
@@ -271,7 +275,7 @@ async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
             await asyncio.sleep(max(0.0, started + (done - 1) / args.rate - time.monotonic()))
             status, reply = await control.call("POST", "/api/messages", {
                 "recipient": recipient, "text": text, "sender": args.sender,
-                "delivery_report_url": args.report_url})
+                "delivery_report_url": args.report_url, "priority": args.priority or CSV_PRIORITY.value})
             if status == 201:
                 accepted += 1
             else:

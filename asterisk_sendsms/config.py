@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .addresses import parse_sender
 from .errors import ConfigError, InvalidParameter
 from .passwords import PasswordHashError, parse_hash
+from .traffic import Priority
 from .urlpolicy import UrlPolicy, UrlRejected
 
 __all__ = [
@@ -81,6 +82,7 @@ class UserConfig:
     # allows).
     can_call: bool = False
     call_destinations: tuple[str, ...] = ()
+    priorities: frozenset[Priority] = frozenset(Priority)  # the traffic classes this user may ask for
 
 
 @dataclass(frozen=True, slots=True)
@@ -726,6 +728,7 @@ def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
         admin=table.flag("admin", False),
         can_call=table.flag("can_call", UserConfig("").can_call),
         call_destinations=_call_destinations(table),
+        priorities=_priorities(table),
     )
     if user.can_call and not user.call_destinations:
         raise ConfigError(f"{table.key('call_destinations')}: user {name!r} may call (can_call) but no destination "
@@ -733,6 +736,18 @@ def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
                           "endpoint patterns (e.g. [\"PJSIP/1??\"])")
     table.finish()
     return user
+
+
+def _priorities(table: _Table) -> frozenset[Priority]:
+    key = table.key("priorities")
+    names = _str_list(table.get("priorities", [p.value for p in Priority]), key)
+    try:
+        priorities = frozenset(Priority(name.strip().lower()) for name in names)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a list of interactive, normal and bulk") from None
+    if not priorities:
+        raise ConfigError(f"{key}: a user needs at least one traffic class (interactive, normal, bulk)")
+    return priorities
 
 
 def _call_destinations(table: _Table) -> tuple[str, ...]:

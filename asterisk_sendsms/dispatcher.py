@@ -19,6 +19,7 @@ from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
 from .routing import Router
 from .store import Store
+from .traffic import DEFAULT_PRIORITY, Priority
 from .transports import Transport
 
 __all__ = ["Dispatcher"]
@@ -33,6 +34,9 @@ NOT_READY_DELAY = 2.0
 # set-up), rather than putting the waiting messages back by NOT_READY_DELAY.
 STARTUP_GRACE = 5.0
 STORE_PIPELINE = 256
+# Beyond that, room that only interactive messages may take: a pipeline full of claimed bulk messages (waiting
+# for their transport's window and rate) must not keep a caller's message in the store until some leave.
+INTERACTIVE_ROOM = 64
 # An outcome the store could not take is written again, for this share of the lease, every 0.2 s to 5 s.
 RECORD_PATIENCE = 0.8
 RECORD_RETRY_INITIAL = 0.2
@@ -65,11 +69,16 @@ class Dispatcher:
         # would be a store transaction each.
         self._refill = STORE_PIPELINE // 4
         self._slot_freed = asyncio.Event()
+        self._interactive_waiting = False
         self._stopping = False
         self._turns: dict[str, int] = {}
         self._unexpected: dict[str, int] = {}  # sms_id: dispatches that ended in an unexpected error
 
-    def wake(self) -> None:
+    def wake(self, priority: Priority = DEFAULT_PRIORITY) -> None:
+        """Messages were accepted; `priority` is the most urgent class among them."""
+        if priority is Priority.INTERACTIVE:
+            self._interactive_waiting = True
+            self._slot_freed.set()
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -100,15 +109,20 @@ class Dispatcher:
         pending: set[asyncio.Task[None]] = set()
         while not self._stopping:
             free = self._capacity - len(pending)
+            up_to = Priority.BULK
             if free < self._refill:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
-                continue
+                free += INTERACTIVE_ROOM
+                up_to = Priority.INTERACTIVE
+                if not self._interactive_waiting or free <= 0:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
             self._wakeup.clear()
+            self._interactive_waiting = False
             if self._stopping:
                 break
             try:
-                batch = await self._store.claim(free, self._clock(), self._config.lease)
+                batch = await self._store.claim(free, self._clock(), self._config.lease, up_to)
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot claim messages: %s", exc)
                 batch = []

@@ -28,6 +28,7 @@ from .model import NewMessage
 from .routing import Router
 from .service import Accepted, prepare_message
 from .supervision import keep_running
+from .traffic import DEFAULT_PRIORITY, Priority
 
 __all__ = ["FrontWorkers", "listening_sockets"]
 
@@ -159,9 +160,9 @@ class _LinkedSender:
         self._link = link
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
         message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
-                                  time.time())
+                                  time.time(), priority)
         await self._link.accept(message)
         return Accepted(message.sms_id, message.part_count)
 

@@ -36,6 +36,7 @@ from .model import MessageView
 from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
 from .service import Accepted, SmsService
 from .status_page import PAGE_SIZE, Listing, render_status_page
+from .traffic import DEFAULT_PRIORITY, Priority, parse_priority
 from .transports import TransportHealth
 
 __all__ = ["HandOver", "OzekiEndpoint", "build_app", "make_runner"]
@@ -78,7 +79,7 @@ class Sender(Protocol):
     """What `SendSms` needs: the service, or in an HTTP front worker its link to the daemon."""
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None) -> Accepted: ...
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted: ...
 
 
 class HandOver(Exception):
@@ -168,7 +169,7 @@ class OzekiEndpoint:
             return {"CallId": call_id}
         send = send_sms_params(params)
         accepted = await self.sender.send(user, send.recipient, send.message, send.sender,
-                                           send.delivery_report_url)
+                                           send.delivery_report_url, send.priority)
         log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
         return {"SmsId": accepted.sms_id}
 
@@ -258,8 +259,11 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
                 raise ParseError("the body must be a JSON object of strings")
             user = await query_user(request)
+            priority = body.get("priority")
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
-                                          body.get("sender"), body.get("delivery_report_url"))
+                                          body.get("sender"), body.get("delivery_report_url"),
+                                          parse_priority(priority, "priority", "messages") if priority
+                                          else DEFAULT_PRIORITY)
         except SmsGatewayError as exc:
             log.info("JSON send from %s refused: %d %s", _client(request), exc.ozeki_code, exc.message)
             return json_error(exc)

@@ -15,6 +15,7 @@ from typing import Any
 from .encoding import Coding
 from .errors import ServiceUnavailable, SmsGatewayError
 from .model import NewMessage
+from .traffic import Priority
 
 __all__ = ["ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame", "send_connection"]
 
@@ -73,13 +74,14 @@ class FrameReader:
 def _message_row(message: NewMessage) -> tuple[Any, ...]:
     return (message.sms_id, message.username, message.sender, message.recipient, message.text,
             message.coding.value, message.part_count, message.callback_url, message.created_at,
-            message.expires_at)
+            message.expires_at, message.priority.value)
 
 
 def _message(row: Sequence[Any]) -> NewMessage:
-    sms_id, username, sender, recipient, text, coding, part_count, callback_url, created_at, expires_at = row
+    (sms_id, username, sender, recipient, text, coding, part_count, callback_url, created_at, expires_at,
+     priority) = row
     return NewMessage(sms_id, username, sender, recipient, text, Coding(coding), part_count, callback_url,
-                      created_at, expires_at)
+                      created_at, expires_at, Priority(priority))
 
 
 class DaemonLink(asyncio.Protocol):

@@ -9,6 +9,7 @@ from enum import StrEnum
 
 from .encoding import Coding
 from .lifecycle import State
+from .traffic import DEFAULT_PRIORITY, Priority
 
 __all__ = [
     "CallbackJob",
@@ -41,6 +42,7 @@ class NewMessage:
     callback_url: str | None
     created_at: float
     expires_at: float  # not submitted by then: expired
+    priority: Priority = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,13 @@ class OutboundMessage:
     text: str
     previous_attempts: int  # submissions tried before this one
     expires_at: float
+    # A transport's waiting submits go out by class, and bulk by its users' turns (the store's order)
+    priority: Priority = DEFAULT_PRIORITY
+    fair_rank: int = 0
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return self.priority.rank, self.fair_rank
 
 
 class PartOutcome(StrEnum):

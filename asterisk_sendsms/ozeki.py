@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import quote_plus, unquote
 
 from .errors import InvalidParameter, ParseError
+from .traffic import DEFAULT_PRIORITY, Priority, parse_priority
 
 __all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "form_encode", "merge_params",
            "parse_form", "send_sms_params"]
@@ -109,6 +110,7 @@ class SendSmsParams:
     recipient: str
     message: str
     delivery_report_url: str | None
+    priority: Priority = DEFAULT_PRIORITY
 
 
 def _number(value: str | None) -> str | None:
@@ -126,10 +128,11 @@ def send_sms_params(params: Mapping[str, str]) -> SendSmsParams:
     if message is None or message == "":
         raise InvalidParameter("Message", reason="the message text is empty")
     report_url = params.get("deliveryreporturl") or params.get("delivaryreporturl") or None
+    priority = parse_priority(params["priority"]) if params.get("priority") else DEFAULT_PRIORITY
     return SendSmsParams(
         username=params.get("username"), password=params.get("password"),
         sender=_number(params.get("sender")) or None, recipient=recipient, message=message,
-        delivery_report_url=report_url)
+        delivery_report_url=report_url, priority=priority)
 
 
 def command_result(command: str | None, code: int, message: str, **values: str) -> bytes:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .addresses import parse_recipient, parse_sender
-from .auth import check_destination
+from .auth import check_destination, check_priority
 from .config import Config, UserConfig
 from .encoding import encode_message
 from .errors import InvalidParameter, MessageNotFound, NoRoute, SmsGatewayError
@@ -22,6 +22,7 @@ from .model import MessageView, NewMessage, PendingCallback
 from .notifier import validate_callback_url
 from .routing import Router
 from .store import Store
+from .traffic import CALL_PRIORITY, DEFAULT_PRIORITY, Priority
 
 STORE_CHECK_TIMEOUT = 2.0  # /healthz: a store slower than this counts as down
 
@@ -37,7 +38,8 @@ class Accepted:
 
 
 def prepare_message(config: Config, router: Router, user: UserConfig, recipient: str, text: str,
-                    sender: str | None, callback_url: str | None, now: float) -> NewMessage:
+                    sender: str | None, callback_url: str | None, now: float,
+                    priority: Priority = DEFAULT_PRIORITY) -> NewMessage:
     """The message `user` asks for, validated and encoded; raises a `RequestError`."""
     to = parse_recipient(recipient)
     sender_value = sender.strip() if sender else ""
@@ -48,15 +50,16 @@ def prepare_message(config: Config, router: Router, user: UserConfig, recipient:
     encoded = encode_message(text, config.messages.max_parts)
     url = validate_callback_url(callback_url, config.callbacks) if callback_url else None
     check_destination(user, to.value)
+    check_priority(user, priority)
     if router.route_for(to.value) is None:
         raise NoRoute(to.value)
     return NewMessage(sms_id=new_sms_id(), username=user.name, sender=from_, recipient=to.value, text=text,
                       coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
-                      expires_at=now + config.messages.validity)
+                      expires_at=now + config.messages.validity, priority=priority)
 
 
 class SmsService:
-    def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[], None],
+    def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[Priority], None],
                  events: EventHub | None = None, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._store = store
@@ -66,11 +69,11 @@ class SmsService:
         self._clock = clock
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
         """Validate and commit one message. Returns only after the commit; raises a `RequestError` (nothing
         stored) or `ServiceUnavailable` (nothing stored)."""
         message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
-                                  self._clock())
+                                  self._clock(), priority)
         await self.commit([message])
         return Accepted(message.sms_id, message.part_count)
 
@@ -80,7 +83,7 @@ class SmsService:
             await self._store.accept(messages[0])
         else:
             await self._store.accept_many(messages)
-        self._on_accepted()
+        self._on_accepted(min((m.priority for m in messages), key=lambda p: p.rank))
         for message in messages:
             self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=message.username,
                                 parts=message.part_count)
@@ -138,7 +141,7 @@ class ServiceBackend:
         self._user = user
 
     async def send(self, recipient: str, text: str, sender: str | None, report_url: str | None) -> str:
-        return (await self._service.send(self._user, recipient, text, sender, report_url)).sms_id
+        return (await self._service.send(self._user, recipient, text, sender, report_url, CALL_PRIORITY)).sms_id
 
     async def state(self, sms_id: str) -> tuple[State, str]:
         message = await self._service.status(self._user, sms_id, detail=False)

@@ -81,6 +81,10 @@ def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
     ("[http]\nhead_timeout = 0\n[[transports]]\nurl='simulator'", "http.head_timeout: expected at least 0.1 s"),
     ("[http]\nbody_timeout = 'slow'\n[[transports]]\nurl='simulator'", "http.body_timeout: expected a duration"),
     ("[http]\nbacklog = 1\n[[transports]]\nurl='simulator'", "http.backlog: expected a whole number"),
+    ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\npriorities=['urgent']\n"
+     "[[transports]]\nurl='simulator'", "users[0].priorities: expected a list of interactive, normal and bulk"),
+    ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\npriorities=[]\n"
+     "[[transports]]\nurl='simulator'", "users[0].priorities: a user needs at least one traffic class"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

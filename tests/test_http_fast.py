@@ -22,6 +22,7 @@ from asterisk_sendsms.config import HttpConfig, UserConfig
 from asterisk_sendsms.http_api import OzekiEndpoint, build_app, make_runner
 from asterisk_sendsms.http_fast import REQUESTS_PER_TURN, FastLane, to_protocol
 from asterisk_sendsms.service import Accepted, SmsService
+from asterisk_sendsms.traffic import DEFAULT_PRIORITY, Priority
 
 from .conftest import Daemon, start_daemon
 
@@ -33,8 +34,9 @@ class EchoService:
     """Accepts everything; the SmsId is a digest of what arrived, so two servers' replies can be compared."""
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None) -> Accepted:
-        digest = hashlib.sha256(repr((user.name, recipient, text, sender, callback_url)).encode()).hexdigest()
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
+        digest = hashlib.sha256(repr((user.name, recipient, text, sender, callback_url, priority)).encode()
+                                ).hexdigest()
         return Accepted(digest[:32], 1)
 
 
@@ -245,9 +247,9 @@ class TurnRecordingService(EchoService):
         asyncio.get_running_loop().call_soon(self._tick)
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
         self.turns.append(self.turn)
-        return await super().send(user, recipient, text, sender, callback_url)
+        return await super().send(user, recipient, text, sender, callback_url, priority)
 
 
 async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:

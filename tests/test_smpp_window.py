@@ -20,6 +20,17 @@ def test_slots_are_handed_to_the_waiting_in_order() -> None:
     assert window.in_use == 0
 
 
+def test_the_waiting_go_by_class_then_by_turn_then_in_order() -> None:
+    window: SubmitWindow[str] = SubmitWindow(1)
+    assert window.enter("holder", (2, 1))
+    for item, order in (("bulk-a5", (2, 5)), ("bulk-a6", (2, 6)), ("normal", (1, 0)), ("bulk-b5", (2, 5)),
+                        ("caller", (0, 0)), ("gone", (0, 0))):
+        assert not window.enter(item, order)
+    window.withdraw("gone")
+    assert [window.leave() for _ in range(5)] == ["caller", "normal", "bulk-a5", "bulk-b5", "bulk-a6"]
+    assert window.leave() is None and window.in_use == 0
+
+
 def test_nobody_jumps_the_queue_while_others_wait() -> None:
     window: SubmitWindow[str] = SubmitWindow(1)
     assert window.enter("a")

@@ -10,6 +10,7 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from asterisk_sendsms.lifecycle import State
 from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
 from asterisk_sendsms.store.sql import SqlStore
+from asterisk_sendsms.traffic import Priority
 
 NOW = 1_800_000_000.0
 
@@ -161,6 +163,31 @@ async def test_a_route_without_receipts_is_sent_at_once(store: SqlStore) -> None
     [job] = await store.claim_callbacks(10, NOW + 2, 30)  # the application hears it at once
     assert job.sms_id == message.sms_id
     assert await store.expire_overdue(NOW + 10**6) == 0
+
+
+def classed(user: str, priority: Priority, created: float) -> NewMessage:
+    return replace(new_message(created=created), username=user, priority=priority)
+
+
+async def test_claims_go_by_class_and_bulk_users_take_turns(store: SqlStore) -> None:
+    alice = [classed("alice", Priority.BULK, NOW + i / 100) for i in range(6)]
+    await store.accept_many(alice)
+    [first] = await store.claim(1, NOW + 1, 60)  # alice's first turn is out; she has 5 waiting
+    bob = [classed("bob", Priority.BULK, NOW + 2 + i / 100) for i in range(3)]
+    await store.accept_many(bob)
+    normal = classed("carol", Priority.NORMAL, NOW + 3)
+    caller = classed("ivr", Priority.INTERACTIVE, NOW + 4)
+    for message in (normal, caller):
+        await store.accept(message)
+    assert [m.sms_id for m in await store.claim(1, NOW + 5, 60, Priority.INTERACTIVE)] == [caller.sms_id]
+    assert await store.claim(5, NOW + 5, 60, Priority.INTERACTIVE) == []
+    claimed = await store.claim(20, NOW + 5, 60)
+    # Bob's turns are numbered from the one being sent (alice's first, claimed): his first shares it.
+    expected = [normal] + [m for pair in zip(bob, alice[1:4], strict=True) for m in pair] + alice[4:]
+    assert [m.sms_id for m in claimed] == [m.sms_id for m in expected]
+    assert first.sms_id == alice[0].sms_id and first.priority is Priority.BULK
+    assert [m.priority for m in claimed][:2] == [Priority.NORMAL, Priority.BULK]
+    assert [m.order for m in claimed[1:5]] == [(2, 1), (2, 2), (2, 2), (2, 3)]  # what the transports wait by
 
 
 async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:

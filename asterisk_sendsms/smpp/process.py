@@ -26,6 +26,7 @@ from ..intake import FrameReader, frame
 from ..logs import configure_logging
 from ..model import IncomingPart, OutboundMessage, PartOutcome, Receipt
 from ..supervision import keep_running
+from ..traffic import Priority
 from ..transports.base import TransportHealth, TransportSink
 from .transport import UNBIND_GRACE, SmppTransport
 
@@ -144,7 +145,8 @@ class SmppProcess:
         answer: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._submits[number] = answer
         channel.send(("submit", number, message.sms_id, message.sender, message.recipient, message.text,
-                      message.previous_attempts, message.expires_at, encoded.coding.value,
+                      message.previous_attempts, message.expires_at, message.priority.value, message.fair_rank,
+                      encoded.coding.value,
                       [(segment.text, segment.payload) for segment in encoded.segments]), linger=True)
         try:
             return await answer
@@ -256,8 +258,10 @@ class _Child:
     def _heard(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "submit":
-            _, number, sms_id, sender, recipient, text, attempts, expires_at, coding, segments = item
-            message = OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at)
+            (_, number, sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, coding,
+             segments) = item
+            message = OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at, Priority(priority),
+                                      fair_rank)
             encoded = EncodedMessage(Coding(coding), tuple(Segment(*segment) for segment in segments))
             self._submits[number] = asyncio.get_running_loop().create_task(self._submit(number, message, encoded))
         elif kind == "cancel":

@@ -337,7 +337,7 @@ class SmppTransport:
                 params["esm_class"] = 0x40
                 payload = concat_udh(reference, total, number) + payload
             params["short_message"] = payload
-            ids.append(await self._submit_part(link, params, tlvs))
+            ids.append(await self._submit_part(link, params, tlvs, message.order))
         return ids
 
     # ------------------------------------------------------------ submitting
@@ -362,10 +362,11 @@ class SmppTransport:
         params["source_addr_npi"] = source_npi if settings.source_npi is None else settings.source_npi
         return params
 
-    async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes]) -> str:
+    async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes],
+                           order: tuple[int, int]) -> str:
         loop = asyncio.get_running_loop()
         attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future())
-        if self._window.enter(attempt):
+        if self._window.enter(attempt, order):
             attempt.slot = _HELD
             self._send_paced(attempt)
         try:

@@ -3,8 +3,9 @@ who is next when a slot is freed, and how long a send must wait for the rate or 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -17,34 +18,36 @@ THROTTLE_PAUSE_MAX = 30.0
 
 
 class SubmitWindow(Generic[T]):
-    """Slots for `size` submits in flight; the others wait in the order they came. A freed slot is handed
-    to the first waiting submit by `leave`, so the caller can send it in the same callback that saw the
-    response: with a small window, each turn of the event loop between a response and the next submit is
-    throughput lost."""
+    """Slots for `size` submits in flight; the others wait by rank (their traffic class: a caller's message
+    before a campaign's), then in the order they came. A freed slot is handed to the first waiting submit by
+    `leave`, so the caller can send it in the same callback that saw the response: with a small window, each
+    turn of the event loop between a response and the next submit is throughput lost."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.in_use = 0
-        self._waiting: deque[T] = deque()
+        self._waiting: list[tuple[tuple[int, int], int, T]] = []  # a heap
+        self._arrivals = itertools.count()
 
-    def enter(self, item: T) -> bool:
+    def enter(self, item: T, rank: tuple[int, int] = (0, 0)) -> bool:
         """True: `item` holds a slot now. False: it waits for one (`leave` will return it)."""
         if self.in_use < self.size and not self._waiting:
             self.in_use += 1
             return True
-        self._waiting.append(item)
+        heapq.heappush(self._waiting, (rank, next(self._arrivals), item))
         return False
 
     def leave(self) -> T | None:
         """A holder gives its slot up; returns the waiting item that holds it now, if any."""
         if self._waiting:
-            return self._waiting.popleft()  # the slot passes on: in_use stays
+            return heapq.heappop(self._waiting)[2]  # the slot passes on: in_use stays
         self.in_use -= 1
         return None
 
     def withdraw(self, item: T) -> None:
         """A waiting item no longer wants a slot (its sender gave up)."""
-        self._waiting.remove(item)
+        self._waiting = [entry for entry in self._waiting if entry[2] is not item]
+        heapq.heapify(self._waiting)
 
     @property
     def waiting(self) -> int:

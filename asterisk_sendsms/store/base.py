@@ -17,6 +17,7 @@ from ..model import (
     Receipt,
     ReceiptResult,
 )
+from ..traffic import Priority
 
 __all__ = ["Store"]
 
@@ -57,9 +58,11 @@ class Store(Protocol):
         Returns the number of messages."""
         ...
 
-    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
-        """Take up to `limit` due messages for dispatch (accepted/queued → queued). Those past their
-        validity are expired instead of returned."""
+    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK
+                    ) -> list[OutboundMessage]:
+        """Take up to `limit` due messages of classes `up_to` and above for dispatch (accepted/queued →
+        queued): by class, bulk users in turn, then oldest first. Those past their validity are expired
+        instead of returned."""
         ...
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,

@@ -33,6 +33,7 @@ from ..model import (
     Receipt,
     ReceiptResult,
 )
+from ..traffic import Priority
 from ..urlpolicy import url_host
 
 __all__ = ["Cursor", "Db", "SqlStore"]
@@ -452,7 +453,8 @@ class SqlStore(ABC):
                               " AND claimed_by = ?", (now, self._node)).rowcount
         return await self._run(op)
 
-    async def claim(self, limit: int, now: float, lease: float) -> list[OutboundMessage]:
+    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK
+                    ) -> list[OutboundMessage]:
         due = f"state IN ({_SOURCES_SQL[State.QUEUED]}) AND due_at <= ?"
 
         def op(db: Db) -> list[OutboundMessage]:
@@ -462,15 +464,18 @@ class SqlStore(ABC):
                         "validity period ended before the message could be submitted", now, None)
             # One statement for the whole batch. The lease is the due time: a node that dies holding the
             # message gives it up when it passes.
+            # The order of the messages_dispatch index: by class, bulk users in turn (fair_rank), oldest first.
             rows = db.execute(
                 "UPDATE messages SET state = ?, due_at = ?, claimed_by = ?, updated_at = ?,"
                 " queued_at = COALESCE(queued_at, ?) WHERE sms_id IN"
-                f" (SELECT sms_id FROM messages WHERE {due} AND expires_at > ?"
-                f" ORDER BY due_at LIMIT ?{db.claim_suffix})"
-                " RETURNING sms_id, sender, recipient, text, attempts, expires_at, created_at",
-                (State.QUEUED.value, now + lease, self._node, now, now, now, now, limit)).fetchall()
-            rows.sort(key=lambda row: row[6])  # RETURNING keeps no order: oldest first
-            return [OutboundMessage(*row[:6]) for row in rows]
+                f" (SELECT sms_id FROM messages WHERE {due} AND expires_at > ? AND priority <= ?"
+                f" ORDER BY priority, fair_rank, due_at LIMIT ?{db.claim_suffix})"
+                " RETURNING sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, created_at",
+                (State.QUEUED.value, now + lease, self._node, now, now, now, now, up_to.rank, limit)).fetchall()
+            rows.sort(key=lambda row: row[6:])  # RETURNING keeps no order
+            return [OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at, Priority.of_rank(rank),
+                                    fair_rank) for sms_id, sender, recipient, text, attempts, expires_at, rank,
+                    fair_rank, _ in rows]
         return await self._run(op)
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
@@ -730,14 +735,44 @@ def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
 
 
 _MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",
-                    "callback_url", "created_at", "updated_at", "expires_at", "due_at")
+                    "callback_url", "created_at", "updated_at", "expires_at", "due_at", "priority", "fair_rank")
 
 
 def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
+    ranks = _fair_ranks(db, [m for m in messages if m.priority is Priority.BULK], messages[0].created_at)
     db.insert_many("messages", _MESSAGE_COLUMNS, [
         (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count, State.ACCEPTED.value,
-         m.callback_url, m.created_at, m.created_at, m.expires_at, m.created_at) for m in messages])
+         m.callback_url, m.created_at, m.created_at, m.expires_at, m.created_at, m.priority.rank,
+         ranks.get(m.sms_id, 0)) for m in messages])
     return [None] * len(messages)
+
+
+def _fair_ranks(db: Db, bulk: list[NewMessage], now: float) -> dict[str, int]:
+    """Bulk users take turns: each user's bulk messages are numbered on from the user's last number, or from
+    the next number to be sent if that is later, and the queue (and each transport's waiting submits) is served
+    by number. A campaign of 50,000 queued
+    before another user's 100 then shares the SMSC with them one for one instead of sending all of its own
+    first."""
+    if not bulk:
+        return {}
+    # The next number to be sent: claimed messages wait for their transport in this order too. Those waiting to be
+    # tried again later do not count (one failing message would otherwise let newcomers go first for long).
+    (frontier,) = db.execute(
+        f"SELECT MIN(fair_rank) FROM messages WHERE state IN ({_SOURCES_SQL[State.QUEUED]}) AND priority = ?"
+        " AND (due_at <= ? OR claimed_by IS NOT NULL)", (Priority.BULK.rank, now)).fetchone()
+    ranks: dict[str, int] = {}
+    last_ranks: list[tuple[str, int]] = []
+    for user in sorted({m.username for m in bulk}):
+        row = db.execute("SELECT last_rank FROM fair_shares WHERE username = ?", (user,)).fetchone()
+        rank = max(row[0] + 1 if row else 1, frontier or 1)
+        for message in bulk:
+            if message.username == user:
+                ranks[message.sms_id] = rank
+                rank += 1
+        last_ranks.append((user, rank - 1))
+    db.insert_many("fair_shares", ("username", "last_rank"), last_ranks,
+                   " ON CONFLICT (username) DO UPDATE SET last_rank = excluded.last_rank")
+    return ranks
 
 
 class _Submitted(NamedTuple):
