@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="bulk: messages per second handed to the daemon (default 20)")
     send.add_argument("--from", dest="sender", metavar="SENDER", help="sender number or name")
     send.add_argument("--report-url", metavar="URL", help="DeliveryReportURL for the delivery notification")
+    send.add_argument("--validity", metavar="PERIOD",
+                      help="how long the message may wait, here and at the SMSC: seconds or e.g. PT5M")
     send.add_argument("--priority", choices=[p.value for p in Priority],
                       help=f"traffic class (default {DEFAULT_PRIORITY.value}; {CSV_PRIORITY.value} with --csv)")
     send.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
@@ -213,7 +215,7 @@ async def _send(args: argparse.Namespace) -> int:
         raise CliError("--text is required")
     status, reply = await _control(config, "POST", "/api/messages", {
         "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url,
-        "priority": args.priority or DEFAULT_PRIORITY.value})
+        "priority": args.priority or DEFAULT_PRIORITY.value, "validity_period": args.validity})
     if status != 201:
         raise CliError(f"not sent: {reply.get('error', reply)}")
     sms_id = reply["sms_id"]
@@ -275,7 +277,8 @@ async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
             await asyncio.sleep(max(0.0, started + (done - 1) / args.rate - time.monotonic()))
             status, reply = await control.call("POST", "/api/messages", {
                 "recipient": recipient, "text": text, "sender": args.sender,
-                "delivery_report_url": args.report_url, "priority": args.priority or CSV_PRIORITY.value})
+                "delivery_report_url": args.report_url, "priority": args.priority or CSV_PRIORITY.value,
+                "validity_period": args.validity})
             if status == 201:
                 accepted += 1
             else:

@@ -14,7 +14,7 @@ from .config import DispatchConfig, MessagesConfig
 from .encoding import encode_message
 from .errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
-from .lifecycle import State
+from .lifecycle import UNSENT_EXPIRY, State
 from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
 from .routing import Router
@@ -214,7 +214,12 @@ class Dispatcher:
             smsc_ids = await transport.submit(message, encoded)
         except TransientSubmitError as exc:
             now = self._clock()
-            if attempt >= self._config.max_attempts:
+            if now >= message.expires_at:  # e.g. it waited for the transport past its ValidityPeriod
+                await self._record(partial(self._store.finish, message.sms_id, State.EXPIRED, *UNSENT_EXPIRY, now,
+                                           transport.name, attempted=True))
+                self._notifier.wake()
+                self._events.publish("expired", message.sms_id, error=UNSENT_EXPIRY[1])
+            elif attempt >= self._config.max_attempts:
                 await self._record(partial(self._store.finish, message.sms_id, State.FAILED,
                                            exc.code or "RETRIES_EXHAUSTED",
                                            f"gave up after {attempt} attempts: {exc.message}", now, transport.name,

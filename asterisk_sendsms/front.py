@@ -160,9 +160,10 @@ class _LinkedSender:
         self._link = link
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
+                   validity_period: float | None = None) -> Accepted:
         message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
-                                  time.time(), priority)
+                                  time.time(), priority, validity_period)
         await self._link.accept(message)
         return Accepted(message.sms_id, message.part_count)
 

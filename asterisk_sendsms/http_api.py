@@ -33,7 +33,15 @@ from .errors import (
 from .http_request import LINGER, MAX_HEADER_BYTES, MAX_HEADERS, max_request_line
 from .metrics import Metrics
 from .model import MessageView
-from .ozeki import SUCCESS_MESSAGE, call_params, command_result, merge_params, parse_form, send_sms_params
+from .ozeki import (
+    SUCCESS_MESSAGE,
+    call_params,
+    command_result,
+    merge_params,
+    parse_form,
+    parse_validity_period,
+    send_sms_params,
+)
 from .service import Accepted, SmsService
 from .status_page import PAGE_SIZE, Listing, render_status_page
 from .traffic import DEFAULT_PRIORITY, Priority, parse_priority
@@ -79,7 +87,8 @@ class Sender(Protocol):
     """What `SendSms` needs: the service, or in an HTTP front worker its link to the daemon."""
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted: ...
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
+                   validity_period: float | None = None) -> Accepted: ...
 
 
 class HandOver(Exception):
@@ -169,7 +178,7 @@ class OzekiEndpoint:
             return {"CallId": call_id}
         send = send_sms_params(params)
         accepted = await self.sender.send(user, send.recipient, send.message, send.sender,
-                                           send.delivery_report_url, send.priority)
+                                           send.delivery_report_url, send.priority, send.validity_period)
         log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
         return {"SmsId": accepted.sms_id}
 
@@ -259,11 +268,13 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
                 raise ParseError("the body must be a JSON object of strings")
             user = await query_user(request)
-            priority = body.get("priority")
+            priority, validity = body.get("priority"), body.get("validity_period")
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
                                           body.get("sender"), body.get("delivery_report_url"),
                                           parse_priority(priority, "priority", "messages") if priority
-                                          else DEFAULT_PRIORITY)
+                                          else DEFAULT_PRIORITY,
+                                          parse_validity_period(validity, "validity_period", "messages")
+                                          if validity else None)
         except SmsGatewayError as exc:
             log.info("JSON send from %s refused: %d %s", _client(request), exc.ozeki_code, exc.message)
             return json_error(exc)

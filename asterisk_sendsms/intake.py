@@ -74,14 +74,14 @@ class FrameReader:
 def _message_row(message: NewMessage) -> tuple[Any, ...]:
     return (message.sms_id, message.username, message.sender, message.recipient, message.text,
             message.coding.value, message.part_count, message.callback_url, message.created_at,
-            message.expires_at, message.priority.value)
+            message.expires_at, message.priority.value, message.validity_period)
 
 
 def _message(row: Sequence[Any]) -> NewMessage:
     (sms_id, username, sender, recipient, text, coding, part_count, callback_url, created_at, expires_at,
-     priority) = row
+     priority, validity_period) = row
     return NewMessage(sms_id, username, sender, recipient, text, Coding(coding), part_count, callback_url,
-                      created_at, expires_at, Priority(priority))
+                      created_at, expires_at, Priority(priority), validity_period)
 
 
 class DaemonLink(asyncio.Protocol):

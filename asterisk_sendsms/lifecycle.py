@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from .errors import IllegalTransition
 
-__all__ = ["FINAL_STATES", "SETTLED_STATES", "SOURCES", "State", "check_transition", "is_final"]
+__all__ = ["FINAL_STATES", "SETTLED_STATES", "SOURCES", "UNSENT_EXPIRY", "State", "check_transition", "is_final"]
 
 
 class State(StrEnum):
@@ -32,6 +32,8 @@ class State(StrEnum):
 
 FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERED, State.EXPIRED, State.REJECTED, State.ACKNOWLEDGED,
                           State.SENT, State.FAILED})
+# Error code and text of a message whose validity ended before it could be submitted (state `expired`)
+UNSENT_EXPIRY = ("EXPIRED", "validity period ended before the message could be submitted")
 # Final states in which nothing went wrong: their messages have no failure reason to rank.
 SETTLED_STATES = frozenset({State.DELIVERED, State.ACKNOWLEDGED, State.SENT})
 

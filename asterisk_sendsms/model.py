@@ -43,6 +43,8 @@ class NewMessage:
     created_at: float
     expires_at: float  # not submitted by then: expired
     priority: Priority = DEFAULT_PRIORITY
+    # Asked for by the sender (ValidityPeriod): then expires_at is also when the SMSC must give up.
+    validity_period: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class OutboundMessage:
     # A transport's waiting submits go out by class, and bulk by its users' turns (the store's order)
     priority: Priority = DEFAULT_PRIORITY
     fair_rank: int = 0
+    smsc_validity: bool = False  # the SMSC gets what is left of expires_at as validity_period
 
     @property
     def order(self) -> tuple[int, int]:

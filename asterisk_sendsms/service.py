@@ -39,7 +39,7 @@ class Accepted:
 
 def prepare_message(config: Config, router: Router, user: UserConfig, recipient: str, text: str,
                     sender: str | None, callback_url: str | None, now: float,
-                    priority: Priority = DEFAULT_PRIORITY) -> NewMessage:
+                    priority: Priority = DEFAULT_PRIORITY, validity_period: float | None = None) -> NewMessage:
     """The message `user` asks for, validated and encoded; raises a `RequestError`."""
     to = parse_recipient(recipient)
     sender_value = sender.strip() if sender else ""
@@ -55,7 +55,8 @@ def prepare_message(config: Config, router: Router, user: UserConfig, recipient:
         raise NoRoute(to.value)
     return NewMessage(sms_id=new_sms_id(), username=user.name, sender=from_, recipient=to.value, text=text,
                       coding=encoded.coding, part_count=encoded.part_count, callback_url=url, created_at=now,
-                      expires_at=now + config.messages.validity, priority=priority)
+                      expires_at=now + (validity_period or config.messages.validity), priority=priority,
+                      validity_period=validity_period)
 
 
 class SmsService:
@@ -69,11 +70,12 @@ class SmsService:
         self._clock = clock
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
+                   validity_period: float | None = None) -> Accepted:
         """Validate and commit one message. Returns only after the commit; raises a `RequestError` (nothing
         stored) or `ServiceUnavailable` (nothing stored)."""
         message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
-                                  self._clock(), priority)
+                                  self._clock(), priority, validity_period)
         await self.commit([message])
         return Accepted(message.sms_id, message.part_count)
 

@@ -1,5 +1,6 @@
-"""Traffic classes in the real daemon against the npm SMSC, paced by the gateway's `throughput=`: a caller's
-message overtakes a bulk backlog, bulk users take turns, and a class the user may not use is refused."""
+"""Traffic classes and validity periods in the real daemon against the npm SMSC, paced by the gateway's
+`throughput=`: a caller's message overtakes a bulk backlog, bulk users take turns, a class the user may not use
+is refused; a ValidityPeriod is sent as submit_sm's validity_period and enforced here."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from lxml import etree
 
 from asterisk_sendsms.passwords import hash_password
 
-from .conftest import Daemon, Smsc, basic_auth, gateway_config, start_daemon
+from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
 
 BOB = f"""
 [[users]]
@@ -32,8 +33,9 @@ def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: s
 
 
 async def ozeki_send(session: aiohttp.ClientSession, daemon: Daemon, recipient: str, priority: str = "",
-                     user: str = "alice") -> tuple[str, str]:
-    form = {"Command": "SendSms", "Username": user, "Password": "pw", "Recipient": recipient, "Message": "code"}
+                     user: str = "alice", **extra: str) -> tuple[str, str]:
+    form = {"Command": "SendSms", "Username": user, "Password": "pw", "Recipient": recipient, "Message": "code",
+            **extra}
     if priority:
         form["Priority"] = priority
     async with session.post(f"{daemon.base}/api", data=form) as response:
@@ -110,3 +112,37 @@ async def test_a_class_the_user_may_not_use_is_refused(daemon_factory: list[Daem
         async with session.get(f"{daemon.base}/api/messages", headers=basic_auth("ops", "pw")) as r:
             listed = await r.json()
     assert len(listed) == 1  # nothing refused was stored
+
+
+async def test_a_validity_period_is_sent_to_the_smsc_and_kept_here(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                   smsc_factory: Any, receiver: Receiver) -> None:
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, "&window=10")
+    async with aiohttp.ClientSession() as session:
+        assert (await ozeki_send(session, daemon, "+36201111111", ValidityPeriod="PT5M"))[0] == "200"
+        async with session.post(f"{daemon.base}/api/messages", headers=basic_auth("alice", "pw"),
+                                json={"recipient": "+36202222222", "text": "code", "validity_period": "90"}) as r:
+            assert r.status == 201
+        assert (await ozeki_send(session, daemon, "+36203333333"))[0] == "200"
+        for bad in ("-5", "tomorrow", "P8D", "0", "PT"):
+            code, text = await ozeki_send(session, daemon, "+36204444444", ValidityPeriod=bad)
+            assert code == "302" and "'ValidityPeriod'" in text, (bad, text)
+        await smsc.wait_for(lambda: len(smsc.submits()) == 3)
+    left = {submit["dest"]: submit["validity_left"] for submit in smsc.submits()}
+    # What is left of it when the part leaves, in whole seconds rounded down, as the SMSC's SMPP library reads
+    # the relative time format.
+    assert 298 <= left["36201111111"] <= 300 and 88 <= left["36202222222"] <= 90, left
+    assert left["36203333333"] is None  # none asked for: the SMSC's own
+
+
+async def test_a_message_whose_validity_ends_before_it_can_be_sent_expires_here(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any, receiver: Receiver) -> None:
+    smsc = smsc_factory(refuse_binds=1000)  # the SMSC is there but refuses every bind: nothing can be sent
+    daemon = gateway(daemon_factory, tmp_path, smsc, "")
+    async with aiohttp.ClientSession() as session:
+        code, _ = await ozeki_send(session, daemon, "+36201234567", ValidityPeriod="1",
+                                   DeliveryReportURL=receiver.url)
+        assert code == "200"
+        [post] = await receiver.wait_for(1)
+    assert (post["DeliveryStatus"], post["ErrorCode"]) == ("Expired", "EXPIRED")
+    assert smsc.submits() == []

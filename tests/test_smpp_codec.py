@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asterisk_sendsms.model import PartOutcome
-from asterisk_sendsms.smpp.pdu import Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
+from asterisk_sendsms.smpp.pdu import Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length, relative_time
 from asterisk_sendsms.smpp.receipts import (
     Delivery,
     IdForm,
@@ -214,3 +214,10 @@ def test_incoming_text_and_concatenation() -> None:
     nonsense = Pdu(Command.DELIVER_SM,
                    params={"esm_class": 0x40, "short_message": bytes.fromhex("050003010205") + b"x"})
     assert decode_mo(nonsense) == MoText("x")  # part 5 of 2: taken as a whole message
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (1, "000000000001000R"), (90, "000000000130000R"), (3661, "000000010101000R"), (7 * 86400, "000007000000000R"),
+])
+def test_relative_time(seconds: int, text: str) -> None:
+    assert relative_time(seconds) == text and len(text) == 16  # a C-Octet String of 17 with its NUL

@@ -18,6 +18,7 @@ __all__ = [
     "decode_pdu",
     "encode_pdu",
     "frame_length",
+    "relative_time",
     "status_name",
 ]
 
@@ -106,6 +107,12 @@ class PduError(SmsGatewayError):
     def __init__(self, message: str, status: int = Status.ESME_RINVCMDLEN) -> None:
         super().__init__(message)
         self.status = status
+
+
+def relative_time(seconds: int) -> str:
+    """SMPP's relative time format (3.4, 7.1.1.2), YYMMDDhhmmsstnnR, for `seconds` from now (under 100 days)."""
+    days, rest = divmod(max(0, seconds), 86400)
+    return f"0000{min(days, 99):02d}{rest // 3600:02d}{rest % 3600 // 60:02d}{rest % 60:02d}000R"
 
 
 def status_name(code: int) -> str:

@@ -146,7 +146,7 @@ class SmppProcess:
         self._submits[number] = answer
         channel.send(("submit", number, message.sms_id, message.sender, message.recipient, message.text,
                       message.previous_attempts, message.expires_at, message.priority.value, message.fair_rank,
-                      encoded.coding.value,
+                      message.smsc_validity, encoded.coding.value,
                       [(segment.text, segment.payload) for segment in encoded.segments]), linger=True)
         try:
             return await answer
@@ -258,10 +258,10 @@ class _Child:
     def _heard(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == "submit":
-            (_, number, sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, coding,
-             segments) = item
+            (_, number, sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, smsc_validity,
+             coding, segments) = item
             message = OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at, Priority(priority),
-                                      fair_rank)
+                                      fair_rank, smsc_validity)
             encoded = EncodedMessage(Coding(coding), tuple(Segment(*segment) for segment in segments))
             self._submits[number] = asyncio.get_running_loop().create_task(self._submit(number, message, encoded))
         elif kind == "cancel":

@@ -22,7 +22,7 @@ from ..encoding import Coding, EncodedMessage, concat_udh
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
-from .pdu import Command, Pdu, PduError, Status, Tlv, status_name
+from .pdu import Command, Pdu, PduError, Status, Tlv, relative_time, status_name
 from .receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt, receipt_fields, submit_key
 from .session import BindState, SmppSession, Unreadable
 from .window import THROTTLE_PAUSE_INITIAL, Pacer, SubmitWindow
@@ -272,13 +272,14 @@ class _Attempt:
     """One part's submit_sm, from its wait for a window slot to its response (one try after another when the
     SMSC throttles, on the same slot)."""
 
-    __slots__ = ("link", "pdu", "response", "slot")
+    __slots__ = ("link", "pdu", "response", "slot", "valid_until")
 
-    def __init__(self, link: _Link, pdu: Pdu, response: asyncio.Future[Pdu]) -> None:
+    def __init__(self, link: _Link, pdu: Pdu, response: asyncio.Future[Pdu], valid_until: float | None) -> None:
         self.link = link
         self.pdu = pdu
         self.response = response
         self.slot = _WAITING
+        self.valid_until = valid_until  # the validity_period is what is left of it when the part leaves
 
 
 class SmppTransport:
@@ -337,7 +338,8 @@ class SmppTransport:
                 params["esm_class"] = 0x40
                 payload = concat_udh(reference, total, number) + payload
             params["short_message"] = payload
-            ids.append(await self._submit_part(link, params, tlvs, message.order))
+            ids.append(await self._submit_part(link, params, tlvs, message.order,
+                                               message.expires_at if message.smsc_validity else None))
         return ids
 
     # ------------------------------------------------------------ submitting
@@ -363,9 +365,9 @@ class SmppTransport:
         return params
 
     async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes],
-                           order: tuple[int, int]) -> str:
+                           order: tuple[int, int], valid_until: float | None) -> str:
         loop = asyncio.get_running_loop()
-        attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future())
+        attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future(), valid_until)
         if self._window.enter(attempt, order):
             attempt.slot = _HELD
             self._send_paced(attempt)
@@ -414,6 +416,14 @@ class SmppTransport:
     def _send(self, attempt: _Attempt) -> None:
         if attempt.slot is not _HELD:
             return  # its sender gave up while the pacer held it back
+        if attempt.valid_until is not None:
+            # Whole seconds, rounded down: a one-time code must not outlive its validity at the SMSC either.
+            left = int(attempt.valid_until - time.time())
+            if left < 1:
+                attempt.response.set_exception(TransientSubmitError(
+                    "its validity period ended while it waited to be sent", "EXPIRED"))
+                return
+            attempt.pdu.params["validity_period"] = relative_time(left)
         try:
             attempt.link.start(attempt.pdu, attempt.response, partial(self._answered, attempt))
         except (TransientSubmitError, PduError) as exc:

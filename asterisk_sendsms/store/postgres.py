@@ -123,7 +123,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE callbacks ADD COLUMN host TEXT NOT NULL DEFAULT ''",
         "CREATE INDEX callbacks_host_due ON callbacks (host, due_at) WHERE state = 'pending'",
     ),
-    # Traffic classes (traffic.Priority ranks: 0 interactive, 1 normal, 2 bulk) and the bulk users' turns.
+    # Traffic classes (traffic.Priority ranks: 0 interactive, 1 normal, 2 bulk), the bulk users' turns, and the
+    # validity period a sender asked for.
     (
         "ALTER TABLE messages ADD COLUMN priority SMALLINT NOT NULL DEFAULT 1",
         "ALTER TABLE messages ADD COLUMN fair_rank BIGINT NOT NULL DEFAULT 0",
@@ -131,6 +132,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_dispatch ON messages (priority, fair_rank, due_at)"
         " WHERE state IN ('accepted', 'queued')",
         "CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank BIGINT NOT NULL)",
+        "ALTER TABLE messages ADD COLUMN validity_period DOUBLE PRECISION",
     ),
 )
 

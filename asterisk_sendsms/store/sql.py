@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
-from ..lifecycle import FINAL_STATES, SETTLED_STATES, SOURCES, State, check_transition
+from ..lifecycle import FINAL_STATES, SETTLED_STATES, SOURCES, UNSENT_EXPIRY, State, check_transition
 from ..model import (
     CallbackJob,
     CallbackShares,
@@ -460,8 +460,7 @@ class SqlStore(ABC):
         def op(db: Db) -> list[OutboundMessage]:
             for (sms_id,) in db.execute(f"SELECT sms_id FROM messages WHERE {due} AND expires_at <= ? LIMIT ?"
                                         + db.claim_suffix, (now, now, limit)).fetchall():
-                _finish(db, sms_id, State.EXPIRED, "EXPIRED",
-                        "validity period ended before the message could be submitted", now, None)
+                _finish(db, sms_id, State.EXPIRED, *UNSENT_EXPIRY, now, None)
             # One statement for the whole batch. The lease is the due time: a node that dies holding the
             # message gives it up when it passes.
             # The order of the messages_dispatch index: by class, bulk users in turn (fair_rank), oldest first.
@@ -470,12 +469,13 @@ class SqlStore(ABC):
                 " queued_at = COALESCE(queued_at, ?) WHERE sms_id IN"
                 f" (SELECT sms_id FROM messages WHERE {due} AND expires_at > ? AND priority <= ?"
                 f" ORDER BY priority, fair_rank, due_at LIMIT ?{db.claim_suffix})"
-                " RETURNING sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, created_at",
+                " RETURNING sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, created_at,"
+                " validity_period",
                 (State.QUEUED.value, now + lease, self._node, now, now, now, now, up_to.rank, limit)).fetchall()
-            rows.sort(key=lambda row: row[6:])  # RETURNING keeps no order
+            rows.sort(key=lambda row: row[6:9])  # RETURNING keeps no order
             return [OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at, Priority.of_rank(rank),
-                                    fair_rank) for sms_id, sender, recipient, text, attempts, expires_at, rank,
-                    fair_rank, _ in rows]
+                                    fair_rank, validity is not None)
+                    for sms_id, sender, recipient, text, attempts, expires_at, rank, fair_rank, _, validity in rows]
         return await self._run(op)
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
@@ -735,7 +735,8 @@ def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
 
 
 _MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",
-                    "callback_url", "created_at", "updated_at", "expires_at", "due_at", "priority", "fair_rank")
+                    "callback_url", "created_at", "updated_at", "expires_at", "due_at", "priority", "fair_rank",
+                    "validity_period")
 
 
 def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
@@ -743,7 +744,7 @@ def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
     db.insert_many("messages", _MESSAGE_COLUMNS, [
         (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count, State.ACCEPTED.value,
          m.callback_url, m.created_at, m.created_at, m.expires_at, m.created_at, m.priority.rank,
-         ranks.get(m.sms_id, 0)) for m in messages])
+         ranks.get(m.sms_id, 0), m.validity_period) for m in messages])
     return [None] * len(messages)
 
 

@@ -167,6 +167,8 @@ function onSubmit(session, pdu) {
     dest: pdu.destination_addr, dest_ton: pdu.dest_addr_ton, dest_npi: pdu.dest_addr_npi, esm_class: pdu.esm_class,
     data_coding: pdu.data_coding, registered_delivery: pdu.registered_delivery, udh: udh(pdu.short_message),
     message: text(pdu.short_message), sar,
+    // The package reads validity_period into a Date (relative times from now): seconds left, by its reading
+    validity_left: pdu.validity_period instanceof Date ? (pdu.validity_period.getTime() - now) / 1000 : null,
   });
   if (cfg.drop_after && n === cfg.drop_after) {
     session.destroy();
