@@ -3,11 +3,13 @@ hub, gauges read when scraped (queue depth, callback backlog, transports, window
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from .lifecycle import SETTLED_STATES, State, is_final
+from .traffic import Priority
 from .transports import TransportHealth
 
 __all__ = ["Metrics"]
@@ -54,6 +56,16 @@ class Metrics:
                   for (state, reason), count in sorted(self._failures.items())]
         lines += ["# HELP sendsms_queue_depth Messages waiting to be sent.", "# TYPE sendsms_queue_depth gauge",
                   f"sendsms_queue_depth {stats['queue']}",
+                  "# HELP sendsms_class_queue_depth Messages waiting to be sent, by traffic class.",
+                  "# TYPE sendsms_class_queue_depth gauge"]
+        now = time.time()
+        waiting = {priority.value: stats["classes"].get(priority.value, (0, now)) for priority in Priority}
+        lines += [f'sendsms_class_queue_depth{{priority="{name}"}} {count}' for name, (count, _) in waiting.items()]
+        lines += ["# HELP sendsms_class_queue_oldest_seconds Age of the oldest message waiting, by traffic class.",
+                  "# TYPE sendsms_class_queue_oldest_seconds gauge"]
+        lines += [f'sendsms_class_queue_oldest_seconds{{priority="{name}"}} {max(0.0, now - oldest):.1f}'
+                  for name, (_, oldest) in waiting.items()]
+        lines += [
                   "# HELP sendsms_callback_backlog Delivery notifications not yet acknowledged.",
                   "# TYPE sendsms_callback_backlog gauge", f"sendsms_callback_backlog {stats['pending_callbacks']}",
                   "# HELP sendsms_transport_ready 1 when the transport can send.",

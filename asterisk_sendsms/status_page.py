@@ -16,6 +16,7 @@ from urllib.parse import urlencode, urlsplit
 
 from .lifecycle import State
 from .model import MessageView, PendingCallback
+from .traffic import Priority
 from .transports import TransportHealth
 
 __all__ = ["PAGE_SIZE", "Listing", "render_status_page"]
@@ -78,6 +79,13 @@ def _clock(timestamp: float) -> str:
 
 def _when(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _age(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    if whole >= 3600:
+        return f"{whole // 3600} h {whole % 3600 // 60} min"
+    return f"{whole // 60} min {whole % 60} s"
 
 
 def _zone(timestamp: float) -> str:
@@ -149,6 +157,10 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         f"<td class='reason'>{escape(job.last_error) or '-'}</td><td>{_when(job.due_at)}</td></tr>"
         for job in pending) or "<tr><td colspan='5'>none</td></tr>"
     in_flight = states.get(State.SUBMITTED.value, 0)
+    classes = "".join(
+        f"<tr><td>{priority.value}</td><td>{stats['classes'].get(priority.value, (0, now))[0]}</td>"
+        f"<td>{_age(now - stats['classes'][priority.value][1]) if priority.value in stats['classes'] else '-'}</td>"
+        "</tr>" for priority in Priority)
     tiles = (("waiting to be sent", stats["queue"]), ("awaiting receipts (1 h)", in_flight),
              ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
     pages = []
@@ -161,6 +173,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
 <title>asterisk-sendsms status</title><style>{STYLE}</style></head>
 <body><h1>asterisk-sendsms</h1><p>updated {_when(now)} ({escape(_zone(now))}), every {REFRESH_SECONDS} s</p>
 <div class="tiles">{"".join(f'<div class="tile"><b>{value}</b>{label}</div>' for label, value in tiles)}</div>
+<h2>Waiting to be sent, by traffic class</h2><table id="classes"><tr><th>class</th><th>messages</th>
+<th>oldest waiting</th></tr>{classes}</table>
 <h2>Transports</h2><table id="transports"><tr><th>name</th><th>kind</th><th>state</th><th>detail</th></tr>
 {transports}</table>
 <h2>Messages per minute, last hour ({escape(_zone(now))})</h2>{_rate_chart(stats["per_minute"], now)}

@@ -65,6 +65,10 @@ async def test_a_callers_message_overtakes_a_bulk_backlog(daemon_factory: list[D
                                 json={"recipient": "+36308888888", "text": "code", "priority": "interactive"}) as r:
             assert r.status == 201
         await smsc.wait_for(lambda: {"36309999999", "36308888888"} <= set(submitted(smsc)))
+        async with session.get(f"{daemon.base}/metrics", headers=basic_auth("ops", "pw")) as response:
+            metrics = await response.text()
+        async with session.get(f"{daemon.base}/status", headers=basic_auth("ops", "pw")) as response:
+            page = await response.text()
     order = submitted(smsc)
     ahead = min(order.index("36309999999"), order.index("36308888888"))
     behind_bulk = len([dest for dest in order[:ahead] if dest.startswith("3620")])
@@ -73,6 +77,11 @@ async def test_a_callers_message_overtakes_a_bulk_backlog(daemon_factory: list[D
     print("interactive after", ahead, "submits")
     assert ahead < 40, (ahead, behind_bulk)
     assert len(order) < 100
+    depth = {line.split('"')[1]: int(line.split()[-1]) for line in metrics.splitlines()
+             if line.startswith("sendsms_class_queue_depth{")}
+    assert depth["interactive"] == depth["normal"] == 0 and 450 < depth["bulk"] < 600
+    assert 'sendsms_class_queue_oldest_seconds{priority="bulk"}' in metrics
+    assert "<h2>Waiting to be sent, by traffic class</h2>" in page and "<td>bulk</td>" in page
 
 
 async def test_bulk_users_take_turns(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:

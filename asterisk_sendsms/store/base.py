@@ -105,7 +105,8 @@ class Store(Protocol):
 
     async def stats(self, since: float) -> dict[str, Any]:
         """For the status page: `states` (count per state since), `per_minute` (minute number → messages
-        accepted), `queue` (waiting to be sent), `pending_callbacks` (a count), `failure_reasons` (the most
+        accepted), `queue` (waiting to be sent), `classes` (traffic class → (waiting, creation time of the
+        oldest)), `pending_callbacks` (a count), `failure_reasons` (the most
         frequent error codes of messages that ended without delivery since, with their counts)."""
         ...
 

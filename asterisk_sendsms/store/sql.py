@@ -556,13 +556,17 @@ class SqlStore(ABC):
             per_minute = dict(db.execute(
                 f"SELECT {db.minute('created_at')}, COUNT(*) FROM messages WHERE created_at >= ?"
                 " GROUP BY 1", (since,)).fetchall())
-            queue = db.execute("SELECT COUNT(*) FROM messages WHERE state IN ('accepted', 'queued')").fetchone()[0]
+            classes = {Priority.of_rank(rank).value: (count, oldest) for rank, count, oldest in db.execute(
+                "SELECT priority, COUNT(*), MIN(created_at) FROM messages"
+                f" WHERE state IN ({_SOURCES_SQL[State.QUEUED]}) GROUP BY priority").fetchall()}
+            queue = sum(count for count, _ in classes.values())
             callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
             reasons = db.execute(
                 "SELECT error_code, COUNT(*) FROM messages WHERE updated_at >= ? AND error_code <> ''"
                 f" AND state IN {_UNSUCCESSFUL_STATES} GROUP BY error_code ORDER BY 2 DESC, 1 LIMIT ?",
                 (since, TOP_REASONS)).fetchall()
-            return {"states": states, "per_minute": per_minute, "queue": queue, "pending_callbacks": callbacks,
+            return {"states": states, "per_minute": per_minute, "queue": queue, "classes": classes,
+                    "pending_callbacks": callbacks,
                     "failure_reasons": [(code, count) for code, count in reasons]}
         return await self._run(op)
 
