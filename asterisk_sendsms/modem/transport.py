@@ -58,13 +58,13 @@ def _explain(final: str) -> str:
 
 
 class ModemTransport:
-    expects_receipts = True
     kind = "modem"
     capacity = 1  # one SMS at a time per modem
 
     def __init__(self, name: str, settings: ModemSettings) -> None:
         self.name = name
         self._settings = settings
+        self.expects_receipts = settings.receipts
         self._parser = AtParser()
         self._serial: serial.Serial | None = None
         self._lock = asyncio.Lock()
@@ -126,7 +126,8 @@ class ModemTransport:
         for number, segment in enumerate(encoded.segments, 1):
             part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
             try:
-                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc)
+                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc,
+                                    status_report=self.expects_receipts)
             except ModemPduError as exc:
                 raise PermanentSubmitError(exc.message, "PDU") from None
             ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
