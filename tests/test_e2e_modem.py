@@ -4,6 +4,9 @@ as a user would configure it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ from asterisk_sendsms.modem.at import CNMI_NO_REPORTS, CNMI_REPORTS
 from asterisk_sendsms.passwords import hash_password
 
 from .conftest import Daemon, Receiver, basic_auth, get_status, start_daemon, wait_final
-from .peers.fake_modem import FakeModem
+from .peers.fake_modem import PROFILES, FakeModem
 from .test_e2e_smpp import send
 
 
@@ -235,3 +238,35 @@ async def test_a_modem_without_status_reports(daemon_factory: list[Daemon], tmp_
     output = daemon.output()
     assert output.count("modem gsm gives no status reports") == detected
     assert output.count("modem gsm: AT+CMEE=1 refused (ERROR): its refusals will not say why") == 1
+
+
+def ask(fd: int, line: str, end: bytes = b"\r") -> str:
+    """One command (or PDU) to the emulator over its terminal; its final result or its prompt."""
+    os.write(fd, line.encode() + end)
+    answer, deadline = b"", time.monotonic() + 5
+    while not answer.rstrip(b"\r\n").endswith((b"OK", b"ERROR", b">", b"> ")) \
+            and not (b"ERROR:" in answer and answer.endswith(b"\r\n")):
+        assert time.monotonic() < deadline, (line, answer)
+        if select.select([fd], [], [], 0.1)[0]:
+            answer += os.read(fd, 4096)
+    return answer.decode().strip("\r\n").rsplit("\r\n", 1)[-1]
+
+
+MALFORMED = ["AT+CNMI=2,1", "AT+CNMI=2,1,0,3,0", "AT+CNMI=2,1,0,1,0,0", "AT+CSCS=GSM", 'AT+CSCS="KLINGON"',
+             "AT+CMEE=5", "AT+CSMP=49", "AT+CPIN=12", 'AT+CSCA="SMSC"', "AT+CMGR=x", "AT+CMGD=", "AT+CMGS=abc",
+             'AT+CMGS="+3620"', "AT+CMGF=2", "AT+UNKNOWN"]
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_the_emulator_refuses_what_a_modem_refuses(modem_factory: Any, profile: str) -> None:
+    modem = modem_factory(profile=profile, echo=False)
+    fd = os.open(modem.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        assert [ask(fd, line) for line in MALFORMED] == ["ERROR"] * len(MALFORMED)
+        routes_reports = ask(fd, CNMI_REPORTS)
+        assert ask(fd, CNMI_NO_REPORTS) == "OK"
+        assert ask(fd, "AT+CMGS=9") == PROFILES[profile].prompt
+        assert ask(fd, "0001", b"\x1a") == "+CMS ERROR: 304"  # a PDU shorter than AT+CMGS said
+    finally:
+        os.close(fd)
+    assert routes_reports == ("ERROR" if profile == "second_no_ds" else "OK")
