@@ -124,7 +124,7 @@ class Initialisation:
     text_mode: bool = False
     reportless: bool = False  # status reports wanted, but the modem refused to route them
     notes: list[str] = field(default_factory=list)  # optional features the modem refused
-    _step: str = "echo"
+    _step: str = field(default="echo", init=False)
 
     def start(self) -> str | None:
         return self._enter("echo")
