@@ -17,13 +17,14 @@ ESC = b"\x1b"  # ends the wait for a PDU after the prompt, sending nothing
 MAX_BUFFER = 8 * 1024  # far longer than any line a modem sends us (a PDU is 352 hex digits at most)
 MAX_LINES = 64  # lines of one command's response (AT+CMGR: two)
 FINAL_OK = ("OK",)
+FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:", "NO CARRIER")
+# What the common +CME/+CMS ERROR codes mean, for the log (3GPP 27.007 9.2, 27.005 3.2.5).
 ERROR_TEXT = {
     10: "SIM not inserted", 11: "SIM PIN required", 12: "SIM PUK required", 13: "SIM failure",
     16: "incorrect password", 30: "no network service", 300: "ME failure", 302: "operation not allowed",
     304: "invalid PDU mode parameter", 310: "SIM not inserted", 311: "SIM PIN required", 313: "SIM failure",
     330: "SMSC address unknown", 331: "no network service", 332: "network timeout", 500: "unknown error",
 }
-FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:", "NO CARRIER")
 # Unsolicited codes; those in WITH_PDU are followed by a PDU line.
 UNSOLICITED = ("+CDS:", "+CDSI:", "+CMTI:", "+CMT:", "RING", "+CLIP:", "^RSSI:", "^BOOT:")
 WITH_PDU = ("+CDS:", "+CMT:")  # in text mode +CDS carries its fields on its own line
