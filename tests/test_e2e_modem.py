@@ -240,6 +240,18 @@ async def test_a_modem_without_status_reports(daemon_factory: list[Daemon], tmp_
     assert output.count("modem gsm: AT+CMEE=1 refused (ERROR): its refusals will not say why") == 1
 
 
+
+async def test_what_a_modem_lacks_is_logged_once_not_at_every_reopen(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                     modem_factory: Any) -> None:
+    modem = modem_factory(profile="second_no_ds", silent_after=7, silent_for=2.5)  # quiet right after init
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        data = await settled(session, daemon, await send(session, daemon, "+36201234567", "after the reset"))
+    assert data["state"] == "submitted" and modem.commands.count(CNMI_NO_REPORTS) >= 2
+    output = daemon.output()
+    assert "stopped answering" in output or "no answer" in output
+    assert output.count("modem gsm gives no status reports") == output.count("AT+CMEE=1 refused") == 1
+
 def ask(fd: int, line: str, end: bytes = b"\r") -> str:
     """One command (or PDU) to the emulator over its terminal; its final result or its prompt."""
     os.write(fd, line.encode() + end)
