@@ -128,8 +128,8 @@ def parse_call_options(params: Mapping[str, str]) -> SmsCallOptions:
 def agi_status(state: State) -> str:
     if state in (State.ACCEPTED, State.QUEUED):
         return "QUEUED"
-    if state is State.SUBMITTED:
-        return "SENT"
+    if state in (State.SUBMITTED, State.SENT, State.ACKNOWLEDGED):
+        return "SENT"  # gone to the network; a delivery is not confirmed
     if state is State.DELIVERED:
         return "DELIVERED"
     return "FAILED"

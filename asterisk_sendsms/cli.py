@@ -24,6 +24,7 @@ from . import __version__
 from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
 from .errors import ConfigError, SmsGatewayError
 from .files import PRIVATE_UMASK
+from .lifecycle import FINAL_STATES, SETTLED_STATES, State
 from .logs import configure_logging, printable
 from .passwords import hash_password
 from .store import make_store
@@ -32,7 +33,6 @@ __all__ = ["main"]
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-FINAL_STATES = {"delivered", "undelivered", "expired", "rejected", "failed"}
 
 
 class CliError(Exception):
@@ -91,8 +91,7 @@ def _parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("messages", help="list messages, newest first")
     _common(listing)
-    listing.add_argument("--state", help="accepted, queued, submitted, delivered, undelivered, expired, rejected "
-                                         "or failed")
+    listing.add_argument("--state", help=", ".join(state.value for state in State))
     listing.add_argument("--recipient", metavar="PREFIX", help="recipients starting with PREFIX")
     listing.add_argument("--since", type=float, metavar="SECONDS", help="created in the last SECONDS")
     listing.add_argument("--limit", type=int, default=50)
@@ -220,7 +219,7 @@ async def _send(args: argparse.Namespace) -> int:
         status, data = await _control(config, "GET", f"/api/messages/{sms_id}")
         if data.get("state") in FINAL_STATES or time.monotonic() >= deadline:
             print(data.get("state", reply))
-            return 0 if data.get("state") == "delivered" else EXIT_ERROR
+            return 0 if data.get("state") in SETTLED_STATES else EXIT_ERROR
         await asyncio.sleep(0.2)
     return 0
 

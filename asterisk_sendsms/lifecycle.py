@@ -1,8 +1,8 @@
 """The message lifecycle as an explicit transition table; every state change in every store goes through it.
 
-    accepted ──► queued ──► submitted ──► delivered | undelivered | expired | rejected
+    accepted ──► queued ──► submitted ──► delivered | undelivered | expired | rejected | acknowledged | sent
        │           │ ▲          │ ▲
-       │           └─┘ retry    └─┘ intermediate receipt (ENROUTE, ACCEPTD)
+       │           └─┘ retry    └─┘ intermediate receipt (ENROUTE, intermediate notification)
        └───────────┴──► failed | expired | rejected
 """
 
@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from .errors import IllegalTransition
 
-__all__ = ["FINAL_STATES", "SOURCES", "State", "check_transition", "is_final"]
+__all__ = ["FINAL_STATES", "SETTLED_STATES", "SOURCES", "State", "check_transition", "is_final"]
 
 
 class State(StrEnum):
@@ -23,16 +23,23 @@ class State(StrEnum):
     UNDELIVERED = "undelivered"
     EXPIRED = "expired"
     REJECTED = "rejected"
+    # SMPP's ACCEPTD (message_state 6), a final state: the SMSC settled the message on the subscriber's behalf
+    # (e.g. customer service read it); no delivery to the handset is confirmed, none is denied.
+    ACKNOWLEDGED = "acknowledged"
+    SENT = "sent"  # submitted over a route that gives no delivery receipts: nothing more will be known
     FAILED = "failed"  # the gateway gave up: permanent error or retries exhausted
 
 
-FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERED, State.EXPIRED, State.REJECTED, State.FAILED})
+FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERED, State.EXPIRED, State.REJECTED, State.ACKNOWLEDGED,
+                          State.SENT, State.FAILED})
+# Final states in which nothing went wrong: their messages have no failure reason to rank.
+SETTLED_STATES = frozenset({State.DELIVERED, State.ACKNOWLEDGED, State.SENT})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.ACCEPTED: frozenset({State.QUEUED, State.FAILED, State.EXPIRED, State.REJECTED}),
     State.QUEUED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED, State.EXPIRED, State.REJECTED}),
     State.SUBMITTED: frozenset({State.SUBMITTED, State.DELIVERED, State.UNDELIVERED, State.EXPIRED,
-                                State.REJECTED}),
+                                State.REJECTED, State.ACKNOWLEDGED, State.SENT}),
     **{final: frozenset() for final in FINAL_STATES},
 }
 

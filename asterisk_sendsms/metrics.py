@@ -7,13 +7,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from .lifecycle import SETTLED_STATES, State, is_final
 from .transports import TransportHealth
 
 __all__ = ["Metrics"]
 
 # Receipt latency buckets, seconds: SMSCs answer in seconds, phones that are off in hours.
 BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 1800.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
-FINAL = ("delivered", "undelivered", "expired", "rejected", "failed")
+FINAL = tuple(state.value for state in State if is_final(state))
 
 
 def _label(value: str) -> str:
@@ -31,7 +32,7 @@ class Metrics:
     def observe(self, event: dict[str, Any]) -> None:
         kind = str(event["event"])
         self._events[kind] += 1
-        if kind in FINAL and kind != "delivered":
+        if kind in FINAL and kind not in SETTLED_STATES:
             reason = str(event.get("error") or "").split(" ")[0] or "none"
             self._failures[(kind, reason[:40])] += 1
         latency = event.get("receipt_latency")
@@ -47,7 +48,7 @@ class Metrics:
                  "# TYPE sendsms_messages_total counter"]
         for kind in ("accepted", "submitted", "retry", *FINAL):
             lines.append(f'sendsms_messages_total{{event="{kind}"}} {self._events[kind]}')
-        lines += ["# HELP sendsms_failures_total Messages that ended without delivery, by state and reason.",
+        lines += ["# HELP sendsms_failures_total Messages that ended in failure, by state and reason.",
                   "# TYPE sendsms_failures_total counter"]
         lines += [f'sendsms_failures_total{{state="{state}",reason="{_label(reason)}"}} {count}'
                   for (state, reason), count in sorted(self._failures.items())]

@@ -56,22 +56,39 @@ class OutboundMessage:
 
 
 class PartOutcome(StrEnum):
-    """What a receipt says about one part. ENROUTE and ACCEPTED are intermediate."""
+    """What a receipt says about one part: SMPP 3.4's message states (Appendix B, `message_state` 5.2.28), to
+    which GSM status reports map too. Only ENROUTE is intermediate; every other state is final."""
 
-    DELIVERED = "delivered"
-    UNDELIVERED = "undelivered"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-    ENROUTE = "enroute"
-    ACCEPTED = "accepted"
+    DELIVERED = "delivered"  # DELIVRD
+    EXPIRED = "expired"  # EXPIRED
+    DELETED = "deleted"  # DELETED
+    UNDELIVERED = "undelivered"  # UNDELIV
+    ACCEPTED = "accepted"  # ACCEPTD: settled on the subscriber's behalf
+    UNKNOWN = "unknown"  # UNKNOWN: the SMSC lost track of it
+    REJECTED = "rejected"  # REJECTD
+    ENROUTE = "enroute"  # ENROUTE, and every intermediate notification
 
     @property
     def final(self) -> bool:
-        return self not in (PartOutcome.ENROUTE, PartOutcome.ACCEPTED)
+        return self is not PartOutcome.ENROUTE
+
+    @property
+    def settled(self) -> bool:
+        """Final without a failure: the message waits for its other parts."""
+        return self in (PartOutcome.DELIVERED, PartOutcome.ACCEPTED)
 
     @property
     def message_state(self) -> State:
-        return State(self.value) if self.final else State.SUBMITTED
+        """The state of a message this outcome of one of its parts finishes (all parts, if settled)."""
+        return _MESSAGE_STATES[self]
+
+
+_MESSAGE_STATES = {
+    PartOutcome.DELIVERED: State.DELIVERED, PartOutcome.EXPIRED: State.EXPIRED,
+    PartOutcome.DELETED: State.UNDELIVERED, PartOutcome.UNDELIVERED: State.UNDELIVERED,
+    PartOutcome.ACCEPTED: State.ACKNOWLEDGED, PartOutcome.UNKNOWN: State.UNDELIVERED,
+    PartOutcome.REJECTED: State.REJECTED, PartOutcome.ENROUTE: State.SUBMITTED,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,8 @@ __all__ = ["PAGE_SIZE", "Listing", "render_status_page"]
 
 REFRESH_SECONDS = 5
 PAGE_SIZE = 20
-OUTCOME_COLOURS = {"delivered": "#2e7d32", "undelivered": "#c62828", "expired": "#ef6c00", "rejected": "#6a1b9a",
-                   "failed": "#455a64"}
+OUTCOME_COLOURS = {"delivered": "#2e7d32", "acknowledged": "#66bb6a", "sent": "#9ccc65", "undelivered": "#c62828",
+                   "expired": "#ef6c00", "rejected": "#6a1b9a", "failed": "#455a64"}
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}

@@ -24,6 +24,7 @@ from aiohttp import web
 from hypothesis import settings
 from lxml import etree
 
+from asterisk_sendsms.lifecycle import State, is_final
 from asterisk_sendsms.passwords import hash_password
 
 from .peers.fake_modem import FakeModem
@@ -232,7 +233,7 @@ async def wait_final(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str
     deadline = time.monotonic() + timeout
     while True:
         data = await get_status(session, daemon, sms_id, **auth)
-        if data["state"] in ("delivered", "undelivered", "expired", "rejected", "failed"):
+        if is_final(State(data["state"])):
             return data
         assert time.monotonic() < deadline, f"{sms_id} still {data['state']}"
         await asyncio.sleep(0.1)

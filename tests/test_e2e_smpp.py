@@ -226,18 +226,72 @@ async def test_incoming_sms_are_stored_and_posted(daemon_factory: list[Daemon], 
     assert all(e["status"] == 0 for e in smsc.events if e["event"] == "mo_resp")
 
 
-async def test_a_route_without_receipts(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+async def test_a_route_without_receipts(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any,
+                                        receiver: Receiver) -> None:
     smsc = smsc_factory()
     daemon = gateway(daemon_factory, tmp_path, smsc, "&receipts=no")
     async with aiohttp.ClientSession() as session:
-        sms_id = await send(session, daemon, "+36201234567", "no receipt wanted")
-        await smsc.wait_for(lambda: len(smsc.submits()) == 1)
-        await asyncio.sleep(0.5)
-        async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
-            data = await r.json()
+        sms_id = await send(session, daemon, "+36201234567", "no receipt wanted", report_url=receiver.url)
+        data = await final(session, daemon, sms_id)
     assert smsc.submits()[0]["registered_delivery"] == 0
-    assert data["state"] == "submitted"  # the last thing that will be known of it; it does not expire
+    # Final once submitted: nothing more will be known of it, and the application hears so at once.
+    assert data["state"] == "sent"
+    assert [h["state"] for h in data["history"]] == ["accepted", "queued", "submitted", "sent"]
+    [post] = await receiver.wait_for(1)
+    assert (post["SmsId"], post["DeliveryStatus"], post["ErrorCode"]) == (sms_id, "Sent", "")
     assert not any(e["event"] == "receipt_resp" for e in smsc.events)
+
+
+# Receipts by destination prefix, as SMSCs send them: each final state of SMPP 3.4 Appendix B, and each message
+# type of esm_class (5.2.12) other than a plain SMS.
+RECEIPT_PLANS = {
+    "3690": [{"stat": "ACCEPTD"}],
+    "3691": [{"stat": "UNKNOWN"}],
+    "3692": [{"stat": "DELETED"}],
+    "3693": [{"stat": "ENROUTE", "esm_class": 0x20}, {"stat": "DELIVRD", "esm_class": 0x20},
+             {"stat": "EXPIRED", "delay_ms": 400}],
+    "3694": [{"stat": "DELIVRD", "esm_class": 0x08}],
+    "3695": [{"stat": "DELIVRD", "esm_class": 0x10}, {"stat": "DELIVRD", "delay_ms": 400}],
+    "3696": [{"stat": "DELIVRD", "esm_class": 0x18}, {"stat": "REJECTD", "delay_ms": 400}],
+    "3697": [{"stat": "DELIVRD", "esm_class": 0x24}, {"stat": "DELIVRD", "delay_ms": 400}],
+}
+
+
+@pytest.mark.parametrize("receipt_tlvs", [False, True], ids=["text", "tlvs"])
+async def test_every_final_state_is_final_and_each_message_type_means_what_smpp_says(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any, receiver: Receiver,
+        receipt_tlvs: bool) -> None:
+    smsc = smsc_factory(receipts_by_prefix=RECEIPT_PLANS, receipt_tlvs=receipt_tlvs)
+    daemon = gateway(daemon_factory, tmp_path, smsc, extra=f'[incoming]\nurl = "{receiver.url}"\n')
+    async with aiohttp.ClientSession() as session:
+        ids = {prefix: await send(session, daemon, f"+{prefix}1234567", f"to {prefix}", report_url=receiver.url)
+               for prefix in RECEIPT_PLANS}
+        # Final at once, not after the 48 h receipt timeout: the finals come within a second.
+        data = {prefix: await final(session, daemon, sms_id, timeout=10) for prefix, sms_id in ids.items()}
+    states = {prefix: d["state"] for prefix, d in data.items()}
+    assert states == {"3690": "acknowledged", "3691": "undelivered", "3692": "undelivered", "3693": "expired",
+                      "3694": "delivered", "3695": "delivered", "3696": "rejected", "3697": "delivered"}
+    posts = await receiver.wait_for(len(ids) + 1)
+    reports = {p["SmsId"]: p for p in posts if p["NotificationName"] == "SMSDeliveryReport"}
+    said = {prefix: (reports[sms_id]["DeliveryStatus"], reports[sms_id]["ErrorMessage"])
+            for prefix, sms_id in ids.items()}
+    assert said["3690"] == ("Acknowledged", "part 1: accepted err 001")
+    assert said["3691"] == ("Undelivered", "part 1: unknown err 001")
+    assert said["3692"] == ("Undelivered", "part 1: deleted err 001")
+    assert said["3694"] == ("Delivered", "")
+    # 0x20: intermediate, whatever state it names: both kept in the history, neither final.
+    assert [h["detail"] for h in data["3693"]["history"] if h["detail"].startswith("part")] == [
+        "part 1: enroute err 001", "part 1: enroute err 000"]
+    assert said["3693"] == ("Expired", "part 1: expired err 001")
+    # 0x10: the user's own answer, an incoming SMS from the phone.
+    [answer] = [p for p in posts if p["NotificationName"] == "IncomingSMS"]
+    assert answer["Sender"] == "36951234567" and answer["Message"].startswith("id:")
+    responses = {(e["esm_class"], e["stat"]): e["status"] for e in smsc.events if e["event"] == "receipt_resp"}
+    assert responses[(0x18, "DELIVRD")] == 0  # a conversation abort: acknowledged, nothing to record
+    assert responses[(0x24, "DELIVRD")] == 0x43  # a reserved type: ESME_RINVESMCLASS
+    assert all(status == 0 for (esm, _), status in responses.items() if esm != 0x24)
+    daemon.stop()
+    assert daemon.output().count("reserved message type") == 1
 
 
 async def test_a_crashed_smpp_process_is_started_again_and_loses_nothing(daemon_factory: list[Daemon],

@@ -23,7 +23,7 @@ from asterisk_sendsms.modem.pdu import ModemPduError
 from asterisk_sendsms.modem.pdu import decode_pdu as decode_modem_pdu
 from asterisk_sendsms.ozml import MAX_BYTES, parse_ozml
 from asterisk_sendsms.smpp.pdu import MAX_PDU, Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
-from asterisk_sendsms.smpp.receipts import IdForm, decode_mo, is_receipt, parse_receipt
+from asterisk_sendsms.smpp.receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt
 
 from .conftest import Daemon, start_daemon
 
@@ -194,8 +194,9 @@ DELIVERIES = st.builds(
 @given(DELIVERIES, st.sampled_from(list(IdForm)))
 def test_smsc_deliveries(pdu: Pdu, form: IdForm) -> None:
     decoded = decode_pdu(encode_pdu(pdu))
-    if is_receipt(decoded):
-        parse_receipt(decoded, form)
+    kind = delivery(decoded)
+    if kind in (Delivery.RECEIPT, Delivery.INTERMEDIATE):
+        parse_receipt(decoded, form, intermediate=kind is Delivery.INTERMEDIATE)
     else:
         decode_mo(decoded)
 
@@ -212,7 +213,7 @@ def test_smpp_byte_stream(chunks: list[bytes]) -> None:
                 frame, buffer = bytes(buffer[:length]), buffer[length:]
                 pdu = decode_pdu(frame)
                 if pdu.command in (Command.DELIVER_SM, Command.DATA_SM):
-                    parse_receipt(pdu, IdForm.SAME) if is_receipt(pdu) else decode_mo(pdu)
+                    parse_receipt(pdu, IdForm.SAME) if delivery(pdu) is Delivery.RECEIPT else decode_mo(pdu)
         except PduError:
             return  # the stream is out of step: the transport drops the connection
         assert len(buffer) < MAX_PDU + 200  # never more than one PDU waits

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from asterisk_sendsms.model import PartOutcome
 from asterisk_sendsms.smpp.pdu import Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
 from asterisk_sendsms.smpp.receipts import (
+    Delivery,
     IdForm,
     MoText,
     canonical_id,
     decode_mo,
+    delivery,
     parse_receipt,
     receipt_key,
     submit_key,
@@ -85,6 +87,8 @@ def receipt(text: str, tlvs: dict[int, bytes] | None = None) -> Pdu:
      PartOutcome.EXPIRED, "000"),
     ("id:1 stat:ENROUTE err:000", PartOutcome.ENROUTE, "000"),
     ("id:1 stat:ACCEPTD err:0", PartOutcome.ACCEPTED, "0"),
+    ("id:1 stat:DELETED err:0", PartOutcome.DELETED, "0"),
+    ("id:1 stat:UNKNOWN err:0", PartOutcome.UNKNOWN, "0"),
     ("id:1 stat:REJECTD err:0b", PartOutcome.REJECTED, "0b"),
 ])
 def test_receipt_states(text: str, outcome: PartOutcome, error: str) -> None:
@@ -101,6 +105,61 @@ def test_tlvs_win_and_text_id_bases() -> None:
     assert parsed.outcome is PartOutcome.UNDELIVERED  # message_state 5 beats stat:DELIVRD
     text_only = parse_receipt(receipt(text), IdForm.HEX_DEC)
     assert text_only is not None and text_only.key == "4660"
+
+
+# A deliver_sm as it is on the wire (58 octets, sequence 1), from 3620 to 1234, esm_class ESM, with the text
+# "id:7 stat:DELIVRD": service_type, source ton/npi/addr, dest ton/npi/addr, esm_class, protocol_id, priority,
+# schedule_delivery_time, validity_period, registered_delivery, replace_if_present, data_coding,
+# sm_default_msg_id, sm_length, short_message.
+DELIVER_SM = ("0000003a 00000005 00000000 00000001 00 0101 3336323000 0101 3132333400 {esm:02x} 00 00 00 00 00 00"
+              " 00 00 11 69643a3720737461743a44454c49565244")
+# The same with the text "id:7 text:" (49 octets): no state in it
+DELIVER_SM_WITHOUT_STATE = ("00000031 00000005 00000000 00000001 00 0101 3336323000 0101 3132333400 {esm:02x} 00 00"
+                            " 00 00 00 00 00 00 0a 69643a3720746578743a")
+
+
+def literal_deliver_sm(esm_class: int, tlvs: str = "", template: str = DELIVER_SM) -> Pdu:
+    raw = bytearray(bytes.fromhex(template.format(esm=esm_class) + tlvs))
+    raw[0:4] = len(raw).to_bytes(4, "big")  # what the literal says, plus the TLVs
+    return decode_pdu(bytes(raw))
+
+
+@pytest.mark.parametrize(("esm_class", "kind"), [
+    (0x00, Delivery.MESSAGE),
+    (0x04, Delivery.RECEIPT),  # SMSC delivery receipt
+    (0x08, Delivery.RECEIPT),  # SME delivery acknowledgement
+    (0x10, Delivery.MESSAGE),  # SME manual/user acknowledgement: the user's answer
+    (0x18, Delivery.CONVERSATION_ABORT),
+    (0x20, Delivery.INTERMEDIATE),  # intermediate delivery notification
+    (0x0C, Delivery.RESERVED), (0x14, Delivery.RESERVED), (0x24, Delivery.RESERVED), (0x3C, Delivery.RESERVED),
+    (0x44, Delivery.RECEIPT),  # the GSM bits (7-6) and the mode bits (1-0) do not change the type
+    (0xC7, Delivery.RECEIPT),
+])
+def test_esm_class_message_types(esm_class: int, kind: Delivery) -> None:
+    pdu = literal_deliver_sm(esm_class)
+    assert pdu.command is Command.DELIVER_SM and pdu.octets("short_message") == b"id:7 stat:DELIVRD"
+    assert delivery(pdu) is kind
+
+
+def test_an_intermediate_notification_is_never_final() -> None:
+    notification = literal_deliver_sm(0x20, tlvs="0427 0001 02")  # message_state DELIVERED, in a 0x20
+    parsed = parse_receipt(notification, IdForm.SAME, intermediate=True)
+    assert parsed is not None and parsed.key == "7" and parsed.outcome is PartOutcome.ENROUTE
+    without_state = literal_deliver_sm(0x20, template=DELIVER_SM_WITHOUT_STATE)
+    assert without_state.octets("short_message") == b"id:7 text:"
+    notified = parse_receipt(without_state, IdForm.SAME, intermediate=True)
+    assert notified is not None and notified.outcome is PartOutcome.ENROUTE
+    assert parse_receipt(without_state, IdForm.SAME) is None  # a receipt must name a state
+
+
+@pytest.mark.parametrize(("state", "outcome"), [
+    (1, PartOutcome.ENROUTE), (2, PartOutcome.DELIVERED), (3, PartOutcome.EXPIRED), (4, PartOutcome.DELETED),
+    (5, PartOutcome.UNDELIVERED), (6, PartOutcome.ACCEPTED), (7, PartOutcome.UNKNOWN), (8, PartOutcome.REJECTED),
+])
+def test_message_state_tlv(state: int, outcome: PartOutcome) -> None:
+    parsed = parse_receipt(literal_deliver_sm(0x04, tlvs=f"0427 0001 {state:02x}"), IdForm.SAME)
+    assert parsed is not None and parsed.outcome is outcome
+    assert parsed.outcome.final is (state != 1)  # Appendix B: every state but ENROUTE is final
 
 
 def test_unusable_receipts() -> None:

@@ -125,6 +125,44 @@ async def test_all_parts_delivered(store: SqlStore) -> None:
     assert (await store.get(sms_id)).state is State.DELIVERED  # type: ignore[union-attr]
 
 
+async def test_an_accepted_part_settles_its_message_as_acknowledged(store: SqlStore) -> None:
+    """ACCEPTD is final: with every other part delivered the message is acknowledged (nothing failed, nothing
+    confirmed on the handset); a failed part still makes it undelivered."""
+    one = await submitted(store, 1, ["A0"])
+    result = await store.apply_receipt(Receipt("smsc", "A0", PartOutcome.ACCEPTED, "000"), NOW)
+    assert result.final_state is State.ACKNOWLEDGED
+    view = await store.get(one)
+    assert view is not None and (view.error_code, view.error_text) == ("000", "part 1: accepted err 000")
+    mixed = await submitted(store, 2, ["B0", "B1"])
+    assert (await store.apply_receipt(Receipt("smsc", "B0", PartOutcome.ACCEPTED), NOW)).final_state is None
+    assert (await store.apply_receipt(Receipt("smsc", "B1", PartOutcome.DELIVERED), NOW)).final_state \
+        is State.ACKNOWLEDGED
+    view = await store.get(mixed)
+    assert view is not None and (view.error_code, view.error_text) == ("", "part 1: accepted")
+    failed = await submitted(store, 2, ["C0", "C1"])
+    assert (await store.apply_receipt(Receipt("smsc", "C0", PartOutcome.ACCEPTED), NOW)).final_state is None
+    assert (await store.apply_receipt(Receipt("smsc", "C1", PartOutcome.DELETED, "012"), NOW)).final_state \
+        is State.UNDELIVERED
+    view = await store.get(failed)
+    assert view is not None and (view.error_code, view.error_text) == ("012", "part 2: deleted err 012")
+    stats = await store.stats(0)
+    assert stats["failure_reasons"] == [("012", 1)]  # an acknowledged message failed nothing
+
+
+async def test_a_route_without_receipts_is_sent_at_once(store: SqlStore) -> None:
+    message = new_message(2, callback="http://127.0.0.1:9/cb")
+    await store.accept(message)
+    await store.claim(10, NOW, 60)
+    result = await store.mark_submitted(message.sms_id, "modem", ["1", "2"], NOW + 1, None)
+    assert (result.sms_id, result.final_state) == (message.sms_id, State.SENT)
+    view = await store.get(message.sms_id)
+    assert view is not None and view.state is State.SENT and [h.state for h in view.history][-2:] == [
+        State.SUBMITTED, State.SENT]
+    [job] = await store.claim_callbacks(10, NOW + 2, 30)  # the application hears it at once
+    assert job.sms_id == message.sms_id
+    assert await store.expire_overdue(NOW + 10**6) == 0
+
+
 async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:
     first = await submitted(store, ids=["0"])
     await store.apply_receipt(Receipt("smsc", "0", PartOutcome.DELIVERED), NOW + 2)

@@ -6,28 +6,49 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from ..encoding import decode_gsm7
 from ..model import PartOutcome
 from .pdu import Command, Pdu, Tlv
 
-__all__ = ["IdForm", "MoText", "ParsedReceipt", "canonical_id", "decode_mo", "is_receipt", "parse_receipt",
+__all__ = ["Delivery", "IdForm", "MoText", "ParsedReceipt", "canonical_id", "decode_mo", "delivery", "parse_receipt",
            "receipt_fields"]
 
 _FIELD = re.compile(r"(?i)\b(id|sub|dlvrd|submit date|done date|stat|err|text):")
+# The receipt text's `stat:` (SMPP 3.4 Appendix B), short and spelled out
 _STATES = {
-    "DELIVRD": PartOutcome.DELIVERED, "DELIVERED": PartOutcome.DELIVERED,
-    "EXPIRED": PartOutcome.EXPIRED, "DELETED": PartOutcome.UNDELIVERED, "UNDELIV": PartOutcome.UNDELIVERED,
-    "UNDELIVERABLE": PartOutcome.UNDELIVERED, "ACCEPTD": PartOutcome.ACCEPTED, "ACCEPTED": PartOutcome.ACCEPTED,
-    "UNKNOWN": PartOutcome.UNDELIVERED, "REJECTD": PartOutcome.REJECTED, "REJECTED": PartOutcome.REJECTED,
-    "ENROUTE": PartOutcome.ENROUTE,
+    "DELIVRD": PartOutcome.DELIVERED, "DELIVERED": PartOutcome.DELIVERED, "EXPIRED": PartOutcome.EXPIRED,
+    "DELETED": PartOutcome.DELETED, "UNDELIV": PartOutcome.UNDELIVERED, "UNDELIVERABLE": PartOutcome.UNDELIVERED,
+    "ACCEPTD": PartOutcome.ACCEPTED, "ACCEPTED": PartOutcome.ACCEPTED, "UNKNOWN": PartOutcome.UNKNOWN,
+    "REJECTD": PartOutcome.REJECTED, "REJECTED": PartOutcome.REJECTED, "ENROUTE": PartOutcome.ENROUTE,
 }
 # message_state TLV values (SMPP 3.4, 5.2.28)
-_TLV_STATES = {1: PartOutcome.ENROUTE, 2: PartOutcome.DELIVERED, 3: PartOutcome.EXPIRED, 4: PartOutcome.UNDELIVERED,
-               5: PartOutcome.UNDELIVERED, 6: PartOutcome.ACCEPTED, 7: PartOutcome.UNDELIVERED,
-               8: PartOutcome.REJECTED}
-RECEIPT_ESM_TYPES = (0x04, 0x08)  # SMSC delivery receipt, intermediate delivery notification
+_TLV_STATES = {1: PartOutcome.ENROUTE, 2: PartOutcome.DELIVERED, 3: PartOutcome.EXPIRED, 4: PartOutcome.DELETED,
+               5: PartOutcome.UNDELIVERED, 6: PartOutcome.ACCEPTED, 7: PartOutcome.UNKNOWN, 8: PartOutcome.REJECTED}
+
+
+class Delivery(Enum):
+    """What a deliver_sm or data_sm is, by the message type in its esm_class (bits 5-2, SMPP 3.4 5.2.12)."""
+
+    MESSAGE = "message"  # an SMS from a phone: stored and notified as incoming
+    RECEIPT = "receipt"  # about a message we sent: final or intermediate as its state says
+    INTERMEDIATE = "intermediate delivery notification"  # about a message we sent, never final
+    CONVERSATION_ABORT = "conversation abort"  # Korean CDMA: nothing of ours to record
+    RESERVED = "reserved message type"  # no meaning in SMPP 3.4: refused with ESME_RINVESMCLASS
+
+
+_MESSAGE_TYPES = {
+    0x00: Delivery.MESSAGE,
+    0x04: Delivery.RECEIPT,  # SMSC delivery receipt
+    # SME delivery acknowledgement: the handset's own word that it has the message. We never ask for one
+    # (registered_delivery asks the SMSC only); one that names a message and a state is applied as a receipt.
+    0x08: Delivery.RECEIPT,
+    0x10: Delivery.MESSAGE,  # SME manual/user acknowledgement: the user's answer, text and all
+    0x18: Delivery.CONVERSATION_ABORT,
+    0x20: Delivery.INTERMEDIATE,
+}
+_LEADING_ZEROS = re.compile(r"^[0\s]+")  # \s: what str.strip() removes, so that the result is stable
 MAX_ID = 64  # submit_sm_resp.message_id is a C-Octet String of 65 octets at most
 
 
@@ -47,7 +68,7 @@ def canonical_id(raw: str, base: int | None = None) -> str:
             return str(int(text, base))
         except ValueError:
             pass  # not a number in that base after all: keep it as text
-    stripped = text.lstrip("0")
+    stripped = _LEADING_ZEROS.sub("", text)  # "0 7" and "07" are one id
     return stripped or ("0" if text else "")
 
 
@@ -67,10 +88,11 @@ class ParsedReceipt:
     fields: dict[str, str]
 
 
-def is_receipt(pdu: Pdu) -> bool:
-    if pdu.command is Command.DELIVER_SM:
-        return (pdu.number("esm_class") & 0x3C) in RECEIPT_ESM_TYPES
-    return pdu.command is Command.DATA_SM and Tlv.RECEIPTED_MESSAGE_ID in pdu.tlvs
+def delivery(pdu: Pdu) -> Delivery:
+    kind = _MESSAGE_TYPES.get(pdu.number("esm_class") & 0x3C, Delivery.RESERVED)
+    if kind is Delivery.MESSAGE and pdu.command is Command.DATA_SM and Tlv.RECEIPTED_MESSAGE_ID in pdu.tlvs:
+        return Delivery.RECEIPT  # a data_sm receipt may say so by its TLVs alone
+    return kind
 
 
 def _text_fields(text: str) -> dict[str, str]:
@@ -89,8 +111,9 @@ def receipt_fields(pdu: Pdu) -> list[str]:
     return names + [f"TLV 0x{tag:04X}" for tag in (Tlv.RECEIPTED_MESSAGE_ID, Tlv.MESSAGE_STATE) if tag in pdu.tlvs]
 
 
-def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
-    """The receipt in a deliver_sm/data_sm, or None when it names no message id or no state."""
+def parse_receipt(pdu: Pdu, form: IdForm, intermediate: bool = False) -> ParsedReceipt | None:
+    """The receipt in a deliver_sm/data_sm, or None when it names no message id or no state. An
+    `intermediate` notification is ENROUTE whatever state it names, and needs none."""
     payload = pdu.tlvs.get(Tlv.MESSAGE_PAYLOAD) or pdu.octets("short_message")
     fields = _text_fields(payload.decode("latin-1"))
     tlv_id = pdu.tlvs.get(Tlv.RECEIPTED_MESSAGE_ID, b"").split(b"\0", 1)[0].decode("latin-1")
@@ -107,7 +130,9 @@ def parse_receipt(pdu: Pdu, form: IdForm) -> ParsedReceipt | None:
     outcome = _TLV_STATES.get(state[0]) if len(state) == 1 else None
     if outcome is None:
         outcome = _STATES.get(fields.get("stat", "").upper())
-    if outcome is None:
+    if intermediate:
+        outcome = PartOutcome.ENROUTE
+    elif outcome is None:
         return None
     error = fields.get("err", "")
     network = pdu.tlvs.get(Tlv.NETWORK_ERROR_CODE, b"")

@@ -23,7 +23,7 @@ from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
 from .pdu import Command, Pdu, PduError, Status, Tlv, status_name
-from .receipts import IdForm, decode_mo, is_receipt, parse_receipt, receipt_fields, submit_key
+from .receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt, receipt_fields, submit_key
 from .session import BindState, SmppSession, Unreadable
 from .window import THROTTLE_PAUSE_INITIAL, Pacer, SubmitWindow
 
@@ -584,10 +584,10 @@ class SmppTransport:
     async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
         """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
         status = Status.ESME_ROK
-        receipt = is_receipt(pdu)
+        kind = delivery(pdu)
         try:
-            if receipt:
-                parsed = parse_receipt(pdu, self._form)
+            if kind in (Delivery.RECEIPT, Delivery.INTERMEDIATE):
+                parsed = parse_receipt(pdu, self._form, intermediate=kind is Delivery.INTERMEDIATE)
                 if parsed is None:
                     # Named, not quoted: a receipt quotes the message, and a broken one may be all text.
                     if link.complain("receipt"):
@@ -595,14 +595,22 @@ class SmppTransport:
                                     self.name, ", ".join(receipt_fields(pdu)) or "none")
                 elif self._sink is not None:
                     await self._sink.on_receipt(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
-            elif self._sink is not None:
-                mo = decode_mo(pdu)
-                await self._sink.on_incoming(IncomingPart(
-                    self.name, _address(pdu, "source"), _address(pdu, "dest"), mo.text, time.time(),
-                    mo.reference, mo.total, mo.sequence))
+            elif kind is Delivery.MESSAGE:
+                if self._sink is not None:
+                    mo = decode_mo(pdu)
+                    await self._sink.on_incoming(IncomingPart(
+                        self.name, _address(pdu, "source"), _address(pdu, "dest"), mo.text, time.time(),
+                        mo.reference, mo.total, mo.sequence))
+            else:
+                if kind is Delivery.RESERVED:
+                    status = Status.ESME_RINVESMCLASS
+                if link.complain(kind.value):
+                    log.warning("SMPP %s: a %s with esm_class 0x%02X (%s); %s", self.name,
+                                pdu.command.name.lower(), pdu.number("esm_class"), kind.value,
+                                "refused" if status else "acknowledged, nothing to record")
         except SmsGatewayError as exc:
             log.error("SMPP %s: %s not stored (%s); asking the SMSC to send it again", self.name,
-                      "receipt" if receipt else "incoming SMS", exc.message)
+                      "incoming SMS" if kind is Delivery.MESSAGE else "receipt", exc.message)
             status = Status.ESME_RX_T_APPN
         except Exception:
             # A PDU we cannot make sense of must not take the connection (and every message on it) down; sent

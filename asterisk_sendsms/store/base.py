@@ -65,7 +65,7 @@ class Store(Protocol):
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float | None) -> ReceiptResult:
         """queued → submitted with one SMSC id per part; receipts that arrived early are applied now.
-        Without a receipt deadline (a route without receipts) the message stays submitted."""
+        Without a receipt deadline (a route that gives no receipts) it is final at once: `sent`."""
         ...
 
     async def retry_later(self, sms_id: str, due_at: float, error_code: str, error_text: str, now: float,

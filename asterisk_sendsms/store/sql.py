@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
 from ..errors import ServiceUnavailable, SmsGatewayError
-from ..lifecycle import FINAL_STATES, SOURCES, State, check_transition
+from ..lifecycle import FINAL_STATES, SETTLED_STATES, SOURCES, State, check_transition
 from ..model import (
     CallbackJob,
     CallbackShares,
@@ -46,10 +46,10 @@ _VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count,
 # The states each state may be reached from, as an SQL list of literals.
 _SOURCES_SQL = {target: ",".join(f"'{state.value}'" for state in sources) for target, sources in SOURCES.items()}
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
-_WAITING_PART_SET = frozenset({"submitted", "enroute", "accepted"})
+_WAITING_PART_SET = frozenset({"submitted"} | {o.value for o in PartOutcome if not o.final})
 _WAITING_PART_STATES = "(" + ", ".join(f"'{state}'" for state in sorted(_WAITING_PART_SET)) + ")"
 # Final states that are not a delivery: the status page ranks their reasons.
-_UNSUCCESSFUL_STATES = "(" + ", ".join(f"'{state.value}'" for state in sorted(FINAL_STATES - {State.DELIVERED})) + ")"
+_UNSUCCESSFUL_STATES = "(" + ", ".join(f"'{state.value}'" for state in sorted(FINAL_STATES - SETTLED_STATES)) + ")"
 TOP_REASONS = 5
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
@@ -771,6 +771,10 @@ def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult
         " ON CONFLICT (sms_id, idx) DO UPDATE SET transport = excluded.transport, smsc_id = excluded.smsc_id,"
         " state = excluded.state, error_code = '', updated_at = excluded.updated_at")
     results = [ReceiptResult(s.sms_id) for s in submits]
+    for position, s in enumerate(submits):
+        if s.receipt_deadline is None:  # no receipt will come: nothing more will be known than this
+            _finish(db, s.sms_id, State.SENT, "", "", s.now, None)
+            results[position] = ReceiptResult(s.sms_id, State.SENT, s.now)
     if db.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is None:
         return results  # nearly always: receipts come after their submit is recorded
     for position, s in enumerate(submits):
@@ -847,20 +851,37 @@ def _apply_receipt(db: Db, receipt: Receipt, now: float) -> ReceiptResult:
                (receipt.outcome.value, receipt.error_code, now, sms_id, index))
     if message_state != State.SUBMITTED:
         return ReceiptResult(sms_id)  # already final (an earlier part failed); the part row keeps the news
-    detail = f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
+    detail = _receipt_detail(index, receipt)
     if not receipt.outcome.final:
         _history(db, sms_id, now, State.SUBMITTED, detail)
         return ReceiptResult(sms_id)
-    if receipt.outcome is PartOutcome.DELIVERED:
-        if part_count > 1 and db.execute("SELECT COUNT(*) FROM parts WHERE sms_id = ? AND state != 'delivered'",
-                                         (sms_id,)).fetchone()[0]:
+    target = receipt.outcome.message_state
+    if receipt.outcome.settled and part_count > 1:
+        # Settled when every part is; delivered only when every part was delivered.
+        unsettled, undelivered = db.execute(
+            "SELECT SUM(CASE WHEN state NOT IN (?, ?) THEN 1 ELSE 0 END), SUM(CASE WHEN state != ? THEN 1 ELSE 0 END)"
+            " FROM parts WHERE sms_id = ?", (PartOutcome.DELIVERED.value, PartOutcome.ACCEPTED.value,
+                                             PartOutcome.DELIVERED.value, sms_id)).fetchone()
+        if unsettled:
             _history(db, sms_id, now, State.SUBMITTED, detail)
             return ReceiptResult(sms_id)
-        _finish(db, sms_id, State.DELIVERED, "", "", now, None)
-        return ReceiptResult(sms_id, State.DELIVERED, submitted_at)
-    target = receipt.outcome.message_state
-    _finish(db, sms_id, target, receipt.error_code, detail, now, None)
+        target = State.ACKNOWLEDGED if undelivered else State.DELIVERED
+        if target is State.ACKNOWLEDGED and receipt.outcome is PartOutcome.DELIVERED:
+            # The reason names the part that was accepted, not the delivered one that came last.
+            (first,) = db.execute("SELECT MIN(idx) FROM parts WHERE sms_id = ? AND state = ?",
+                                  (sms_id, PartOutcome.ACCEPTED.value)).fetchone()
+            detail = f"part {first + 1}: {PartOutcome.ACCEPTED.value}"
+    _finish(db, sms_id, target, *_final_reason(target, receipt, detail), now, None)
     return ReceiptResult(sms_id, target, submitted_at)
+
+
+def _receipt_detail(index: int, receipt: Receipt) -> str:
+    return f"part {index + 1}: {receipt.outcome.value}" + (f" err {receipt.error_code}" if receipt.error_code else "")
+
+
+def _final_reason(target: State, receipt: Receipt, detail: str) -> tuple[str, str]:
+    """Error code and text of a message a receipt finishes: none for a delivery; else what the SMSC said."""
+    return ("", "") if target is State.DELIVERED else (receipt.error_code, detail)
 
 
 class _ReceiptAt(NamedTuple):
@@ -895,8 +916,7 @@ def _apply_all_receipts(db: Db, items: list[_ReceiptAt]) -> list[ReceiptResult]:
         row = parts.get(key)
         if (row is not None and key not in repeated and item.receipt.outcome.final and row[6] == 1
                 and row[5] == State.SUBMITTED.value and row[4] not in _FINAL_PART_STATES):
-            detail = f"part {row[3] + 1}: {item.receipt.outcome.value}" + (
-                f" err {item.receipt.error_code}" if item.receipt.error_code else "")
+            detail = _receipt_detail(row[3], item.receipt)
             finished.append((position, row[2], row[3], detail, row[7]))
     if finished:
         db.with_values(
@@ -930,10 +950,9 @@ def _apply_all_receipts(db: Db, items: list[_ReceiptAt]) -> list[ReceiptResult]:
 
 
 def _final_columns(receipt: Receipt, detail: str) -> tuple[str, str, str]:
-    """State, error code and error text of a message its final receipt finishes (as `_apply_receipt` writes)."""
-    if receipt.outcome is PartOutcome.DELIVERED:
-        return State.DELIVERED.value, "", ""
-    return receipt.outcome.message_state.value, receipt.error_code, detail
+    """State, error code and error text of a one-part message its final receipt finishes."""
+    target = receipt.outcome.message_state
+    return (target.value, *_final_reason(target, receipt, detail))
 
 
 def _incoming(db: Db, incoming_id: str) -> IncomingView | None:

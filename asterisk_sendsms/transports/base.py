@@ -36,7 +36,7 @@ class Transport(Protocol):
     kind: str
     # How many submits the dispatcher may have in flight on this transport at once (the SMPP window).
     capacity: int
-    # False for a route that asks for no delivery receipts: its messages stay `submitted`, never expire.
+    # False for a route that gives no delivery receipts: its messages are final (`sent`) once submitted.
     expects_receipts: bool
 
     async def run(self, sink: TransportSink) -> None:

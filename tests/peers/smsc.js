@@ -13,6 +13,9 @@
 //   refuse_binds                    answer ESME_RBINDFAIL to the first N binds (an SMSC restarting)
 //   reject_prefix, undeliverable_prefix   destinations refused (ESME_RINVDSTADR) / reported UNDELIV
 //   intermediate                    send an ENROUTE receipt before the final one
+//   receipts_by_prefix              {prefix: [{stat, esm_class, delay_ms}]}: for destinations starting with a
+//                                   prefix, these receipts instead of the usual one (esm_class 4 unless given,
+//                                   each delay_ms after the first)
 // Events name the session (numbered by bind) a submit came on and a receipt went out on.
 //   quiet                           no line per submit_sm or receipt (benchmarks); SIGUSR2 prints the counts
 //   mo                              incoming SMS to deliver after the first receiving bind:
@@ -74,10 +77,12 @@ function flushReceipts() {
   while (pendingReceipts.length && receiver()) sendReceipt(...pendingReceipts.shift());
 }
 
-function sendReceipt(submit, respId, receiptId, stat) {
+const MESSAGE_STATES = { ENROUTE: 1, DELIVRD: 2, EXPIRED: 3, DELETED: 4, UNDELIV: 5, ACCEPTD: 6, UNKNOWN: 7, REJECTD: 8 };
+
+function sendReceipt(submit, respId, receiptId, stat, esmClass = 4) {
   const session = receiver();
   if (!session) {
-    pendingReceipts.push([submit, respId, receiptId, stat]);
+    pendingReceipts.push([submit, respId, receiptId, stat, esmClass]);
     return;
   }
   const body = 'id:' + receiptId + ' sub:001 dlvrd:' + (stat === 'DELIVRD' ? '001' : '000') +
@@ -86,21 +91,22 @@ function sendReceipt(submit, respId, receiptId, stat) {
   const options = {
     source_addr: submit.destination_addr,
     destination_addr: submit.source_addr,
-    esm_class: 4,
+    esm_class: esmClass,
     short_message: Buffer.from(body, 'latin1'),
   };
   if (cfg.receipt_tlvs) {
     options.receipted_message_id = respId;
-    options.message_state = { DELIVRD: 2, UNDELIV: 5, ENROUTE: 1 }[stat];
+    options.message_state = MESSAGE_STATES[stat];
   }
   stats.receipts_sent += 1;
-  const entry = [submit, respId, receiptId, stat];
+  const entry = [submit, respId, receiptId, stat, esmClass];
   session.unacked = session.unacked || new Set();
   session.unacked.add(entry);
   session.deliver_sm(options, (resp) => {
     session.unacked.delete(entry);
     if (resp.command_status === 0) stats.receipts_acked += 1;
-    out({ event: 'receipt_resp', id: receiptId, stat, status: resp.command_status, session: session.number });
+    out({ event: 'receipt_resp', id: receiptId, stat, esm_class: esmClass, status: resp.command_status,
+      session: session.number });
   });
 }
 
@@ -184,7 +190,15 @@ function onSubmit(session, pdu) {
   const stat = cfg.undeliverable_prefix && dest.startsWith(cfg.undeliverable_prefix) ? 'UNDELIV' : 'DELIVRD';
   const answer = () => session.send(pdu.response({ message_id: respId }));
   const respond = cfg.response_delay_ms ? () => setTimeout(answer, cfg.response_delay_ms) : answer;
+  const planned = Object.entries(cfg.receipts_by_prefix || {}).find(([prefix]) => dest.startsWith(prefix));
   const receipt = () => {
+    if (planned) {
+      for (const r of planned[1]) {
+        const esmClass = r.esm_class === undefined ? 4 : r.esm_class;
+        setTimeout(() => sendReceipt(pdu, respId, receiptId, r.stat, esmClass), r.delay_ms || 0);
+      }
+      return;
+    }
     if (cfg.intermediate) sendReceipt(pdu, respId, receiptId, 'ENROUTE');
     if (pdu.registered_delivery & 1) sendReceipt(pdu, respId, receiptId, stat);
   };
