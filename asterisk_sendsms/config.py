@@ -205,6 +205,7 @@ class ModemSettings:
     pin: str | None = field(default=None, repr=False)
     smsc: str | None = None
     timeout: float = 10.0  # seconds a command may take before the modem counts as silent
+    receipts: bool = True  # status reports asked for (TP-SRR) and routed to us (AT+CNMI ds=1)
 
 
 TransportSettings = SimulatorSettings | SmppSettings | ModemSettings
@@ -462,13 +463,18 @@ def _choice(params: dict[str, str], name: str, choices: Sequence[str], key: str)
     return value
 
 
+def _yes_no(params: dict[str, str], name: str, key: str) -> bool:
+    """An on/off option: yes (the default) or no."""
+    return _choice(params, name, ("yes", "no"), key) == "yes"
+
+
 def _optional_int(params: dict[str, str], name: str, key: str) -> int | None:
     return _int_opt(params, name, 0, 0, 255, key) if name in params else None
 
 
 def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, TransportConfig]:
     """Parse `simulator`, `smpp://USER:PASS@HOST:PORT?window=10&bind=trx` or
-    `modem:///dev/ttyUSB0?baud=115200&pin=1234`. Returns the explicit name (if any) and the transport."""
+    `modem:///dev/ttyUSB0?baud=115200&pin=1234&receipts=no`. Returns the explicit name (if any) and the transport."""
     head, _, query = url.strip().partition("?")
     if head in ("simulator", "simulator:", "simulator://"):
         params = _query(query, key, ("name", "receipt_delay", "submit_delay", "window", "undeliverable_prefix",
@@ -506,19 +512,19 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             system_type=params.get("system_type", ""),
             throughput=_float_opt(params, "throughput", 0.0, key),
             ids=_choice(params, "ids", ("same", "hex-dec", "dec-hex"), key),
-            receipts=_choice(params, "receipts", ("yes", "no"), key) == "yes",
+            receipts=_yes_no(params, "receipts", key),
             long=_choice(params, "long", ("udh", "sar"), key),
             enquire_link=_float_opt(params, "enquire_link", 30.0, key) or 30.0,
             response_timeout=_float_opt(params, "response_timeout", 10.0, key) or 10.0,
             source_ton=_optional_int(params, "source_ton", key), source_npi=_optional_int(params, "source_npi", key),
             dest_ton=_optional_int(params, "dest_ton", key), dest_npi=_optional_int(params, "dest_npi", key),
-            process=_choice(params, "process", ("yes", "no"), key) == "yes",
+            process=_yes_no(params, "process", key),
         )
         if len(smpp.system_id) > 15 or len(smpp.password) > 8:
             raise ConfigError(f"{key}: SMPP 3.4 allows a system_id of 15 and a password of 8 characters")
         return params.get("name"), TransportConfig("smpp", "smpp", smpp)
     if parts.scheme == "modem":
-        params = _query(parts.query, key, ("name", "baud", "pin", "smsc", "timeout"))
+        params = _query(parts.query, key, ("name", "baud", "pin", "smsc", "timeout", "receipts"))
         if parts.netloc or not parts.path.startswith("/"):
             raise ConfigError(f"{key}: a modem URL names a device path: modem:///dev/ttyUSB0")
         pin = params.get("pin") or None
@@ -529,7 +535,8 @@ def parse_transport_url(url: str, key: str = "transport") -> tuple[str | None, T
             raise ConfigError(f"{key}: option smsc must be a phone number")
         modem = ModemSettings(device=unquote(parts.path),
                               baud=_int_opt(params, "baud", 115200, 300, 4_000_000, key), pin=pin, smsc=smsc,
-                              timeout=_float_opt(params, "timeout", 10.0, key) or 10.0)
+                              timeout=_float_opt(params, "timeout", 10.0, key) or 10.0,
+                              receipts=_yes_no(params, "receipts", key))
         return params.get("name"), TransportConfig("modem", "modem", modem)
     raise ConfigError(f"{key}: unknown transport {url!r}; expected simulator, smpp://… or modem:///…")
 

@@ -108,6 +108,9 @@ def test_transport_urls() -> None:
     assert isinstance(in_loop.settings, SmppSettings) and not in_loop.settings.process
     _, modem = parse_transport_url("modem:///dev/ttyUSB0?baud=115200&pin=1234")
     assert modem.settings == ModemSettings("/dev/ttyUSB0", 115200, "1234")
+    assert modem.settings.receipts  # status reports unless told otherwise
+    _, reportless = parse_transport_url("modem:///dev/ttyUSB0?receipts=no")
+    assert isinstance(reportless.settings, ModemSettings) and not reportless.settings.receipts
     _, sim = parse_transport_url("simulator?receipt_delay=0.5&undeliverable_prefix=%2B3699")
     assert sim.settings == SimulatorSettings(receipt_delay=0.5, undeliverable_prefix="+3699")
 
@@ -123,6 +126,7 @@ def test_transport_urls() -> None:
     ("modem://dev/ttyUSB0", "names a device path"),
     ("modem:///dev/ttyUSB0?pin=12", "pin must be 4 to 8 digits"),
     ("modem:///dev/ttyUSB0?baud=fast", "baud must be a whole number"),
+    ("modem:///dev/ttyUSB0?receipts=off", "option receipts must be one of yes, no"),
     ("simulator?receipt_delay=-1", "cannot be negative"),
 ])
 def test_bad_transport_urls(url: str, message: str) -> None:

@@ -4,16 +4,20 @@ as a user would configure it."""
 from __future__ import annotations
 
 import asyncio
+import os
+import select
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from asterisk_sendsms.modem.at import CNMI_NO_REPORTS, CNMI_REPORTS
 from asterisk_sendsms.passwords import hash_password
 
 from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
-from .peers.fake_modem import FakeModem
+from .peers.fake_modem import PROFILES, FakeModem
 from .test_e2e_smpp import send
 
 
@@ -49,6 +53,7 @@ async def test_send_in_pdu_mode_and_correlate_status_reports(daemon_factory: lis
         long = await final(session, daemon, await send(session, daemon, "+36207654321", long_text))
     assert short["state"] == "delivered" and long["state"] == "delivered"
     assert modem.commands[:6] == ["AT", "ATE0", "AT+CMEE=1", "AT+CPIN?", "AT+CMGF=0", "AT+CNMI=2,1,0,1,0"]
+    assert all(p["status_report"] for p in modem.submits)
     async with aiohttp.ClientSession() as session, session.get(f"{daemon.base}/healthz",
                                                                        headers=basic_auth("alice", "pw")) as response:
         health = (await response.json())["transports"][0]
@@ -115,10 +120,12 @@ async def test_a_silent_modem_is_reset_and_nothing_is_lost(daemon_factory: list[
     assert modem.commands.count("AT+CMGF=0") >= 2  # initialised again after the reset
 
 
-@pytest.mark.parametrize("direct", [False, True])
+@pytest.mark.parametrize(("profile", "direct"), [("standard", False), ("standard", True), ("second", False),
+                                                 ("second_no_ds", True)])
 async def test_incoming_sms_stored_and_posted(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any,
-                                              receiver: Receiver, direct: bool) -> None:
-    modem = modem_factory(incoming=[("+36301112222", "Call me back please")], incoming_direct=direct)
+                                              receiver: Receiver, profile: str, direct: bool) -> None:
+    modem = modem_factory(profile=profile, incoming=[("+36301112222", "Call me back please")],
+                          incoming_direct=direct)
     gateway(daemon_factory, tmp_path, modem, extra=f'[incoming]\nurl = "{receiver.url}"')
     [post] = await receiver.wait_for(1)
     assert post["NotificationName"] == "IncomingSMS" and post["Sender"] == "+36301112222"
@@ -177,12 +184,86 @@ async def test_failover_to_the_next_modem(daemon_factory: list[Daemon], tmp_path
     assert "AT+CPIN=\"1234\" refused: +CME ERROR: 16 (incorrect password)" in daemon.output()
 
 
-async def test_text_mode_fallback(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any) -> None:
-    modem = modem_factory(pdu_mode=False)
-    daemon = gateway(daemon_factory, tmp_path, modem)
+@pytest.mark.parametrize(("profile", "options", "state", "first_octet"), [
+    ("standard", "", "delivered", 49),  # SMS-SUBMIT, relative validity period, status report request
+    ("second", "&receipts=no", "sent", 17),  # no AT+CSCS either: its own character set is GSM enough
+])
+async def test_text_mode_fallback(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any, profile: str,
+                                  options: str, state: str, first_octet: int) -> None:
+    modem = modem_factory(profile=profile, pdu_mode=False)
+    daemon = gateway(daemon_factory, tmp_path, modem, options)
     async with aiohttp.ClientSession() as session:
         sent = await final(session, daemon, await send(session, daemon, "+36201234567", "Plain text mode"))
         refused = await final(session, daemon, await send(session, daemon, "+36201234567", "Unicode ő"))
-    assert sent["state"] == "delivered" and modem.submits == [{"number": "+36201234567", "text": "Plain text mode"}]
+    assert sent["state"] == state and modem.submits == [{"number": "+36201234567", "text": "Plain text mode"}]
     assert refused["state"] == "rejected" and refused["error_code"] == "TEXT_MODE"
     assert "AT+CMGF=1" in modem.commands and "has no PDU mode" in daemon.output()
+    assert f"AT+CSMP={first_octet},167,0,0" in modem.commands
+
+
+# The second AT implementation of issue 18 (no AT+CMEE, a quoted +CPIN answer, a bare `>` prompt, never a
+# status report): told so with receipts=no, or refusing AT+CNMI with status reports, which says it.
+@pytest.mark.parametrize(("profile", "options", "detected"), [("second", "&receipts=no", False),
+                                                              ("second_no_ds", "", True)])
+async def test_a_modem_without_status_reports(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any,
+                                              profile: str, options: str, detected: bool) -> None:
+    modem = modem_factory(profile=profile, pin="1234")
+    # A message waiting for a report would expire after the receipt timeout: it ends at once instead.
+    daemon = gateway(daemon_factory, tmp_path, modem, f"&pin=1234{options}",
+                     extra="[messages]\nreceipt_timeout = 1")
+    long_text = "Köszönjük a rendelést! Szállítás holnap 😀 " * 3
+    async with aiohttp.ClientSession() as session:
+        ids = [await send(session, daemon, "+36201234567", "no report [please]"),
+               await send(session, daemon, "+36207654321", long_text)]
+        results = [await final(session, daemon, sms_id, timeout=10) for sms_id in ids]
+    assert [m["state"] for m in results] == ["sent"] * 2, results
+    assert 'AT+CPIN="1234"' in modem.commands and results[1]["part_count"] == len(modem.submits) - 1 > 1
+    assert not any(p["status_report"] for p in modem.submits)
+    assert CNMI_NO_REPORTS in modem.commands and (CNMI_REPORTS in modem.commands) is detected
+    output = daemon.output()
+    assert output.count("modem gsm gives no status reports") == detected
+    assert output.count("modem gsm: AT+CMEE=1 refused (ERROR): its refusals will not say why") == 1
+
+
+
+async def test_what_a_modem_lacks_is_logged_once_not_at_every_reopen(daemon_factory: list[Daemon], tmp_path: Path,
+                                                                     modem_factory: Any) -> None:
+    modem = modem_factory(profile="second_no_ds", silent_after=7, silent_for=2.5)  # quiet right after init
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        data = await final(session, daemon, await send(session, daemon, "+36201234567", "after the reset"))
+    assert data["state"] == "sent" and modem.commands.count(CNMI_NO_REPORTS) >= 2
+    output = daemon.output()
+    assert "stopped answering" in output or "no answer" in output
+    assert output.count("modem gsm gives no status reports") == output.count("AT+CMEE=1 refused") == 1
+
+def ask(fd: int, line: str, end: bytes = b"\r") -> str:
+    """One command (or PDU) to the emulator over its terminal; its final result or its prompt."""
+    os.write(fd, line.encode() + end)
+    answer, deadline = b"", time.monotonic() + 5
+    while not answer.rstrip(b"\r\n").endswith((b"OK", b"ERROR", b">", b"> ")) \
+            and not (b"ERROR:" in answer and answer.endswith(b"\r\n")):
+        assert time.monotonic() < deadline, (line, answer)
+        if select.select([fd], [], [], 0.1)[0]:
+            answer += os.read(fd, 4096)
+    return answer.decode().strip("\r\n").rsplit("\r\n", 1)[-1]
+
+
+MALFORMED = ["AT+CNMI=2,1", "AT+CNMI=2,1,0,3,0", "AT+CNMI=2,1,0,1,0,0", "AT+CSCS=GSM", 'AT+CSCS="KLINGON"',
+             "AT+CMEE=5", "AT+CSMP=49", "AT+CPIN=12", 'AT+CSCA="SMSC"', "AT+CMGR=x", "AT+CMGD=", "AT+CMGS=abc",
+             'AT+CMGS="+3620"', "AT+CMGF=2", "AT+UNKNOWN"]
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_the_emulator_refuses_what_a_modem_refuses(modem_factory: Any, profile: str) -> None:
+    modem = modem_factory(profile=profile, echo=False)
+    fd = os.open(modem.path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        assert [ask(fd, line) for line in MALFORMED] == ["ERROR"] * len(MALFORMED)
+        routes_reports = ask(fd, CNMI_REPORTS)
+        assert ask(fd, CNMI_NO_REPORTS) == "OK"
+        assert ask(fd, "AT+CMGS=9") == PROFILES[profile].prompt
+        assert ask(fd, "0001", b"\x1a") == "+CMS ERROR: 304"  # a PDU shorter than AT+CMGS said
+    finally:
+        os.close(fd)
+    assert routes_reports == ("ERROR" if profile == "second_no_ds" else "OK")

@@ -1,5 +1,6 @@
 """The AT conversation without I/O: command lines out; bytes in, events out (a command's final result with its
-lines, the `> ` prompt of AT+CMGS, unsolicited result codes with their PDU line), with or without echo. The
+lines, the `>` prompt of AT+CMGS with or without its space, unsolicited result codes with their PDU line), with
+or without echo; and the initialisation, the commands a modem is set up with and what its answers decide. The
 receive buffer is scanned once (each byte looked at once however it is cut), and what a modem may babble is
 bounded: a line longer than MAX_BUFFER is dropped whole, a response keeps at most MAX_LINES lines; what is
 dropped is counted in `discarded`."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["AtParser", "Prompt", "Response", "Unsolicited", "cms_code"]
+__all__ = ["AtParser", "InitRefused", "Initialisation", "Prompt", "Response", "Unsolicited", "cms_code", "explain"]
 
 CTRL_Z = b"\x1a"
 ESC = b"\x1b"  # ends the wait for a PDU after the prompt, sending nothing
@@ -17,10 +18,19 @@ MAX_BUFFER = 8 * 1024  # far longer than any line a modem sends us (a PDU is 352
 MAX_LINES = 64  # lines of one command's response (AT+CMGR: two)
 FINAL_OK = ("OK",)
 FINAL_ERRORS = ("ERROR", "+CME ERROR:", "+CMS ERROR:", "NO CARRIER")
+# What the common +CME/+CMS ERROR codes mean, for the log (3GPP 27.007 9.2, 27.005 3.2.5).
+ERROR_TEXT = {
+    10: "SIM not inserted", 11: "SIM PIN required", 12: "SIM PUK required", 13: "SIM failure",
+    16: "incorrect password", 30: "no network service", 300: "ME failure", 302: "operation not allowed",
+    304: "invalid PDU mode parameter", 310: "SIM not inserted", 311: "SIM PIN required", 313: "SIM failure",
+    330: "SMSC address unknown", 331: "no network service", 332: "network timeout", 500: "unknown error",
+}
 # Unsolicited codes; those in WITH_PDU are followed by a PDU line.
 UNSOLICITED = ("+CDS:", "+CDSI:", "+CMTI:", "+CMT:", "RING", "+CLIP:", "^RSSI:", "^BOOT:")
 WITH_PDU = ("+CDS:", "+CMT:")  # in text mode +CDS carries its fields on its own line
-_CONTENT = re.compile(rb"[^\r\n]")
+# Spaces before a line are nothing (its text is stripped): the one some modems send after the prompt's `>` may
+# come after the prompt was taken.
+_CONTENT = re.compile(rb"[^\r\n ]")
 # Lines that are never the PDU a +CMT/+CDS announces.
 _RESULT = re.compile("|".join(re.escape(code) for code in (*FINAL_OK, *FINAL_ERRORS, *UNSOLICITED, "+CMGS:")))
 
@@ -65,6 +75,127 @@ def cms_code(final: str) -> int | None:
     return None
 
 
+def explain(final: str) -> str:
+    code = cms_code(final)
+    return f"{final} ({ERROR_TEXT[code]})" if code in ERROR_TEXT else final
+
+
+class InitRefused(Exception):
+    """The modem refused what it must accept, or its SIM is not ready: the session cannot go on."""
+
+
+# The initialisation's steps in order; a step that does not apply (no SMSC configured, no status reports
+# wanted, PDU mode) passes to the next.
+_STEPS = ("echo", "errors", "sim", "pin", "pdu", "text", "charset", "smsc", "reports", "no_reports",
+          "text_params", "done")
+# step -> (the step after OK, the step after a refusal: None, the refusal ends the session)
+_FLOW: dict[str, tuple[str, str | None]] = {
+    "echo": ("errors", None),
+    "errors": ("sim", "sim"),  # extended error codes only make refusals clearer in the log
+    "sim": ("pdu", None),  # "pin" when the SIM asks for one
+    "pin": ("pdu", None),
+    "pdu": ("smsc", "text"),  # a modem without PDU mode sends one-part GSM texts in text mode
+    "text": ("charset", None),
+    "charset": ("smsc", "smsc"),  # GSM is the usual text-mode character set anyway
+    "smsc": ("reports", None),
+    "reports": ("text_params", "no_reports"),  # a modem that routes no status reports gives none
+    "no_reports": ("text_params", None),
+    "text_params": ("done", None),
+}
+# What a refusal of an optional step means (logged once).
+_OPTIONAL = {"errors": "its refusals will not say why", "charset": "text mode keeps its own character set"}
+# AT+CNMI=<mode>,<mt>,<bm>,<ds>,<bfr>: new SMS stored and announced (+CMTI); ds=1 routes status reports straight
+# to us (+CDS).
+CNMI_REPORTS = "AT+CNMI=2,1,0,1,0"
+CNMI_NO_REPORTS = "AT+CNMI=2,1,0,0,0"
+# AT+CSMP's first octet in text mode: SMS-SUBMIT with a relative validity period (0x11), and TP-SRR (0x20).
+SUBMIT_FIRST_OCTET = 0x11
+STATUS_REPORT_REQUEST = 0x20
+
+
+@dataclass
+class Initialisation:
+    """What sets a modem up once it answers `AT`, without I/O: `start()` gives the first command, `answer()`
+    takes the modem's answer to the last one and gives the next (None: done) or raises InitRefused. What it
+    found out is left in `text_mode`, `receipts` and `notes`."""
+
+    pin: str | None = None
+    smsc: str | None = None
+    receipts: bool = True  # asked for; False once the modem turns out to route no status reports
+    text_mode: bool = False
+    reportless: bool = False  # status reports wanted, but the modem refused to route them
+    notes: list[str] = field(default_factory=list)  # optional features the modem refused
+    _step: str = field(default="echo", init=False)
+
+    def start(self) -> str | None:
+        return self._enter("echo")
+
+    def answer(self, response: Response) -> str | None:
+        after_ok, after_refusal = _FLOW[self._step]
+        if not response.ok:
+            if after_refusal is None:
+                raise InitRefused(f"{response.command} refused: {explain(response.final)}")
+            if self._step in _OPTIONAL:
+                self.notes.append(f"{response.command} refused ({response.final}): {_OPTIONAL[self._step]}")
+            return self._enter(after_refusal)
+        if self._step == "sim":
+            after_ok = self._sim((response.value("+CPIN:") or "").strip('"'))
+        elif self._step == "text":
+            self.text_mode = True
+        elif self._step == "no_reports" and self.receipts:
+            self.receipts, self.reportless = False, True
+        return self._enter(after_ok)
+
+    def _sim(self, state: str) -> str:
+        if state == "READY":
+            return "pdu"
+        if state == "SIM PIN":
+            if not self.pin:
+                raise InitRefused("the SIM asks for a PIN: set pin= in the modem URL")
+            return "pin"
+        raise InitRefused(f"the SIM is not ready: +CPIN: {state}")
+
+    def _enter(self, step: str) -> str | None:
+        while step != "done":
+            command = self._command(step)
+            if command is not None:
+                self._step = step
+                return command
+            step = _STEPS[_STEPS.index(step) + 1]
+        self._step = step
+        return None
+
+    def _command(self, step: str) -> str | None:
+        """The step's command line; None when it does not apply."""
+        match step:
+            case "echo":
+                return "ATE0"
+            case "errors":
+                return "AT+CMEE=1"
+            case "sim":
+                return "AT+CPIN?"
+            case "pin":
+                return f'AT+CPIN="{self.pin}"'
+            case "pdu":
+                return "AT+CMGF=0"
+            case "text":
+                return "AT+CMGF=1"
+            case "charset":
+                return 'AT+CSCS="GSM"'
+            case "smsc":
+                return f'AT+CSCA="{self.smsc}"' if self.smsc else None
+            case "reports":
+                return CNMI_REPORTS if self.receipts else None
+            case "no_reports":
+                return CNMI_NO_REPORTS
+            case "text_params":
+                if not self.text_mode:
+                    return None
+                first = SUBMIT_FIRST_OCTET | (STATUS_REPORT_REQUEST if self.receipts else 0)
+                return f"AT+CSMP={first},167,0,0"
+        raise AssertionError(f"no initialisation step {step!r}")
+
+
 @dataclass
 class AtParser:
     pending: str | None = None  # the command line awaiting its final result
@@ -100,9 +231,9 @@ class AtParser:
                     return events
                 if content.start():
                     del buffer[:content.start()]
-            if self.pending is not None and self.pending.startswith("AT+CMGS=") and buffer.startswith(b"> ") \
+            if self.pending is not None and self.pending.startswith("AT+CMGS=") and buffer.startswith(b">") \
                     and not self._dropping:
-                del buffer[:2]
+                del buffer[:1]
                 self._scanned = 0
                 events.append(Prompt())
                 continue

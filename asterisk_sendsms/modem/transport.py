@@ -20,7 +20,19 @@ from ..encoding import Coding, EncodedMessage
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
-from .at import CTRL_Z, ESC, AtParser, Prompt, Response, Unsolicited, cms_code
+from .at import (
+    CNMI_REPORTS,
+    CTRL_Z,
+    ESC,
+    AtParser,
+    Initialisation,
+    InitRefused,
+    Prompt,
+    Response,
+    Unsolicited,
+    cms_code,
+    explain,
+)
 from .pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
 
 __all__ = ["ModemError", "ModemTransport"]
@@ -36,12 +48,6 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 # +CMS ERROR codes after which the same message will never go through (3GPP 27.005 3.2.5, 24.011 E.2)
 PERMANENT_CMS = {1, 8, 10, 21, 27, 28, 29, 30, 50, 96, 304, 305}
-ERROR_TEXT = {
-    10: "SIM not inserted", 11: "SIM PIN required", 12: "SIM PUK required", 13: "SIM failure",
-    16: "incorrect password", 30: "no network service", 300: "ME failure", 302: "operation not allowed",
-    304: "invalid PDU mode parameter", 310: "SIM not inserted", 311: "SIM PIN required", 313: "SIM failure",
-    330: "SMSC address unknown", 331: "no network service", 332: "network timeout", 500: "unknown error",
-}
 
 
 class ModemError(SmsGatewayError):
@@ -52,19 +58,14 @@ class ModemSilent(ModemError):
     pass
 
 
-def _explain(final: str) -> str:
-    code = cms_code(final)
-    return f"{final} ({ERROR_TEXT[code]})" if code in ERROR_TEXT else final
-
-
 class ModemTransport:
-    expects_receipts = True
     kind = "modem"
     capacity = 1  # one SMS at a time per modem
 
     def __init__(self, name: str, settings: ModemSettings) -> None:
         self.name = name
         self._settings = settings
+        self.expects_receipts = settings.receipts
         self._parser = AtParser()
         self._serial: serial.Serial | None = None
         self._lock = asyncio.Lock()
@@ -73,6 +74,8 @@ class ModemTransport:
         self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue(MAX_UNSOLICITED)
         # Kinds of bad input already logged in this session: each is logged once.
         self._complained: set[str] = set()
+        # What initialisation found the modem lacks, logged once for the transport (not at every reopen).
+        self._told: set[str] = set()
         self._broken = asyncio.Event()
         self._ready = False
         self._signal = ""
@@ -126,7 +129,8 @@ class ModemTransport:
         for number, segment in enumerate(encoded.segments, 1):
             part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
             try:
-                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc)
+                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc,
+                                    status_report=self.expects_receipts)
             except ModemPduError as exc:
                 raise PermanentSubmitError(exc.message, "PDU") from None
             ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
@@ -276,14 +280,8 @@ class ModemTransport:
                 self._signal = "unknown"
             await asyncio.sleep(SIGNAL_INTERVAL)
 
-    async def _checked(self, line: str) -> Response:
-        response = await self.command(line)
-        if not response.ok:
-            raise ModemError(f"{line} refused: {_explain(response.final)}")
-        return response
-
     async def _initialise(self) -> None:
-        # A modem left waiting for a PDU after a `> ` prompt (we gave up on it) takes all that follows as the
+        # A modem left waiting for a PDU after a `>` prompt (we gave up on it) takes all that follows as the
         # PDU: ESC ends that wait, and is nothing to a modem at its command line.
         await self._write(ESC)
         for attempt in range(PROBE_ATTEMPTS):
@@ -294,30 +292,32 @@ class ModemTransport:
                 self._broken.clear()
                 if attempt == PROBE_ATTEMPTS - 1:
                     raise
-        await self._checked("ATE0")
-        await self._checked("AT+CMEE=1")
-        pin_state = (await self._checked("AT+CPIN?")).value("+CPIN:") or ""
-        if pin_state == "SIM PIN":
-            if not self._settings.pin:
-                raise ModemError("the SIM asks for a PIN: set pin= in the modem URL")
-            await self._checked(f'AT+CPIN="{self._settings.pin}"')
-        elif pin_state != "READY":
-            raise ModemError(f"the SIM is not ready: +CPIN: {pin_state}")
-        self._parser.text_mode = False
-        if not (await self.command("AT+CMGF=0")).ok:
-            # A modem without PDU mode: text mode sends one-part GSM texts, with a status report request.
-            await self._checked("AT+CMGF=1")
-            await self._checked('AT+CSCS="GSM"')
-            await self._checked("AT+CSMP=49,167,0,0")
-            self._parser.text_mode = True
-            log.warning("modem %s has no PDU mode: text mode sends one-part GSM texts only", self.name)
-        if self._settings.smsc:
-            await self._checked(f'AT+CSCA="{self._settings.smsc}"')
-        # New SMS stored and announced (+CMTI), status reports routed straight to us (+CDS).
-        await self._checked("AT+CNMI=2,1,0,1,0")
+        setup = Initialisation(self._settings.pin, self._settings.smsc, self._settings.receipts)
+        line = setup.start()
+        while line is not None:
+            response = await self.command(line)
+            try:
+                line = setup.answer(response)
+            except InitRefused as exc:
+                raise ModemError(str(exc)) from None
+            # Before the next command: in text mode a +CMT or +CDS that AT+CNMI lets through reads differently.
+            self._parser.text_mode = setup.text_mode
+        self.expects_receipts = setup.receipts
+        for note in setup.notes:
+            self._tell(logging.INFO, f"modem {self.name}: {note}")
+        if setup.text_mode:
+            self._tell(logging.WARNING, f"modem {self.name} has no PDU mode: text mode sends one-part GSM texts only")
+        if setup.reportless:
+            self._tell(logging.WARNING, f"modem {self.name} gives no status reports (it refused {CNMI_REPORTS}): "
+                                        "its messages are not tracked to delivery")
+
+    def _tell(self, level: int, text: str) -> None:
+        if text not in self._told:
+            self._told.add(text)
+            log.log(level, "%s", text)
 
     async def _send(self, command: str, body: bytes, recipient: str) -> str:
-        """AT+CMGS, the `> ` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
+        """AT+CMGS, the `>` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
         async with self._lock:
             if self._serial is None or self._broken.is_set():
                 # Not on a session being reset: a prompt answered there would leave the modem waiting for a
@@ -335,7 +335,7 @@ class ModemTransport:
                 if not self._prompt.done():
                     self._parser.abandon()
                     self._broken.set()
-                    raise ModemSilent(f"no '> ' prompt after AT+CMGS within {self._settings.timeout:g}s")
+                    raise ModemSilent(f"no '>' prompt after AT+CMGS within {self._settings.timeout:g}s")
                 self._prompt.result()
                 await self._write(body + CTRL_Z)
                 await self._wait(self._response, self._settings.timeout * SEND_TIMEOUT_FACTOR, "the PDU")
@@ -352,7 +352,7 @@ class ModemTransport:
                 reference = "?"
             return f"{reference}:{recipient}"
         code = cms_code(response.final)
-        text = f"modem {self.name}: {_explain(response.final)}"
+        text = f"modem {self.name}: {explain(response.final)}"
         if code in PERMANENT_CMS:
             raise PermanentSubmitError(text, f"CMS_{code}")
         raise TransientSubmitError(text, f"CMS_{code}" if code is not None else "MODEM_ERROR")

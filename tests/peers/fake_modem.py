@@ -1,6 +1,8 @@
 """A GSM modem emulator on a real pseudo-terminal: AT commands in PDU mode, echo on or off, SIM PIN, +CMS
 errors, a modem that goes silent, status reports (+CDS) before or after the AT+CMGS result, incoming SMS
 announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder.
+`profile` picks how the AT implementation answers where implementations differ (PROFILES). Commands are
+checked as strictly as a modem does: a malformed or out-of-range one is answered ERROR.
 Hostile modes, off by default: `hostile` lists misbehaviours (HOSTILE), each done once, in order, when a PDU is
 submitted (binary garbage, an endless line, huge lines, junk unsolicited codes, malformed +CMGS/+CDS/+CMT,
 silence mid-command); `hostile_done` records those done."""
@@ -8,11 +10,12 @@ silence mid-command); `hostile_done` records those done."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import threading
 import time
 import tty
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gsmmodem import pdu as reference
@@ -21,6 +24,31 @@ HOSTILE = frozenset({"binary_garbage", "endless_line", "huge_lines", "junk_urcs"
                      "silent_mid_command"})
 # Broken PDUs after +CDS/+CMT: not hex, truncated, of another type, empty, oversized.
 BROKEN_PDUS = ("ZZZZ", "00", "0006", "0006FF", "07911326040000F0", "00" + "FF" * 40, "00" * 2000)
+
+
+@dataclass(frozen=True)
+class Profile:
+    extended_errors: bool = True  # takes AT+CMEE=n (else ERROR, and errors stay a bare ERROR)
+    charsets: bool = True  # takes AT+CSCS="..."
+    quoted_sim_state: bool = False  # +CPIN: "READY" rather than +CPIN: READY
+    prompt: str = "> "  # after AT+CMGS
+    status_reports: bool = True  # sends them at all (when asked for and routed)
+    report_routing: bool = True  # takes AT+CNMI with ds=1 or 2 (else ERROR)
+
+
+STANDARD = Profile()
+# The second AT implementation of issue 18: takes AT+CNMI with ds=1 but never sends a status report.
+SECOND = Profile(extended_errors=False, charsets=False, quoted_sim_state=True, prompt=">", status_reports=False)
+PROFILES = {"standard": STANDARD, "second": SECOND, "second_no_ds": replace(SECOND, report_routing=False)}
+CSCS = re.compile(r'AT\+CSCS="(GSM|IRA|UCS2|HEX|8859-1|PCCP437)"')
+CNMI = re.compile(r"AT\+CNMI=([0-3]),([0-3]),([0-3]),([0-2]),([01])")
+CSMP = re.compile(r"AT\+CSMP=(\d{1,3}),(\d{1,3}),(\d{1,3}),(\d{1,3})")
+PIN = re.compile(r'AT\+CPIN=("?)([0-9]{4,8})\1')
+PDU_LENGTH = re.compile(r"AT\+CMGS=([0-9]{1,3})")
+TEXT_NUMBER = re.compile(r'AT\+CMGS="(\+?[0-9]{1,20})"')
+READ = re.compile(r"AT\+CMGR=([0-9]{1,5})")
+DELETE = re.compile(r"AT\+CMGD=([0-9]{1,5})")
+SMSC = re.compile(r'AT\+CSCA="\+?[0-9]{3,20}"')
 
 
 def _address(number: str) -> str:
@@ -46,6 +74,7 @@ def deliver_pdu(sender: str, text: str) -> str:
 
 @dataclass
 class FakeModem:
+    profile: str = "standard"
     echo: bool = True
     pin: str | None = None
     cms_on_send: int | None = None  # answer every AT+CMGS PDU with this +CMS ERROR
@@ -69,9 +98,14 @@ class FakeModem:
         self.master, self.slave = os.openpty()
         tty.setraw(self.slave)
         self.path = os.ttyname(self.slave)
+        self._profile = PROFILES[self.profile]
         self._unlocked = self.pin is None
+        self._extended_errors = False
         self._text_mode = False
         self._text_number: str | None = None
+        self._pdu_length = 0
+        self._report_routing = 0  # AT+CNMI's ds: 0, status reports are not routed to the terminal
+        self._text_first_octet = 0x11  # AT+CSMP's first one: no status report request
         self._reference = 0
         self._silent_until = 0.0
         self._stop = threading.Event()
@@ -133,27 +167,39 @@ class FakeModem:
         if self.echo:
             self._write(line + "\r")
         upper = line.upper()
-        if upper == "ATE0":
-            self.echo = False
+        profile = self._profile
+        if upper in ("ATE0", "ATE1"):
+            self.echo = upper == "ATE1"
             self._reply("OK")
-        elif upper == "AT+CMGF=0":
-            self._reply("OK" if self.pdu_mode else "ERROR")
-        elif upper == "AT+CMGF=1" or upper.startswith(("AT+CSCS=", "AT+CSMP=")):
-            self._text_mode = upper == "AT+CMGF=1" or self._text_mode
+        elif upper in ("AT+CMGF=0", "AT+CMGF=1"):
+            if upper == "AT+CMGF=0" and not self.pdu_mode:
+                self._reply("ERROR")
+            else:
+                self._text_mode = upper == "AT+CMGF=1"
+                self._reply("OK")
+        elif upper in ("AT+CMEE=0", "AT+CMEE=1", "AT+CMEE=2") and profile.extended_errors:
+            self._extended_errors = upper != "AT+CMEE=0"
             self._reply("OK")
-        elif upper in ("AT", "AT+CMEE=1") or upper.startswith("AT+CSCA="):
+        elif profile.charsets and CSCS.fullmatch(upper):
+            self._reply("OK")
+        elif match := CSMP.fullmatch(upper):
+            self._text_first_octet = int(match[1])
+            self._reply("OK")
+        elif upper == "AT" or SMSC.fullmatch(upper):
             self._reply("OK")
         elif upper == "AT+CSQ":
             self._reply("+CSQ: 20,99", "OK")
         elif upper == "AT+CPIN?":
-            self._reply("+CPIN: READY" if self._unlocked else "+CPIN: SIM PIN", "OK")
-        elif upper.startswith("AT+CPIN="):
-            if line.split("=", 1)[1].strip('"') == self.pin:
+            state = "READY" if self._unlocked else "SIM PIN"
+            self._reply(f'+CPIN: "{state}"' if profile.quoted_sim_state else f"+CPIN: {state}", "OK")
+        elif match := PIN.fullmatch(line):
+            if match[2] == self.pin:
                 self._unlocked = True
                 self._reply("OK")
             else:
-                self._reply("+CME ERROR: 16")
-        elif upper.startswith("AT+CNMI="):
+                self._reply("+CME ERROR: 16" if self._extended_errors else "ERROR")
+        elif (match := CNMI.fullmatch(upper)) and (match[4] == "0" or profile.report_routing):
+            self._report_routing = int(match[4])
             self._reply("OK")
             for index, (sender, text) in enumerate(self.incoming, 1):
                 pdu = deliver_pdu(sender, text)
@@ -163,22 +209,25 @@ class FakeModem:
                 self.stored[index] = pdu
                 self._reply(f'+CMTI: "SM",{index}')
             self.incoming = []
-        elif upper.startswith("AT+CMGS="):
+        elif match := (TEXT_NUMBER if self._text_mode else PDU_LENGTH).fullmatch(upper):
             if not self._unlocked:
                 self._reply("+CMS ERROR: 311")
                 return False
-            self._text_number = line.split("=", 1)[1].strip('"') if self._text_mode else None
-            self._write("\r\n> ")
+            if self._text_mode:
+                self._text_number = match[1]
+            else:
+                self._pdu_length = int(match[1])
+            self._write("\r\n" + profile.prompt)
             return True
-        elif upper.startswith("AT+CMGR="):
-            index = int(upper.split("=")[1])
+        elif match := READ.fullmatch(upper):
+            index = int(match[1])
             if index in self.stored:
                 pdu = self.stored[index]
                 self._reply(f"+CMGR: 0,,{len(pdu) // 2 - 1}\r\n{pdu}", "OK")
             else:
                 self._reply("+CMS ERROR: 321")
-        elif upper.startswith("AT+CMGD="):
-            index = int(upper.split("=")[1])
+        elif match := DELETE.fullmatch(upper):
+            index = int(match[1])
             self.stored.pop(index, None)
             self.deleted.append(index)
             self._reply("OK")
@@ -186,12 +235,16 @@ class FakeModem:
             self._reply("ERROR")
         return False
 
+    @property
+    def _sends_reports(self) -> bool:
+        return self._profile.status_reports and self._report_routing != 0
+
     def _on_text(self, text: str) -> None:
         number = self._text_number or ""
         self.submits.append({"number": number, "text": text})
         self._reference = (self._reference + 1) % 256
         self._reply(f"+CMGS: {self._reference}", "OK")
-        if self.report_status is not None:
+        if self.report_status is not None and self._sends_reports and self._text_first_octet & 0x20:
             report = (f'+CDS: 6,{self._reference},"{number.lstrip("+")}",{145 if number.startswith("+") else 129},'
                       f'"26/11/25,10:15:30+04","26/11/25,10:15:40+04",{self.report_status}')
             threading.Timer(self.report_delay, self._reply, (report,)).start()
@@ -226,7 +279,16 @@ class FakeModem:
         if self._text_mode:
             self._on_text(pdu_hex)
             return
+        try:
+            data = bytes.fromhex(pdu_hex)
+        except ValueError:
+            data = b""
+        if not data or len(data) - 1 - data[0] != self._pdu_length:  # not hex, or not as long as AT+CMGS said
+            self._reply("+CMS ERROR: 304")
+            return
         decoded = reference.decodeSmsPdu(pdu_hex)
+        wants_report = bool(data[1 + data[0]] & 0x20)  # TP-SRR of the submit
+        decoded["status_report"] = wants_report
         self.submits.append(decoded)
         kind = self.hostile.pop(0) if self.hostile else None  # "" is a submit that goes well
         if kind:
@@ -243,9 +305,7 @@ class FakeModem:
         self._reference = (self._reference + 1) % 256
         number = self._reference
         report = None
-        data = bytes.fromhex(pdu_hex)
-        wants_report = bool(data[1 + data[0]] & 0x20)  # TP-SRR of the submit
-        if self.report_status is not None and wants_report:
+        if self.report_status is not None and wants_report and self._sends_reports:
             pdu = status_report_pdu(number, str(decoded["number"]), self.report_status)
             report = f"+CDS: {len(pdu) // 2 - 1}\r\n{pdu}"
             if self.reports_stored:
