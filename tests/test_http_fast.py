@@ -34,9 +34,10 @@ class EchoService:
     """Accepts everything; the SmsId is a digest of what arrived, so two servers' replies can be compared."""
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
-        digest = hashlib.sha256(repr((user.name, recipient, text, sender, callback_url, priority)).encode()
-                                ).hexdigest()
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
+                   validity_period: float | None = None) -> Accepted:
+        digest = hashlib.sha256(repr((user.name, recipient, text, sender, callback_url, priority,
+                                      validity_period)).encode()).hexdigest()
         return Accepted(digest[:32], 1)
 
 
@@ -247,9 +248,10 @@ class TurnRecordingService(EchoService):
         asyncio.get_running_loop().call_soon(self._tick)
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
-                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY) -> Accepted:
+                   callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
+                   validity_period: float | None = None) -> Accepted:
         self.turns.append(self.turn)
-        return await super().send(user, recipient, text, sender, callback_url, priority)
+        return await super().send(user, recipient, text, sender, callback_url, priority, validity_period)
 
 
 async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:

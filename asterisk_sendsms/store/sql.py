@@ -811,9 +811,19 @@ def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult
         " ON CONFLICT (sms_id, idx) DO UPDATE SET transport = excluded.transport, smsc_id = excluded.smsc_id,"
         " state = excluded.state, error_code = '', updated_at = excluded.updated_at")
     results = [ReceiptResult(s.sms_id) for s in submits]
-    for position, s in enumerate(submits):
-        if s.receipt_deadline is None:  # no receipt will come: nothing more will be known than this
-            _finish(db, s.sms_id, State.SENT, "", "", s.now, None)
+    unreceipted = [(position, s) for position, s in enumerate(submits) if s.receipt_deadline is None]
+    if unreceipted:
+        # No receipt will come: nothing more will be known than this, and the sender hears it now. What `_finish`
+        # does, for the whole batch in two statements (a route without receipts is the fastest there is).
+        sent = db.with_values(
+            "UPDATE messages SET state = 'sent', due_at = NULL, updated_at = CAST(v.column2 AS DOUBLE PRECISION),"
+            " done_at = CAST(v.column2 AS DOUBLE PRECISION) FROM (VALUES {values}) AS v"
+            f" WHERE messages.sms_id = v.column1 AND messages.state IN ({_SOURCES_SQL[State.SENT]})",
+            [(s.sms_id, s.now) for _, s in unreceipted])
+        if sent != len(unreceipted):
+            raise _GroupFailed()  # moved to submitted just above: only a bug gets here
+        _queue_notifications(db, [(s.sms_id, s.now) for _, s in unreceipted])
+        for position, s in unreceipted:
             results[position] = ReceiptResult(s.sms_id, State.SENT, s.now)
     if db.execute("SELECT 1 FROM early_receipts LIMIT 1").fetchone() is None:
         return results  # nearly always: receipts come after their submit is recorded
@@ -827,6 +837,17 @@ def _mark_all_submitted(db: Db, submits: list[_Submitted]) -> list[ReceiptResult
             if applied.final_state is not None:
                 results[position] = applied
     return results
+
+
+def _queue_notifications(db: Db, finished: Sequence[tuple[str, float]]) -> None:
+    """The callback outbox rows of messages that reached a final state in this transaction, (sms_id, now)
+    each: they commit with the final states, so a crash cannot lose a notification."""
+    db.with_values(
+        "INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
+        " SELECT m.sms_id, m.callback_url, 'pending', CAST(v.column2 AS DOUBLE PRECISION),"
+        " CAST(v.column2 AS DOUBLE PRECISION), CAST(v.column2 AS DOUBLE PRECISION)"
+        " FROM (VALUES {values}) AS v JOIN messages m ON m.sms_id = v.column1 WHERE m.callback_url IS NOT NULL",
+        finished)
 
 
 def _move(db: Db, sms_id: str, target: State, assignments: str, params: Sequence[Any]) -> None:
@@ -976,13 +997,7 @@ def _apply_all_receipts(db: Db, items: list[_ReceiptAt]) -> list[ReceiptResult]:
              for position, sms_id, _, detail, _ in finished])
         if moved != len(finished):
             raise _GroupFailed()
-        # The callback outbox rows commit with the final states, so a crash cannot lose a notification.
-        db.with_values(
-            "INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
-            " SELECT m.sms_id, m.callback_url, 'pending', CAST(v.column2 AS DOUBLE PRECISION),"
-            " CAST(v.column2 AS DOUBLE PRECISION), CAST(v.column2 AS DOUBLE PRECISION)"
-            " FROM (VALUES {values}) AS v JOIN messages m ON m.sms_id = v.column1 WHERE m.callback_url IS NOT NULL",
-            [(sms_id, items[position].now) for position, sms_id, _, _, _ in finished])
+        _queue_notifications(db, [(sms_id, items[position].now) for position, sms_id, _, _, _ in finished])
         for position, sms_id, _, _, submitted_at in finished:
             results[position] = ReceiptResult(sms_id, items[position].receipt.outcome.message_state, submitted_at)
     return [result if result is not None else _apply_receipt(db, item.receipt, item.now)
