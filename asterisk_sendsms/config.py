@@ -749,7 +749,7 @@ def _priorities(table: _Table) -> frozenset[Priority]:
     key = table.key("priorities")
     names = _str_list(table.get("priorities", [p.value for p in Priority]), key)
     try:
-        priorities = frozenset(Priority(name.strip().lower()) for name in names)
+        priorities = frozenset(Priority.named(name) for name in names)
     except ValueError:
         raise ConfigError(f"{key}: expected a list of interactive, normal and bulk") from None
     if not priorities:

@@ -157,10 +157,10 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         f"<td class='reason'>{escape(job.last_error) or '-'}</td><td>{_when(job.due_at)}</td></tr>"
         for job in pending) or "<tr><td colspan='5'>none</td></tr>"
     in_flight = states.get(State.SUBMITTED.value, 0)
+    waiting: dict[str, tuple[int, float]] = stats["classes"]
     classes = "".join(
-        f"<tr><td>{priority.value}</td><td>{stats['classes'].get(priority.value, (0, now))[0]}</td>"
-        f"<td>{_age(now - stats['classes'][priority.value][1]) if priority.value in stats['classes'] else '-'}</td>"
-        "</tr>" for priority in Priority)
+        f"<tr><td>{name}</td><td>{waiting[name][0]}</td><td>{_age(now - waiting[name][1])}</td></tr>"
+        if name in waiting else f"<tr><td>{name}</td><td>0</td><td>-</td></tr>" for name in map(str, Priority))
     tiles = (("waiting to be sent", stats["queue"]), ("awaiting receipts (1 h)", in_flight),
              ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
     pages = []

@@ -24,6 +24,11 @@ class Priority(StrEnum):
     def of_rank(cls, rank: int) -> Priority:
         return _BY_RANK[rank]
 
+    @classmethod
+    def named(cls, text: str) -> Priority:
+        """The class a request or the configuration names, in any case; ValueError if none."""
+        return cls(text.strip().lower())
+
 
 _RANKS = {Priority.INTERACTIVE: 0, Priority.NORMAL: 1, Priority.BULK: 2}
 _BY_RANK = {rank: priority for priority, rank in _RANKS.items()}
@@ -39,6 +44,6 @@ CSV_PRIORITY = Priority.BULK
 def parse_priority(text: str, parameter: str = "Priority", command: str = "SendSms") -> Priority:
     """A class named in a request, in any case; Ozeki code 302 naming `parameter` otherwise."""
     try:
-        return Priority(text.strip().lower())
+        return Priority.named(text)
     except ValueError:
         raise InvalidParameter(parameter, command, "expected interactive, normal or bulk") from None

@@ -755,9 +755,8 @@ def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
 def _fair_ranks(db: Db, bulk: list[NewMessage], now: float) -> dict[str, int]:
     """Bulk users take turns: each user's bulk messages are numbered on from the user's last number, or from
     the next number to be sent if that is later, and the queue (and each transport's waiting submits) is served
-    by number. A campaign of 50,000 queued
-    before another user's 100 then shares the SMSC with them one for one instead of sending all of its own
-    first."""
+    by number. A campaign of 50,000 queued before another user's 100 then shares the SMSC with them one for one
+    instead of sending all of its own first."""
     if not bulk:
         return {}
     # The next number to be sent: claimed messages wait for their transport in this order too. Those waiting to be
@@ -765,16 +764,16 @@ def _fair_ranks(db: Db, bulk: list[NewMessage], now: float) -> dict[str, int]:
     (frontier,) = db.execute(
         f"SELECT MIN(fair_rank) FROM messages WHERE state IN ({_SOURCES_SQL[State.QUEUED]}) AND priority = ?"
         " AND (due_at <= ? OR claimed_by IS NOT NULL)", (Priority.BULK.rank, now)).fetchone()
+    by_user: dict[str, list[NewMessage]] = {}
+    for message in bulk:
+        by_user.setdefault(message.username, []).append(message)
     ranks: dict[str, int] = {}
     last_ranks: list[tuple[str, int]] = []
-    for user in sorted({m.username for m in bulk}):
+    for user, messages in sorted(by_user.items()):
         row = db.execute("SELECT last_rank FROM fair_shares WHERE username = ?", (user,)).fetchone()
-        rank = max(row[0] + 1 if row else 1, frontier or 1)
-        for message in bulk:
-            if message.username == user:
-                ranks[message.sms_id] = rank
-                rank += 1
-        last_ranks.append((user, rank - 1))
+        first = max(row[0] + 1 if row else 1, frontier or 1)
+        ranks.update((message.sms_id, first + offset) for offset, message in enumerate(messages))
+        last_ranks.append((user, first + len(messages) - 1))
     db.insert_many("fair_shares", ("username", "last_rank"), last_ranks,
                    " ON CONFLICT (username) DO UPDATE SET last_rank = excluded.last_rank")
     return ranks
@@ -881,10 +880,7 @@ def _finish(db: Db, sms_id: str, target: State, error_code: str, error_text: str
     _move(db, sms_id, target, "error_code = ?, error_text = ?, transport = COALESCE(?, transport), due_at = NULL,"
           " claimed_by = NULL, attempts = attempts + ?, updated_at = ?, done_at = ?",
           (error_code, error_text, transport, attempts, now, now))
-    # The callback outbox row commits with the final state, so a crash cannot lose the notification.
-    db.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
-               " SELECT sms_id, callback_url, 'pending', ?, ?, ? FROM messages"
-               " WHERE sms_id = ? AND callback_url IS NOT NULL", (now, now, now, sms_id))
+    _queue_notifications(db, [(sms_id, now)])
 
 
 def _apply_receipt(db: Db, receipt: Receipt, now: float) -> ReceiptResult:
@@ -919,19 +915,17 @@ def _apply_receipt(db: Db, receipt: Receipt, now: float) -> ReceiptResult:
     target = receipt.outcome.message_state
     if receipt.outcome.settled and part_count > 1:
         # Settled when every part is; delivered only when every part was delivered.
-        unsettled, undelivered = db.execute(
-            "SELECT SUM(CASE WHEN state NOT IN (?, ?) THEN 1 ELSE 0 END), SUM(CASE WHEN state != ? THEN 1 ELSE 0 END)"
+        unsettled, first_accepted = db.execute(
+            "SELECT SUM(CASE WHEN state NOT IN (?, ?) THEN 1 ELSE 0 END), MIN(CASE WHEN state = ? THEN idx END)"
             " FROM parts WHERE sms_id = ?", (PartOutcome.DELIVERED.value, PartOutcome.ACCEPTED.value,
-                                             PartOutcome.DELIVERED.value, sms_id)).fetchone()
+                                             PartOutcome.ACCEPTED.value, sms_id)).fetchone()
         if unsettled:
             _history(db, sms_id, now, State.SUBMITTED, detail)
             return ReceiptResult(sms_id)
-        target = State.ACKNOWLEDGED if undelivered else State.DELIVERED
-        if target is State.ACKNOWLEDGED and receipt.outcome is PartOutcome.DELIVERED:
+        target = State.DELIVERED if first_accepted is None else State.ACKNOWLEDGED
+        if first_accepted is not None and receipt.outcome is PartOutcome.DELIVERED:
             # The reason names the part that was accepted, not the delivered one that came last.
-            (first,) = db.execute("SELECT MIN(idx) FROM parts WHERE sms_id = ? AND state = ?",
-                                  (sms_id, PartOutcome.ACCEPTED.value)).fetchone()
-            detail = f"part {first + 1}: {PartOutcome.ACCEPTED.value}"
+            detail = f"part {first_accepted + 1}: {PartOutcome.ACCEPTED.value}"
     _finish(db, sms_id, target, *_final_reason(target, receipt, detail), now, None)
     return ReceiptResult(sms_id, target, submitted_at)
 
