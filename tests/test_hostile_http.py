@@ -1,9 +1,9 @@
 """The API's TCP socket against hostile clients, on the daemon as users run it (alone, and with an HTTP front
 worker): dribbled, huge and unfinished heads, trickled bodies, bare LF, HTTP/1.0 keep-alive, pipelining, clients
-leaving mid-body, broken Content-Length and chunk sizes, control characters and secrets in parameters, bytes
-that are not UTF-8. After each case the daemon is up and serves a normal request; at the end every accepted
-message is delivered, the log has no traceback, every log line is one line, and no password or message text is
-in it."""
+leaving mid-body, broken Content-Length and chunk sizes, control characters and secrets in parameters, hostile
+traffic classes and validity periods, bytes that are not UTF-8. After each case the daemon is up and serves a
+normal request; at the end every accepted message is delivered, the log has no traceback, every log line is one
+line, and no password or message text is in it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import Daemon, gateway_config, start_daemon, wait_final
+from .conftest import Daemon, basic_auth, gateway_config, start_daemon, wait_final
 
 TIMEOUTS = "head_timeout = 1\nbody_timeout = 1\nidle_timeout = 60\n"
 PASSWORD = "Pw-n0t-in-logs"  # alice's password in this module's daemons
@@ -283,6 +283,26 @@ class Hostile:
         assert (await client.response())[0] == 400
         client.close()
 
+    async def traffic_options(self) -> None:
+        """Priority and ValidityPeriod as nobody should send them: refused with 302 naming the parameter, nothing
+        accepted; in JSON likewise with 400."""
+        forged = b"%0d%0a2026-01-01%2000:00:00,000%20ERROR%20forged:%20line%1b[31m"
+        for option in (b"Priority=%00", b"Priority=urgent" + forged, b"Priority=" + b"x" * 5000,
+                       b"Priority=%c4%b0nteractive", b"ValidityPeriod=" + b"9" * 5000,
+                       b"ValidityPeriod=P99999999999999999999D", b"ValidityPeriod=1e309", b"ValidityPeriod=nan",
+                       b"ValidityPeriod=%00", b"ValidityPeriod=PT-5M", b"ValidityPeriod=%ef%bc%91%ef%bc%92",
+                       b"ValidityPeriod=PT5M" + forged):
+            status, _, body = await self.one(get(SEND + b"&" + option))
+            assert status == 400 and b"<Code>302</Code>" in body, (option, body)
+            name = option.split(b"=")[0]
+            assert b"'" + name + b"'" in body, body
+        async with aiohttp.ClientSession() as session:
+            for field, value in (("priority", "\u0000"), ("priority", "x" * 5000), ("validity_period", "1e999"),
+                                 ("validity_period", "-1"), ("validity_period", "P" + "9" * 40 + "D")):
+                async with session.post(f"{self.daemon.base}/api/messages", headers=basic_auth("alice", PASSWORD),
+                                        json={"recipient": "+36201234567", "text": "x", field: value}) as response:
+                    assert response.status == 400 and f"'{field}'" in (await response.json())["error"], value
+
     async def not_utf8(self) -> None:
         status, _, body = await self.one(get(b"command=SendSms&Username=alice&Password=" + PASSWORD.encode()
                                              + b"&Recipient=%2b36201234567&Message=%ff%fe"))
@@ -313,7 +333,8 @@ class Hostile:
 CASES: list[Callable[[Hostile], Awaitable[None]]] = [
     Hostile.dribbled_head, Hostile.silent_connections, Hostile.huge_heads, Hostile.many_unfinished_heads,
     Hostile.trickled_bodies, Hostile.bare_lf, Hostile.http10_keep_alive, Hostile.pipelined, Hostile.leave_mid_body,
-    Hostile.broken_lengths, Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.not_utf8,
+    Hostile.broken_lengths, Hostile.broken_chunks, Hostile.escapes_and_secrets, Hostile.traffic_options,
+    Hostile.not_utf8,
     Hostile.follower_leaves, Hostile.health_without_login,
 ]
 
