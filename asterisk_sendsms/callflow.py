@@ -126,7 +126,7 @@ def parse_call_options(params: Mapping[str, str]) -> SmsCallOptions:
 
 
 def agi_status(state: State) -> str:
-    if state in (State.ACCEPTED, State.QUEUED):
+    if state in (State.SCHEDULED, State.ACCEPTED, State.QUEUED):
         return "QUEUED"
     if state in (State.SUBMITTED, State.SENT, State.ACKNOWLEDGED):
         return "SENT"  # gone to the network; a delivery is not confirmed

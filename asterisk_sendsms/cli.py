@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import uvloop
@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--report-url", metavar="URL", help="DeliveryReportURL for the delivery notification")
     send.add_argument("--validity", metavar="PERIOD",
                       help="how long the message may wait, here and at the SMSC: seconds or e.g. PT5M")
+    send.add_argument("--at", metavar="TIME",
+                      help="send later: ISO 8601 with its UTC offset (2026-12-24T09:00:00+01:00) or epoch seconds; "
+                           "with --csv, for rows without a send_at column value")
     send.add_argument("--priority", choices=[p.value for p in Priority],
                       help=f"traffic class (default {DEFAULT_PRIORITY.value}; {CSV_PRIORITY.value} with --csv)")
     send.add_argument("--wait", type=float, metavar="SECONDS", default=0.0,
@@ -98,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(listing)
     listing.add_argument("--state", help=", ".join(state.value for state in State))
     listing.add_argument("--recipient", metavar="PREFIX", help="recipients starting with PREFIX")
+    listing.add_argument("--priority", choices=[p.value for p in Priority], help="only this traffic class")
+    listing.add_argument("--scheduled", action="store_true", help="only messages waiting for their time "
+                                                                  "(--state scheduled)")
     listing.add_argument("--since", type=float, metavar="SECONDS", help="created in the last SECONDS")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -110,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("sms_id", metavar="SMSID")
     status.add_argument("--json", action="store_true", help="print the JSON the daemon returns")
+
+    cancel = commands.add_parser("cancel", help="withdraw a scheduled or queued message before it is submitted")
+    _common(cancel)
+    cancel.add_argument("sms_id", metavar="SMSID")
 
     migrate = commands.add_parser("migrate", help="create or upgrade the message store's schema (stop the daemons "
                                                   "that use it first)")
@@ -215,7 +225,7 @@ async def _send(args: argparse.Namespace) -> int:
         raise CliError("--text is required")
     status, reply = await _control(config, "POST", "/api/messages", {
         "recipient": args.to, "text": args.text, "sender": args.sender, "delivery_report_url": args.report_url,
-        "priority": args.priority or DEFAULT_PRIORITY.value, "validity_period": args.validity})
+        "priority": args.priority or DEFAULT_PRIORITY.value, "validity_period": args.validity, "send_at": args.at})
     if status != 201:
         raise CliError(f"not sent: {reply.get('error', reply)}")
     sms_id = reply["sms_id"]
@@ -230,8 +240,8 @@ async def _send(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(path: Path, template: str | None) -> list[tuple[int, str, str]]:
-    """(line number, recipient, text) of every row; a row that cannot be made is reported, not sent."""
+def _rows(path: Path, template: str | None) -> list[tuple[int, str, str, str]]:
+    """(line number, recipient, text, send_at) of every row; a row that cannot be made is reported, not sent."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             # Spreadsheets in many locales save with ';' (the comma is their decimal mark): sniff the header.
@@ -253,7 +263,7 @@ def _rows(path: Path, template: str | None) -> list[tuple[int, str, str]]:
             for row in reader:
                 values = {k: (v or "").strip() for k, v in row.items() if k}
                 text = template.format_map(_Missing(values)) if template is not None else values.get("text", "")
-                rows.append((reader.line_num, values.get(number_column, ""), text))
+                rows.append((reader.line_num, values.get(number_column, ""), text, values.get("send_at", "")))
             return rows
     except OSError as exc:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
@@ -273,12 +283,12 @@ async def _send_bulk(config: Config, args: argparse.Namespace) -> int:
     started = time.monotonic()
     interactive = sys.stderr.isatty()
     async with Control(config) as control:
-        for done, (line, recipient, text) in enumerate(rows, 1):
+        for done, (line, recipient, text, send_at) in enumerate(rows, 1):
             await asyncio.sleep(max(0.0, started + (done - 1) / args.rate - time.monotonic()))
             status, reply = await control.call("POST", "/api/messages", {
                 "recipient": recipient, "text": text, "sender": args.sender,
                 "delivery_report_url": args.report_url, "priority": args.priority or CSV_PRIORITY.value,
-                "validity_period": args.validity})
+                "validity_period": args.validity, "send_at": send_at or args.at})
             if status == 201:
                 accepted += 1
             else:
@@ -311,8 +321,10 @@ async def _tail(args: argparse.Namespace) -> int:
 
 async def _messages(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
-    if args.state:
-        query["state"] = args.state
+    if args.state or args.scheduled:
+        query["state"] = "scheduled" if args.scheduled else args.state
+    if args.priority:
+        query["priority"] = args.priority
     if args.recipient:
         query["recipient"] = args.recipient
     if args.since:
@@ -323,11 +335,13 @@ async def _messages(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
-    print(f"{'created':<23}  {'SmsId':<36}  {'state':<11}  {'recipient':<16}  text")
+    print(f"{'created':<23}  {'SmsId':<36}  {'state':<11}  {'class':<11}  {'leaves at':<23}  {'recipient':<16}  text")
     for message in data:
         text = message["text"].replace("\n", " ")
+        leaves = _time(message["send_at"]) if message.get("send_at") else "-"
         print(printable(f"{_time(message['created_at'])}  {message['sms_id']}  {message['state']:<11}  "
-                        f"{message['recipient']:<16}  {text[:40] + ('…' if len(text) > 40 else '')}"))
+                        f"{message['priority']:<11}  {leaves:<23}  {message['recipient']:<16}  "
+                        f"{text[:40] + ('…' if len(text) > 40 else '')}"))
     return 0
 
 
@@ -339,6 +353,14 @@ async def _status(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, ensure_ascii=False))
     else:
         _print_status(data)
+    return 0
+
+
+async def _cancel(args: argparse.Namespace) -> int:
+    status, data = await _control(_config(args), "DELETE", f"/api/messages/{quote(args.sms_id, safe='')}")
+    if status != 200:
+        raise CliError(f"not cancelled: {data.get('error', data)}")
+    print(f"{data['sms_id']} {data['state']}")
     return 0
 
 
@@ -441,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_send(args))
         if args.command == "status":
             return asyncio.run(_status(args))
+        if args.command == "cancel":
+            return asyncio.run(_cancel(args))
         if args.command == "messages":
             return asyncio.run(_messages(args))
         if args.command == "tail":

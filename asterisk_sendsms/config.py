@@ -10,13 +10,16 @@ import socket
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .addresses import parse_sender
 from .errors import ConfigError, InvalidParameter
 from .passwords import PasswordHashError, parse_hash
+from .timetable import DailyWindow, parse_window
 from .traffic import Priority
 from .urlpolicy import UrlPolicy, UrlRejected
 
@@ -32,6 +35,7 @@ __all__ = [
     "MessagesConfig",
     "ModemSettings",
     "Overrides",
+    "PolicyConfig",
     "PromptConfig",
     "Route",
     "SimulatorSettings",
@@ -83,6 +87,11 @@ class UserConfig:
     can_call: bool = False
     call_destinations: tuple[str, ...] = ()
     priorities: frozenset[Priority] = frozenset(Priority)  # the traffic classes this user may ask for
+    # Messages per second this user's messages become due at (they wait for their turn; none are refused).
+    max_rate: float | None = None
+    # Parts this user may have accepted per day and per month, in [policy] timezone; more are refused.
+    daily_quota: int | None = None
+    monthly_quota: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,16 @@ class DispatchConfig:
     max_attempts: int = 10
     lease: float = 120.0  # a claimed message is free again after this long without progress
     poll_interval: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """When messages may leave: the time zone the policy's hours and quota days are in, the bulk window, how far
+    ahead a SendAt may be."""
+
+    timezone: tzinfo = UTC
+    bulk_hours: DailyWindow | None = None  # bulk messages wait outside these hours; None: any time
+    schedule_horizon: float = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +314,7 @@ class Config:
     speech: SpeechConfig
     messages: MessagesConfig = MessagesConfig()
     dispatch: DispatchConfig = DispatchConfig()
+    policy: PolicyConfig = PolicyConfig()
     callbacks: CallbackConfig = CallbackConfig()
     asterisk: AsteriskConfig = AsteriskConfig()
     status: StatusConfig = StatusConfig()
@@ -736,6 +756,9 @@ def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
         can_call=table.flag("can_call", UserConfig("").can_call),
         call_destinations=_call_destinations(table),
         priorities=_priorities(table),
+        max_rate=_positive(table, "max_rate", 1e-3, 1e5),
+        daily_quota=_positive(table, "daily_quota", 1, 10**12, whole=True),
+        monthly_quota=_positive(table, "monthly_quota", 1, 10**12, whole=True),
     )
     if user.can_call and not user.call_destinations:
         raise ConfigError(f"{table.key('call_destinations')}: user {name!r} may call (can_call) but no destination "
@@ -743,6 +766,34 @@ def _user(table: _Table, allow_plaintext: bool) -> UserConfig:
                           "endpoint patterns (e.g. [\"PJSIP/1??\"])")
     table.finish()
     return user
+
+
+def _positive(table: _Table, name: str, low: float, high: float, whole: bool = False) -> Any:
+    """An optional limit: absent (None), or a number from `low` to `high` (a whole one if `whole`)."""
+    value = table.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int))
+            or not low <= value <= high):
+        raise ConfigError(f"{table.key(name)}: expected a {'whole ' if whole else ''}number from {low:g} to {high:g}"
+                          " (leave it out for no limit)")
+    return value
+
+
+def _policy(table: _Table) -> PolicyConfig:
+    name = table.text("timezone", "UTC") or "UTC"
+    try:
+        zone: tzinfo = UTC if name.upper() == "UTC" else ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{table.key('timezone')}: {name!r} is not a time zone (e.g. Europe/Budapest, UTC)") from None
+    hours = table.text("bulk_hours")
+    window = parse_window(hours, zone) if hours else None
+    if hours and window is None:
+        raise ConfigError(f"{table.key('bulk_hours')}: expected HH:MM-HH:MM, e.g. \"08:00-20:00\"")
+    policy = PolicyConfig(timezone=zone, bulk_hours=window,
+                          schedule_horizon=table.duration("schedule_horizon", PolicyConfig().schedule_horizon, 60.0))
+    table.finish()
+    return policy
 
 
 def _priorities(table: _Table) -> frozenset[Priority]:
@@ -902,6 +953,8 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     )
     dispatch_table.finish()
 
+    policy = _policy(root.table("policy"))
+
     callbacks_table = root.table("callbacks")
     file_networks = _networks(callbacks_table.get("allowed_networks", []), "callbacks.allowed_networks")
     networks_env = env.get(ENV_PREFIX + "ALLOWED_NETWORKS")  # as the file's list, comma-separated; wins
@@ -971,6 +1024,6 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     asterisk = _asterisk(root.table("asterisk"), overrides, users)
     root.finish()
     return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
-                  routes=routes, messages=messages, dispatch=dispatch, callbacks=callbacks, speech=speech,
-                  asterisk=asterisk, status=status, incoming_url=incoming_url,
+                  routes=routes, messages=messages, dispatch=dispatch, policy=policy, callbacks=callbacks,
+                  speech=speech, asterisk=asterisk, status=status, incoming_url=incoming_url,
                   allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)

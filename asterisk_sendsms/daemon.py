@@ -29,6 +29,7 @@ from .files import private_dir
 from .front import FrontWorkers, listening_sockets
 from .http_api import OzekiEndpoint, build_app, make_runner, operator_identify, tcp_identify
 from .http_fast import FastLane, to_protocol
+from .limits import Limits
 from .metrics import Metrics
 from .notifier import Notifier, url_policy
 from .ozml_runner import OzmlRunner
@@ -173,9 +174,11 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         events = EventHub()
         metrics = Metrics()
         events.listen(metrics.observe)
+        limits = Limits.of_users(config.users, config.policy.timezone)
         dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
-                                config.incoming_url, events)
-        service = SmsService(config, store, router, dispatcher.wake, events)
+                                config.incoming_url, events, bulk_hours=config.policy.bulk_hours,
+                                limits=limits)
+        service = SmsService(config, store, router, dispatcher.wake, notifier.wake, limits, events)
 
         def health() -> list[TransportHealth]:
             return [t.health() for t in transports.values()]

@@ -15,10 +15,12 @@ from .encoding import encode_message
 from .errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
 from .lifecycle import UNSENT_EXPIRY, State
+from .limits import NO_LIMITS, Limits
 from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
 from .routing import Router
 from .store import Store
+from .timetable import DailyWindow
 from .traffic import DEFAULT_PRIORITY, Priority
 from .transports import Transport
 
@@ -51,7 +53,8 @@ class Dispatcher:
     def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
                  dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
                  incoming_url: str | None = None, events: EventHub | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, bulk_hours: DailyWindow | None = None,
+                 limits: Limits = NO_LIMITS) -> None:
         self._store = store
         self._transports = dict(transports)
         self._router = router
@@ -61,6 +64,8 @@ class Dispatcher:
         self._incoming_url = incoming_url
         self._events = events or EventHub()
         self._clock = clock
+        self._bulk_hours = bulk_hours
+        self._limits = limits
         self._wakeup = asyncio.Event()
         # Beyond the transports' windows, room for messages whose outcome is being committed: the store's
         # fsync must not hold a window slot.
@@ -109,7 +114,7 @@ class Dispatcher:
         pending: set[asyncio.Task[None]] = set()
         while not self._stopping:
             free = self._capacity - len(pending)
-            up_to = Priority.BULK
+            up_to = self._classes_now()
             if free < self._refill:
                 free += INTERACTIVE_ROOM
                 up_to = Priority.INTERACTIVE
@@ -122,7 +127,7 @@ class Dispatcher:
             if self._stopping:
                 break
             try:
-                batch = await self._store.claim(free, self._clock(), self._config.lease, up_to)
+                batch = await self._store.claim(free, self._clock(), self._config.lease, up_to, self._limits)
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot claim messages: %s", exc)
                 batch = []
@@ -135,6 +140,12 @@ class Dispatcher:
                     await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
                 except TimeoutError:
                     pass
+
+    def _classes_now(self) -> Priority:
+        """The least urgent class that may leave now: outside [policy] bulk_hours bulk waits (in the store: what
+        a transport holds already goes)."""
+        hours = self._bulk_hours
+        return Priority.BULK if hours is None or hours.is_open(self._clock()) else Priority.NORMAL
 
     def _left(self, pending: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
         pending.discard(task)

@@ -6,9 +6,11 @@
     │   ├── UnknownCommand           301  command not implemented
     │   ├── InvalidParameter         302  missing or invalid parameter
     │   ├── InappropriateCommand     303  wrong method or context
+    │   │   └── NotCancellable       303  the message is being submitted or is final (HTTP 409)
     │   ├── AuthenticationRequired   304
     │   ├── AuthenticationFailed     305
     │   ├── ForbiddenUser            306  user may not send (here)
+    │   │   └── QuotaExceeded        306  the user's daily or monthly quota is used up
     │   ├── ForbiddenAddress         307  client address not allowed
     │   ├── NoRoute                  501  no transport serves the recipient
     │   └── MessageNotFound          404  status of an unknown SmsId
@@ -37,8 +39,10 @@ __all__ = [
     "InvalidParameter",
     "MessageNotFound",
     "NoRoute",
+    "NotCancellable",
     "ParseError",
     "PermanentSubmitError",
+    "QuotaExceeded",
     "RequestError",
     "ServiceUnavailable",
     "SmsGatewayError",
@@ -46,6 +50,7 @@ __all__ = [
     "TransportError",
     "UnknownCommand",
     "log_level",
+    "refusal",
 ]
 
 
@@ -104,6 +109,10 @@ class InappropriateCommand(RequestError):
     http_status = 405
 
 
+class NotCancellable(InappropriateCommand):
+    http_status = 409
+
+
 class AuthenticationRequired(RequestError):
     ozeki_code = 304
     http_status = 401
@@ -125,6 +134,10 @@ class ForbiddenUser(RequestError):
     http_status = 403
 
 
+class QuotaExceeded(ForbiddenUser):
+    pass
+
+
 class ForbiddenAddress(RequestError):
     ozeki_code = 307
     http_status = 403
@@ -144,6 +157,13 @@ class MessageNotFound(RequestError):
 
     def __init__(self, sms_id: str) -> None:
         super().__init__(f"No message with SmsId {sms_id}")
+
+
+def refusal(ozeki_code: int, http_status: int, message: str) -> RequestError:
+    """A refusal decided in another process (the daemon, for an HTTP front worker), with its codes."""
+    error = RequestError(message)
+    error.ozeki_code, error.http_status = ozeki_code, http_status
+    return error
 
 
 class ServiceUnavailable(SmsGatewayError):

@@ -19,7 +19,7 @@ import uvloop
 from .auth import Authenticator
 from .children import child_command, exit_description, hello_frame, read_hello
 from .config import Config, HostPort, UserConfig
-from .errors import ServiceUnavailable, SmsGatewayError
+from .errors import RequestError, ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
 from .http_fast import FastLane
 from .intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
@@ -70,7 +70,7 @@ class FrontWorkers:
     Their batches are committed with `commit`; connections they hand over are given to `adopt`."""
 
     def __init__(self, count: int, hello: _Hello, sockets: Sequence[socket.socket],
-                 commit: Callable[[list[NewMessage]], Awaitable[None]],
+                 commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]],
                  adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> None:
         self._count = count
         self._hello = hello_frame(hello)
@@ -84,7 +84,7 @@ class FrontWorkers:
 
     @classmethod
     def for_config(cls, config: Config, log_setup: tuple[str, str], sockets: Sequence[socket.socket],
-                   commit: Callable[[list[NewMessage]], Awaitable[None]],
+                   commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]],
                    adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> FrontWorkers:
         return cls(config.http.workers, (config, *log_setup), sockets, commit, adopt, authenticator)
 
@@ -161,9 +161,9 @@ class _LinkedSender:
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
                    callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
-                   validity_period: float | None = None) -> Accepted:
+                   validity_period: float | None = None, send_at: float | None = None) -> Accepted:
         message = prepare_message(self._config, self._router, user, recipient, text, sender, callback_url,
-                                  time.time(), priority, validity_period)
+                                  time.time(), priority, validity_period, send_at)
         await self._link.accept(message)
         return Accepted(message.sms_id, message.part_count)
 

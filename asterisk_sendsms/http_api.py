@@ -44,6 +44,7 @@ from .ozeki import (
 )
 from .service import Accepted, SmsService
 from .status_page import PAGE_SIZE, Listing, render_status_page
+from .timetable import parse_send_at
 from .traffic import DEFAULT_PRIORITY, Priority, parse_priority
 from .transports import TransportHealth
 
@@ -88,7 +89,7 @@ class Sender(Protocol):
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
                    callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
-                   validity_period: float | None = None) -> Accepted: ...
+                   validity_period: float | None = None, send_at: float | None = None) -> Accepted: ...
 
 
 class HandOver(Exception):
@@ -178,7 +179,8 @@ class OzekiEndpoint:
             return {"CallId": call_id}
         send = send_sms_params(params)
         accepted = await self.sender.send(user, send.recipient, send.message, send.sender,
-                                           send.delivery_report_url, send.priority, send.validity_period)
+                                           send.delivery_report_url, send.priority, send.validity_period,
+                                           send.send_at)
         log.debug("accepted %s for %s (%d parts)", accepted.sms_id, send.recipient, accepted.part_count)
         return {"SmsId": accepted.sms_id}
 
@@ -223,6 +225,7 @@ def _message_json(message: MessageView, detail: bool = True) -> dict[str, Any]:
     data = asdict(message)
     data["coding"] = message.coding.value
     data["state"] = message.state.value
+    data["priority"] = message.priority.value
     if detail:
         data["history"] = [{"at": h.at, "state": h.state.value, "detail": h.detail} for h in message.history]
     else:
@@ -268,13 +271,14 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
                 raise ParseError("the body must be a JSON object of strings")
             user = await query_user(request)
-            priority, validity = body.get("priority"), body.get("validity_period")
+            priority, validity, send_at = body.get("priority"), body.get("validity_period"), body.get("send_at")
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
                                           body.get("sender"), body.get("delivery_report_url"),
                                           parse_priority(priority, "priority", "messages") if priority
                                           else DEFAULT_PRIORITY,
                                           parse_validity_period(validity, "validity_period", "messages")
-                                          if validity else None)
+                                          if validity else None,
+                                          parse_send_at(send_at, "send_at", "messages") if send_at else None)
         except SmsGatewayError as exc:
             log.info("JSON send from %s refused: %d %s", _client(request), exc.ozeki_code, exc.message)
             return json_error(exc)
@@ -291,7 +295,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             except ValueError:
                 raise InvalidParameter("since/limit", "Messages", "numbers expected") from None
             found = await service.messages(user, params.get("state") or None, params.get("recipient") or None,
-                                           since, limit)
+                                           since, limit, priority=params.get("priority") or None)
         except SmsGatewayError as exc:
             return json_error(exc)
         return web.json_response([_message_json(m, detail=False) for m in found])
@@ -303,6 +307,16 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             message = await service.status(user, request.match_info["sms_id"])
         except SmsGatewayError as exc:
             return json_error(exc)
+        return web.json_response(_message_json(message))
+
+    @routes.delete("/api/messages/{sms_id}")
+    async def json_cancel(request: web.Request) -> web.Response:
+        try:
+            user = await query_user(request)
+            message = await service.cancel(user, request.match_info["sms_id"])
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        log.info("message %s cancelled by %s", message.sms_id, user.name)
         return web.json_response(_message_json(message))
 
     @routes.get("/api/events")

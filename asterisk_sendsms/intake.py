@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .encoding import Coding
-from .errors import ServiceUnavailable, SmsGatewayError
+from .errors import RequestError, ServiceUnavailable, SmsGatewayError, refusal
 from .model import NewMessage
 from .traffic import Priority
 
@@ -74,21 +74,21 @@ class FrameReader:
 def _message_row(message: NewMessage) -> tuple[Any, ...]:
     return (message.sms_id, message.username, message.sender, message.recipient, message.text,
             message.coding.value, message.part_count, message.callback_url, message.created_at,
-            message.expires_at, message.priority.value, message.validity_period)
+            message.expires_at, message.priority.value, message.validity_period, message.send_at)
 
 
 def _message(row: Sequence[Any]) -> NewMessage:
     (sms_id, username, sender, recipient, text, coding, part_count, callback_url, created_at, expires_at,
-     priority, validity_period) = row
+     priority, validity_period, send_at) = row
     return NewMessage(sms_id, username, sender, recipient, text, Coding(coding), part_count, callback_url,
-                      created_at, expires_at, Priority(priority), validity_period)
+                      created_at, expires_at, Priority(priority), validity_period, send_at)
 
 
 class DaemonLink(asyncio.Protocol):
     """The daemon's end of one worker's stream: commits each batch the worker sends and answers its outcome
     (None, or the message of the `ServiceUnavailable` that refused the whole batch)."""
 
-    def __init__(self, commit: Callable[[list[NewMessage]], Awaitable[None]]) -> None:
+    def __init__(self, commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]]) -> None:
         self._commit = commit
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
@@ -111,14 +111,16 @@ class DaemonLink(asyncio.Protocol):
 
     async def _accept(self, number: int, rows: list[tuple[Any, ...]]) -> None:
         error: str | None = None
+        refused: list[tuple[int, int, int, str]] = []
         try:
-            await self._commit([_message(row) for row in rows])
+            refusals = await self._commit([_message(row) for row in rows])
+            refused = [(index, r.ozeki_code, r.http_status, r.message) for index, r in enumerate(refusals) if r]
         except SmsGatewayError as exc:
             error = exc.message
         except Exception:
             log.exception("unexpected error committing %d messages of an HTTP front worker", len(rows))
             error = "internal error; the message was not accepted"
-        self.send(("outcome", number, error))
+        self.send(("outcome", number, error, refused))
 
     def send(self, value: Any) -> None:
         self.send_frame(frame(value))
@@ -173,14 +175,17 @@ class WorkerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for value in self._reader.feed(data):
             if value[0] == "outcome":
-                _, number, error = value
-                for future in self._sent.pop(number, ()):
+                _, number, error, refused = value
+                refusals = {index: refusal(code, status, message) for index, code, status, message in refused}
+                for index, future in enumerate(self._sent.pop(number, ())):
                     if future.done():
                         continue
-                    if error is None:
-                        future.set_result(None)
-                    else:
+                    if error is not None:
                         future.set_exception(ServiceUnavailable(error))
+                    elif index in refusals:
+                        future.set_exception(refusals[index])
+                    else:
+                        future.set_result(None)
             elif value[0] == "failed-login":
                 self._on_failed_login(value[1], value[2])
 

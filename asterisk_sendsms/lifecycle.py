@@ -1,9 +1,10 @@
 """The message lifecycle as an explicit transition table; every state change in every store goes through it.
 
-    accepted ──► queued ──► submitted ──► delivered | undelivered | expired | rejected | acknowledged | sent
-       │           │ ▲          │ ▲
-       │           └─┘ retry    └─┘ intermediate receipt (ENROUTE, intermediate notification)
-       └───────────┴──► failed | expired | rejected
+    scheduled ──► accepted ──► queued ──► submitted ──► delivered | undelivered | expired | rejected |
+        │            │           │ ▲          │ ▲           acknowledged | sent
+        │            │           └─┘ retry    └─┘ intermediate receipt (ENROUTE, intermediate notification)
+        │            └───────────┴──► failed | expired | rejected
+        └────────────┴───────────┴──► cancelled (queued only while no dispatcher holds it)
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from enum import StrEnum
 
 from .errors import IllegalTransition
 
-__all__ = ["FINAL_STATES", "SETTLED_STATES", "SOURCES", "UNSENT_EXPIRY", "State", "check_transition", "is_final"]
+__all__ = ["CANCELLABLE_STATES", "FINAL_STATES", "SETTLED_STATES", "SOURCES", "UNSENT_EXPIRY", "State",
+           "check_transition", "is_final"]
 
 
 class State(StrEnum):
+    # Committed, held until its time: the sender's SendAt, or its user's max_rate lets it go
+    SCHEDULED = "scheduled"
     ACCEPTED = "accepted"  # committed, waiting for the dispatcher
     QUEUED = "queued"  # claimed by a dispatcher for a transport, or waiting for a retry
     SUBMITTED = "submitted"  # the transport took it (SMSC ids known), waiting for receipts
@@ -28,18 +32,23 @@ class State(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     SENT = "sent"  # submitted over a route that gives no delivery receipts: nothing more will be known
     FAILED = "failed"  # the gateway gave up: permanent error or retries exhausted
+    CANCELLED = "cancelled"  # its sender withdrew it before it was submitted
 
 
 FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERED, State.EXPIRED, State.REJECTED, State.ACKNOWLEDGED,
-                          State.SENT, State.FAILED})
+                          State.SENT, State.FAILED, State.CANCELLED})
 # Error code and text of a message whose validity ended before it could be submitted (state `expired`)
 UNSENT_EXPIRY = ("EXPIRED", "validity period ended before the message could be submitted")
+# States a sender may still cancel a message in (a queued one only while no dispatcher holds it)
+CANCELLABLE_STATES = frozenset({State.SCHEDULED, State.ACCEPTED, State.QUEUED})
 # Final states in which nothing went wrong: their messages have no failure reason to rank.
 SETTLED_STATES = frozenset({State.DELIVERED, State.ACKNOWLEDGED, State.SENT})
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.ACCEPTED: frozenset({State.QUEUED, State.FAILED, State.EXPIRED, State.REJECTED}),
-    State.QUEUED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED, State.EXPIRED, State.REJECTED}),
+    State.SCHEDULED: frozenset({State.ACCEPTED, State.EXPIRED, State.CANCELLED}),
+    State.ACCEPTED: frozenset({State.QUEUED, State.FAILED, State.EXPIRED, State.REJECTED, State.CANCELLED}),
+    State.QUEUED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED, State.EXPIRED, State.REJECTED,
+                             State.CANCELLED}),
     State.SUBMITTED: frozenset({State.SUBMITTED, State.DELIVERED, State.UNDELIVERED, State.EXPIRED,
                                 State.REJECTED, State.ACKNOWLEDGED, State.SENT}),
     **{final: frozenset() for final in FINAL_STATES},

@@ -65,6 +65,21 @@ class Metrics:
                   "# TYPE sendsms_class_queue_oldest_seconds gauge"]
         lines += [f'sendsms_class_queue_oldest_seconds{{priority="{name}"}} {max(0.0, now - oldest):.1f}'
                   for name, (_, oldest) in waiting.items()]
+        scheduled, _ = stats["scheduled"]
+        lines += ["# HELP sendsms_scheduled_messages Messages waiting for their SendAt or their user's max_rate.",
+                  "# TYPE sendsms_scheduled_messages gauge", f"sendsms_scheduled_messages {scheduled}",
+                  "# HELP sendsms_user_max_rate Messages per second a user's messages leave at, at most.",
+                  "# TYPE sendsms_user_max_rate gauge"]
+        lines += [f'sendsms_user_max_rate{{user="{_label(name)}"}} {rate:g}'
+                  for name, rate, _ in stats["limits"] if rate]
+        lines += ["# HELP sendsms_quota_used_parts Message parts counted against a user's quota this period.",
+                  "# TYPE sendsms_quota_used_parts gauge"]
+        lines += [f'sendsms_quota_used_parts{{user="{_label(name)}",period="{period}"}} {used}'
+                  for name, _, quotas in stats["limits"] for period, used, _, _ in quotas]
+        lines += ["# HELP sendsms_quota_parts A user's quota of message parts per period.",
+                  "# TYPE sendsms_quota_parts gauge"]
+        lines += [f'sendsms_quota_parts{{user="{_label(name)}",period="{period}"}} {quota}'
+                  for name, _, quotas in stats["limits"] for period, _, quota, _ in quotas]
         lines += [
                   "# HELP sendsms_callback_backlog Delivery notifications not yet acknowledged.",
                   "# TYPE sendsms_callback_backlog gauge", f"sendsms_callback_backlog {stats['pending_callbacks']}",

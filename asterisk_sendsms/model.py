@@ -45,6 +45,7 @@ class NewMessage:
     priority: Priority = DEFAULT_PRIORITY
     # Asked for by the sender (ValidityPeriod): then expires_at is also when the SMSC must give up.
     validity_period: float | None = None
+    send_at: float | None = None  # held until then (SendAt); None: it may leave now
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,5 +223,7 @@ class MessageView:
     callback_state: str | None
     created_at: float
     updated_at: float
+    priority: Priority = DEFAULT_PRIORITY
+    send_at: float | None = None  # the SendAt its sender asked for
     parts: tuple[PartView, ...] = field(default=())
     history: tuple[HistoryEntry, ...] = field(default=())

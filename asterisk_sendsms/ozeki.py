@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import quote_plus, unquote
 
 from .errors import InvalidParameter, ParseError
+from .timetable import parse_send_at
 from .traffic import DEFAULT_PRIORITY, Priority, parse_priority
 
 __all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "form_encode", "merge_params",
@@ -112,6 +113,7 @@ class SendSmsParams:
     delivery_report_url: str | None
     priority: Priority = DEFAULT_PRIORITY
     validity_period: float | None = None
+    send_at: float | None = None
 
 
 def _number(value: str | None) -> str | None:
@@ -131,10 +133,11 @@ def send_sms_params(params: Mapping[str, str]) -> SendSmsParams:
     report_url = params.get("deliveryreporturl") or params.get("delivaryreporturl") or None
     priority = parse_priority(params["priority"]) if params.get("priority") else DEFAULT_PRIORITY
     validity = parse_validity_period(params["validityperiod"]) if params.get("validityperiod") else None
+    send_at = parse_send_at(params["sendat"]) if params.get("sendat") else None
     return SendSmsParams(
         username=params.get("username"), password=params.get("password"),
         sender=_number(params.get("sender")) or None, recipient=recipient, message=message,
-        delivery_report_url=report_url, priority=priority, validity_period=validity)
+        delivery_report_url=report_url, priority=priority, validity_period=validity, send_at=send_at)
 
 
 # The SMPP relative validity_period this gateway writes holds days in two digits; SMSCs keep messages a week or

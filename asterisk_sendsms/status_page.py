@@ -141,6 +141,11 @@ def _search_form(listing: Listing) -> str:
             f"</option>{options}</select> <button>search</button></form>")
 
 
+def _quota_use(quotas: Sequence[tuple[str, int, int, float]]) -> str:
+    return " · ".join(f"{period}: {used} of {quota}, resets {_when(resets)}"
+                      for period, used, quota, resets in quotas) or "-"
+
+
 def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any], messages: Sequence[MessageView],
                        pending: Sequence[PendingCallback], listing: Listing, show_text: bool,
                        now: float | None = None) -> str:
@@ -161,7 +166,11 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
     classes = "".join(
         f"<tr><td>{name}</td><td>{waiting[name][0]}</td><td>{_age(now - waiting[name][1])}</td></tr>"
         if name in waiting else f"<tr><td>{name}</td><td>0</td><td>-</td></tr>" for name in map(str, Priority))
-    tiles = (("waiting to be sent", stats["queue"]), ("awaiting receipts (1 h)", in_flight),
+    limits = "".join(
+        f"<tr><td>{escape(name)}</td><td>{f'{rate:g}/s' if rate else '-'}</td><td>{_quota_use(quotas)}</td></tr>"
+        for name, rate, quotas in stats.get("limits", ())) or "<tr><td colspan='3'>none</td></tr>"
+    scheduled, next_due = stats["scheduled"]
+    tiles = (("waiting to be sent", stats["queue"]), ("scheduled", scheduled), ("awaiting receipts (1 h)", in_flight),
              ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
     pages = []
     if listing.page > 1:
@@ -175,6 +184,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
 <div class="tiles">{"".join(f'<div class="tile"><b>{value}</b>{label}</div>' for label, value in tiles)}</div>
 <h2>Waiting to be sent, by traffic class</h2><table id="classes"><tr><th>class</th><th>messages</th>
 <th>oldest waiting</th></tr>{classes}</table>
+<p id="scheduled">{scheduled} scheduled{f", the next due {_when(next_due)}" if next_due else ""}</p>
+<h2>Users' limits</h2><table id="limits"><tr><th>user</th><th>max rate</th><th>quota use</th></tr>{limits}</table>
 <h2>Transports</h2><table id="transports"><tr><th>name</th><th>kind</th><th>state</th><th>detail</th></tr>
 {transports}</table>
 <h2>Messages per minute, last hour ({escape(_zone(now))})</h2>{_rate_chart(stats["per_minute"], now)}

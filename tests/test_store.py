@@ -17,8 +17,15 @@ import pytest
 
 from asterisk_sendsms.config import StoreConfig
 from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import IllegalTransition, ServiceUnavailable
+from asterisk_sendsms.errors import (
+    IllegalTransition,
+    MessageNotFound,
+    NotCancellable,
+    QuotaExceeded,
+    ServiceUnavailable,
+)
 from asterisk_sendsms.lifecycle import State
+from asterisk_sendsms.limits import Limits, UserLimits
 from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
 from asterisk_sendsms.store.sql import SqlStore
@@ -188,6 +195,80 @@ async def test_claims_go_by_class_and_bulk_users_take_turns(store: SqlStore) -> 
     assert first.sms_id == alice[0].sms_id and first.priority is Priority.BULK
     assert [m.priority for m in claimed][:2] == [Priority.NORMAL, Priority.BULK]
     assert [m.order for m in claimed[1:5]] == [(2, 1), (2, 2), (2, 2), (2, 3)]  # what the transports wait by
+
+
+async def test_a_scheduled_message_waits_outside_the_queue_until_its_time(store: SqlStore) -> None:
+    later = replace(new_message(), send_at=NOW + 100, expires_at=NOW + 3700)
+    now = new_message()
+    await store.accept_many([later, now])
+    assert (await store.get(later.sms_id, detail=False)).state is State.SCHEDULED  # type: ignore[union-attr]
+    assert [m.sms_id for m in await store.claim(10, NOW + 99, 60)] == [now.sms_id]
+    [released] = await store.claim(10, NOW + 100, 60)
+    assert released.sms_id == later.sms_id
+    view = await store.get(later.sms_id)
+    assert view is not None and view.send_at == NOW + 100 and view.history[0].state is State.SCHEDULED
+
+
+async def test_cancel_before_submission_and_not_after(store: SqlStore) -> None:
+    scheduled = replace(new_message(), send_at=NOW + 100)
+    queued, waiting = new_message(), new_message(created=NOW + 1)
+    for message in (scheduled, queued, waiting):
+        await store.accept(message)
+    [held] = await store.claim(1, NOW, 60)  # the oldest: queued
+    assert held.sms_id == queued.sms_id
+    with pytest.raises(NotCancellable, match="being submitted"):
+        await store.cancel(queued.sms_id, None, NOW + 1)
+    with pytest.raises(MessageNotFound):
+        await store.cancel(scheduled.sms_id, "mallory", NOW + 1)  # not hers
+    view = await store.cancel(scheduled.sms_id, "alice", NOW + 1)
+    assert view.state is State.CANCELLED and view.error_code == "CANCELLED"
+    assert (await store.cancel(waiting.sms_id, None, NOW + 2)).state is State.CANCELLED
+    assert await store.claim(10, NOW + 50, 60) == []  # neither leaves (the claimed one is still held)
+    with pytest.raises(NotCancellable, match="cancelled"):
+        await store.cancel(scheduled.sms_id, None, NOW + 3)
+    jobs = await store.claim_callbacks(10, NOW + 5, 30)
+    assert sorted(j.sms_id for j in jobs) == sorted([scheduled.sms_id, waiting.sms_id])
+
+
+LIMITED = Limits({"alice": UserLimits(daily_quota=5, monthly_quota=7)})
+
+
+async def test_quota_refuses_what_does_not_fit_and_resets_the_next_day(store: SqlStore) -> None:
+    day = 86400.0
+    first = [new_message(parts=2) for _ in range(3)]  # 6 parts: the third does not fit in 5
+    refusals = await store.accept_many(first, LIMITED)
+    assert refusals[:2] == [None, None] and isinstance(refusals[2], QuotaExceeded)
+    assert "daily quota of 5" in refusals[2].message and "resets at 2027-01-16T00:00+00:00" in refusals[2].message
+    assert await store.get(first[2].sms_id) is None
+    await store.accept(new_message(parts=1), LIMITED)  # 5 of 5
+    with pytest.raises(QuotaExceeded, match="daily quota"):
+        await store.accept(new_message(parts=1), LIMITED)
+    tomorrow = replace(new_message(parts=2, created=NOW + day), expires_at=NOW + day + 3600)
+    await store.accept(tomorrow, LIMITED)  # a new day: 2 of 5, and 7 of 7 this month
+    with pytest.raises(QuotaExceeded, match="monthly quota of 7 message parts; it resets at 2027-02-01T00:00"):
+        await store.accept(replace(tomorrow, sms_id=str(uuid.uuid4())), LIMITED)
+    await store.accept(replace(new_message(), username="bob"), LIMITED)  # bob has no quota
+    assert await store.quota_use([("alice", "daily 2027-01-15"), ("alice", "monthly 2027-01")]) == {
+        ("alice", "daily 2027-01-15"): 5, ("alice", "monthly 2027-01"): 7}
+
+
+async def test_max_rate_gives_each_message_its_turn(store: SqlStore) -> None:
+    paced = Limits({"alice": UserLimits(max_rate=2.0)})
+    burst = [new_message() for _ in range(4)]
+    await store.accept_many(burst, paced)
+
+    async def claimed(at: float) -> list[str]:
+        return [m.sms_id for m in await store.claim(10, at, 1000, limits=paced)]
+
+    assert await claimed(NOW) == [burst[0].sms_id]
+    assert await claimed(NOW + 0.5) == [burst[1].sms_id]
+    assert sorted(await claimed(NOW + 1.5)) == sorted([burst[2].sms_id, burst[3].sms_id])
+    # Scheduled for one time, they still leave one turn apart when it comes.
+    batch = [replace(new_message(), send_at=NOW + 100) for _ in range(3)]
+    await store.accept_many(batch, paced)
+    first = await claimed(NOW + 100)
+    assert len(first) == 1 and await claimed(NOW + 100.4) == []
+    assert sorted(first + await claimed(NOW + 101)) == sorted(m.sms_id for m in batch)
 
 
 async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:
@@ -438,6 +519,19 @@ async def test_nodes_share_the_queue_without_double_claims(shared: Nodes) -> Non
     assert not set(claimed[0]) & set(claimed[1])
     assert sorted(claimed[0] + claimed[1]) == sorted(m.sms_id for m in messages)
     assert claimed[0] and claimed[1]
+
+
+async def test_two_nodes_racing_one_users_quota_never_exceed_it(shared: Nodes) -> None:
+    a, b = await shared.open("a"), await shared.open("b")
+    limits = Limits({"alice": UserLimits(daily_quota=150)})
+    messages = [new_message() for _ in range(400)]
+    outcomes = await asyncio.gather(*(node.accept(m, limits) for node, m in zip([a, b] * 200, messages, strict=True)),
+                                    return_exceptions=True)
+    accepted = [m for m, outcome in zip(messages, outcomes, strict=True) if outcome is None]
+    assert all(isinstance(o, QuotaExceeded) for o in outcomes if o is not None)
+    assert len(accepted) == 150
+    assert len(await a.list_messages(None, None, None, None, 1000)) == 150
+    assert await b.quota_use([("alice", "daily 2027-01-15")]) == {("alice", "daily 2027-01-15"): 150}
 
 
 async def test_a_dead_nodes_claims_pass_to_another_after_the_lease(shared: Nodes) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from ..errors import RequestError
 from ..lifecycle import State
+from ..limits import NO_LIMITS, Limits
 from ..model import (
     CallbackJob,
     CallbackShares,
@@ -41,10 +43,15 @@ class Store(Protocol):
         """Where the messages are kept, safe to print."""
         ...
 
-    async def accept(self, message: NewMessage) -> None: ...
+    async def accept(self, message: NewMessage, limits: Limits = NO_LIMITS) -> None:
+        """Commit the message: accepted, or scheduled until its SendAt or its user's next turn under `limits`.
+        Raises `QuotaExceeded` (nothing written) when its user's quota has no room for its parts."""
+        ...
 
-    async def accept_many(self, messages: Sequence[NewMessage]) -> None:
-        """Accept all the messages in one transaction, or none."""
+    async def accept_many(self, messages: Sequence[NewMessage], limits: Limits = NO_LIMITS
+                          ) -> list[RequestError | None]:
+        """`accept` for each message in one transaction: None for each one committed, the refusal of each one
+        not. A raised error means none was."""
         ...
 
     async def ping(self) -> None:
@@ -58,11 +65,17 @@ class Store(Protocol):
         Returns the number of messages."""
         ...
 
-    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK
-                    ) -> list[OutboundMessage]:
+    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK,
+                    limits: Limits = NO_LIMITS) -> list[OutboundMessage]:
         """Take up to `limit` due messages of classes `up_to` and above for dispatch (accepted/queued →
         queued): by class, bulk users in turn, then oldest first. Those past their validity are expired
-        instead of returned."""
+        instead of returned. First, scheduled messages whose time came are accepted (those of a user with a
+        max_rate in `limits` at the user's next turn)."""
+        ...
+
+    async def cancel(self, sms_id: str, username: str | None, now: float) -> MessageView:
+        """scheduled/accepted/queued → cancelled, unless a dispatcher holds it (`NotCancellable`); `username`
+        None may cancel anyone's, else only that user's (`MessageNotFound`)."""
         ...
 
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
@@ -98,7 +111,8 @@ class Store(Protocol):
         ...
 
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
-                            since: float | None, limit: int, offset: int = 0) -> list[MessageView]:
+                            since: float | None, limit: int, offset: int = 0, priority: Priority | None = None
+                            ) -> list[MessageView]:
         """Newest first, with their callback state but without parts and history; `recipient` is a prefix;
         `username` None means all; `offset` skips that many (paging)."""
         ...
@@ -106,8 +120,13 @@ class Store(Protocol):
     async def stats(self, since: float) -> dict[str, Any]:
         """For the status page: `states` (count per state since), `per_minute` (minute number → messages
         accepted), `queue` (waiting to be sent), `classes` (traffic class → (waiting, creation time of the
-        oldest)), `pending_callbacks` (a count), `failure_reasons` (the most
-        frequent error codes of messages that ended without delivery since, with their counts)."""
+        oldest)), `scheduled` ((count, next due time or None)), `pending_callbacks` (a count),
+        `failure_reasons` (the most frequent error codes of messages that ended without delivery since, with
+        their counts)."""
+        ...
+
+    async def quota_use(self, counters: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Parts counted on each (user, quota counter key of `Limits.quota_keys`)."""
         ...
 
     async def pending_callbacks(self, limit: int) -> list[PendingCallback]:

@@ -134,6 +134,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank BIGINT NOT NULL)",
         "ALTER TABLE messages ADD COLUMN validity_period DOUBLE PRECISION",
     ),
+    # Scheduled messages (SendAt, a user's max_rate) wait outside the dispatch index; per-user quota counters
+    # and rate turns.
+    (
+        "ALTER TABLE messages ADD COLUMN send_at DOUBLE PRECISION",
+        "ALTER TABLE messages ADD COLUMN paced SMALLINT NOT NULL DEFAULT 0",
+        "CREATE INDEX messages_held ON messages (due_at) WHERE state = 'scheduled'",
+        "CREATE TABLE quota_use (username TEXT NOT NULL, period TEXT NOT NULL, used BIGINT NOT NULL,"
+        " PRIMARY KEY (username, period))",
+        "CREATE TABLE user_turns (username TEXT PRIMARY KEY, next_free DOUBLE PRECISION NOT NULL)",
+    ),
 )
 
 

@@ -13,11 +13,21 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
-from ..errors import ServiceUnavailable, SmsGatewayError
-from ..lifecycle import FINAL_STATES, SETTLED_STATES, SOURCES, UNSENT_EXPIRY, State, check_transition
+from ..errors import MessageNotFound, NotCancellable, RequestError, ServiceUnavailable, SmsGatewayError
+from ..lifecycle import (
+    CANCELLABLE_STATES,
+    FINAL_STATES,
+    SETTLED_STATES,
+    SOURCES,
+    UNSENT_EXPIRY,
+    State,
+    check_transition,
+)
+from ..limits import NO_LIMITS, Limits, quota_refusal, turns
 from ..model import (
     CallbackJob,
     CallbackShares,
@@ -43,7 +53,8 @@ T = TypeVar("T")
 Operation = Callable[["Db"], Any]
 
 _VIEW_COLUMNS = ("sms_id, username, sender, recipient, text, coding, part_count, state, transport, attempts,"
-                 " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at")
+                 " error_code, error_text, callback_url, created_at, updated_at, queued_at, submitted_at, done_at,"
+                 " priority, send_at")
 # The states each state may be reached from, as an SQL list of literals.
 _SOURCES_SQL = {target: ",".join(f"'{state.value}'" for state in sources) for target, sources in SOURCES.items()}
 _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
@@ -55,6 +66,8 @@ TOP_REASONS = 5
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
 _BATCH_LIMIT = 1024
+# Scheduled messages made due per claim, at most: 10,000 due at one second go in a few claims, none long.
+RELEASE_BATCH = 2000
 # How long the writer waits for more records of submits before committing them (see `_gather`). A crash
 # in this time sends those messages again: as many as a window delivers in 2 ms.
 OUTCOME_LINGER = 0.002
@@ -435,12 +448,16 @@ class SqlStore(ABC):
 
     # ------------------------------------------------------------ operations
 
-    async def accept(self, message: NewMessage) -> None:
-        await self._run(_Grouped(_accept_all, message))
+    async def accept(self, message: NewMessage, limits: Limits = NO_LIMITS) -> None:
+        refusal = await self._run(_Grouped(_accept_all, (message, limits)))
+        if refusal is not None:
+            raise refusal
 
-    async def accept_many(self, messages: Sequence[NewMessage]) -> None:
-        batch = list(messages)
-        await self._run(lambda db: _accept_all(db, batch))
+    async def accept_many(self, messages: Sequence[NewMessage], limits: Limits = NO_LIMITS
+                          ) -> list[RequestError | None]:
+        batch = [(message, limits) for message in messages]
+        refusals: list[RequestError | None] = await self._run(lambda db: _accept_all(db, batch))
+        return refusals
 
     async def ping(self) -> None:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
@@ -453,11 +470,12 @@ class SqlStore(ABC):
                               " AND claimed_by = ?", (now, self._node)).rowcount
         return await self._run(op)
 
-    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK
-                    ) -> list[OutboundMessage]:
+    async def claim(self, limit: int, now: float, lease: float, up_to: Priority = Priority.BULK,
+                    limits: Limits = NO_LIMITS) -> list[OutboundMessage]:
         due = f"state IN ({_SOURCES_SQL[State.QUEUED]}) AND due_at <= ?"
 
         def op(db: Db) -> list[OutboundMessage]:
+            _release(db, now, limits)
             for (sms_id,) in db.execute(f"SELECT sms_id FROM messages WHERE {due} AND expires_at <= ? LIMIT ?"
                                         + db.claim_suffix, (now, now, limit)).fetchall():
                 _finish(db, sms_id, State.EXPIRED, *UNSENT_EXPIRY, now, None)
@@ -503,6 +521,26 @@ class SqlStore(ABC):
             _finish(db, sms_id, state, error_code, error_text, now, transport, int(attempted))
         await self._run(op)
 
+    async def cancel(self, sms_id: str, username: str | None, now: float) -> MessageView:
+        """Withdraw a message not yet submitted (`username`'s own, or anyone's for None); raises
+        `MessageNotFound` or `NotCancellable`."""
+        def op(db: Db) -> MessageView:
+            db.lock_message(sms_id)
+            row = db.execute("SELECT state, username, claimed_by, due_at FROM messages WHERE sms_id = ?",
+                             (sms_id,)).fetchone()
+            if row is None or (username is not None and row[1] != username):
+                raise MessageNotFound(sms_id)
+            state, _, claimed_by, due_at = row
+            if claimed_by is not None and due_at is not None and due_at > now:
+                raise NotCancellable(f"Message {sms_id} is being submitted and can no longer be cancelled")
+            if State(state) not in CANCELLABLE_STATES:
+                raise NotCancellable(f"Message {sms_id} is {state} and can no longer be cancelled")
+            _finish(db, sms_id, State.CANCELLED, "CANCELLED", "cancelled by its sender", now, None)
+            view = _view(db, sms_id)
+            assert view is not None
+            return view
+        return await self._run(op)
+
     async def apply_receipt(self, receipt: Receipt, now: float) -> ReceiptResult:
         result: ReceiptResult = await self._run(_Grouped(_apply_all_receipts, _ReceiptAt(receipt, now)))
         return result
@@ -531,11 +569,13 @@ class SqlStore(ABC):
         return await self._run(lambda db: _view(db, sms_id, detail))
 
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
-                            since: float | None, limit: int, offset: int = 0) -> list[MessageView]:
+                            since: float | None, limit: int, offset: int = 0, priority: Priority | None = None
+                            ) -> list[MessageView]:
         def op(db: Db) -> list[MessageView]:
             where: list[str] = ["created_at >= ?"]
-            params: list[float | str] = [since or 0.0]
-            for column, value in (("username", username), ("state", state.value if state else None)):
+            params: list[float | str | int] = [since or 0.0]
+            for column, value in (("username", username), ("state", state.value if state else None),
+                                  ("priority", priority.rank if priority else None)):
                 if value is not None:
                     where.append(f"{column} = ?")
                     params.append(value)
@@ -560,14 +600,23 @@ class SqlStore(ABC):
                 "SELECT priority, COUNT(*), MIN(created_at) FROM messages"
                 f" WHERE state IN ({_SOURCES_SQL[State.QUEUED]}) GROUP BY priority").fetchall()}
             queue = sum(count for count, _ in classes.values())
+            scheduled, next_due = db.execute("SELECT COUNT(*), MIN(due_at) FROM messages WHERE state = 'scheduled'"
+                                             ).fetchone()
             callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
             reasons = db.execute(
                 "SELECT error_code, COUNT(*) FROM messages WHERE updated_at >= ? AND error_code <> ''"
                 f" AND state IN {_UNSUCCESSFUL_STATES} GROUP BY error_code ORDER BY 2 DESC, 1 LIMIT ?",
                 (since, TOP_REASONS)).fetchall()
             return {"states": states, "per_minute": per_minute, "queue": queue, "classes": classes,
+                    "scheduled": (scheduled, next_due),
                     "pending_callbacks": callbacks,
                     "failure_reasons": [(code, count) for code, count in reasons]}
+        return await self._run(op)
+
+    async def quota_use(self, counters: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """Parts counted so far on each (user, quota counter key)."""
+        def op(db: Db) -> dict[tuple[str, str], int]:
+            return {(username, key): _quota_used(db, username, key) for username, key in counters}
         return await self._run(op)
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
@@ -740,19 +789,118 @@ def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
 
 _MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",
                     "callback_url", "created_at", "updated_at", "expires_at", "due_at", "priority", "fair_rank",
-                    "validity_period")
+                    "validity_period", "send_at", "paced")
 
 
-def _accept_all(db: Db, messages: list[NewMessage]) -> list[None]:
-    ranks = _fair_ranks(db, [m for m in messages if m.priority is Priority.BULK], messages[0].created_at)
-    db.insert_many("messages", _MESSAGE_COLUMNS, [
-        (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count, State.ACCEPTED.value,
-         m.callback_url, m.created_at, m.created_at, m.expires_at, m.created_at, m.priority.rank,
-         ranks.get(m.sms_id, 0), m.validity_period) for m in messages])
-    return [None] * len(messages)
+def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestError | None]:
+    """Insert the messages their users' quotas leave room for; the others' results are their refusals (a refusal
+    rolls nothing back: one user over quota must not cost a whole group commit its batch)."""
+    limits = items[0][1]
+    messages = [message for message, _ in items]
+    refusals = _count_quotas(db, messages, limits)
+    admitted = [m for m in messages if m.sms_id not in refusals]
+    if admitted:
+        due = _due_times(db, admitted, limits)
+        ranks = _fair_ranks(db, [(m.sms_id, m.username) for m in admitted
+                                 if m.priority is Priority.BULK and due[m.sms_id][0] <= m.created_at],
+                            admitted[0].created_at)
+        db.insert_many("messages", _MESSAGE_COLUMNS, [
+            (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count,
+             (State.SCHEDULED if due[m.sms_id][0] > m.created_at else State.ACCEPTED).value, m.callback_url,
+             m.created_at, m.created_at, m.expires_at, due[m.sms_id][0], m.priority.rank, ranks.get(m.sms_id, 0),
+             m.validity_period, m.send_at, due[m.sms_id][1]) for m in admitted])
+    return [refusals.get(m.sms_id) for m in messages]
 
 
-def _fair_ranks(db: Db, bulk: list[NewMessage], now: float) -> dict[str, int]:
+def _count_quotas(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, RequestError]:
+    """Count the messages' parts against their users' quotas, in order; those that do not fit are refused."""
+    refusals: dict[str, RequestError] = {}
+    by_user: dict[str, list[NewMessage]] = {}
+    for message in messages:
+        if limits.quota_keys(message.username, message.created_at):
+            by_user.setdefault(message.username, []).append(message)
+    for username, own in sorted(by_user.items()):
+        db.lock_keys([f"quota\x1f{username}"])  # two nodes counting for one user take turns
+        counters = limits.quota_keys(username, own[0].created_at)
+        used = {key: _quota_used(db, username, key) for key, _, _, _ in counters}
+        for message in own:
+            over = next((c for c in counters if used[c[0]] + message.part_count > c[1]), None)
+            if over is not None:
+                key, quota, period, resets = over
+                refusals[message.sms_id] = quota_refusal(username, period, quota, resets, limits.zone)
+                continue
+            for key, _, _, _ in counters:
+                used[key] += message.part_count
+        db.insert_many("quota_use", ("username", "period", "used"), [(username, key, n) for key, n in used.items()],
+                       " ON CONFLICT (username, period) DO UPDATE SET used = excluded.used")
+    return refusals
+
+
+def _quota_used(db: Db, username: str, key: str) -> int:
+    row = db.execute("SELECT used FROM quota_use WHERE username = ? AND period = ?", (username, key)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _due_times(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, tuple[float, int]]:
+    """Each message's due time and whether its user's max_rate gave it: its SendAt (paced when it comes), its
+    user's next turn, or now."""
+    due = {m.sms_id: (m.send_at or m.created_at, 0) for m in messages}
+    by_user: dict[str, list[NewMessage]] = {}
+    for message in messages:
+        if message.send_at is None and limits.rate(message.username):
+            by_user.setdefault(message.username, []).append(message)
+    for username, own in sorted(by_user.items()):
+        slots = _take_turns(db, username, limits, [m.created_at for m in own])
+        due.update((m.sms_id, (slot, 1)) for m, slot in zip(own, slots, strict=True))
+    return due
+
+
+def _take_turns(db: Db, username: str, limits: Limits, earliest: list[float]) -> list[float]:
+    """Due times one 1/max_rate apart after the user's last (all nodes share the user's turns)."""
+    rate = limits.rate(username)
+    assert rate is not None
+    db.lock_keys([f"turns\x1f{username}"])
+    row = db.execute("SELECT next_free FROM user_turns WHERE username = ?", (username,)).fetchone()
+    slots, next_free = turns(row[0] if row else 0.0, rate, earliest)
+    db.insert_many("user_turns", ("username", "next_free"), [(username, next_free)],
+                   " ON CONFLICT (username) DO UPDATE SET next_free = excluded.next_free")
+    return slots
+
+
+def _release(db: Db, now: float, limits: Limits) -> None:
+    """Scheduled messages whose time came join the dispatch queue, except that one whose user has a max_rate
+    waits on for its user's turn (its SendAt came; its turn is given now)."""
+    rows = db.execute("SELECT sms_id, username, priority, paced, due_at FROM messages WHERE state = 'scheduled'"
+                      " AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix, (now, RELEASE_BATCH)).fetchall()
+    if not rows:
+        return
+    ready: list[tuple[str, str, int]] = []
+    to_pace: dict[str, list[tuple[str, int, float]]] = {}
+    for sms_id, username, rank, paced, due_at in rows:
+        if paced or not limits.rate(username):
+            ready.append((sms_id, username, rank))
+        else:
+            to_pace.setdefault(username, []).append((sms_id, rank, due_at))
+    later: list[tuple[str, float]] = []
+    for username, own in sorted(to_pace.items()):
+        slots = _take_turns(db, username, limits, [due_at for _, _, due_at in own])
+        for (sms_id, rank, _), slot in zip(own, slots, strict=True):
+            if slot <= now:
+                ready.append((sms_id, username, rank))
+            else:
+                later.append((sms_id, slot))
+    if later:
+        db.with_values("UPDATE messages SET due_at = CAST(v.column2 AS DOUBLE PRECISION), paced = 1"
+                       " FROM (VALUES {values}) AS v WHERE messages.sms_id = v.column1", later)
+    ranks = _fair_ranks(db, [(sms_id, username) for sms_id, username, rank in ready
+                             if rank == Priority.BULK.rank], now)
+    db.with_values("UPDATE messages SET state = 'accepted', fair_rank = CAST(v.column2 AS BIGINT),"
+                   " updated_at = CAST(v.column3 AS DOUBLE PRECISION) FROM (VALUES {values}) AS v"
+                   f" WHERE messages.sms_id = v.column1 AND messages.state IN ({_SOURCES_SQL[State.ACCEPTED]})",
+                   [(sms_id, ranks.get(sms_id, 0), now) for sms_id, _, _ in ready])
+
+
+def _fair_ranks(db: Db, bulk: list[tuple[str, str]], now: float) -> dict[str, int]:
     """Bulk users take turns: each user's bulk messages are numbered on from the user's last number, or from
     the next number to be sent if that is later, and the queue (and each transport's waiting submits) is served
     by number. A campaign of 50,000 queued before another user's 100 then shares the SMSC with them one for one
@@ -764,16 +912,16 @@ def _fair_ranks(db: Db, bulk: list[NewMessage], now: float) -> dict[str, int]:
     (frontier,) = db.execute(
         f"SELECT MIN(fair_rank) FROM messages WHERE state IN ({_SOURCES_SQL[State.QUEUED]}) AND priority = ?"
         " AND (due_at <= ? OR claimed_by IS NOT NULL)", (Priority.BULK.rank, now)).fetchone()
-    by_user: dict[str, list[NewMessage]] = {}
-    for message in bulk:
-        by_user.setdefault(message.username, []).append(message)
+    by_user: dict[str, list[str]] = {}
+    for sms_id, username in bulk:
+        by_user.setdefault(username, []).append(sms_id)
     ranks: dict[str, int] = {}
     last_ranks: list[tuple[str, int]] = []
-    for user, messages in sorted(by_user.items()):
+    for user, sms_ids in sorted(by_user.items()):
         row = db.execute("SELECT last_rank FROM fair_shares WHERE username = ?", (user,)).fetchone()
         first = max(row[0] + 1 if row else 1, frontier or 1)
-        ranks.update((message.sms_id, first + offset) for offset, message in enumerate(messages))
-        last_ranks.append((user, first + len(messages) - 1))
+        ranks.update((sms_id, first + offset) for offset, sms_id in enumerate(sms_ids))
+        last_ranks.append((user, first + len(sms_ids) - 1))
     db.insert_many("fair_shares", ("username", "last_rank"), last_ranks,
                    " ON CONFLICT (username) DO UPDATE SET last_rank = excluded.last_rank")
     return ranks
@@ -1021,7 +1169,9 @@ def _view(db: Db, sms_id: str, detail: bool = True) -> MessageView | None:
                   in db.execute("SELECT idx, smsc_id, state, error_code, updated_at FROM parts WHERE sms_id = ?"
                                 " ORDER BY idx", (sms_id,)).fetchall())
     queued_at, submitted_at, done_at = row[15:18]
-    steps = [HistoryEntry(row[13], State.ACCEPTED, f"by {row[1]}")]
+    send_at = row[19]
+    steps = [HistoryEntry(row[13], State.ACCEPTED, f"by {row[1]}") if send_at is None else
+             HistoryEntry(row[13], State.SCHEDULED, f"by {row[1]}, to leave at {_iso(send_at)}")]
     if queued_at is not None:
         steps.append(HistoryEntry(queued_at, State.QUEUED, ""))
     if submitted_at is not None:
@@ -1045,4 +1195,9 @@ def _message_view(row: tuple[Any, ...], callback_state: str | None, parts: tuple
         sms_id=row[0], username=row[1], sender=row[2], recipient=row[3], text=row[4], coding=Coding(row[5]),
         part_count=row[6], state=State(row[7]), transport=row[8], attempts=row[9], error_code=row[10],
         error_text=row[11], callback_url=row[12], callback_state=callback_state,
-        created_at=row[13], updated_at=row[14], parts=parts, history=history)
+        created_at=row[13], updated_at=row[14], priority=Priority.of_rank(row[18]), send_at=row[19], parts=parts,
+        history=history)
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
