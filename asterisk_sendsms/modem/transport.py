@@ -33,6 +33,7 @@ from .at import (
     cms_code,
     explain,
 )
+from .gate import PriorityGate
 from .pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
 
 __all__ = ["ModemError", "ModemTransport"]
@@ -68,7 +69,7 @@ class ModemTransport:
         self.expects_receipts = settings.receipts
         self._parser = AtParser()
         self._serial: serial.Serial | None = None
-        self._lock = asyncio.Lock()
+        self._gate = PriorityGate()
         self._response: asyncio.Future[Response] | None = None
         self._prompt: asyncio.Future[None] | None = None
         self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue(MAX_UNSOLICITED)
@@ -124,7 +125,7 @@ class ModemTransport:
                 raise PermanentSubmitError(f"modem {self.name} has only text mode: it cannot send long or Unicode "
                                            "texts", "TEXT_MODE")
             return [await self._send(f'AT+CMGS="{message.recipient}"', message.text.encode("latin-1", "replace"),
-                                     message.recipient)]
+                                     message)]
         ids: list[str] = []
         for number, segment in enumerate(encoded.segments, 1):
             part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
@@ -133,7 +134,7 @@ class ModemTransport:
                                     status_report=self.expects_receipts)
             except ModemPduError as exc:
                 raise PermanentSubmitError(exc.message, "PDU") from None
-            ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
+            ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message))
         return ids
 
     # ------------------------------------------------------------ the serial session
@@ -258,7 +259,7 @@ class ModemTransport:
             raise ModemSilent(f"no answer to {what} within {seconds:g}s") from None
 
     async def command(self, line: str, seconds: float | None = None) -> Response:
-        async with self._lock:
+        async with self._gate.turn():
             if self._serial is None or self._broken.is_set():
                 raise ModemSilent("the modem is not open")
             self._response = asyncio.get_running_loop().create_future()
@@ -316,9 +317,11 @@ class ModemTransport:
             self._told.add(text)
             log.log(level, "%s", text)
 
-    async def _send(self, command: str, body: bytes, recipient: str) -> str:
-        """AT+CMGS, the `>` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
-        async with self._lock:
+    async def _send(self, command: str, body: bytes, message: OutboundMessage) -> str:
+        """AT+CMGS, the `>` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report. Waiting
+        submits go by the message's class (a caller's before a campaign's), the modem's own commands first."""
+        recipient = message.recipient
+        async with self._gate.turn(message.order):
             if self._serial is None or self._broken.is_set():
                 # Not on a session being reset: a prompt answered there would leave the modem waiting for a
                 # PDU that never comes.
