@@ -1,11 +1,18 @@
-"""The modem's priority gate: one holder at a time; those waiting get in by class, then fair rank, then
-arrival (the SMPP window's order); a waiter that gives up leaves neither the gate held nor a place in line."""
+"""A modem submit's turn: one holder of the priority gate at a time; those waiting get in by class, then fair
+rank, then arrival (the SMPP window's order); a waiter that gives up leaves neither the gate held nor a place in
+line. When its turn comes, a message with a ValidityPeriod gets what is left of it, or expires unsent."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import pytest
+
+from asterisk_sendsms.errors import TransientSubmitError
+from asterisk_sendsms.model import OutboundMessage
 from asterisk_sendsms.modem.gate import FIRST, PriorityGate
+from asterisk_sendsms.modem.transport import _validity_left
 from asterisk_sendsms.traffic import Order, Priority
 
 INTERACTIVE: Order = (Priority.INTERACTIVE.rank, 0)
@@ -102,3 +109,18 @@ async def test_a_waiter_cancelled_before_the_holder_leaves_in_the_same_turn_is_s
     await asyncio.gather(gone, waiting, return_exceptions=True)
     assert served == ["waiting"] and gate.waiting == 0
     await asyncio.wait_for(queue(gate, served, "after", BULK), 1)
+
+
+def message(expires_in: float, smsc_validity: bool) -> OutboundMessage:
+    return OutboundMessage("S1", None, "+36201234567", "code", 0, time.time() + expires_in,
+                           Priority.INTERACTIVE, 0, smsc_validity)
+
+
+def test_the_validity_left_when_the_turn_comes() -> None:
+    assert _validity_left(message(3600, smsc_validity=False)) is None  # no ValidityPeriod: no TP-VP
+    assert _validity_left(message(-5, smsc_validity=False)) is None  # the dispatcher's expiry is for it
+    left = _validity_left(message(600, smsc_validity=True))
+    assert left is not None and 599 < left <= 600
+    with pytest.raises(TransientSubmitError) as refused:
+        _validity_left(message(-0.001, smsc_validity=True))
+    assert refused.value.code == "EXPIRED"
