@@ -9,7 +9,7 @@ from enum import StrEnum
 
 from .encoding import Coding
 from .lifecycle import State
-from .traffic import DEFAULT_PRIORITY, Priority
+from .traffic import DEFAULT_PRIORITY, Order, Priority
 
 __all__ = [
     "CallbackJob",
@@ -64,7 +64,7 @@ class OutboundMessage:
     smsc_validity: bool = False  # the SMSC gets what is left of expires_at as validity_period
 
     @property
-    def order(self) -> tuple[int, int]:
+    def order(self) -> Order:
         return self.priority.rank, self.fair_rank
 
 

@@ -3,11 +3,19 @@ behind a campaign: `interactive` goes before `normal`, which goes before `bulk`.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 from .errors import InvalidParameter
 
-__all__ = ["CALL_PRIORITY", "CSV_PRIORITY", "DEFAULT_PRIORITY", "Priority", "parse_priority"]
+__all__ = ["CALL_PRIORITY", "CSV_PRIORITY", "DEFAULT_PRIORITY", "Order", "Priority", "WaitingLine",
+           "parse_priority"]
+
+T = TypeVar("T")
+# (class rank, fair rank), as OutboundMessage.order gives it: lower goes first.
+Order = tuple[int, int]
 
 
 class Priority(StrEnum):
@@ -39,6 +47,30 @@ DEFAULT_PRIORITY = Priority.NORMAL
 CALL_PRIORITY = Priority.INTERACTIVE
 # A file of recipients (`send --csv`): a campaign.
 CSV_PRIORITY = Priority.BULK
+
+
+class WaitingLine(Generic[T]):
+    """Submits waiting for a transport: by class, then bulk by its users' turns, then in the order they came.
+    Every transport that makes submits wait serves them in this order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[Order, int, T]] = []
+        self._arrivals = itertools.count()
+
+    def push(self, item: T, order: Order) -> None:
+        heapq.heappush(self._heap, (order, next(self._arrivals), item))
+
+    def pop(self) -> T | None:
+        """The first in line, taken out of it; None if nobody waits."""
+        return heapq.heappop(self._heap)[2] if self._heap else None
+
+    def remove(self, item: T) -> None:
+        """`item` no longer waits (its sender gave up)."""
+        self._heap = [entry for entry in self._heap if entry[2] is not item]
+        heapq.heapify(self._heap)
+
+    def __len__(self) -> int:
+        return len(self._heap)
 
 
 def parse_priority(text: str, parameter: str = "Priority", command: str = "SendSms") -> Priority:

@@ -19,6 +19,7 @@ from asterisk_sendsms.passwords import hash_password
 from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
 from .peers.fake_modem import PROFILES, FakeModem
 from .test_e2e_smpp import send
+from .test_e2e_traffic import ozeki_send
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, modem: FakeModem, options: str = "",
@@ -237,6 +238,23 @@ async def test_what_a_modem_lacks_is_logged_once_not_at_every_reopen(daemon_fact
     assert "stopped answering" in output or "no answer" in output
     assert output.count("modem gsm gives no status reports") == output.count("AT+CMEE=1 refused") == 1
 
+async def test_a_validity_period_reaches_the_modem_as_tp_vp(daemon_factory: list[Daemon], tmp_path: Path,
+                                                             modem_factory: Any) -> None:
+    modem = modem_factory()
+    daemon = gateway(daemon_factory, tmp_path, modem)
+    async with aiohttp.ClientSession() as session:
+        assert (await ozeki_send(session, daemon, "+36201111111", ValidityPeriod="600"))[0] == "200"
+        assert (await ozeki_send(session, daemon, "+36202222222"))[0] == "200"
+        deadline = time.monotonic() + 30
+        while len(modem.submits) < 2:
+            assert time.monotonic() < deadline, modem.submits
+            await asyncio.sleep(0.1)
+    validity = {submit["number"]: (submit["tp_vpf"], submit["tp_vp"]) for submit in modem.submits}
+    # What is left of 600 seconds when the part leaves, rounded up to the coding's next step: 10 minutes.
+    assert validity["+36201111111"] == ("relative", 1)
+    assert validity["+36202222222"] == ("none", None)  # none asked for: the PDU as before, the SMSC's own
+
+
 def ask(fd: int, line: str, end: bytes = b"\r") -> str:
     """One command (or PDU) to the emulator over its terminal; its final result or its prompt."""
     os.write(fd, line.encode() + end)
@@ -254,6 +272,17 @@ MALFORMED = ["AT+CNMI=2,1", "AT+CNMI=2,1,0,3,0", "AT+CNMI=2,1,0,1,0,0", "AT+CSCS
              'AT+CMGS="+3620"', "AT+CMGF=2", "AT+UNKNOWN"]
 
 
+# SMS-SUBMIT to +36201234567 of "hi" with TP-SRR, TP-VPF relative and TP-VP 10 minutes (GSM 03.40 9.2.2.2).
+VALID_SUBMIT = "31" "00" "0B916302214365F7" "00" "00" "01" "02" "E834"
+# As long as AT+CMGS says, but their fields do not add up: a TP-VPF announcing a TP-VP that is not there, or a
+# TP-VP without its TP-VPF; an enhanced TP-VP one octet short; a TP-UDL beyond the data; an SMS-DELIVER.
+MALFORMED_SUBMITS = [(15, "31" "00" "0B916302214365F7" "00" "00" "02" "E834"),
+                     (16, "21" "00" "0B916302214365F7" "00" "00" "01" "02" "E834"),
+                     (21, "29" "00" "0B916302214365F7" "00" "00" "010000000000" "02" "E834"),
+                     (16, "31" "00" "0B916302214365F7" "00" "00" "01" "09" "E834"),
+                     (16, "30" "00" "0B916302214365F7" "00" "00" "01" "02" "E834")]
+
+
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_the_emulator_refuses_what_a_modem_refuses(modem_factory: Any, profile: str) -> None:
     modem = modem_factory(profile=profile, echo=False)
@@ -264,6 +293,11 @@ def test_the_emulator_refuses_what_a_modem_refuses(modem_factory: Any, profile: 
         assert ask(fd, CNMI_NO_REPORTS) == "OK"
         assert ask(fd, "AT+CMGS=9") == PROFILES[profile].prompt
         assert ask(fd, "0001", b"\x1a") == "+CMS ERROR: 304"  # a PDU shorter than AT+CMGS said
+        for length, tpdu in MALFORMED_SUBMITS:
+            assert ask(fd, f"AT+CMGS={length}") == PROFILES[profile].prompt
+            assert ask(fd, "00" + tpdu, b"\x1a") == "+CMS ERROR: 304", tpdu
+        assert ask(fd, "AT+CMGS=16") == PROFILES[profile].prompt
+        assert ask(fd, "00" + VALID_SUBMIT, b"\x1a") == "OK"
     finally:
         os.close(fd)
     assert routes_reports == ("ERROR" if profile == "second_no_ds" else "OK")

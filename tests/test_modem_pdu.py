@@ -3,7 +3,7 @@ status reports and deliveries decoded by ours and by it alike."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from gsmmodem import pdu as reference
@@ -62,7 +62,38 @@ def test_status_report_request_and_validity_bits() -> None:
     with_report = bytes.fromhex(encode_submit("+3620", encoded.coding, encoded.segments[0], validity=3600).hex)
     without = bytes.fromhex(encode_submit("+3620", encoded.coding, encoded.segments[0], status_report=False).hex)
     assert with_report[1] & 0x20 and with_report[1] & 0x10 and not without[1] & 0x30
-    assert [validity_octet(s) for s in (300, 3600, 43200, 86400, 7 * 86400, 10**9)] == [0, 11, 143, 167, 173, 255]
+
+
+MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
+
+
+# GSM 03.40 9.2.3.12.1 at each end of each range, and just past it: the next step up.
+@pytest.mark.parametrize(("seconds", "octet"), [
+    (0, 0), (1, 0), (4 * MINUTE, 0), (5 * MINUTE, 0), (5 * MINUTE + 1, 1), (10 * MINUTE, 1), (599.9, 1),
+    (12 * HOUR, 143), (12 * HOUR + 1, 144), (12 * HOUR + 30 * MINUTE, 144), (12 * HOUR + 30 * MINUTE + 1, 145),
+    (DAY, 167), (DAY + 1, 168), (2 * DAY, 168), (2 * DAY + 1, 169), (30 * DAY, 196), (30 * DAY + 1, 197),
+    (5 * WEEK, 197), (5 * WEEK + 1, 198), (63 * WEEK, 255), (63 * WEEK + 1, 255), (10**9, 255)])
+def test_validity_octet_boundaries(seconds: float, octet: int) -> None:
+    assert validity_octet(seconds) == octet
+
+
+@given(st.floats(min_value=0.001, max_value=63 * WEEK))
+def test_validity_octet_is_the_shortest_step_not_shorter_than_asked(seconds: float) -> None:
+    octet = validity_octet(seconds)
+    assert reference._decodeRelativeValidityPeriod(octet).total_seconds() >= seconds
+    if octet > 0:
+        assert reference._decodeRelativeValidityPeriod(octet - 1).total_seconds() < seconds
+
+
+def test_a_validity_period_adds_tp_vpf_and_tp_vp_and_nothing_else() -> None:
+    encoded = encode_message("hi", 1)
+    without = encode_submit("+36201234567", encoded.coding, encoded.segments[0])
+    with_vp = encode_submit("+36201234567", encoded.coding, encoded.segments[0], validity=600)
+    # SMSC "00"; SMS-SUBMIT with TP-SRR; TP-MR 0; TP-DA +36201234567; TP-PID 0; TP-DCS 0; TP-UDL 2; "hi".
+    assert without.hex == "00" "21" "00" "0B916302214365F7" "00" "00" "02" "E834"
+    assert with_vp.hex == "00" "31" "00" "0B916302214365F7" "00" "00" "01" "02" "E834"  # TP-VPF 10, TP-VP 10 min
+    assert (without.tpdu_length, with_vp.tpdu_length) == (15, 16)
+    assert theirs(with_vp.hex)["validity"] == timedelta(minutes=10) and "validity" not in theirs(without.hex)
 
 
 # The reference decoder maps the extension's form feed (0x1B 0x0A) to nothing (its table says 'ÿ'): left out

@@ -56,7 +56,9 @@ def _smsc(number: str | None) -> bytes:
 
 
 def validity_octet(seconds: float) -> int:
-    """TP-VP in relative format (GSM 03.40 9.2.3.12.1), rounded up, at most 63 weeks."""
+    """TP-VP in relative format (GSM 03.40 9.2.3.12.1): 0-143 (n+1)*5 minutes, 144-167 12 hours + (n-143)*30
+    minutes, 168-196 n-166 days, 197-255 n-192 weeks. Rounded up to the next step, 5 minutes at least (nothing
+    is shorter), 63 weeks at most: the steps grow to a week, and rounding down could cut a period to half."""
     minutes = max(5.0, seconds / 60)
     if minutes <= 12 * 60:
         return int(-(-minutes // 5)) - 1

@@ -10,13 +10,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import serial
 
 from ..config import ModemSettings
-from ..encoding import Coding, EncodedMessage
+from ..encoding import Coding, EncodedMessage, Segment
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
 from ..transports.base import TransportHealth, TransportSink
@@ -33,6 +34,7 @@ from .at import (
     cms_code,
     explain,
 )
+from .gate import PriorityGate
 from .pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
 
 __all__ = ["ModemError", "ModemTransport"]
@@ -68,7 +70,7 @@ class ModemTransport:
         self.expects_receipts = settings.receipts
         self._parser = AtParser()
         self._serial: serial.Serial | None = None
-        self._lock = asyncio.Lock()
+        self._gate = PriorityGate()
         self._response: asyncio.Future[Response] | None = None
         self._prompt: asyncio.Future[None] | None = None
         self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue(MAX_UNSOLICITED)
@@ -123,17 +125,14 @@ class ModemTransport:
             if encoded.coding is not Coding.GSM7 or encoded.part_count > 1:
                 raise PermanentSubmitError(f"modem {self.name} has only text mode: it cannot send long or Unicode "
                                            "texts", "TEXT_MODE")
-            return [await self._send(f'AT+CMGS="{message.recipient}"', message.text.encode("latin-1", "replace"),
-                                     message.recipient)]
+            # Text mode's TP-VP is the one AT+CSMP set at initialisation; a ValidityPeriod still ends here.
+            text = (f'AT+CMGS="{message.recipient}"', message.text.encode("latin-1", "replace"))
+            return [await self._send(message, lambda _validity: text)]
         ids: list[str] = []
         for number, segment in enumerate(encoded.segments, 1):
             part = (reference, encoded.part_count, number) if encoded.part_count > 1 else None
-            try:
-                pdu = encode_submit(message.recipient, encoded.coding, segment, part=part, smsc=self._settings.smsc,
-                                    status_report=self.expects_receipts)
-            except ModemPduError as exc:
-                raise PermanentSubmitError(exc.message, "PDU") from None
-            ids.append(await self._send(f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii"), message.recipient))
+            ids.append(await self._send(message, partial(self._submit_pdu, message.recipient, encoded.coding,
+                                                         segment, part)))
         return ids
 
     # ------------------------------------------------------------ the serial session
@@ -258,7 +257,7 @@ class ModemTransport:
             raise ModemSilent(f"no answer to {what} within {seconds:g}s") from None
 
     async def command(self, line: str, seconds: float | None = None) -> Response:
-        async with self._lock:
+        async with self._gate.turn():
             if self._serial is None or self._broken.is_set():
                 raise ModemSilent("the modem is not open")
             self._response = asyncio.get_running_loop().create_future()
@@ -316,13 +315,26 @@ class ModemTransport:
             self._told.add(text)
             log.log(level, "%s", text)
 
-    async def _send(self, command: str, body: bytes, recipient: str) -> str:
-        """AT+CMGS, the `>` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report."""
-        async with self._lock:
+    def _submit_pdu(self, recipient: str, coding: Coding, segment: Segment, part: tuple[int, int, int] | None,
+                    validity: float | None) -> tuple[str, bytes]:
+        try:
+            pdu = encode_submit(recipient, coding, segment, part=part, smsc=self._settings.smsc,
+                                status_report=self.expects_receipts, validity=validity)
+        except ModemPduError as exc:
+            raise PermanentSubmitError(exc.message, "PDU") from None
+        return f"AT+CMGS={pdu.tpdu_length}", pdu.hex.encode("ascii")
+
+    async def _send(self, message: OutboundMessage, build: Callable[[float | None], tuple[str, bytes]]) -> str:
+        """AT+CMGS, the `>` prompt, the PDU (or text) and Ctrl-Z; returns the part's id for its report. Waiting
+        submits go by the message's class (a caller's before a campaign's), the modem's own commands first.
+        `build` makes the command and its body from the validity left (seconds) when the part's turn comes."""
+        recipient = message.recipient
+        async with self._gate.turn(message.order):
             if self._serial is None or self._broken.is_set():
                 # Not on a session being reset: a prompt answered there would leave the modem waiting for a
                 # PDU that never comes.
                 raise TransientSubmitError("the modem is not open", "MODEM_NOT_READY")
+            command, body = build(_validity_left(message))
             loop = asyncio.get_running_loop()
             self._prompt = loop.create_future()
             self._response = loop.create_future()
@@ -406,6 +418,18 @@ class ModemTransport:
         if response.ok and pdu_line:
             await self._on_pdu(sink, pdu_line)  # stored first: only then is it deleted from the SIM
         await self.command(f"AT+CMGD={index}")
+
+
+def _validity_left(message: OutboundMessage) -> float | None:
+    """What is left of a message's ValidityPeriod as its part leaves (it may have waited its turn long), for
+    TP-VP; None for a message without one, which keeps the PDU without TP-VP (the SMSC's own validity)."""
+    if not message.smsc_validity:
+        return None
+    left = message.expires_at - time.time()
+    if left <= 0:
+        # The dispatcher sees the time is up and expires it here, as it does for SMPP.
+        raise TransientSubmitError("its validity period ended while it waited to be sent", "EXPIRED")
+    return left
 
 
 def _small_number(text: str) -> bool:

@@ -21,6 +21,7 @@ from ..config import SmppSettings
 from ..encoding import Coding, EncodedMessage, concat_udh
 from ..errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
 from ..model import IncomingPart, OutboundMessage, Receipt
+from ..traffic import Order
 from ..transports.base import TransportHealth, TransportSink
 from .pdu import Command, Pdu, PduError, Status, Tlv, relative_time, status_name
 from .receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt, receipt_fields, submit_key
@@ -365,7 +366,7 @@ class SmppTransport:
         return params
 
     async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes],
-                           order: tuple[int, int], valid_until: float | None) -> str:
+                           order: Order, valid_until: float | None) -> str:
         loop = asyncio.get_running_loop()
         attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future(), valid_until)
         if self._window.enter(attempt, order):

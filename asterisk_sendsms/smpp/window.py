@@ -3,12 +3,12 @@ who is next when a slot is freed, and how long a send must wait for the rate or 
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from ..traffic import Order, WaitingLine
 
 __all__ = ["Pacer", "SubmitWindow"]
 
@@ -26,28 +26,26 @@ class SubmitWindow(Generic[T]):
     def __init__(self, size: int) -> None:
         self.size = size
         self.in_use = 0
-        self._waiting: list[tuple[tuple[int, int], int, T]] = []  # a heap
-        self._arrivals = itertools.count()
+        self._waiting: WaitingLine[T] = WaitingLine()
 
-    def enter(self, item: T, rank: tuple[int, int] = (0, 0)) -> bool:
+    def enter(self, item: T, rank: Order = (0, 0)) -> bool:
         """True: `item` holds a slot now. False: it waits for one (`leave` will return it)."""
         if self.in_use < self.size and not self._waiting:
             self.in_use += 1
             return True
-        heapq.heappush(self._waiting, (rank, next(self._arrivals), item))
+        self._waiting.push(item, rank)
         return False
 
     def leave(self) -> T | None:
         """A holder gives its slot up; returns the waiting item that holds it now, if any."""
-        if self._waiting:
-            return heapq.heappop(self._waiting)[2]  # the slot passes on: in_use stays
-        self.in_use -= 1
-        return None
+        successor = self._waiting.pop()
+        if successor is None:  # else the slot passes on to it: in_use stays
+            self.in_use -= 1
+        return successor
 
     def withdraw(self, item: T) -> None:
         """A waiting item no longer wants a slot (its sender gave up)."""
-        self._waiting = [entry for entry in self._waiting if entry[2] is not item]
-        heapq.heapify(self._waiting)
+        self._waiting.remove(item)
 
     @property
     def waiting(self) -> int:

@@ -1,6 +1,7 @@
 """A GSM modem emulator on a real pseudo-terminal: AT commands in PDU mode, echo on or off, SIM PIN, +CMS
 errors, a modem that goes silent, status reports (+CDS) before or after the AT+CMGS result, incoming SMS
-announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder.
+announced with +CMTI. Submitted PDUs are decoded by python-gsmmodem-new, independent of our encoder; their
+TP-VPF and TP-VP are read here too (`tp_vpf`, `tp_vp`), and one whose fields do not add up is refused.
 `profile` picks how the AT implementation answers where implementations differ (PROFILES). Commands are
 checked as strictly as a modem does: a malformed or out-of-range one is answered ERROR.
 Hostile modes, off by default: `hostile` lists misbehaviours (HOSTILE), each done once, in order, when a PDU is
@@ -49,6 +50,29 @@ TEXT_NUMBER = re.compile(r'AT\+CMGS="(\+?[0-9]{1,20})"')
 READ = re.compile(r"AT\+CMGR=([0-9]{1,5})")
 DELETE = re.compile(r"AT\+CMGD=([0-9]{1,5})")
 SMSC = re.compile(r'AT\+CSCA="\+?[0-9]{3,20}"')
+
+
+# TP-VPF, bits 4-3 of an SMS-SUBMIT's first octet (GSM 03.40 9.2.3.3), and the octets of TP-VP it announces.
+VALIDITY_FORMATS = {0b00: ("none", 0), 0b10: ("relative", 1), 0b01: ("enhanced", 7), 0b11: ("absolute", 7)}
+
+
+def submit_validity(tpdu: bytes) -> tuple[str, int | None] | None:
+    """An SMS-SUBMIT's TP-VPF and its relative TP-VP (03.40 9.2.2.2: first octet, TP-MR, TP-DA, TP-PID, TP-DCS,
+    TP-VP, TP-UDL, TP-UD); None when it is no SMS-SUBMIT or its fields do not add up to its length, as when a
+    TP-VPF announces a TP-VP that is not there."""
+    try:
+        first, digits = tpdu[0], tpdu[2]
+        dcs_at = 4 + (digits + 1) // 2  # after the first octet, TP-MR, TP-DA's length, type and semi-octets
+        dcs = tpdu[dcs_at + 1]
+        name, size = VALIDITY_FORMATS[(first >> 3) & 0x03]
+        udl = tpdu[dcs_at + 2 + size]
+    except IndexError:
+        return None
+    septets = (dcs & 0xC0 == 0 and dcs & 0x0C == 0) or dcs & 0xF4 == 0xF0  # GSM 7-bit (03.38 4)
+    octets = -(-udl * 7 // 8) if septets else udl
+    if first & 0x03 != 0x01 or digits > 20 or octets > 140 or len(tpdu) != dcs_at + 3 + size + octets:
+        return None
+    return name, tpdu[dcs_at + 2] if name == "relative" else None
 
 
 def _address(number: str) -> str:
@@ -283,10 +307,13 @@ class FakeModem:
             data = bytes.fromhex(pdu_hex)
         except ValueError:
             data = b""
-        if not data or len(data) - 1 - data[0] != self._pdu_length:  # not hex, or not as long as AT+CMGS said
+        tpdu = data[1 + data[0]:] if data else b""
+        validity = submit_validity(tpdu) if len(tpdu) == self._pdu_length else None
+        if validity is None:  # not hex, not as long as AT+CMGS said, or not a well-formed SMS-SUBMIT
             self._reply("+CMS ERROR: 304")
             return
         decoded = reference.decodeSmsPdu(pdu_hex)
+        decoded["tp_vpf"], decoded["tp_vp"] = validity
         wants_report = bool(data[1 + data[0]] & 0x20)  # TP-SRR of the submit
         decoded["status_report"] = wants_report
         self.submits.append(decoded)
