@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -181,7 +182,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         service = SmsService(config, store, router, dispatcher.wake, notifier.wake, limits, events)
 
         def health() -> list[TransportHealth]:
-            return [t.health() for t in transports.values()]
+            return [replace(t.health(), waiting=dispatcher.waiting(t.name)) for t in transports.values()]
 
         authenticator = Authenticator(config.users, config.http.allowed_clients)
         asterisk_user = next((u for u in config.users if u.name == config.asterisk.user), ASTERISK_PRINCIPAL)

@@ -11,7 +11,7 @@ from functools import partial
 from typing import TypeVar
 
 from .config import DispatchConfig, MessagesConfig
-from .encoding import encode_message
+from .encoding import EncodedMessage, encode_message
 from .errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
 from .lifecycle import UNSENT_EXPIRY, State
@@ -77,6 +77,8 @@ class Dispatcher:
         self._interactive_waiting = False
         self._stopping = False
         self._turns: dict[str, int] = {}
+        # Per transport, the messages handed to it and not answered yet: sms_id -> (class, when handed over).
+        self._handed: dict[str, dict[str, tuple[Priority, float]]] = {name: {} for name in self._transports}
         self._unexpected: dict[str, int] = {}  # sms_id: dispatches that ended in an unexpected error
 
     def wake(self, priority: Priority = DEFAULT_PRIORITY) -> None:
@@ -140,6 +142,14 @@ class Dispatcher:
                     await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
                 except TimeoutError:
                     pass
+
+    def waiting(self, transport: str) -> tuple[tuple[Priority, int, float], ...]:
+        """What `transport` holds of ours, by class: (class, messages, when the longest-waiting was handed over)."""
+        by_class: dict[Priority, tuple[int, float]] = {}
+        for priority, since in self._handed.get(transport, {}).values():
+            count, oldest = by_class.get(priority, (0, since))
+            by_class[priority] = (count + 1, min(oldest, since))
+        return tuple((priority, *by_class[priority]) for priority in Priority if priority in by_class)
 
     def _classes_now(self) -> Priority:
         """The least urgent class that may leave now: outside [policy] bulk_hours bulk waits (in the store: what
@@ -222,7 +232,7 @@ class Dispatcher:
         attempt = message.previous_attempts + 1
         encoded = encode_message(message.text, _ANY_LENGTH)
         try:
-            smsc_ids = await transport.submit(message, encoded)
+            smsc_ids = await self._hand_over(transport, message, encoded)
         except TransientSubmitError as exc:
             now = self._clock()
             if now >= message.expires_at:  # e.g. it waited for the transport past its ValidityPeriod
@@ -256,6 +266,14 @@ class Dispatcher:
         if result.final_state is not None:
             self._notifier.wake()
             self._events.publish(result.final_state.value, message.sms_id)
+
+    async def _hand_over(self, transport: Transport, message: OutboundMessage, encoded: EncodedMessage) -> list[str]:
+        handed = self._handed[transport.name]
+        handed[message.sms_id] = (message.priority, self._clock())
+        try:
+            return await transport.submit(message, encoded)
+        finally:
+            handed.pop(message.sms_id, None)
 
     async def _record(self, write: Callable[[], Awaitable[T]]) -> T:
         """Record what the SMSC said about a message. It has gone out (or been refused for good): if the store

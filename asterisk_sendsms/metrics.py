@@ -87,6 +87,15 @@ class Metrics:
                   "# TYPE sendsms_transport_ready gauge"]
         lines += [f'sendsms_transport_ready{{transport="{_label(t.name)}",kind="{t.kind}"}} {int(t.ready)}'
                   for t in health]
+        lines += ["# HELP sendsms_transport_waiting Messages handed to a transport without an answer yet (waiting for"
+                  " a window slot or the throughput, or in flight), by traffic class.",
+                  "# TYPE sendsms_transport_waiting gauge"]
+        lines += [f'sendsms_transport_waiting{{transport="{_label(t.name)}",priority="{priority}"}} {count}'
+                  for t in health for priority, count, _ in t.waiting]
+        lines += ["# HELP sendsms_transport_waiting_oldest_seconds How long the longest-waiting of them has waited.",
+                  "# TYPE sendsms_transport_waiting_oldest_seconds gauge"]
+        lines += [f'sendsms_transport_waiting_oldest_seconds{{transport="{_label(t.name)}",priority="{priority}"}}'
+                  f" {max(0.0, now - since):.1f}" for t in health for priority, _, since in t.waiting]
         lines += ["# HELP sendsms_window_in_use Submits awaiting their answer.", "# TYPE sendsms_window_in_use gauge"]
         lines += [f'sendsms_window_in_use{{transport="{_label(t.name)}"}} {t.in_flight}' for t in health]
         lines += ["# HELP sendsms_receipt_latency_seconds From submission to the final receipt.",

@@ -153,7 +153,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
     states: dict[str, int] = stats["states"]
     transports = "".join(
         f"<tr><td>{escape(t.name)}</td><td>{escape(t.kind)}</td>"
-        f"<td class='{'ok' if t.ready else 'bad'}'>{escape(t.state)}</td><td>{escape(t.detail)}</td></tr>"
+        f"<td class='{'ok' if t.ready else 'bad'}'>{escape(t.state)}</td><td>{escape(t.detail)}</td>"
+        f"<td>{' · '.join(f'{p} {n} ({_age(now - since)})' for p, n, since in t.waiting) or '-'}</td></tr>"
         for t in health)
     reasons = "".join(f"<tr><td class='reason'>{escape(code)}</td><td>{count}</td></tr>"
                       for code, count in stats["failure_reasons"]) or "<tr><td colspan='2'>none</td></tr>"
@@ -186,7 +187,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
 <th>oldest waiting</th></tr>{classes}</table>
 <p id="scheduled">{scheduled} scheduled{f", the next due {_when(next_due)}" if next_due else ""}</p>
 <h2>Users' limits</h2><table id="limits"><tr><th>user</th><th>max rate</th><th>quota use</th></tr>{limits}</table>
-<h2>Transports</h2><table id="transports"><tr><th>name</th><th>kind</th><th>state</th><th>detail</th></tr>
+<h2>Transports</h2><table id="transports"><tr><th>name</th><th>kind</th><th>state</th><th>detail</th>
+<th>handed over, by class (longest wait)</th></tr>
 {transports}</table>
 <h2>Messages per minute, last hour ({escape(_zone(now))})</h2>{_rate_chart(stats["per_minute"], now)}
 <h2>Outcomes, last hour</h2>{_outcome_chart(states)}

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
+from asterisk_sendsms.dispatcher import STORE_PIPELINE
 from asterisk_sendsms.passwords import hash_password
 
 from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
@@ -82,6 +83,12 @@ async def test_a_callers_message_overtakes_a_bulk_backlog(daemon_factory: list[D
     assert depth["interactive"] == depth["normal"] == 0 and 450 < depth["bulk"] < 600
     assert 'sendsms_class_queue_oldest_seconds{priority="bulk"}' in metrics
     assert "<h2>Waiting to be sent, by traffic class</h2>" in page and "<td>bulk</td>" in page
+    # Per transport: what the dispatcher handed it (the pipeline: the window plus 256) waits there by class.
+    handed = {line.split('"')[3]: int(line.split()[-1]) for line in metrics.splitlines()
+              if line.startswith('sendsms_transport_waiting{transport="operator"')}
+    assert 100 < handed["bulk"] <= 1 + STORE_PIPELINE and "interactive" not in handed, handed
+    assert 'sendsms_transport_waiting_oldest_seconds{transport="operator",priority="bulk"}' in metrics
+    assert "handed over, by class" in page and "bulk " in page
 
 
 async def test_bulk_users_take_turns(daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from ..encoding import EncodedMessage
 from ..model import IncomingPart, OutboundMessage, Receipt
+from ..traffic import Priority
 
 __all__ = ["Transport", "TransportHealth", "TransportSink"]
 
@@ -29,6 +30,9 @@ class TransportHealth:
     state: str  # e.g. "ready", "connecting", "bind refused"
     detail: str = ""
     in_flight: int = 0  # submits awaiting their answer (the SMPP window in use)
+    # Messages the dispatcher handed to it that have no answer yet (waiting for a window slot or the
+    # throughput, or in flight), by class: (class, how many, when the longest-waiting was handed over).
+    waiting: tuple[tuple[Priority, int, float], ...] = ()
 
 
 class Transport(Protocol):
