@@ -127,6 +127,9 @@ async def test_bulk_waits_outside_its_hours_and_a_caller_does_not(daemon_factory
             metrics = await r.text()
     assert sorted(submitted(smsc)) == ["36202222222", "36203333333"]
     assert 'sendsms_class_queue_depth{priority="bulk"} 1' in metrics
+    listed = await asyncio.to_thread(run_cli, "messages", "--priority", "bulk", data_dir=daemon.data_dir)
+    assert listed.returncode == 0 and "+36201111111" in listed.stdout and "+36202222222" not in listed.stdout
+    assert " bulk " in listed.stdout
 
 
 async def test_bad_send_at_and_limits_are_refused_by_name_and_nothing_is_stored(
