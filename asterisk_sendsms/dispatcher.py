@@ -122,7 +122,12 @@ class Dispatcher:
                 up_to = Priority.INTERACTIVE
                 if not self._interactive_waiting or free <= 0:
                     self._slot_freed.clear()
-                    await self._slot_freed.wait()
+                    try:
+                        await asyncio.wait_for(self._slot_freed.wait(), self._config.poll_interval)
+                    except TimeoutError:
+                        # Look for interactive messages anyway: one accepted by another node, or scheduled
+                        # and come due, wakes nobody here.
+                        self._interactive_waiting = True
                     continue
             self._wakeup.clear()
             self._interactive_waiting = False

@@ -86,6 +86,26 @@ async def test_a_scheduled_message_leaves_at_its_time_across_a_kill9_and_a_cance
     assert submitted(smsc) == ["36201111111"]  # the cancelled ones never left
 
 
+async def test_a_scheduled_callers_message_leaves_on_time_behind_a_full_pipeline(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    smsc = smsc_factory()
+    # 20/s through a window of 1: the pipeline (window + 256) stays full of bulk for the whole test, and frees
+    # room for another claim only every 64 messages (3.2 s).
+    daemon = gateway(daemon_factory, tmp_path, smsc, options="&window=1&throughput=20")
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, 600, 50):
+            codes = await asyncio.gather(*(ozeki_send(session, daemon, f"+3620{n:07d}", "bulk")
+                                           for n in range(start, start + 50)))
+            assert {code for code, _ in codes} == {"200"}
+        await smsc.wait_for(lambda: len(smsc.submits()) >= 5)
+        send_at = time.time() + 3
+        code, _ = await ozeki_send(session, daemon, "+36309999999", "interactive", SendAt=f"{send_at:.3f}")
+        assert code == "200"
+        left_at = await arrival(smsc, "+36309999999")
+    print(f"\nscheduled interactive message left {left_at - send_at:+.2f} s from its SendAt behind 600 bulk")
+    assert send_at - 0.05 <= left_at <= send_at + 1.0
+
+
 async def test_quotas_refuse_with_306_naming_the_quota_and_its_reset(daemon_factory: list[Daemon], tmp_path: Path,
                                                                       smsc_factory: Any) -> None:
     smsc = smsc_factory()
