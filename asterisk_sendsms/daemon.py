@@ -31,6 +31,7 @@ from .http_api import OzekiEndpoint, build_app, make_runner, operator_identify, 
 from .http_fast import FastLane, to_protocol
 from .metrics import Metrics
 from .notifier import Notifier, url_policy
+from .optout import OptOuts
 from .ozml_runner import OzmlRunner
 from .routing import Router
 from .service import ServiceBackend, SmsService
@@ -173,9 +174,10 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         events = EventHub()
         metrics = Metrics()
         events.listen(metrics.observe)
-        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
+        optouts = OptOuts(config.optout, store)
+        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier, optouts,
                                 config.incoming_url, events)
-        service = SmsService(config, store, router, dispatcher.wake, events)
+        service = SmsService(config, store, router, dispatcher.wake, optouts, events)
 
         def health() -> list[TransportHealth]:
             return [t.health() for t in transports.values()]

@@ -9,6 +9,7 @@
     │   ├── AuthenticationRequired   304
     │   ├── AuthenticationFailed     305
     │   ├── ForbiddenUser            306  user may not send (here)
+    │   │   └── RecipientOptedOut    306  the recipient texted STOP
     │   ├── ForbiddenAddress         307  client address not allowed
     │   ├── NoRoute                  501  no transport serves the recipient
     │   └── MessageNotFound          404  status of an unknown SmsId
@@ -39,6 +40,7 @@ __all__ = [
     "NoRoute",
     "ParseError",
     "PermanentSubmitError",
+    "RecipientOptedOut",
     "RequestError",
     "ServiceUnavailable",
     "SmsGatewayError",
@@ -123,6 +125,12 @@ class AuthenticationFailed(RequestError):
 class ForbiddenUser(RequestError):
     ozeki_code = 306
     http_status = 403
+
+
+class RecipientOptedOut(ForbiddenUser):
+    def __init__(self, recipient: str) -> None:
+        super().__init__(f"recipient opted out: {recipient}")
+        self.recipient = recipient
 
 
 class ForbiddenAddress(RequestError):

@@ -19,6 +19,7 @@ __all__ = [
     "IncomingView",
     "MessageView",
     "NewMessage",
+    "OptOut",
     "OutboundMessage",
     "PartOutcome",
     "PartView",
@@ -224,3 +225,13 @@ class MessageView:
     updated_at: float
     parts: tuple[PartView, ...] = field(default=())
     history: tuple[HistoryEntry, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    """A number that asked for no more messages: from `scope` (a sender number or name), or from anyone ('')."""
+
+    number: str
+    scope: str
+    created_at: float
+    source: str  # keyword (an incoming STOP), cli, api

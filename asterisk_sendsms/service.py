@@ -20,6 +20,7 @@ from .ids import new_sms_id
 from .lifecycle import State
 from .model import MessageView, NewMessage, PendingCallback
 from .notifier import validate_callback_url
+from .optout import OptOuts
 from .routing import Router
 from .store import Store
 from .traffic import CALL_PRIORITY, DEFAULT_PRIORITY, Priority
@@ -61,11 +62,12 @@ def prepare_message(config: Config, router: Router, user: UserConfig, recipient:
 
 class SmsService:
     def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[Priority], None],
-                 events: EventHub | None = None, clock: Callable[[], float] = time.time) -> None:
+                 optouts: OptOuts, events: EventHub | None = None, clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._store = store
         self._router = router
         self._on_accepted = on_accepted
+        self.optouts = optouts
         self.events = events or EventHub()
         self._clock = clock
 
@@ -80,7 +82,10 @@ class SmsService:
         return Accepted(message.sms_id, message.part_count)
 
     async def commit(self, messages: Sequence[NewMessage]) -> None:
-        """Durably accept validated messages, all or none (HTTP front workers validate, the daemon commits)."""
+        """Durably accept validated messages, all or none (HTTP front workers validate, the daemon commits).
+        Opt-outs are looked up here, where every entry point's messages pass, and not when validating: the
+        list lives in the store, which only the daemon reaches."""
+        await self.optouts.check(messages)
         if len(messages) == 1:
             await self._store.accept(messages[0])
         else:

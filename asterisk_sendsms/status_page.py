@@ -162,7 +162,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         f"<tr><td>{name}</td><td>{waiting[name][0]}</td><td>{_age(now - waiting[name][1])}</td></tr>"
         if name in waiting else f"<tr><td>{name}</td><td>0</td><td>-</td></tr>" for name in map(str, Priority))
     tiles = (("waiting to be sent", stats["queue"]), ("awaiting receipts (1 h)", in_flight),
-             ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
+             ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]),
+             ("opted out", stats["optouts"]))
     pages = []
     if listing.page > 1:
         pages.append(f"<a id='newer' href='{escape(listing.link(listing.page - 1))}'>newer</a>")

@@ -134,6 +134,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank BIGINT NOT NULL)",
         "ALTER TABLE messages ADD COLUMN validity_period DOUBLE PRECISION",
     ),
+    # The opt-out list: numbers that texted STOP (or were added by an operator), per sender ('' for all).
+    (
+        """CREATE TABLE optouts (
+            number     TEXT NOT NULL,
+            scope      TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            source     TEXT NOT NULL,
+            PRIMARY KEY (number, scope)
+        )""",
+    ),
 )
 
 

@@ -139,6 +139,16 @@ CREATE INDEX messages_dispatch ON messages (priority, fair_rank, due_at) WHERE s
 CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank INTEGER NOT NULL);
 ALTER TABLE messages ADD COLUMN validity_period REAL;
 """),
+    # The opt-out list: numbers that texted STOP (or were added by an operator), per sender ('' for all).
+    _statements("""
+CREATE TABLE optouts (
+    number     TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    source     TEXT NOT NULL,
+    PRIMARY KEY (number, scope)
+);
+"""),
 )
 
 
