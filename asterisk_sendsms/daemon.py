@@ -78,7 +78,8 @@ async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, serv
     try:
         if config.http.workers:
             sockets = listening_sockets(config.http.listen, config.http.backlog)
-            workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit, adopt, authenticator)
+            workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit_each, adopt,
+                                                authenticator)
             running = loop.create_task(workers.run(), name="HTTP front workers")
         else:
             try:

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .encoding import Coding
-from .errors import ServiceUnavailable, SmsGatewayError
+from .errors import ForbiddenUser, RequestError, ServiceUnavailable, SmsGatewayError
 from .model import NewMessage
 from .traffic import Priority
 
-__all__ = ["ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame", "send_connection"]
+__all__ = ["Commit", "ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame",
+           "send_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,13 @@ MAX_FRAME = 64 * 1024 * 1024
 # read) and that many bytes in packets of at most this size.
 _CHUNK = 32 * 1024
 HAND_OFF_TIMEOUT = 5.0
+
+# The daemon's commit of a worker's batch: the messages are separate requests, so each may be refused on its own
+# (its error, or None if accepted); an error raised refuses them all.
+Commit = Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]]
+# A message refused at commit reaches its client as the daemon's error says, by code (see `RequestError`):
+# the classes a commit refuses with.
+_REFUSALS: dict[int, Callable[[str], RequestError]] = {ForbiddenUser.ozeki_code: ForbiddenUser}
 
 
 def frame(value: Any) -> bytes:
@@ -86,9 +94,10 @@ def _message(row: Sequence[Any]) -> NewMessage:
 
 class DaemonLink(asyncio.Protocol):
     """The daemon's end of one worker's stream: commits each batch the worker sends and answers its outcome
-    (None, or the message of the `ServiceUnavailable` that refused the whole batch)."""
+    (None, or the message of the `ServiceUnavailable` that refused the whole batch; then the (Ozeki code,
+    message) of each message refused on its own, or None)."""
 
-    def __init__(self, commit: Callable[[list[NewMessage]], Awaitable[None]]) -> None:
+    def __init__(self, commit: Commit) -> None:
         self._commit = commit
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None
@@ -111,14 +120,16 @@ class DaemonLink(asyncio.Protocol):
 
     async def _accept(self, number: int, rows: list[tuple[Any, ...]]) -> None:
         error: str | None = None
+        refusals: list[tuple[int, str] | None] = [None] * len(rows)
         try:
-            await self._commit([_message(row) for row in rows])
+            refused = await self._commit([_message(row) for row in rows])
+            refusals = [(e.ozeki_code, e.message) if e is not None else None for e in refused]
         except SmsGatewayError as exc:
             error = exc.message
         except Exception:
             log.exception("unexpected error committing %d messages of an HTTP front worker", len(rows))
             error = "internal error; the message was not accepted"
-        self.send(("outcome", number, error))
+        self.send(("outcome", number, error, refusals))
 
     def send(self, value: Any) -> None:
         self.send_frame(frame(value))
@@ -173,14 +184,17 @@ class WorkerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         for value in self._reader.feed(data):
             if value[0] == "outcome":
-                _, number, error = value
-                for future in self._sent.pop(number, ()):
+                _, number, error, refusals = value
+                for future, refusal in zip(self._sent.pop(number, ()), refusals, strict=False):
                     if future.done():
                         continue
-                    if error is None:
-                        future.set_result(None)
-                    else:
+                    if error is not None:
                         future.set_exception(ServiceUnavailable(error))
+                    elif refusal is not None:
+                        code, message = refusal
+                        future.set_exception(_REFUSALS.get(code, ServiceUnavailable)(message))
+                    else:
+                        future.set_result(None)
             elif value[0] == "failed-login":
                 self._on_failed_login(value[1], value[2])
 

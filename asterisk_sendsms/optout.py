@@ -66,16 +66,15 @@ class OptOuts:
         log.info("%s opted %s (%r to %s via %s) for %s", number, "out" if change else "back in", part.text,
                  part.recipient or "the modem", part.transport, f"sender {scope}" if scope else "every sender")
 
-    async def check(self, messages: Sequence[NewMessage]) -> None:
-        """Raise `RecipientOptedOut` for the first message of a refused class whose recipient opted out from
-        its sender or from everyone."""
+    async def refused(self, messages: Sequence[NewMessage]) -> dict[str, RecipientOptedOut]:
+        """The messages (by SmsId) of a refused class whose recipient opted out from their sender or from
+        everyone, in one store read."""
         refusable = [m for m in messages if m.priority in self._refused]
         if not refusable:
-            return
+            return {}
         found = set(await self._store.optouts_among([m.recipient for m in refusable]))
-        for message in refusable:
-            if found & {(message.recipient, ANY_SENDER), (message.recipient, message.sender or ANY_SENDER)}:
-                raise RecipientOptedOut(message.recipient)
+        return {m.sms_id: RecipientOptedOut(m.recipient) for m in refusable
+                if found & {(m.recipient, ANY_SENDER), (m.recipient, m.sender or ANY_SENDER)}}
 
     async def add(self, number: str, sender: str | None, source: str) -> bool:
         """An operator's opt-out (CLI, API); False if the number was already on the list for that sender."""

@@ -14,7 +14,7 @@ from .addresses import parse_recipient, parse_sender
 from .auth import check_destination, check_priority
 from .config import Config, UserConfig
 from .encoding import encode_message
-from .errors import InvalidParameter, MessageNotFound, NoRoute, SmsGatewayError
+from .errors import InvalidParameter, MessageNotFound, NoRoute, RequestError, SmsGatewayError
 from .events import EventHub
 from .ids import new_sms_id
 from .lifecycle import State
@@ -82,10 +82,24 @@ class SmsService:
         return Accepted(message.sms_id, message.part_count)
 
     async def commit(self, messages: Sequence[NewMessage]) -> None:
-        """Durably accept validated messages, all or none (HTTP front workers validate, the daemon commits).
-        Opt-outs are looked up here, where every entry point's messages pass, and not when validating: the
-        list lives in the store, which only the daemon reaches."""
-        await self.optouts.check(messages)
+        """Durably accept validated messages, all or none. Opt-outs are looked up here, where every entry
+        point's messages pass, and not when validating: the list lives in the store, which only the daemon
+        reaches."""
+        refused = await self.optouts.refused(messages)
+        if refused:
+            raise next(iter(refused.values()))
+        await self._accept(messages)
+
+    async def commit_each(self, messages: Sequence[NewMessage]) -> list[RequestError | None]:
+        """Messages of separate requests (a batch an HTTP front worker validated): each one refused by the
+        opt-out list gets its error, the others are accepted all or none."""
+        refused = await self.optouts.refused(messages)
+        accepted = [m for m in messages if m.sms_id not in refused]
+        if accepted:
+            await self._accept(accepted)
+        return [refused.get(m.sms_id) for m in messages]
+
+    async def _accept(self, messages: Sequence[NewMessage]) -> None:
         if len(messages) == 1:
             await self._store.accept(messages[0])
         else:

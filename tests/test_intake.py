@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import ServiceUnavailable
+from asterisk_sendsms.errors import ForbiddenUser, RecipientOptedOut, RequestError, ServiceUnavailable
 from asterisk_sendsms.intake import (
     ConnectionInbox,
     DaemonLink,
@@ -54,15 +54,17 @@ class Link:
     def __init__(self) -> None:
         self.committed: list[list[NewMessage]] = []
         self.refuse = ""
+        self.opted_out: set[str] = set()
         self.failures: list[tuple[str, float]] = []
         self.daemon: DaemonLink
         self.worker: WorkerLink
 
-    async def commit(self, messages: list[NewMessage]) -> None:
+    async def commit(self, messages: list[NewMessage]) -> list[RequestError | None]:
         await asyncio.sleep(0)
         if self.refuse:
             raise ServiceUnavailable(self.refuse)
-        self.committed.append(messages)
+        self.committed.append([m for m in messages if m.recipient not in self.opted_out])
+        return [RecipientOptedOut(m.recipient) if m.recipient in self.opted_out else None for m in messages]
 
 
 @pytest.fixture
@@ -90,6 +92,15 @@ async def test_a_refused_batch_fails_each_of_its_senders(link: Link) -> None:
     assert all(isinstance(r, ServiceUnavailable) and "disk full" in r.message for r in results)
 
 
+async def test_a_message_refused_on_its_own_fails_its_sender_only(link: Link) -> None:
+    link.opted_out = {message(1).recipient}
+    results = await asyncio.gather(*(link.worker.accept(message(i)) for i in range(3)), return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], ForbiddenUser) and results[1].ozeki_code == 306
+    assert results[1].message == f"recipient opted out: {message(1).recipient}"
+    assert [m.sms_id for m in link.committed[0]] == ["id-0", "id-2"]
+
+
 async def test_failed_logins_reach_the_worker(link: Link) -> None:
     link.daemon.send(("failed-login", "address 192.0.2.1", 12.5))
     await asyncio.sleep(0.05)
@@ -99,8 +110,9 @@ async def test_failed_logins_reach_the_worker(link: Link) -> None:
 async def test_senders_waiting_when_the_daemon_goes_are_told(link: Link) -> None:
     link.committed.clear()
 
-    async def never(messages: list[NewMessage]) -> None:
+    async def never(messages: list[NewMessage]) -> list[RequestError | None]:
         await asyncio.Event().wait()
+        return []
     link.daemon._commit = never
     waiting = asyncio.ensure_future(link.worker.accept(message(1)))
     await asyncio.sleep(0.05)

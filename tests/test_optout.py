@@ -53,6 +53,12 @@ def incoming(text: str, recipient: str = "1234", sender: str = PHONE, total: int
     return IncomingPart("operator", sender, recipient, text, NOW, total=total)
 
 
+async def check(optouts: OptOuts, messages: list[NewMessage]) -> None:
+    """Raise the first refusal, as the daemon's commit does."""
+    for error in (await optouts.refused(messages)).values():
+        raise error
+
+
 async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
         store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
     optouts = OptOuts(OptOutConfig(scope=OptOutScope.SENDER), store, lambda: NOW)
@@ -62,13 +68,13 @@ async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
         f"{PHONE} opted out (' Stop ' to 1234 via operator) for sender 1234"]
     for priority in (Priority.NORMAL, Priority.BULK):
         with pytest.raises(RecipientOptedOut, match=f"recipient opted out: \\{PHONE}") as refused:
-            await optouts.check([message("1234", Priority.INTERACTIVE), message("1234", priority)])
+            await check(optouts, [message("1234", Priority.INTERACTIVE), message("1234", priority)])
         assert isinstance(refused.value, ForbiddenUser) and refused.value.ozeki_code == 306
         assert refused.value.http_status == 403
-    await optouts.check([message("1234", Priority.INTERACTIVE), message("ACME"), message(None),
+    await check(optouts, [message("1234", Priority.INTERACTIVE), message("ACME"), message(None),
                          message("1234", recipient="+36209999999")])
     await optouts.heard(incoming("START"))
-    await optouts.check([message("1234")])
+    await check(optouts, [message("1234")])
     assert await optouts.listed(None, 10) == []
 
 
@@ -78,14 +84,14 @@ async def test_a_global_stop_stops_every_sender_and_interactive_when_configured(
     assert await optouts.listed(PHONE, 10) == [OptOut(PHONE, "", NOW, "keyword")]
     for sender in ("1234", "ACME", None):
         with pytest.raises(RecipientOptedOut):
-            await optouts.check([message(sender, Priority.INTERACTIVE)])
+            await check(optouts, [message(sender, Priority.INTERACTIVE)])
 
 
 async def test_a_modem_stop_is_global_even_per_sender(store: SqliteStore) -> None:
     optouts = OptOuts(OptOutConfig(scope=OptOutScope.SENDER), store, lambda: NOW)
     await optouts.heard(incoming("STOP", recipient=""))  # a modem does not know its own number
     with pytest.raises(RecipientOptedOut):
-        await optouts.check([message("ACME")])
+        await check(optouts, [message("ACME")])
 
 
 async def test_texts_that_are_no_keyword_change_nothing(store: SqliteStore) -> None:
@@ -101,9 +107,18 @@ async def test_operator_changes_use_the_forms_messages_carry(store: SqliteStore)
     assert await optouts.add("0036 20 123-4567", "+36 1 234", "cli")
     assert not await optouts.add(PHONE, "+361234", "api")
     with pytest.raises(RecipientOptedOut):
-        await optouts.check([message("+361234")])
+        await check(optouts, [message("+361234")])
     with pytest.raises(InvalidParameter, match="'number'"):
         await optouts.add("nobody", None, "cli")
     with pytest.raises(InvalidParameter, match="'limit'"):
         await optouts.listed(None, 0)
     assert await optouts.remove(PHONE, "+361234") and not await optouts.remove(PHONE, "+361234")
+
+
+async def test_a_batch_of_separate_requests_learns_which_were_refused(store: SqliteStore) -> None:
+    optouts = OptOuts(OptOutConfig(), store, lambda: NOW)
+    await optouts.add(PHONE, None, "cli")
+    batch = [message("1234", recipient="+36209999999"), message("1234"), message(None, Priority.INTERACTIVE),
+             message(None, Priority.BULK)]
+    refused = await optouts.refused(batch)
+    assert list(refused) == [batch[1].sms_id, batch[3].sms_id]
