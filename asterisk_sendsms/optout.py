@@ -41,8 +41,8 @@ class OptOuts:
                                                             else set())
 
     async def heard(self, part: IncomingPart) -> None:
-        """Act on an incoming SMS that is a keyword. Only a message of one part can be: a keyword is a word,
-        and the parts of a longer one are kept by the store until they are all in."""
+        """Act on an incoming SMS that is a keyword. Only a message of one part can be: keywords are short, and
+        a phone splits only texts longer than one SMS."""
         change = keyword_change(self._config, part.text) if part.total == 1 else None
         if change is None:
             return
@@ -57,7 +57,7 @@ class OptOuts:
         if self._config.scope is OptOutScope.SENDER:
             try:
                 scope = self._scope(part.recipient)
-            except InvalidParameter:  # no sender a message could carry, yet what the SMSC says was texted
+            except InvalidParameter:  # no sender our messages could carry: kept as the SMSC gave it
                 scope = part.recipient
         if change:
             await self._store.add_optout(OptOut(number, scope, self._clock(), "keyword"))
