@@ -1,4 +1,4 @@
-"""The `asterisk-sendsms` command: serve, send, status, check-config, hash-password. Errors are one line
+"""The `asterisk-sendsms` command: serve, send, status, optout, check-config, hash-password. Errors are one line
 on stderr and a non-zero exit."""
 
 from __future__ import annotations
@@ -121,6 +121,22 @@ def _parser() -> argparse.ArgumentParser:
     _common(cancel)
     cancel.add_argument("sms_id", metavar="SMSID")
 
+    optout = commands.add_parser("optout", help="the opt-out list: numbers that texted STOP get no normal or bulk "
+                                                "messages")
+    action = optout.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, what in (("add", "put a number on the list"), ("remove", "take a number off the list")):
+        change = action.add_parser(name, help=what)
+        change.add_argument("number", metavar="NUMBER")
+        change.add_argument("--sender", metavar="SENDER",
+                            help="only for messages from this sender (default: from every sender)")
+    shown = action.add_parser("list", help="show the list, newest first")
+    shown.add_argument("--number", metavar="NUMBER", help="only this number")
+    shown.add_argument("--limit", type=int, default=1000)
+    shown.add_argument("--json", action="store_true", help="print JSON")
+    for command in action.choices.values():
+        _common(command)
+        command.set_defaults(command_parser=command)
+
     migrate = commands.add_parser("migrate", help="create or upgrade the message store's schema (stop the daemons "
                                                   "that use it first)")
     _common(migrate)
@@ -136,7 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     install.add_argument("--dir", type=Path, metavar="DIR",
                          help=f"Asterisk's agi-bin (astagidir in asterisk.conf; default {DEFAULT_AGI_DIR})")
     for command in commands.choices.values():
-        command.set_defaults(command_parser=command)
+        if command is not optout:  # its actions name themselves, for their own usage in errors
+            command.set_defaults(command_parser=command)
     return parser
 
 
@@ -364,6 +381,34 @@ async def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _optout(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.action == "list":
+        query = {"limit": str(args.limit), **({"number": args.number} if args.number else {})}
+        status, data = await _control(config, "GET", f"/api/optouts?{urlencode(query)}")
+        if status != 200:
+            raise CliError(data.get("error", str(data)))
+        if args.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+            return 0
+        print(f"{'since':<23}  {'number':<16}  {'sender':<16}  source")
+        for entry in data:
+            print(printable(f"{_time(entry['created_at'])}  {entry['number']:<16}  "
+                            f"{entry['sender'] or '(every sender)':<16}  {entry['source']}"))
+        return 0
+    sender = {"sender": args.sender} if args.sender else {}
+    if args.action == "add":
+        status, data = await _control(config, "POST", "/api/optouts", {"number": args.number, **sender})
+        done, message = status in (200, 201), "added" if status == 201 else "already on the list"
+    else:
+        status, data = await _control(config, "DELETE", f"/api/optouts?{urlencode({'number': args.number, **sender})}")
+        done, message = status == 200, "removed" if status == 200 and data["removed"] else "was not on the list"
+    if not done:
+        raise CliError(data.get("error", str(data)))
+    print(printable(f"{args.number}: {message}"))
+    return 0
+
+
 async def _migrate(args: argparse.Namespace) -> int:
     config = _config(args)
     store = make_store(config.store)
@@ -471,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_tail(args))
         if args.command == "check-config":
             return _check_config(args)
+        if args.command == "optout":
+            return asyncio.run(_optout(args))
         if args.command == "migrate":
             return asyncio.run(_migrate(args))
         if args.command == "install-agi":

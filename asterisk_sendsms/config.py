@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -34,6 +35,8 @@ __all__ = [
     "HttpConfig",
     "MessagesConfig",
     "ModemSettings",
+    "OptOutConfig",
+    "OptOutScope",
     "Overrides",
     "PolicyConfig",
     "PromptConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "StoreConfig",
     "TransportConfig",
     "UserConfig",
+    "keyword_form",
     "load_agi_config",
     "load_config",
     "parse_ari_url",
@@ -186,6 +190,23 @@ class StatusConfig:
     show_text: bool = False
 
 
+class OptOutScope(StrEnum):
+    SENDER = "sender"  # STOP to a short code stops messages from that short code (or sender name) only
+    GLOBAL = "global"  # STOP stops every message to the number, whoever sends it
+
+
+@dataclass(frozen=True, slots=True)
+class OptOutConfig:
+    """Incoming SMS whose whole text is one of `keywords` opt their sender out, `start_keywords` back in;
+    `normal` and `bulk` messages to a number that opted out are refused, `interactive` ones only if
+    `refuse_interactive` (a one-time code the caller asked for on the phone is no marketing)."""
+
+    keywords: tuple[str, ...] = ("STOP", "UNSUBSCRIBE")
+    start_keywords: tuple[str, ...] = ("START",)
+    scope: OptOutScope = OptOutScope.GLOBAL
+    refuse_interactive: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class SimulatorSettings:
     receipt_delay: float = 1.0
@@ -318,6 +339,7 @@ class Config:
     callbacks: CallbackConfig = CallbackConfig()
     asterisk: AsteriskConfig = AsteriskConfig()
     status: StatusConfig = StatusConfig()
+    optout: OptOutConfig = OptOutConfig()
     incoming_url: str | None = None  # where IncomingSMS notifications go
     allow_plaintext_passwords: bool = False
     log_level: str = "INFO"
@@ -808,6 +830,33 @@ def _priorities(table: _Table) -> frozenset[Priority]:
     return priorities
 
 
+def keyword_form(text: str) -> str:
+    """A text as keywords are compared: trimmed, inner spaces as one, in capitals ("stop " is "STOP")."""
+    return " ".join(text.split()).upper()
+
+
+def _optout(table: _Table) -> OptOutConfig:
+    default = OptOutConfig()
+    words: dict[str, tuple[str, ...]] = {}
+    for name in ("keywords", "start_keywords"):
+        key = table.key(name)
+        values = _str_list(table.get(name, list(getattr(default, name))), key)
+        if any(not value.strip() for value in values):
+            raise ConfigError(f"{key}: a keyword cannot be empty")
+        words[name] = tuple(keyword_form(value) for value in values)
+    both = sorted(set(words["keywords"]) & set(words["start_keywords"]))
+    if both:
+        raise ConfigError(f"{table.key('start_keywords')}: {both[0]!r} is also in {table.key('keywords')}")
+    scope = table.text("scope", default.scope.value)
+    if scope not in tuple(OptOutScope):
+        raise ConfigError(f"{table.key('scope')}: expected \"sender\" or \"global\", got {scope!r}")
+    optout = OptOutConfig(keywords=words["keywords"], start_keywords=words["start_keywords"],
+                          scope=OptOutScope(scope),
+                          refuse_interactive=table.flag("refuse_interactive", default.refuse_interactive))
+    table.finish()
+    return optout
+
+
 def _call_destinations(table: _Table) -> tuple[str, ...]:
     key = table.key("call_destinations")
     destinations = _str_list(table.get("call_destinations", []), key)
@@ -1021,9 +1070,10 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
     status_table = root.table("status")
     status = StatusConfig(show_text=status_table.flag("show_text", StatusConfig().show_text))
     status_table.finish()
+    optout = _optout(root.table("optout"))
     asterisk = _asterisk(root.table("asterisk"), overrides, users)
     root.finish()
     return Config(data_dir=data_dir, store=store, http=http, users=users, transports=transports,
                   routes=routes, messages=messages, dispatch=dispatch, policy=policy, callbacks=callbacks,
-                  speech=speech, asterisk=asterisk, status=status, incoming_url=incoming_url,
+                  speech=speech, asterisk=asterisk, status=status, optout=optout, incoming_url=incoming_url,
                   allow_plaintext_passwords=allow_plaintext, log_level=log_level, demo=demo)

@@ -33,6 +33,7 @@ from .http_fast import FastLane, to_protocol
 from .limits import Limits
 from .metrics import Metrics
 from .notifier import Notifier, url_policy
+from .optout import OptOuts
 from .ozml_runner import OzmlRunner
 from .routing import Router
 from .service import ServiceBackend, SmsService
@@ -79,7 +80,8 @@ async def _site(app: web.Application, ozeki: OzekiEndpoint, config: Config, serv
     try:
         if config.http.workers:
             sockets = listening_sockets(config.http.listen, config.http.backlog)
-            workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit, adopt, authenticator)
+            workers = FrontWorkers.for_config(config, log_setup, sockets, service.commit, adopt,
+                                                authenticator)
             running = loop.create_task(workers.run(), name="HTTP front workers")
         else:
             try:
@@ -176,10 +178,11 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         metrics = Metrics()
         events.listen(metrics.observe)
         limits = Limits.of_users(config.users, config.policy.timezone)
-        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier,
+        optouts = OptOuts(config.optout, store)
+        dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier, optouts,
                                 config.incoming_url, events, bulk_hours=config.policy.bulk_hours,
                                 limits=limits)
-        service = SmsService(config, store, router, dispatcher.wake, notifier.wake, limits, events)
+        service = SmsService(config, store, router, dispatcher.wake, notifier.wake, limits, optouts, events)
 
         def health() -> list[TransportHealth]:
             return [replace(t.health(), waiting=dispatcher.waiting(t.name)) for t in transports.values()]

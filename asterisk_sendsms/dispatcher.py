@@ -18,6 +18,7 @@ from .lifecycle import UNSENT_EXPIRY, State
 from .limits import NO_LIMITS, Limits
 from .model import IncomingPart, OutboundMessage, Receipt
 from .notifier import Notifier
+from .optout import OptOuts
 from .routing import Router
 from .store import Store
 from .timetable import DailyWindow
@@ -51,7 +52,7 @@ _ANY_LENGTH = 255
 
 class Dispatcher:
     def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
-                 dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier,
+                 dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier, optouts: OptOuts,
                  incoming_url: str | None = None, events: EventHub | None = None,
                  clock: Callable[[], float] = time.time, bulk_hours: DailyWindow | None = None,
                  limits: Limits = NO_LIMITS) -> None:
@@ -61,6 +62,7 @@ class Dispatcher:
         self._config = dispatch
         self._messages = messages
         self._notifier = notifier
+        self._optouts = optouts
         self._incoming_url = incoming_url
         self._events = events or EventHub()
         self._clock = clock
@@ -300,6 +302,7 @@ class Dispatcher:
             log.info("incoming SMS %s from %s to %s via %s", incoming_id, part.sender, part.recipient, part.transport)
             if self._incoming_url:
                 self._notifier.wake()
+            await self._optouts.heard(part)
 
     async def on_receipt(self, receipt: Receipt) -> None:
         receipt_time = self._clock()

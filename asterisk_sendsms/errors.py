@@ -11,6 +11,7 @@
     │   ├── AuthenticationFailed     305
     │   ├── ForbiddenUser            306  user may not send (here)
     │   │   └── QuotaExceeded        306  the user's daily or monthly quota is used up
+    │   │   └── RecipientOptedOut    306  the recipient texted STOP
     │   ├── ForbiddenAddress         307  client address not allowed
     │   ├── NoRoute                  501  no transport serves the recipient
     │   └── MessageNotFound          404  status of an unknown SmsId
@@ -43,6 +44,7 @@ __all__ = [
     "ParseError",
     "PermanentSubmitError",
     "QuotaExceeded",
+    "RecipientOptedOut",
     "RequestError",
     "ServiceUnavailable",
     "SmsGatewayError",
@@ -136,6 +138,12 @@ class ForbiddenUser(RequestError):
 
 class QuotaExceeded(ForbiddenUser):
     pass
+
+
+class RecipientOptedOut(ForbiddenUser):
+    def __init__(self, recipient: str) -> None:
+        super().__init__(f"recipient opted out: {recipient}")
+        self.recipient = recipient
 
 
 class ForbiddenAddress(RequestError):

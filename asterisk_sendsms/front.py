@@ -11,7 +11,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import uvloop
@@ -19,12 +19,11 @@ import uvloop
 from .auth import Authenticator
 from .children import child_command, exit_description, hello_frame, read_hello
 from .config import Config, HostPort, UserConfig
-from .errors import RequestError, ServiceUnavailable, SmsGatewayError
+from .errors import ServiceUnavailable, SmsGatewayError
 from .http_api import HandOver, Identify, OzekiEndpoint, tcp_identify
 from .http_fast import FastLane
-from .intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
+from .intake import Commit, ConnectionInbox, DaemonLink, WorkerLink, send_connection
 from .logs import configure_logging
-from .model import NewMessage
 from .routing import Router
 from .service import Accepted, prepare_message
 from .supervision import keep_running
@@ -69,8 +68,7 @@ class FrontWorkers:
     """Runs `count` workers on the listening sockets and starts again any that exits while the daemon runs.
     Their batches are committed with `commit`; connections they hand over are given to `adopt`."""
 
-    def __init__(self, count: int, hello: _Hello, sockets: Sequence[socket.socket],
-                 commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]],
+    def __init__(self, count: int, hello: _Hello, sockets: Sequence[socket.socket], commit: Commit,
                  adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> None:
         self._count = count
         self._hello = hello_frame(hello)
@@ -83,8 +81,7 @@ class FrontWorkers:
         authenticator.on_failed_login(self._tell_failed_login)
 
     @classmethod
-    def for_config(cls, config: Config, log_setup: tuple[str, str], sockets: Sequence[socket.socket],
-                   commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]],
+    def for_config(cls, config: Config, log_setup: tuple[str, str], sockets: Sequence[socket.socket], commit: Commit,
                    adopt: Callable[[socket.socket, bytes], None], authenticator: Authenticator) -> FrontWorkers:
         return cls(config.http.workers, (config, *log_setup), sockets, commit, adopt, authenticator)
 

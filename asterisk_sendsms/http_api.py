@@ -261,15 +261,19 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
     def json_error(exc: SmsGatewayError) -> web.Response:
         return _respond(web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status))
 
+    async def json_object(request: web.Request) -> dict[str, str | None]:
+        try:
+            body = json.loads(await _read_body(request, request.read, body_timeout) or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ParseError("the body is not JSON") from None
+        if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
+            raise ParseError("the body must be a JSON object of strings")
+        return body
+
     @routes.post("/api/messages")
     async def json_send(request: web.Request) -> web.Response:
         try:
-            try:
-                body = json.loads(await _read_body(request, request.read, body_timeout) or b"{}")
-            except (ValueError, UnicodeDecodeError):
-                raise ParseError("the body is not JSON") from None
-            if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
-                raise ParseError("the body must be a JSON object of strings")
+            body = await json_object(request)
             user = await query_user(request)
             priority, validity, send_at = body.get("priority"), body.get("validity_period"), body.get("send_at")
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
@@ -318,6 +322,44 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             return json_error(exc)
         log.info("message %s cancelled by %s", message.sms_id, user.name)
         return web.json_response(_message_json(message))
+
+    @routes.get("/api/optouts")
+    async def optout_list(request: web.Request) -> web.Response:
+        """The opt-out list, newest first (admins only); `number` looks one number up."""
+        try:
+            await admin_user(request)
+            query = request.rel_url.query
+            limit = query.get("limit", "1000")
+            if not limit.isdigit():
+                raise InvalidParameter("limit", "OptOuts", "a whole number")
+            found = await service.optouts.listed(query.get("number") or None, int(limit))
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response([{"number": o.number, "sender": o.scope or None, "created_at": o.created_at,
+                                   "source": o.source} for o in found])
+
+    @routes.post("/api/optouts")
+    async def optout_add(request: web.Request) -> web.Response:
+        """Put `number` on the opt-out list for `sender` (absent: every sender); 201, or 200 if it was there."""
+        try:
+            user = await admin_user(request)
+            body = await json_object(request)
+            added = await service.optouts.add(body.get("number") or "", body.get("sender"),
+                                              "cli" if user is OPERATOR else "api")
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response({"added": added}, status=201 if added else 200)
+
+    @routes.delete("/api/optouts")
+    async def optout_remove(request: web.Request) -> web.Response:
+        """Take `number` (a query parameter) off the list for `sender` (absent: every sender)."""
+        try:
+            await admin_user(request)
+            query = request.rel_url.query
+            removed = await service.optouts.remove(query.get("number", ""), query.get("sender"))
+        except SmsGatewayError as exc:
+            return json_error(exc)
+        return web.json_response({"removed": removed})
 
     @routes.get("/api/events")
     async def event_stream(request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,8 @@ from .errors import RequestError, ServiceUnavailable, SmsGatewayError, refusal
 from .model import NewMessage
 from .traffic import Priority
 
-__all__ = ["ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame", "send_connection"]
+__all__ = ["Commit", "ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame",
+           "send_connection"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,10 @@ MAX_FRAME = 64 * 1024 * 1024
 # read) and that many bytes in packets of at most this size.
 _CHUNK = 32 * 1024
 HAND_OFF_TIMEOUT = 5.0
+
+# The daemon's commit of a worker's batch: the messages are separate requests, so each may be refused on its own
+# (its error, or None if accepted); an error raised refuses them all.
+Commit = Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]]
 
 
 def frame(value: Any) -> bytes:
@@ -86,9 +91,10 @@ def _message(row: Sequence[Any]) -> NewMessage:
 
 class DaemonLink(asyncio.Protocol):
     """The daemon's end of one worker's stream: commits each batch the worker sends and answers its outcome
-    (None, or the message of the `ServiceUnavailable` that refused the whole batch)."""
+    (None, or the message of the `ServiceUnavailable` that refused the whole batch; then the (index, Ozeki code,
+    HTTP status, message) of each message refused on its own)."""
 
-    def __init__(self, commit: Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]]) -> None:
+    def __init__(self, commit: Commit) -> None:
         self._commit = commit
         self._reader = FrameReader()
         self._transport: asyncio.Transport | None = None

@@ -83,6 +83,8 @@ class Metrics:
         lines += [
                   "# HELP sendsms_callback_backlog Delivery notifications not yet acknowledged.",
                   "# TYPE sendsms_callback_backlog gauge", f"sendsms_callback_backlog {stats['pending_callbacks']}",
+                  "# HELP sendsms_optouts Entries of the opt-out list (a number, from one sender or all).",
+                  "# TYPE sendsms_optouts gauge", f"sendsms_optouts {stats['optouts']}",
                   "# HELP sendsms_transport_ready 1 when the transport can send.",
                   "# TYPE sendsms_transport_ready gauge"]
         lines += [f'sendsms_transport_ready{{transport="{_label(t.name)}",kind="{t.kind}"}} {int(t.ready)}'

@@ -19,6 +19,7 @@ __all__ = [
     "IncomingView",
     "MessageView",
     "NewMessage",
+    "OptOut",
     "OutboundMessage",
     "PartOutcome",
     "PartView",
@@ -227,3 +228,13 @@ class MessageView:
     send_at: float | None = None  # the SendAt its sender asked for
     parts: tuple[PartView, ...] = field(default=())
     history: tuple[HistoryEntry, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class OptOut:
+    """A number that asked for no more messages: from `scope` (a sender number or name), or from anyone ('')."""
+
+    number: str
+    scope: str
+    created_at: float
+    source: str  # keyword (an incoming STOP), cli, api

@@ -21,6 +21,7 @@ from .lifecycle import State
 from .limits import Limits
 from .model import MessageView, NewMessage, PendingCallback
 from .notifier import validate_callback_url
+from .optout import OptOuts
 from .routing import Router
 from .store import Store
 from .timetable import check_send_at
@@ -66,13 +67,14 @@ def prepare_message(config: Config, router: Router, user: UserConfig, recipient:
 
 class SmsService:
     def __init__(self, config: Config, store: Store, router: Router, on_accepted: Callable[[Priority], None],
-                 on_cancelled: Callable[[], None], limits: Limits, events: EventHub | None = None,
+                 on_cancelled: Callable[[], None], limits: Limits, optouts: OptOuts, events: EventHub | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._config = config
         self._store = store
         self._router = router
         self._on_accepted = on_accepted
         self._on_cancelled = on_cancelled
+        self.optouts = optouts
         self.events = events or EventHub()
         self._clock = clock
         self.limits = limits
@@ -91,23 +93,27 @@ class SmsService:
 
     async def commit(self, messages: Sequence[NewMessage]) -> list[RequestError | None]:
         """Durably accept validated messages (HTTP front workers validate, the daemon commits): None for each
-        one committed, its refusal (e.g. its user's quota is used up) for each one not. Raises
-        `ServiceUnavailable` when none was."""
-        if len(messages) == 1:
+        one committed, its refusal for each one not (its recipient opted out, its user's quota is used up).
+        Raises `ServiceUnavailable` when none was. Opt-outs are looked up here, where every entry point's
+        messages pass, and not when validating: the list lives in the store, which only the daemon reaches."""
+        opted_out = await self.optouts.refused(messages)
+        admitted = [m for m in messages if m.sms_id not in opted_out]
+        refused: dict[str, RequestError] = dict(opted_out)
+        if len(admitted) == 1:
             try:
-                await self._store.accept(messages[0], self.limits)
-                refusals: list[RequestError | None] = [None]
+                await self._store.accept(admitted[0], self.limits)
             except RequestError as refusal:
-                refusals = [refusal]
-        else:
-            refusals = await self._store.accept_many(messages, self.limits)
-        accepted = [m for m, refusal in zip(messages, refusals, strict=True) if refusal is None]
+                refused[admitted[0].sms_id] = refusal
+        elif admitted:
+            outcomes = await self._store.accept_many(admitted, self.limits)
+            refused.update((m.sms_id, outcome) for m, outcome in zip(admitted, outcomes, strict=True) if outcome)
+        accepted = [m for m in admitted if m.sms_id not in refused]
         if accepted:
             self._on_accepted(min((m.priority for m in accepted), key=lambda p: p.rank))
         for message in accepted:
             self.events.publish("accepted", message.sms_id, recipient=message.recipient, user=message.username,
                                 parts=message.part_count)
-        return refusals
+        return [refused.get(m.sms_id) for m in messages]
 
     async def cancel(self, user: UserConfig, sms_id: str) -> MessageView:
         """Withdraw a message not yet submitted; its notification says Cancelled."""

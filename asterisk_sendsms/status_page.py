@@ -172,7 +172,8 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         for name, rate, quotas in stats.get("limits", ())) or "<tr><td colspan='3'>none</td></tr>"
     scheduled, next_due = stats["scheduled"]
     tiles = (("waiting to be sent", stats["queue"]), ("scheduled", scheduled), ("awaiting receipts (1 h)", in_flight),
-             ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]))
+             ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]),
+             ("opted out", stats["optouts"]))
     pages = []
     if listing.page > 1:
         pages.append(f"<a id='newer' href='{escape(listing.link(listing.page - 1))}'>newer</a>")

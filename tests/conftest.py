@@ -279,6 +279,12 @@ class Smsc:
     def submits(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == "submit"]
 
+    def deliver(self, source: str, dest: str, text: str) -> None:
+        """An incoming SMS, from the phone `source` to `dest`, delivered now on the receiving bind."""
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"source": source, "dest": dest, "text": text}) + "\n")
+        self.process.stdin.flush()
+
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while not predicate():
@@ -293,8 +299,8 @@ def smsc_factory() -> Iterator[Callable[..., Smsc]]:
     def start(**options: Any) -> Smsc:
         port = free_port()
         config = {"port": port, "system_id": "esme", "password": "secret", **options}
-        process = subprocess.Popen(["node", str(PEERS / "smsc.js"), json.dumps(config)], stdout=subprocess.PIPE,
-                                   text=True)
+        process = subprocess.Popen(["node", str(PEERS / "smsc.js"), json.dumps(config)], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, text=True)
         smsc = Smsc(port, process)
 
         def read() -> None:

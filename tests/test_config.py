@@ -9,6 +9,8 @@ import pytest
 from asterisk_sendsms.config import (
     DEMO_USER,
     ModemSettings,
+    OptOutConfig,
+    OptOutScope,
     Overrides,
     SimulatorSettings,
     SmppSettings,
@@ -85,6 +87,16 @@ def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
      "[[transports]]\nurl='simulator'", "users[0].priorities: expected a list of interactive, normal and bulk"),
     ("[[users]]\nname='a'\npassword_hash='" + hash_password("p") + "'\npriorities=[]\n"
      "[[transports]]\nurl='simulator'", "users[0].priorities: a user needs at least one traffic class"),
+    ("[optout]\nkeywords = 'STOP'\n[[transports]]\nurl='simulator'", "optout.keywords: expected a list of strings"),
+    ("[optout]\nstart_keywords = [' ']\n[[transports]]\nurl='simulator'",
+     "optout.start_keywords: a keyword cannot be empty"),
+    ("[optout]\nstart_keywords = ['stop']\n[[transports]]\nurl='simulator'",
+     "optout.start_keywords: 'STOP' is also in optout.keywords"),
+    ("[optout]\nscope = 'shortcode'\n[[transports]]\nurl='simulator'",
+     "optout.scope: expected \"sender\" or \"global\", got 'shortcode'"),
+    ("[optout]\nrefuse_interactive = 'yes'\n[[transports]]\nurl='simulator'",
+     "optout.refuse_interactive: expected true or false"),
+    ("[optout]\nkeyword = ['STOP']\n[[transports]]\nurl='simulator'", "optout.keyword: unknown setting"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -145,3 +157,12 @@ def test_internal_networks_allowed_by_the_file_or_the_environment(tmp_path: Path
     assert [str(n) for n in config.callbacks.allowed_networks] == ["127.0.0.1/32", "10.0.0.0/8"]
     with pytest.raises(ConfigError, match=r"incoming\.url: 10\.1\.2\.3 is an internal address"):
         load_config(Overrides(config_file=path), env={"ASTERISK_SENDSMS_ALLOWED_NETWORKS": ""})
+
+
+def test_optout_defaults_and_keywords_in_one_form(tmp_path: Path) -> None:
+    config = load_config(Overrides(data_dir=tmp_path), env={}).optout
+    assert config == OptOutConfig(("STOP", "UNSUBSCRIBE"), ("START",), OptOutScope.GLOBAL, refuse_interactive=False)
+    path = write(tmp_path, "[optout]\nkeywords = [' stop  all ', 'Arrêt']\nstart_keywords = []\nscope = 'sender'\n"
+                           "refuse_interactive = true\n[[transports]]\nurl = 'simulator'\n")
+    config = load_config(Overrides(config_file=path), env={}).optout
+    assert config == OptOutConfig(("STOP ALL", "ARRÊT"), (), OptOutScope.SENDER, refuse_interactive=True)

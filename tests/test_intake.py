@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import QuotaExceeded, RequestError, ServiceUnavailable
+from asterisk_sendsms.errors import QuotaExceeded, RecipientOptedOut, RequestError, ServiceUnavailable
 from asterisk_sendsms.intake import (
     ConnectionInbox,
     DaemonLink,
@@ -55,6 +55,7 @@ class Link:
         self.committed: list[list[NewMessage]] = []
         self.refuse = ""
         self.over_quota: set[str] = set()
+        self.opted_out: set[str] = set()
         self.failures: list[tuple[str, float]] = []
         self.daemon: DaemonLink
         self.worker: WorkerLink
@@ -63,8 +64,10 @@ class Link:
         await asyncio.sleep(0)
         if self.refuse:
             raise ServiceUnavailable(self.refuse)
-        self.committed.append(messages)
-        return [QuotaExceeded(f"{m.sms_id} is over quota") if m.sms_id in self.over_quota else None
+        self.committed.append([m for m in messages if m.recipient not in self.opted_out
+                               and m.sms_id not in self.over_quota])
+        return [RecipientOptedOut(m.recipient) if m.recipient in self.opted_out
+                else QuotaExceeded(f"{m.sms_id} is over quota") if m.sms_id in self.over_quota else None
                 for m in messages]
 
 
@@ -87,19 +90,21 @@ async def test_messages_of_one_turn_are_committed_together_and_each_sender_learn
     assert link.committed[0][0] == message(0)
 
 
-async def test_a_message_refused_alone_fails_only_its_sender_with_its_code(link: Link) -> None:
-    link.over_quota = {"id-1"}
-    results = await asyncio.gather(*(link.worker.accept(message(i)) for i in range(3)), return_exceptions=True)
-    assert results[0] is None and results[2] is None
-    refused = results[1]
-    assert isinstance(refused, RequestError) and (refused.ozeki_code, refused.http_status) == (306, 403)
-    assert refused.message == "id-1 is over quota"
-
-
 async def test_a_refused_batch_fails_each_of_its_senders(link: Link) -> None:
     link.refuse = "message store error (x): disk full"
     results = await asyncio.gather(*(link.worker.accept(message(i)) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ServiceUnavailable) and "disk full" in r.message for r in results)
+
+
+async def test_a_message_refused_on_its_own_fails_its_sender_only_with_its_code(link: Link) -> None:
+    link.opted_out, link.over_quota = {message(1).recipient}, {"id-3"}
+    results = await asyncio.gather(*(link.worker.accept(message(i)) for i in range(4)), return_exceptions=True)
+    assert results[0] is None and results[2] is None
+    for refused, text in ((results[1], f"recipient opted out: {message(1).recipient}"),
+                          (results[3], "id-3 is over quota")):
+        assert isinstance(refused, RequestError) and (refused.ozeki_code, refused.http_status) == (306, 403)
+        assert refused.message == text
+    assert [m.sms_id for m in link.committed[0]] == ["id-0", "id-2"]
 
 
 async def test_failed_logins_reach_the_worker(link: Link) -> None:
@@ -113,6 +118,7 @@ async def test_senders_waiting_when_the_daemon_goes_are_told(link: Link) -> None
 
     async def never(messages: list[NewMessage]) -> list[RequestError | None]:
         await asyncio.Event().wait()
+        return []
     link.daemon._commit = never
     waiting = asyncio.ensure_future(link.worker.accept(message(1)))
     await asyncio.sleep(0.05)

@@ -26,7 +26,7 @@ from asterisk_sendsms.errors import (
 )
 from asterisk_sendsms.lifecycle import State
 from asterisk_sendsms.limits import Limits, UserLimits
-from asterisk_sendsms.model import MessageView, NewMessage, PartOutcome, Receipt, ReceiptResult
+from asterisk_sendsms.model import MessageView, NewMessage, OptOut, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
 from asterisk_sendsms.store.sql import SqlStore
 from asterisk_sendsms.traffic import Priority
@@ -453,6 +453,25 @@ async def test_unwritable_store_fails_clearly(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(ServiceUnavailable, match="cannot open the message store"):
         await SqliteStore(StoreConfig(blocker / "sub" / "store.sqlite3")).open()
+
+
+async def test_optouts_are_kept_per_scope_and_seen_by_every_node(nodes: Nodes, store: SqlStore) -> None:
+    assert await store.add_optout(OptOut("+3620", "", NOW, "keyword"))
+    assert not await store.add_optout(OptOut("+3620", "", NOW + 5, "cli"))  # already there: kept as it was
+    assert await store.add_optout(OptOut("+3620", "1234", NOW + 1, "api"))
+    assert await store.add_optout(OptOut("+3621", "ACME", NOW + 2, "cli"))
+    other = await nodes.open("b") if nodes.backend == "postgresql" else store  # one SQLite file has one daemon
+    assert sorted(await other.optouts_among(["+3620", "+3622", "+3620"])) == [("+3620", ""), ("+3620", "1234")]
+    assert sorted(await asyncio.gather(*(other.optouts_among([n]) for n in ("+3621", "+3622")))) == [
+        [], [("+3621", "ACME")]]  # concurrent lookups, answered by one query each batch
+    assert await other.list_optouts(None, 10) == [OptOut("+3621", "ACME", NOW + 2, "cli"),
+                                                  OptOut("+3620", "1234", NOW + 1, "api"),
+                                                  OptOut("+3620", "", NOW, "keyword")]
+    assert [o.scope for o in await other.list_optouts("+3620", 1)] == ["1234"]
+    assert (await other.stats(0))["optouts"] == 3
+    assert await other.remove_optout("+3620", "")
+    assert not await store.remove_optout("+3620", "")
+    assert await store.optouts_among(["+3620"]) == [("+3620", "1234")]
 
 
 # ---------------------------------------------------------------- schema versions

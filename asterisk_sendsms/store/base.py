@@ -14,6 +14,7 @@ from ..model import (
     IncomingPart,
     MessageView,
     NewMessage,
+    OptOut,
     OutboundMessage,
     PendingCallback,
     Receipt,
@@ -120,13 +121,29 @@ class Store(Protocol):
     async def stats(self, since: float) -> dict[str, Any]:
         """For the status page: `states` (count per state since), `per_minute` (minute number → messages
         accepted), `queue` (waiting to be sent), `classes` (traffic class → (waiting, creation time of the
-        oldest)), `scheduled` ((count, next due time or None)), `pending_callbacks` (a count),
-        `failure_reasons` (the most frequent error codes of messages that ended without delivery since, with
-        their counts)."""
+        oldest)), `scheduled` ((count, next due time or None)), `pending_callbacks` (a count), `optouts`
+        (a count), `failure_reasons` (the most frequent error codes of messages that ended without delivery
+        since, with their counts)."""
         ...
 
     async def quota_use(self, counters: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Parts counted on each (user, quota counter key of `Limits.quota_keys`)."""
+        ...
+
+    async def add_optout(self, optout: OptOut) -> bool:
+        """Put the number on the opt-out list for its scope; False if it was already there (kept as it was)."""
+        ...
+
+    async def remove_optout(self, number: str, scope: str) -> bool:
+        """Take the number off the opt-out list for `scope`; False if it was not there."""
+        ...
+
+    async def optouts_among(self, numbers: Sequence[str]) -> list[tuple[str, str]]:
+        """(number, scope) of every opt-out of these numbers, in one read."""
+        ...
+
+    async def list_optouts(self, number: str | None, limit: int) -> list[OptOut]:
+        """The opt-out list (of one number if given), newest first."""
         ...
 
     async def pending_callbacks(self, limit: int) -> list[PendingCallback]:

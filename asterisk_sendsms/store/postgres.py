@@ -134,8 +134,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank BIGINT NOT NULL)",
         "ALTER TABLE messages ADD COLUMN validity_period DOUBLE PRECISION",
     ),
-    # Scheduled messages (SendAt, a user's max_rate) wait outside the dispatch index; per-user quota counters
-    # and rate turns.
+    # Sending policy. Scheduled messages (SendAt, a user's max_rate) wait outside the dispatch index; per-user
+    # quota counters and rate turns; the opt-out list: numbers that texted STOP (or were added by an
+    # operator), per sender ('' for all).
     (
         "ALTER TABLE messages ADD COLUMN send_at DOUBLE PRECISION",
         "ALTER TABLE messages ADD COLUMN paced SMALLINT NOT NULL DEFAULT 0",
@@ -143,6 +144,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TABLE quota_use (username TEXT NOT NULL, period TEXT NOT NULL, used BIGINT NOT NULL,"
         " PRIMARY KEY (username, period))",
         "CREATE TABLE user_turns (username TEXT PRIMARY KEY, next_free DOUBLE PRECISION NOT NULL)",
+        """CREATE TABLE optouts (
+            number     TEXT NOT NULL,
+            scope      TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            source     TEXT NOT NULL,
+            PRIMARY KEY (number, scope)
+        )""",
     ),
 )
 

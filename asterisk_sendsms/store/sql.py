@@ -36,6 +36,7 @@ from ..model import (
     IncomingView,
     MessageView,
     NewMessage,
+    OptOut,
     OutboundMessage,
     PartOutcome,
     PartView,
@@ -603,13 +604,14 @@ class SqlStore(ABC):
             scheduled, next_due = db.execute("SELECT COUNT(*), MIN(due_at) FROM messages WHERE state = 'scheduled'"
                                              ).fetchone()
             callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
+            optouts = db.execute("SELECT COUNT(*) FROM optouts").fetchone()[0]
             reasons = db.execute(
                 "SELECT error_code, COUNT(*) FROM messages WHERE updated_at >= ? AND error_code <> ''"
                 f" AND state IN {_UNSUCCESSFUL_STATES} GROUP BY error_code ORDER BY 2 DESC, 1 LIMIT ?",
                 (since, TOP_REASONS)).fetchall()
             return {"states": states, "per_minute": per_minute, "queue": queue, "classes": classes,
                     "scheduled": (scheduled, next_due),
-                    "pending_callbacks": callbacks,
+                    "pending_callbacks": callbacks, "optouts": optouts,
                     "failure_reasons": [(code, count) for code, count in reasons]}
         return await self._run(op)
 
@@ -642,6 +644,29 @@ class SqlStore(ABC):
                            " VALUES (?, ?, 'pending', ?, ?, ?, 'incoming')",
                            (incoming_id, callback_url, part.received_at, part.received_at, part.received_at))
             return incoming_id
+        return await self._run(op)
+
+    async def add_optout(self, optout: OptOut) -> bool:
+        def op(db: Db) -> bool:
+            return db.execute("INSERT INTO optouts (number, scope, created_at, source) VALUES (?, ?, ?, ?)"
+                              " ON CONFLICT DO NOTHING",
+                              (optout.number, optout.scope, optout.created_at, optout.source)).rowcount > 0
+        return await self._run(op)
+
+    async def remove_optout(self, number: str, scope: str) -> bool:
+        return await self._run(lambda db: db.execute("DELETE FROM optouts WHERE number = ? AND scope = ?",
+                                                      (number, scope)).rowcount > 0)
+
+    async def optouts_among(self, numbers: Sequence[str]) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = await self._run(_Grouped(_optouts_among_all, tuple(numbers)))
+        return found
+
+    async def list_optouts(self, number: str | None, limit: int) -> list[OptOut]:
+        def op(db: Db) -> list[OptOut]:
+            where, params = ("WHERE number = ?", (number,)) if number is not None else ("", ())
+            return [OptOut(*row) for row in db.execute(
+                f"SELECT number, scope, created_at, source FROM optouts {where} ORDER BY created_at DESC LIMIT ?",
+                (*params, limit)).fetchall()]
         return await self._run(op)
 
     async def claim_callbacks(self, limit: int, now: float, lease: float, shares: CallbackShares | None = None
@@ -785,6 +810,16 @@ def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
             for member, result in zip(members, operation.run_all(db, arguments), strict=True):
                 results[member] = result
     return results
+
+
+def _optouts_among_all(db: Db, lookups: list[tuple[str, ...]]) -> list[list[tuple[str, str]]]:
+    """The opt-outs of the numbers of every concurrent accept in one query (most accepts find none)."""
+    numbers = sorted({number for lookup in lookups for number in lookup})
+    found: dict[str, list[tuple[str, str]]] = {}
+    for number, scope in db.select_with_values("SELECT number, scope FROM optouts WHERE number IN (VALUES {values})",
+                                               [(number,) for number in numbers]):
+        found.setdefault(number, []).append((number, scope))
+    return [[pair for number in set(lookup) for pair in found.get(number, ())] for lookup in lookups]
 
 
 _MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",

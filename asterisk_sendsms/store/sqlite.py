@@ -139,8 +139,9 @@ CREATE INDEX messages_dispatch ON messages (priority, fair_rank, due_at) WHERE s
 CREATE TABLE fair_shares (username TEXT PRIMARY KEY, last_rank INTEGER NOT NULL);
 ALTER TABLE messages ADD COLUMN validity_period REAL;
 """),
-    # Scheduled messages (SendAt, a user's max_rate) wait outside the dispatch index; per-user quota counters
-    # and rate turns.
+    # Sending policy. Scheduled messages (SendAt, a user's max_rate) wait outside the dispatch index; per-user
+    # quota counters and rate turns; the opt-out list: numbers that texted STOP (or were added by an
+    # operator), per sender ('' for all).
     _statements("""
 ALTER TABLE messages ADD COLUMN send_at REAL;
 ALTER TABLE messages ADD COLUMN paced INTEGER NOT NULL DEFAULT 0;
@@ -148,6 +149,13 @@ CREATE INDEX messages_held ON messages (due_at) WHERE state = 'scheduled';
 CREATE TABLE quota_use (username TEXT NOT NULL, period TEXT NOT NULL, used INTEGER NOT NULL,
                         PRIMARY KEY (username, period));
 CREATE TABLE user_turns (username TEXT PRIMARY KEY, next_free REAL NOT NULL);
+CREATE TABLE optouts (
+    number     TEXT NOT NULL,
+    scope      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    source     TEXT NOT NULL,
+    PRIMARY KEY (number, scope)
+);
 """),
 )
 

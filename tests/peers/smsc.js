@@ -20,6 +20,8 @@
 //   quiet                           no line per submit_sm or receipt (benchmarks); SIGUSR2 prints the counts
 //   mo                              incoming SMS to deliver after the first receiving bind:
 //                                   [{source, dest, text, parts}] (parts > 1: concatenated with a UDH)
+// Each line written to its stdin, an MO in the form of `mo`'s entries, is delivered at once (on the receiving
+// bind there is): a test says when the phone answers.
 'use strict';
 const smpp = require('smpp');
 
@@ -127,6 +129,8 @@ function sendMo(mo) {
     session.deliver_sm(options, (resp) => out({ event: 'mo_resp', part: i + 1, status: resp.command_status }));
   }
 }
+
+require('readline').createInterface({ input: process.stdin }).on('line', (line) => sendMo(JSON.parse(line)));
 
 let binds = 0;
 
