@@ -158,3 +158,15 @@ async def test_bad_send_at_and_limits_are_refused_by_name_and_nothing_is_stored(
         result = subprocess.run([sys.executable, "-m", "asterisk_sendsms", "check-config", "--config", str(config)],
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode != 0 and f"policy.{key}" in result.stderr, (key, result.stderr)
+
+
+def test_a_horizon_beyond_what_dates_hold_is_refused_by_name(tmp_path: Path) -> None:
+    # Accepted, these let a SendAt in the year 33658 in: its message could then not be shown (a 500 and a
+    # traceback for its status, the status page and `messages`).
+    for value in ("nan", "inf", '"100000000h"', "1e300", '"3661d"'):
+        config = tmp_path / "horizon.toml"
+        config.write_text(f'[policy]\nschedule_horizon = {value}\n[[transports]]\nurl = "simulator"\n')
+        result = subprocess.run([sys.executable, "-m", "asterisk_sendsms", "check-config", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode != 0 and "policy.schedule_horizon" in result.stderr, (value, result.stderr)
+        assert "Traceback" not in result.stderr
