@@ -219,6 +219,10 @@ async def _listed(service: SmsService, user: UserConfig, listing: Listing) -> li
     return [found] if listing.page == 1 and listing.state in ("", found.state.value) else []
 
 
+# The fields of a JSON send (POST /api/messages); each a string or null.
+_JSON_FIELDS = ("recipient", "text", "sender", "delivery_report_url", "priority", "validity_period", "send_at")
+
+
 def _message_json(message: MessageView, detail: bool = True) -> dict[str, Any]:
     """A message as JSON; a list's entries (`detail` False) leave out parts and history, which a list does not
     read (GET /api/messages/ID has them), rather than show them empty."""
@@ -268,7 +272,12 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
                 body = json.loads(await _read_body(request, request.read, body_timeout) or b"{}")
             except (ValueError, UnicodeDecodeError):
                 raise ParseError("the body is not JSON") from None
-            if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
+            if not isinstance(body, dict):
+                raise ParseError("the body must be a JSON object of strings")
+            for name in _JSON_FIELDS:  # a field of ours of another type is named (a number for send_at)
+                if not isinstance(body.get(name), str | None):
+                    raise InvalidParameter(name, "messages", "expected a string (or null)")
+            if not all(isinstance(v, str | None) for v in body.values()):
                 raise ParseError("the body must be a JSON object of strings")
             user = await query_user(request)
             priority, validity, send_at = body.get("priority"), body.get("validity_period"), body.get("send_at")

@@ -170,3 +170,19 @@ def test_a_horizon_beyond_what_dates_hold_is_refused_by_name(tmp_path: Path) -> 
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode != 0 and "policy.schedule_horizon" in result.stderr, (value, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+async def test_a_send_at_that_is_not_a_string_is_refused_naming_the_field(daemon_factory: list[Daemon],
+                                                                          tmp_path: Path) -> None:
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config",
+                          str(gateway_config(tmp_path / "g.toml", "simulator")))
+    async with aiohttp.ClientSession() as session:
+        for bad in (int(time.time()) + 60, 1e308, True, [], {}, 0):
+            for field in ("send_at", "validity_period"):
+                async with session.post(f"{daemon.base}/api/messages", headers=basic_auth("alice", "pw"),
+                                        json={"recipient": "+36201111111", "text": "x", field: bad}) as r:
+                    error = (await r.json())["error"]
+                    assert r.status == 400 and f"'{field}'" in error, (field, bad, error)
+        async with session.get(f"{daemon.base}/api/messages", headers=basic_auth("ops", "pw")) as r:
+            assert await r.json() == []
+    assert "Traceback" not in daemon.output()
