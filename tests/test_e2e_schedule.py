@@ -186,3 +186,43 @@ async def test_a_send_at_that_is_not_a_string_is_refused_naming_the_field(daemon
         async with session.get(f"{daemon.base}/api/messages", headers=basic_auth("ops", "pw")) as r:
             assert await r.json() == []
     assert "Traceback" not in daemon.output()
+
+
+async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelled(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    # 320 messages through a window of 1 at 40/s: the dispatcher holds (claimed, handed to the transport) more
+    # than the pacer lets out within the 2 s lease. A cancel of one of them must be refused (409): had it been
+    # cancelled, the transport would still submit it, and the SMSC would have a message the store calls
+    # cancelled.
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, options="&window=1&throughput=40")
+    daemon.stop()
+    config = Path(daemon.args[-1])
+    config.write_text(config.read_text().replace("lease = 120.0", "lease = 2"))
+    daemon.start()
+    async with aiohttp.ClientSession() as session:
+        codes = await asyncio.gather(*[ozeki_send(session, daemon, f"+3620111{i:04d}") for i in range(320)])
+        assert all(code == "200" for code, _ in codes)
+        await asyncio.sleep(3)
+        async with session.get(f"{daemon.base}/api/messages?limit=1000&state=queued",
+                               headers=basic_auth("alice", "pw")) as r:
+            queued = await r.json()
+
+        async def cancel(sms_id: str) -> int:
+            async with session.delete(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+                return r.status
+
+        assert set(await asyncio.gather(*[cancel(m["sms_id"]) for m in queued])) <= {200, 409}
+        deadline = time.monotonic() + 40
+        while True:
+            async with session.get(f"{daemon.base}/api/messages?limit=1000", headers=basic_auth("alice", "pw")) as r:
+                states = {m["recipient"].lstrip("+"): m["state"] for m in await r.json()}
+            if all(state in ("delivered", "cancelled") for state in states.values()):
+                break
+            assert time.monotonic() < deadline, states
+            await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a submit still on its way would arrive
+    at_smsc = set(submitted(smsc))
+    assert not [number for number, state in states.items() if state == "cancelled" and number in at_smsc]
+    assert {number for number, state in states.items() if state == "delivered"} == at_smsc
+    assert "Traceback" not in daemon.output()
