@@ -226,3 +226,16 @@ async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelle
     assert not [number for number, state in states.items() if state == "cancelled" and number in at_smsc]
     assert {number for number, state in states.items() if state == "delivered"} == at_smsc
     assert "Traceback" not in daemon.output()
+
+
+def test_cancel_and_status_of_what_is_not_an_sms_id_say_so_in_one_line(daemon_factory: list[Daemon],
+                                                                          tmp_path: Path) -> None:
+    # Put in the path as they were, '' and '..' made other requests (DELETE /api/messages/, /api/), answered in
+    # text: "cannot talk to the daemon ...: Expecting value: line 1 column 1".
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--transport", "simulator")
+    for command in ("cancel", "status"):
+        for bad in ("", ".", "..", "a/b", "../../metrics", "x" * 10000, "\n\x1b[31m"):
+            result = run_cli(command, bad, data_dir=daemon.data_dir)
+            assert result.returncode != 0 and result.stdout == "", (command, bad, result)
+            assert result.stderr.count("\n") == 1 and "is not an SmsId" in result.stderr, (command, bad, result)
+            assert "\x1b" not in result.stderr
