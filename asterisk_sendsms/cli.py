@@ -11,11 +11,12 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import aiohttp
 import uvloop
@@ -362,8 +363,17 @@ async def _messages(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sms_id(text: str) -> str:
+    """The SmsId as the daemon's paths take it: an empty one, '..' or 'a/b' would make another request."""
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        shown = printable(text[:60]) + ("…" if len(text) > 60 else "")
+        raise CliError(f"'{shown}' is not an SmsId (a UUID such as 01a23c69-d9db-7395-96c1-458c8912add6)") from None
+
+
 async def _status(args: argparse.Namespace) -> int:
-    status, data = await _control(_config(args), "GET", f"/api/messages/{args.sms_id}")
+    status, data = await _control(_config(args), "GET", f"/api/messages/{_sms_id(args.sms_id)}")
     if status != 200:
         raise CliError(data.get("error", str(data)))
     if args.json:
@@ -374,7 +384,7 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 async def _cancel(args: argparse.Namespace) -> int:
-    status, data = await _control(_config(args), "DELETE", f"/api/messages/{quote(args.sms_id, safe='')}")
+    status, data = await _control(_config(args), "DELETE", f"/api/messages/{_sms_id(args.sms_id)}")
     if status != 200:
         raise CliError(f"not cancelled: {data.get('error', data)}")
     print(f"{data['sms_id']} {data['state']}")

@@ -4,6 +4,7 @@ validated with messages that name the key."""
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import socket
@@ -165,6 +166,11 @@ class PolicyConfig:
     timezone: tzinfo = UTC
     bulk_hours: DailyWindow | None = None  # bulk messages wait outside these hours; None: any time
     schedule_horizon: float = 30 * 86400.0
+
+
+# A SendAt further ahead than this is refused whatever the configuration says: the times the gateway shows and
+# computes (its history, the status page, the CLI) stay within what dates can hold.
+MAX_SCHEDULE_HORIZON = 3660 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +383,8 @@ def parse_duration(value: object, key: str) -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     else:
         raise ConfigError(f"{key}: expected a duration such as 30, \"30s\", \"5m\" or \"48h\", got {value!r}")
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{key}: expected a duration such as 30, \"30s\", \"5m\" or \"48h\", got {value!r}")
     if seconds < 0:
         raise ConfigError(f"{key}: a duration cannot be negative")
     return seconds
@@ -451,10 +459,13 @@ class _Table:
             raise ConfigError(f"{self.key(name)}: expected true or false")
         return value
 
-    def duration(self, name: str, default: float, at_least: float = 0.0) -> float:
+    def duration(self, name: str, default: float, at_least: float = 0.0, at_most: float = math.inf) -> float:
         seconds = parse_duration(self.get(name, default), self.key(name))
         if seconds < at_least:
             raise ConfigError(f"{self.key(name)}: expected at least {at_least:g} s")
+        if seconds > at_most:
+            limit = f"{at_most / 86400:g}d" if at_most >= 86400 else f"{at_most:g} s"
+            raise ConfigError(f"{self.key(name)}: expected at most {limit}")
         return seconds
 
     def table(self, name: str) -> _Table:
@@ -813,7 +824,8 @@ def _policy(table: _Table) -> PolicyConfig:
     if hours and window is None:
         raise ConfigError(f"{table.key('bulk_hours')}: expected HH:MM-HH:MM, e.g. \"08:00-20:00\"")
     policy = PolicyConfig(timezone=zone, bulk_hours=window,
-                          schedule_horizon=table.duration("schedule_horizon", PolicyConfig().schedule_horizon, 60.0))
+                          schedule_horizon=table.duration("schedule_horizon", PolicyConfig().schedule_horizon, 60.0,
+                                                          MAX_SCHEDULE_HORIZON))
     table.finish()
     return policy
 

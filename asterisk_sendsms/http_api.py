@@ -219,6 +219,11 @@ async def _listed(service: SmsService, user: UserConfig, listing: Listing) -> li
     return [found] if listing.page == 1 and listing.state in ("", found.state.value) else []
 
 
+# The fields of a JSON send (POST /api/messages); each a string or null.
+_MESSAGE_FIELDS = ("recipient", "text", "sender", "delivery_report_url", "priority", "validity_period", "send_at")
+_OPTOUT_FIELDS = ("number", "sender")
+
+
 def _message_json(message: MessageView, detail: bool = True) -> dict[str, Any]:
     """A message as JSON; a list's entries (`detail` False) leave out parts and history, which a list does not
     read (GET /api/messages/ID has them), rather than show them empty."""
@@ -261,19 +266,26 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
     def json_error(exc: SmsGatewayError) -> web.Response:
         return _respond(web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status))
 
-    async def json_object(request: web.Request) -> dict[str, str | None]:
+    async def json_object(request: web.Request, command: str, fields: tuple[str, ...]) -> dict[str, str | None]:
+        """The body's JSON object of strings; a field of `fields` of another type (a number for send_at) is
+        named, other keys are not (a client's key never reaches the log)."""
         try:
             body = json.loads(await _read_body(request, request.read, body_timeout) or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise ParseError("the body is not JSON") from None
-        if not isinstance(body, dict) or not all(isinstance(v, str | None) for v in body.values()):
+        if not isinstance(body, dict):
+            raise ParseError("the body must be a JSON object of strings")
+        for name in fields:
+            if not isinstance(body.get(name), str | None):
+                raise InvalidParameter(name, command, "expected a string (or null)")
+        if not all(isinstance(v, str | None) for v in body.values()):
             raise ParseError("the body must be a JSON object of strings")
         return body
 
     @routes.post("/api/messages")
     async def json_send(request: web.Request) -> web.Response:
         try:
-            body = await json_object(request)
+            body = await json_object(request, "messages", _MESSAGE_FIELDS)
             user = await query_user(request)
             priority, validity, send_at = body.get("priority"), body.get("validity_period"), body.get("send_at")
             accepted = await service.send(user, body.get("recipient") or "", body.get("text") or "",
@@ -343,7 +355,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
         """Put `number` on the opt-out list for `sender` (absent: every sender); 201, or 200 if it was there."""
         try:
             user = await admin_user(request)
-            body = await json_object(request)
+            body = await json_object(request, "optouts", _OPTOUT_FIELDS)
             added = await service.optouts.add(body.get("number") or "", body.get("sender"),
                                               "cli" if user is OPERATOR else "api")
         except SmsGatewayError as exc:

@@ -181,3 +181,84 @@ async def test_bad_send_at_and_limits_are_refused_by_name_and_nothing_is_stored(
         result = subprocess.run([sys.executable, "-m", "asterisk_sendsms", "check-config", "--config", str(config)],
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode != 0 and f"policy.{key}" in result.stderr, (key, result.stderr)
+
+
+def test_a_horizon_beyond_what_dates_hold_is_refused_by_name(tmp_path: Path) -> None:
+    # Accepted, these let a SendAt in the year 33658 in: its message could then not be shown (a 500 and a
+    # traceback for its status, the status page and `messages`).
+    for value in ("nan", "inf", '"100000000h"', "1e300", '"3661d"'):
+        config = tmp_path / "horizon.toml"
+        config.write_text(f'[policy]\nschedule_horizon = {value}\n[[transports]]\nurl = "simulator"\n')
+        result = subprocess.run([sys.executable, "-m", "asterisk_sendsms", "check-config", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode != 0 and "policy.schedule_horizon" in result.stderr, (value, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+async def test_a_send_at_that_is_not_a_string_is_refused_naming_the_field(daemon_factory: list[Daemon],
+                                                                          tmp_path: Path) -> None:
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config",
+                          str(gateway_config(tmp_path / "g.toml", "simulator")))
+    async with aiohttp.ClientSession() as session:
+        for bad in (int(time.time()) + 60, 1e308, True, [], {}, 0):
+            for field in ("send_at", "validity_period"):
+                async with session.post(f"{daemon.base}/api/messages", headers=basic_auth("alice", "pw"),
+                                        json={"recipient": "+36201111111", "text": "x", field: bad}) as r:
+                    error = (await r.json())["error"]
+                    assert r.status == 400 and f"'{field}'" in error, (field, bad, error)
+        async with session.get(f"{daemon.base}/api/messages", headers=basic_auth("ops", "pw")) as r:
+            assert await r.json() == []
+    assert "Traceback" not in daemon.output()
+
+
+async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelled(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    # 320 messages through a window of 1 at 40/s: the dispatcher holds (claimed, handed to the transport) more
+    # than the pacer lets out within the 2 s lease. A cancel of one of them must be refused (409): had it been
+    # cancelled, the transport would still submit it, and the SMSC would have a message the store calls
+    # cancelled.
+    smsc = smsc_factory()
+    daemon = gateway(daemon_factory, tmp_path, smsc, options="&window=1&throughput=40")
+    daemon.stop()
+    config = Path(daemon.args[-1])
+    config.write_text(config.read_text().replace("lease = 120.0", "lease = 2"))
+    daemon.start()
+    async with aiohttp.ClientSession() as session:
+        codes = await asyncio.gather(*[ozeki_send(session, daemon, f"+3620111{i:04d}") for i in range(320)])
+        assert all(code == "200" for code, _ in codes)
+        await asyncio.sleep(3)
+        async with session.get(f"{daemon.base}/api/messages?limit=1000&state=queued",
+                               headers=basic_auth("alice", "pw")) as r:
+            queued = await r.json()
+
+        async def cancel(sms_id: str) -> int:
+            async with session.delete(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
+                return r.status
+
+        assert set(await asyncio.gather(*[cancel(m["sms_id"]) for m in queued])) <= {200, 409}
+        deadline = time.monotonic() + 40
+        while True:
+            async with session.get(f"{daemon.base}/api/messages?limit=1000", headers=basic_auth("alice", "pw")) as r:
+                states = {m["recipient"].lstrip("+"): m["state"] for m in await r.json()}
+            if all(state in ("delivered", "cancelled") for state in states.values()):
+                break
+            assert time.monotonic() < deadline, states
+            await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a submit still on its way would arrive
+    at_smsc = set(submitted(smsc))
+    assert not [number for number, state in states.items() if state == "cancelled" and number in at_smsc]
+    assert {number for number, state in states.items() if state == "delivered"} == at_smsc
+    assert "Traceback" not in daemon.output()
+
+
+def test_cancel_and_status_of_what_is_not_an_sms_id_say_so_in_one_line(daemon_factory: list[Daemon],
+                                                                          tmp_path: Path) -> None:
+    # Put in the path as they were, '' and '..' made other requests (DELETE /api/messages/, /api/), answered in
+    # text: "cannot talk to the daemon ...: Expecting value: line 1 column 1".
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--transport", "simulator")
+    for command in ("cancel", "status"):
+        for bad in ("", ".", "..", "a/b", "../../metrics", "x" * 10000, "\n\x1b[31m"):
+            result = run_cli(command, bad, data_dir=daemon.data_dir)
+            assert result.returncode != 0 and result.stdout == "", (command, bad, result)
+            assert result.stderr.count("\n") == 1 and "is not an SmsId" in result.stderr, (command, bad, result)
+            assert "\x1b" not in result.stderr

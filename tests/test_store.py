@@ -224,6 +224,8 @@ async def test_cancel_before_submission_and_not_after(store: SqlStore) -> None:
     assert view.state is State.CANCELLED and view.error_code == "CANCELLED"
     assert (await store.cancel(waiting.sms_id, None, NOW + 2)).state is State.CANCELLED
     assert await store.claim(10, NOW + 50, 60) == []  # neither leaves (the claimed one is still held)
+    with pytest.raises(NotCancellable, match="being submitted"):  # its lease ran out: it may be with a transport
+        await store.cancel(queued.sms_id, None, NOW + 61)
     with pytest.raises(NotCancellable, match="cancelled"):
         await store.cancel(scheduled.sms_id, None, NOW + 3)
     jobs = await store.claim_callbacks(10, NOW + 5, 30)

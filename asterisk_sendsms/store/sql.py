@@ -527,12 +527,14 @@ class SqlStore(ABC):
         `MessageNotFound` or `NotCancellable`."""
         def op(db: Db) -> MessageView:
             db.lock_message(sms_id)
-            row = db.execute("SELECT state, username, claimed_by, due_at FROM messages WHERE sms_id = ?",
+            row = db.execute("SELECT state, username, claimed_by FROM messages WHERE sms_id = ?",
                              (sms_id,)).fetchone()
             if row is None or (username is not None and row[1] != username):
                 raise MessageNotFound(sms_id)
-            state, _, claimed_by, due_at = row
-            if claimed_by is not None and due_at is not None and due_at > now:
+            state, _, claimed_by = row
+            # Claimed, it may be with a transport, its lease run out or not (waiting for the throughput or a window
+            # slot can outlast it): only the dispatcher's record of its outcome frees it.
+            if claimed_by is not None:
                 raise NotCancellable(f"Message {sms_id} is being submitted and can no longer be cancelled")
             if State(state) not in CANCELLABLE_STATES:
                 raise NotCancellable(f"Message {sms_id} is {state} and can no longer be cancelled")
