@@ -40,6 +40,9 @@ STORE_PIPELINE = 256
 # Beyond that, room that only interactive messages may take: a pipeline full of claimed bulk messages (waiting
 # for their transport's window and rate) must not keep a caller's message in the store until some leave.
 INTERACTIVE_ROOM = 64
+# Claims of messages waiting in a transport are renewed this often, as a share of the lease: two renewals may
+# fail before one lapses.
+LEASE_RENEWAL = 1 / 3
 # An outcome the store could not take is written again, for this share of the lease, every 0.2 s to 5 s.
 RECORD_PATIENCE = 0.8
 RECORD_RETRY_INITIAL = 0.2
@@ -102,8 +105,10 @@ class Dispatcher:
             await asyncio.sleep(0.02)
         async with asyncio.TaskGroup() as group:
             expiry = group.create_task(self._expiry_loop())
+            leases = group.create_task(self._lease_loop())
             await self._claim_loop(group)
             expiry.cancel()  # the submits in flight finish before the group closes
+            leases.cancel()
 
     def stop(self) -> None:
         """Claim nothing more; `run` returns once the submits in flight have their answers."""
@@ -177,6 +182,21 @@ class Dispatcher:
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot expire overdue messages: %s", exc)
             await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+
+    async def _lease_loop(self) -> None:
+        """Messages handed to a transport may wait there (for a window slot, the throughput, a slow modem) longer
+        than the claim's lease: their claims are renewed, or the next claim would take them again and they would
+        be sent twice."""
+        while True:
+            await asyncio.sleep(self._config.lease * LEASE_RENEWAL)
+            held = [sms_id for handed in self._handed.values() for sms_id in handed]
+            if not held:
+                continue
+            try:
+                await self._store.renew_claims(held, self._clock() + self._config.lease)
+            except SmsGatewayError as exc:
+                log.log(log_level(exc), "cannot renew the claims of %d messages waiting for their transport: %s",
+                        len(held), exc)
 
     def _pick(self, recipient: str) -> tuple[Transport | None, bool]:
         """A ready transport of the recipient's route (the first, or the next in turn for round-robin), and

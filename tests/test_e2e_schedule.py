@@ -246,6 +246,7 @@ async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelle
             await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)  # a submit still on its way would arrive
     at_smsc = set(submitted(smsc))
+    assert len(submitted(smsc)) == len(at_smsc), "a message was submitted twice"
     assert not [number for number, state in states.items() if state == "cancelled" and number in at_smsc]
     assert {number for number, state in states.items() if state == "delivered"} == at_smsc
     assert "Traceback" not in daemon.output()

@@ -162,3 +162,22 @@ async def test_a_message_whose_validity_ends_before_it_can_be_sent_expires_here(
         [post] = await receiver.wait_for(1)
     assert (post["DeliveryStatus"], post["ErrorCode"]) == ("Expired", "EXPIRED")
     assert smsc.submits() == []
+
+
+async def test_messages_waiting_for_their_transport_past_the_lease_are_sent_once(
+        daemon_factory: list[Daemon], tmp_path: Path, smsc_factory: Any) -> None:
+    # A window of 1 at 40/s holds 257 claimed messages for over 6 s, three times the 2 s lease: without its
+    # claims renewed the dispatcher would claim them again and send them twice.
+    smsc = smsc_factory()
+    url = f"smpp://esme:secret@127.0.0.1:{smsc.port}?enquire_link=1&window=1&throughput=40"
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config",
+                          str(gateway_config(tmp_path / "smpp.toml", url, BOB, lease=2)))
+    async with aiohttp.ClientSession() as session:
+        for start in range(0, 300, 50):
+            codes = await asyncio.gather(*(ozeki_send(session, daemon, f"+3620{n:07d}", "bulk")
+                                           for n in range(start, start + 50)))
+            assert {code for code, _ in codes} == {"200"}
+        await smsc.wait_for(lambda: len(set(submitted(smsc))) == 300, timeout=30)
+    await asyncio.sleep(1.0)  # a duplicate on its way would arrive
+    assert len(submitted(smsc)) == 300
+    assert "illegal transition" not in daemon.output()

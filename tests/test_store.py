@@ -273,6 +273,19 @@ async def test_max_rate_gives_each_message_its_turn(store: SqlStore) -> None:
     assert sorted(first + await claimed(NOW + 101)) == sorted(m.sms_id for m in batch)
 
 
+async def test_a_renewed_claim_is_not_taken_again(nodes: Nodes) -> None:
+    a = await nodes.open("a")
+    message = new_message()
+    await a.accept(message)
+    [claimed] = await a.claim(10, NOW, 60)
+    assert await a.renew_claims([claimed.sms_id], NOW + 150) == 1
+    assert await a.claim(10, NOW + 100, 60) == []  # past the first lease, within the renewed one
+    assert [m.sms_id for m in await a.claim(10, NOW + 150, 60)] == [message.sms_id]
+    if nodes.backend == "postgresql":  # another node cannot renew what it does not hold
+        b = await nodes.open("b")
+        assert await b.renew_claims([message.sms_id], NOW + 10**6) == 0
+
+
 async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:
     first = await submitted(store, ids=["0"])
     await store.apply_receipt(Receipt("smsc", "0", PartOutcome.DELIVERED), NOW + 2)

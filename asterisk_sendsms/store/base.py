@@ -79,6 +79,11 @@ class Store(Protocol):
         None may cancel anyone's, else only that user's (`MessageNotFound`)."""
         ...
 
+    async def renew_claims(self, sms_ids: Sequence[str], due_at: float) -> int:
+        """Extend this node's claims of these queued messages to `due_at` (they wait in a transport longer than
+        a lease: nobody, this node included, may claim them again meanwhile). Returns how many it still held."""
+        ...
+
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float | None) -> ReceiptResult:
         """queued → submitted with one SMSC id per part; receipts that arrived early are applied now.

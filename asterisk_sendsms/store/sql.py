@@ -497,6 +497,13 @@ class SqlStore(ABC):
                     for sms_id, sender, recipient, text, attempts, expires_at, rank, fair_rank, _, validity in rows]
         return await self._run(op)
 
+    async def renew_claims(self, sms_ids: Sequence[str], due_at: float) -> int:
+        rows = [(sms_id, due_at, self._node) for sms_id in sms_ids]
+        return await self._run(lambda db: db.with_values(
+            "UPDATE messages SET due_at = CAST(v.column2 AS DOUBLE PRECISION) FROM (VALUES {values}) AS v"
+            " WHERE messages.sms_id = v.column1 AND messages.state = 'queued' AND messages.claimed_by = v.column3",
+            rows))
+
     async def mark_submitted(self, sms_id: str, transport: str, smsc_ids: Sequence[str], now: float,
                              receipt_deadline: float | None) -> ReceiptResult:
         result: ReceiptResult = await self._run(_Grouped(
