@@ -822,7 +822,8 @@ def _policy(table: _Table) -> PolicyConfig:
     hours = table.text("bulk_hours")
     window = parse_window(hours, zone) if hours else None
     if hours and window is None:
-        raise ConfigError(f"{table.key('bulk_hours')}: expected HH:MM-HH:MM, e.g. \"08:00-20:00\"")
+        raise ConfigError(f"{table.key('bulk_hours')}: expected HH:MM-HH:MM with two different times, e.g. "
+                          "\"08:00-20:00\" (leave it out for any time of day)")
     policy = PolicyConfig(timezone=zone, bulk_hours=window,
                           schedule_horizon=table.duration("schedule_horizon", PolicyConfig().schedule_horizon, 60.0,
                                                           MAX_SCHEDULE_HORIZON))
