@@ -35,9 +35,9 @@ class EchoService:
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
                    callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
-                   validity_period: float | None = None) -> Accepted:
+                   validity_period: float | None = None, send_at: float | None = None) -> Accepted:
         digest = hashlib.sha256(repr((user.name, recipient, text, sender, callback_url, priority,
-                                      validity_period)).encode()).hexdigest()
+                                      validity_period, send_at)).encode()).hexdigest()
         return Accepted(digest[:32], 1)
 
 
@@ -249,9 +249,9 @@ class TurnRecordingService(EchoService):
 
     async def send(self, user: UserConfig, recipient: str, text: str, sender: str | None = None,
                    callback_url: str | None = None, priority: Priority = DEFAULT_PRIORITY,
-                   validity_period: float | None = None) -> Accepted:
+                   validity_period: float | None = None, send_at: float | None = None) -> Accepted:
         self.turns.append(self.turn)
-        return await super().send(user, recipient, text, sender, callback_url, priority, validity_period)
+        return await super().send(user, recipient, text, sender, callback_url, priority, validity_period, send_at)
 
 
 async def test_a_flood_of_requests_is_started_a_few_per_turn() -> None:

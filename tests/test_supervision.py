@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from asterisk_sendsms import supervision
-from asterisk_sendsms.config import CallbackConfig, DispatchConfig, MessagesConfig, Route, StoreConfig
+from asterisk_sendsms.config import CallbackConfig, DispatchConfig, MessagesConfig, OptOutConfig, Route, StoreConfig
 from asterisk_sendsms.dispatcher import UNEXPECTED_FAILURES, Dispatcher
 from asterisk_sendsms.encoding import Coding, EncodedMessage
 from asterisk_sendsms.lifecycle import State
 from asterisk_sendsms.model import NewMessage, OutboundMessage
 from asterisk_sendsms.notifier import Notifier
+from asterisk_sendsms.optout import OptOuts
 from asterisk_sendsms.routing import Router
 from asterisk_sendsms.store import SqliteStore
 from asterisk_sendsms.transports import TransportHealth, TransportSink
@@ -89,7 +90,7 @@ async def test_a_message_that_keeps_failing_unexpectedly_is_parked_as_failed(tmp
         transport = _BuggyTransport()
         dispatcher = Dispatcher(store, {"buggy": transport}, Router([Route("", ("buggy",))]),
                                 DispatchConfig(lease=0.1, poll_interval=0.02), MessagesConfig(),
-                                Notifier(store, CallbackConfig()))
+                                Notifier(store, CallbackConfig()), OptOuts(OptOutConfig(), store))
         running = asyncio.create_task(dispatcher.run())
 
         async def parked() -> bool:
