@@ -177,7 +177,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         events = EventHub()
         metrics = Metrics()
         events.listen(metrics.observe)
-        limits = Limits.of_users(config.users, config.policy.timezone)
+        limits = Limits.for_config(config)
         optouts = OptOuts(config.optout, store)
         dispatcher = Dispatcher(store, transports, router, config.dispatch, config.messages, notifier, optouts,
                                 config.incoming_url, events, bulk_hours=config.policy.bulk_hours,

@@ -1,17 +1,21 @@
-"""Per-user sending limits as the store applies them at accept: quota periods and their counters' keys, and the
-turns (due times) a user's max_rate gives its messages."""
+"""What the store checks at accept, in the transaction that commits the message: the opt-out rule, per-user
+quota periods and their counters' keys, and the turns (due times) a user's max_rate gives its messages."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
-from .config import UserConfig
+from .config import Config, OptOutConfig
 from .errors import QuotaExceeded
+from .model import NewMessage
 from .timetable import QuotaPeriod
+from .traffic import Priority
 
-__all__ = ["NO_LIMITS", "Limits", "UserLimits", "quota_refusal", "turns"]
+__all__ = ["ANY_SENDER", "NO_LIMITS", "Limits", "UserLimits", "optout_classes", "quota_refusal", "turns"]
+
+ANY_SENDER = ""  # the scope of an opt-out from every sender
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +31,23 @@ class UserLimits:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The limits of the users that have some (by user name), and the time zone their quota days are in."""
+    """The limits of the users that have some (by user name), the time zone their quota days are in, and the
+    classes refused to a recipient that opted out."""
 
     users: Mapping[str, UserLimits] = field(default_factory=dict)
     zone: tzinfo = UTC
+    optout_classes: frozenset[Priority] = frozenset()
+
+    @classmethod
+    def for_config(cls, config: Config) -> Limits:
+        return cls({u.name: UserLimits(u.max_rate, u.daily_quota, u.monthly_quota) for u in config.users
+                    if u.max_rate or u.daily_quota or u.monthly_quota}, config.policy.timezone,
+                   optout_classes(config.optout))
+
+    def opted_out(self, message: NewMessage, scopes: Set[str]) -> bool:
+        """Whether `message` is refused, its recipient having opted out for the senders in `scopes`."""
+        return message.priority in self.optout_classes and bool(
+            scopes & {ANY_SENDER, message.sender or ANY_SENDER})
 
     def quota_keys(self, username: str, at: float) -> list[tuple[str, int, QuotaPeriod, float]]:
         """The user's quota counters at `at`: (counter key, quota, period, when it resets) each."""
@@ -43,17 +60,19 @@ class Limits:
             keyed.append((f"{period.value} {name}", quota, period, resets))
         return keyed
 
-    @classmethod
-    def of_users(cls, users: Sequence[UserConfig], zone: tzinfo) -> Limits:
-        return cls({u.name: UserLimits(u.max_rate, u.daily_quota, u.monthly_quota) for u in users
-                    if u.max_rate or u.daily_quota or u.monthly_quota}, zone)
-
     def rate(self, username: str) -> float | None:
         limits = self.users.get(username)
         return limits.max_rate if limits else None
 
 
 NO_LIMITS = Limits()
+
+
+def optout_classes(config: OptOutConfig) -> frozenset[Priority]:
+    """The classes refused to a recipient that opted out. A one-time code the caller asked for on the phone is no
+    marketing: interactive goes unless the configuration says otherwise."""
+    return frozenset({Priority.NORMAL, Priority.BULK} | ({Priority.INTERACTIVE} if config.refuse_interactive
+                                                         else set()))
 
 
 def quota_refusal(username: str, period: QuotaPeriod, quota: int, resets: float, zone: tzinfo) -> QuotaExceeded:

@@ -1,24 +1,23 @@
-"""Opt-out: the STOP and START keywords heard in incoming SMS, the list they keep, and the refusal at accept of
-messages to a number on it."""
+"""Opt-out: the STOP and START keywords heard in incoming SMS and the list they keep (the refusal at accept of
+messages to a number on it is the store's, by `Limits.opted_out`)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from .addresses import parse_recipient, parse_sender
 from .config import OptOutConfig, OptOutScope, keyword_form
-from .errors import InvalidParameter, RecipientOptedOut
-from .model import IncomingPart, NewMessage, OptOut
+from .errors import InvalidParameter
+from .limits import ANY_SENDER
+from .model import IncomingPart, OptOut
 from .store import Store
-from .traffic import Priority
 
 __all__ = ["MAX_LIST", "OptOuts", "keyword_change"]
 
 log = logging.getLogger(__name__)
 
-ANY_SENDER = ""  # the scope of an opt-out from every sender
 MAX_LIST = 100_000
 
 
@@ -37,8 +36,6 @@ class OptOuts:
         self._config = config
         self._store = store
         self._clock = clock
-        self._refused = {Priority.NORMAL, Priority.BULK} | ({Priority.INTERACTIVE} if config.refuse_interactive
-                                                            else set())
 
     async def heard(self, part: IncomingPart) -> None:
         """Act on an incoming SMS that is a keyword. Only a message of one part can be: keywords are short, and
@@ -65,16 +62,6 @@ class OptOuts:
             await self._store.remove_optout(number, scope)
         log.info("%s opted %s (%r to %s via %s) for %s", number, "out" if change else "back in", part.text,
                  part.recipient or "the modem", part.transport, f"sender {scope}" if scope else "every sender")
-
-    async def refused(self, messages: Sequence[NewMessage]) -> dict[str, RecipientOptedOut]:
-        """The messages (by SmsId) of a refused class whose recipient opted out from their sender or from
-        everyone, in one store read."""
-        refusable = [m for m in messages if m.priority in self._refused]
-        if not refusable:
-            return {}
-        found = set(await self._store.optouts_among([m.recipient for m in refusable]))
-        return {m.sms_id: RecipientOptedOut(m.recipient) for m in refusable
-                if found & {(m.recipient, ANY_SENDER), (m.recipient, m.sender or ANY_SENDER)}}
 
     async def add(self, number: str, sender: str | None, source: str) -> bool:
         """An operator's opt-out (CLI, API); False if the number was already on the list for that sender."""

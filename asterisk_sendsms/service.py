@@ -93,21 +93,18 @@ class SmsService:
 
     async def commit(self, messages: Sequence[NewMessage]) -> list[RequestError | None]:
         """Durably accept validated messages (HTTP front workers validate, the daemon commits): None for each
-        one committed, its refusal for each one not (its recipient opted out, its user's quota is used up).
-        Raises `ServiceUnavailable` when none was. Opt-outs are looked up here, where every entry point's
-        messages pass, and not when validating: the list lives in the store, which only the daemon reaches."""
-        opted_out = await self.optouts.refused(messages)
-        admitted = [m for m in messages if m.sms_id not in opted_out]
-        refused: dict[str, RequestError] = dict(opted_out)
-        if len(admitted) == 1:
+        one committed, its refusal for each one not (its recipient opted out, its user's quota is used up: the
+        store decides both in the transaction that commits). Raises `ServiceUnavailable` when none was."""
+        refused: dict[str, RequestError] = {}
+        if len(messages) == 1:
             try:
-                await self._store.accept(admitted[0], self.limits)
+                await self._store.accept(messages[0], self.limits)
             except RequestError as refusal:
-                refused[admitted[0].sms_id] = refusal
-        elif admitted:
-            outcomes = await self._store.accept_many(admitted, self.limits)
-            refused.update((m.sms_id, outcome) for m, outcome in zip(admitted, outcomes, strict=True) if outcome)
-        accepted = [m for m in admitted if m.sms_id not in refused]
+                refused[messages[0].sms_id] = refusal
+        else:
+            outcomes = await self._store.accept_many(messages, self.limits)
+            refused.update((m.sms_id, outcome) for m, outcome in zip(messages, outcomes, strict=True) if outcome)
+        accepted = [m for m in messages if m.sms_id not in refused]
         if accepted:
             self._on_accepted(min((m.priority for m in accepted), key=lambda p: p.rank))
         for message in accepted:

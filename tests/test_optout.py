@@ -13,6 +13,7 @@ import pytest
 from asterisk_sendsms.config import OptOutConfig, OptOutScope, StoreConfig
 from asterisk_sendsms.encoding import Coding
 from asterisk_sendsms.errors import ForbiddenUser, InvalidParameter, RecipientOptedOut
+from asterisk_sendsms.limits import Limits, optout_classes
 from asterisk_sendsms.model import IncomingPart, NewMessage, OptOut
 from asterisk_sendsms.optout import OptOuts, keyword_change
 from asterisk_sendsms.store import SqliteStore
@@ -53,10 +54,11 @@ def incoming(text: str, recipient: str = "1234", sender: str = PHONE, total: int
     return IncomingPart("operator", sender, recipient, text, NOW, total=total)
 
 
-async def check(optouts: OptOuts, messages: list[NewMessage]) -> None:
-    """Raise the first refusal, as the daemon's commit does."""
-    for error in (await optouts.refused(messages)).values():
-        raise error
+async def check(store: SqliteStore, messages: list[NewMessage], config: OptOutConfig | None = None) -> None:
+    """Accept the messages as the daemon's commit does; raise the first refusal."""
+    for error in await store.accept_many(messages, Limits(optout_classes=optout_classes(config or OptOutConfig()))):
+        if error is not None:
+            raise error
 
 
 async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
@@ -68,30 +70,31 @@ async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
         f"{PHONE} opted out (' Stop ' to 1234 via operator) for sender 1234"]
     for priority in (Priority.NORMAL, Priority.BULK):
         with pytest.raises(RecipientOptedOut, match=f"recipient opted out: \\{PHONE}") as refused:
-            await check(optouts, [message("1234", Priority.INTERACTIVE), message("1234", priority)])
+            await check(store, [message("1234", Priority.INTERACTIVE), message("1234", priority)])
         assert isinstance(refused.value, ForbiddenUser) and refused.value.ozeki_code == 306
         assert refused.value.http_status == 403
-    await check(optouts, [message("1234", Priority.INTERACTIVE), message("ACME"), message(None),
+    await check(store, [message("1234", Priority.INTERACTIVE), message("ACME"), message(None),
                          message("1234", recipient="+36209999999")])
     await optouts.heard(incoming("START"))
-    await check(optouts, [message("1234")])
+    await check(store, [message("1234")])
     assert await optouts.listed(None, 10) == []
 
 
 async def test_a_global_stop_stops_every_sender_and_interactive_when_configured(store: SqliteStore) -> None:
-    optouts = OptOuts(OptOutConfig(refuse_interactive=True), store, lambda: NOW)
+    config = OptOutConfig(refuse_interactive=True)
+    optouts = OptOuts(config, store, lambda: NOW)
     await optouts.heard(incoming("UNSUBSCRIBE"))
     assert await optouts.listed(PHONE, 10) == [OptOut(PHONE, "", NOW, "keyword")]
     for sender in ("1234", "ACME", None):
         with pytest.raises(RecipientOptedOut):
-            await check(optouts, [message(sender, Priority.INTERACTIVE)])
+            await check(store, [message(sender, Priority.INTERACTIVE)], config)
 
 
 async def test_a_modem_stop_is_global_even_per_sender(store: SqliteStore) -> None:
     optouts = OptOuts(OptOutConfig(scope=OptOutScope.SENDER), store, lambda: NOW)
     await optouts.heard(incoming("STOP", recipient=""))  # a modem does not know its own number
     with pytest.raises(RecipientOptedOut):
-        await check(optouts, [message("ACME")])
+        await check(store, [message("ACME")])
 
 
 async def test_texts_that_are_no_keyword_change_nothing(store: SqliteStore) -> None:
@@ -107,7 +110,7 @@ async def test_operator_changes_use_the_forms_messages_carry(store: SqliteStore)
     assert await optouts.add("0036 20 123-4567", "+36 1 234", "cli")
     assert not await optouts.add(PHONE, "+361234", "api")
     with pytest.raises(RecipientOptedOut):
-        await check(optouts, [message("+361234")])
+        await check(store, [message("+361234")])
     with pytest.raises(InvalidParameter, match="'number'"):
         await optouts.add("nobody", None, "cli")
     with pytest.raises(InvalidParameter, match="'limit'"):
@@ -120,5 +123,7 @@ async def test_a_batch_of_separate_requests_learns_which_were_refused(store: Sql
     await optouts.add(PHONE, None, "cli")
     batch = [message("1234", recipient="+36209999999"), message("1234"), message(None, Priority.INTERACTIVE),
              message(None, Priority.BULK)]
-    refused = await optouts.refused(batch)
-    assert list(refused) == [batch[1].sms_id, batch[3].sms_id]
+    refused = await store.accept_many(batch, Limits(optout_classes=optout_classes(OptOutConfig())))
+    assert [isinstance(error, RecipientOptedOut) for error in refused] == [False, True, False, True]
+    assert sorted(m.recipient for m in await store.list_messages(None, None, None, None, 10)) == [
+        PHONE, "+36209999999"]  # the others are stored (the interactive one to the opted-out number too)

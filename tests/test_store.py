@@ -476,9 +476,18 @@ async def test_optouts_are_kept_per_scope_and_seen_by_every_node(nodes: Nodes, s
     assert await store.add_optout(OptOut("+3620", "1234", NOW + 1, "api"))
     assert await store.add_optout(OptOut("+3621", "ACME", NOW + 2, "cli"))
     other = await nodes.open("b") if nodes.backend == "postgresql" else store  # one SQLite file has one daemon
-    assert sorted(await other.optouts_among(["+3620", "+3622", "+3620"])) == [("+3620", ""), ("+3620", "1234")]
-    assert sorted(await asyncio.gather(*(other.optouts_among([n]) for n in ("+3621", "+3622")))) == [
-        [], [("+3621", "ACME")]]  # concurrent lookups, answered by one query each batch
+    limits = Limits(optout_classes=frozenset({Priority.NORMAL}))
+
+    async def refused(*pairs: tuple[str, str | None]) -> list[bool]:
+        messages = [replace(new_message(), recipient=number, sender=sender) for number, sender in pairs]
+        return [error is not None for error in await other.accept_many(messages, limits)]
+
+    assert await refused(("+3620", "ACME"), ("+3621", "ACME"), ("+3621", "1234"), ("+3622", None)) == [
+        True, True, False, False]
+    # Concurrent accepts, committed together: each learns its own.
+    outcomes = await asyncio.gather(*(other.accept(replace(new_message(), recipient=n, sender="ACME"), limits)
+                                      for n in ("+3621", "+3622")), return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["RecipientOptedOut", "NoneType"]
     assert await other.list_optouts(None, 10) == [OptOut("+3621", "ACME", NOW + 2, "cli"),
                                                   OptOut("+3620", "1234", NOW + 1, "api"),
                                                   OptOut("+3620", "", NOW, "keyword")]
@@ -486,7 +495,7 @@ async def test_optouts_are_kept_per_scope_and_seen_by_every_node(nodes: Nodes, s
     assert (await other.stats(0))["optouts"] == 3
     assert await other.remove_optout("+3620", "")
     assert not await store.remove_optout("+3620", "")
-    assert await store.optouts_among(["+3620"]) == [("+3620", "1234")]
+    assert await refused(("+3620", "ACME"), ("+3620", "1234"), ("+3620", None)) == [False, True, False]
 
 
 # ---------------------------------------------------------------- schema versions

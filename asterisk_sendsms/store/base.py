@@ -143,10 +143,6 @@ class Store(Protocol):
         """Take the number off the opt-out list for `scope`; False if it was not there."""
         ...
 
-    async def optouts_among(self, numbers: Sequence[str]) -> list[tuple[str, str]]:
-        """(number, scope) of every opt-out of these numbers, in one read."""
-        ...
-
     async def list_optouts(self, number: str | None, limit: int) -> list[OptOut]:
         """The opt-out list (of one number if given), newest first."""
         ...

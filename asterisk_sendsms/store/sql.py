@@ -17,7 +17,14 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
 from ..encoding import Coding
-from ..errors import MessageNotFound, NotCancellable, RequestError, ServiceUnavailable, SmsGatewayError
+from ..errors import (
+    MessageNotFound,
+    NotCancellable,
+    RecipientOptedOut,
+    RequestError,
+    ServiceUnavailable,
+    SmsGatewayError,
+)
 from ..lifecycle import (
     CANCELLABLE_STATES,
     FINAL_STATES,
@@ -666,10 +673,6 @@ class SqlStore(ABC):
         return await self._run(lambda db: db.execute("DELETE FROM optouts WHERE number = ? AND scope = ?",
                                                       (number, scope)).rowcount > 0)
 
-    async def optouts_among(self, numbers: Sequence[str]) -> list[tuple[str, str]]:
-        found: list[tuple[str, str]] = await self._run(_Grouped(_optouts_among_all, tuple(numbers)))
-        return found
-
     async def list_optouts(self, number: str | None, limit: int) -> list[OptOut]:
         def op(db: Db) -> list[OptOut]:
             where, params = ("WHERE number = ?", (number,)) if number is not None else ("", ())
@@ -821,16 +824,6 @@ def _run_in_groups(db: Db, operations: Sequence[Operation]) -> list[Any]:
     return results
 
 
-def _optouts_among_all(db: Db, lookups: list[tuple[str, ...]]) -> list[list[tuple[str, str]]]:
-    """The opt-outs of the numbers of every concurrent accept in one query (most accepts find none)."""
-    numbers = sorted({number for lookup in lookups for number in lookup})
-    found: dict[str, list[tuple[str, str]]] = {}
-    for number, scope in db.select_with_values("SELECT number, scope FROM optouts WHERE number IN (VALUES {values})",
-                                               [(number,) for number in numbers]):
-        found.setdefault(number, []).append((number, scope))
-    return [[pair for number in set(lookup) for pair in found.get(number, ())] for lookup in lookups]
-
-
 _MESSAGE_COLUMNS = ("sms_id", "username", "sender", "recipient", "text", "coding", "part_count", "state",
                     "callback_url", "created_at", "updated_at", "expires_at", "due_at", "priority", "fair_rank",
                     "validity_period", "send_at", "paced")
@@ -841,7 +834,8 @@ def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestE
     rolls nothing back: one user over quota must not cost a whole group commit its batch)."""
     limits = items[0][1]
     messages = [message for message, _ in items]
-    refusals = _count_quotas(db, messages, limits)
+    refusals = _opted_out(db, messages, limits)
+    refusals.update(_count_quotas(db, [m for m in messages if m.sms_id not in refusals], limits))
     admitted = [m for m in messages if m.sms_id not in refusals]
     if admitted:
         due = _due_times(db, admitted, limits)
@@ -854,6 +848,19 @@ def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestE
              m.created_at, m.created_at, m.expires_at, due[m.sms_id][0], m.priority.rank, ranks.get(m.sms_id, 0),
              m.validity_period, m.send_at, due[m.sms_id][1]) for m in admitted])
     return [refusals.get(m.sms_id) for m in messages]
+
+
+def _opted_out(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, RequestError]:
+    """The messages refused because their recipient opted out: one query for the whole batch (most find none)."""
+    refusable = [m for m in messages if m.priority in limits.optout_classes]
+    if not refusable:
+        return {}
+    scopes: dict[str, set[str]] = {}
+    for number, scope in db.select_with_values("SELECT number, scope FROM optouts WHERE number IN (VALUES {values})",
+                                               [(number,) for number in sorted({m.recipient for m in refusable})]):
+        scopes.setdefault(number, set()).add(scope)
+    return {m.sms_id: RecipientOptedOut(m.recipient) for m in refusable
+            if m.recipient in scopes and limits.opted_out(m, scopes[m.recipient])}
 
 
 def _count_quotas(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, RequestError]:
