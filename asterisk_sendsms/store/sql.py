@@ -835,19 +835,24 @@ def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestE
     limits = items[0][1]
     messages = [message for message, _ in items]
     refusals = _opted_out(db, messages, limits)
-    refusals.update(_count_quotas(db, [m for m in messages if m.sms_id not in refusals], limits))
-    admitted = [m for m in messages if m.sms_id not in refusals]
-    if admitted:
-        due = _due_times(db, admitted, limits)
-        ranks = _fair_ranks(db, [(m.sms_id, m.username) for m in admitted
-                                 if m.priority is Priority.BULK and due[m.sms_id][0] <= m.created_at],
-                            admitted[0].created_at)
-        db.insert_many("messages", _MESSAGE_COLUMNS, [
-            (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count,
-             (State.SCHEDULED if due[m.sms_id][0] > m.created_at else State.ACCEPTED).value, m.callback_url,
-             m.created_at, m.created_at, m.expires_at, due[m.sms_id][0], m.priority.rank, ranks.get(m.sms_id, 0),
-             m.validity_period, m.send_at, due[m.sms_id][1]) for m in admitted])
-    return [refusals.get(m.sms_id) for m in messages]
+    if limits.users:
+        refusals.update(_count_quotas(db, [m for m in messages if m.sms_id not in refusals], limits))
+    admitted = [m for m in messages if m.sms_id not in refusals] if refusals else messages
+    if not admitted:
+        return [refusals.get(m.sms_id) for m in messages]
+    held = _held(db, admitted, limits)
+    ranks = _fair_ranks(db, [(m.sms_id, m.username) for m in admitted if m.priority is Priority.BULK
+                             and (m.sms_id not in held or held[m.sms_id][0] <= m.created_at)], admitted[0].created_at)
+    accepted = State.ACCEPTED.value
+    rows = []
+    for m in admitted:
+        due_at, paced = held.get(m.sms_id, (m.created_at, 0))
+        rows.append((m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count,
+                     State.SCHEDULED.value if due_at > m.created_at else accepted, m.callback_url, m.created_at,
+                     m.created_at, m.expires_at, due_at, m.priority.rank, ranks.get(m.sms_id, 0), m.validity_period,
+                     m.send_at, paced))
+    db.insert_many("messages", _MESSAGE_COLUMNS, rows)
+    return [refusals.get(m.sms_id) for m in messages] if refusals else [None] * len(messages)
 
 
 def _opted_out(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, RequestError]:
@@ -892,18 +897,18 @@ def _quota_used(db: Db, username: str, key: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _due_times(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, tuple[float, int]]:
-    """Each message's due time and whether its user's max_rate gave it: its SendAt (paced when it comes), its
-    user's next turn, or now."""
-    due = {m.sms_id: (m.send_at or m.created_at, 0) for m in messages}
+def _held(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, tuple[float, int]]:
+    """The messages that may not leave at once, with their due time and whether their user's max_rate gave it:
+    their SendAt (paced when it comes), or their user's next turn (one that came already is due now)."""
+    held = {m.sms_id: (m.send_at, 0) for m in messages if m.send_at is not None}
     by_user: dict[str, list[NewMessage]] = {}
     for message in messages:
         if message.send_at is None and limits.rate(message.username):
             by_user.setdefault(message.username, []).append(message)
     for username, own in sorted(by_user.items()):
         slots = _take_turns(db, username, limits, [m.created_at for m in own])
-        due.update((m.sms_id, (slot, 1)) for m, slot in zip(own, slots, strict=True))
-    return due
+        held.update((m.sms_id, (slot, 1)) for m, slot in zip(own, slots, strict=True))
+    return held
 
 
 def _take_turns(db: Db, username: str, limits: Limits, earliest: list[float]) -> list[float]:
