@@ -347,11 +347,8 @@ async def _messages(args: argparse.Namespace) -> int:
         query["recipient"] = args.recipient
     if args.since:
         query["since"] = str(time.time() - args.since)
-    status, data = await _control(_config(args), "GET", f"/api/messages?{urlencode(query)}")
-    if status != 200:
-        raise CliError(data.get("error", str(data)))
-    if args.json:
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+    data = await _listed(_config(args), f"/api/messages?{urlencode(query)}", args.json)
+    if data is None:
         return 0
     print(f"{'created':<23}  {'SmsId':<36}  {'state':<11}  {'class':<11}  {'leaves at':<23}  {'recipient':<16}  text")
     for message in data:
@@ -361,6 +358,17 @@ async def _messages(args: argparse.Namespace) -> int:
                         f"{message['priority']:<11}  {leaves:<23}  {message['recipient']:<16}  "
                         f"{text[:40] + ('…' if len(text) > 40 else '')}"))
     return 0
+
+
+async def _listed(config: Config, path: str, as_json: bool) -> list[dict[str, Any]] | None:
+    """A list the daemon answers `path` with; printed as JSON (and None returned) when `as_json`."""
+    status, data = await _control(config, "GET", path)
+    if status != 200:
+        raise CliError(data.get("error", str(data)))
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return None
+    return list(data)
 
 
 def _sms_id(text: str) -> str:
@@ -395,11 +403,8 @@ async def _optout(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.action == "list":
         query = {"limit": str(args.limit), **({"number": args.number} if args.number else {})}
-        status, data = await _control(config, "GET", f"/api/optouts?{urlencode(query)}")
-        if status != 200:
-            raise CliError(data.get("error", str(data)))
-        if args.json:
-            print(json.dumps(data, indent=2, ensure_ascii=False))
+        data = await _listed(config, f"/api/optouts?{urlencode(query)}", args.json)
+        if data is None:
             return 0
         print(f"{'since':<23}  {'number':<16}  {'sender':<16}  source")
         for entry in data:
