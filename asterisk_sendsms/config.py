@@ -1010,7 +1010,7 @@ def load_config(overrides: Overrides = Overrides(), env: Mapping[str, str] | Non
         retry_initial=dispatch_table.duration("retry_initial", DispatchConfig().retry_initial),
         retry_max=dispatch_table.duration("retry_max", DispatchConfig().retry_max),
         max_attempts=dispatch_table.integer("max_attempts", DispatchConfig().max_attempts, 1, 1000),
-        lease=dispatch_table.duration("lease", DispatchConfig().lease),
+        lease=dispatch_table.duration("lease", DispatchConfig().lease, 1.0),
         poll_interval=dispatch_table.duration("poll_interval", DispatchConfig().poll_interval),
     )
     dispatch_table.finish()

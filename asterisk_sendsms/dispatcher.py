@@ -11,7 +11,7 @@ from functools import partial
 from typing import TypeVar
 
 from .config import DispatchConfig, MessagesConfig
-from .encoding import EncodedMessage, encode_message
+from .encoding import encode_message
 from .errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError, log_level
 from .events import EventHub
 from .lifecycle import UNSENT_EXPIRY, State
@@ -82,7 +82,7 @@ class Dispatcher:
         self._interactive_waiting = False
         self._stopping = False
         self._turns: dict[str, int] = {}
-        # Per transport, the messages handed to it and not answered yet: sms_id -> (class, when handed over).
+        # Per transport, the messages handed to it whose outcome is not recorded yet: sms_id -> (class, when).
         self._handed: dict[str, dict[str, tuple[Priority, float]]] = {name: {} for name in self._transports}
         self._unexpected: dict[str, int] = {}  # sms_id: dispatches that ended in an unexpected error
 
@@ -156,7 +156,8 @@ class Dispatcher:
                     pass
 
     def waiting(self, transport: str) -> tuple[tuple[Priority, int, float], ...]:
-        """What `transport` holds of ours, by class: (class, messages, when the longest-waiting was handed over)."""
+        """What `transport` holds of ours (handed over, outcome not recorded yet), by class: (class, messages,
+        when the longest-waiting was handed over)."""
         by_class: dict[Priority, tuple[int, float]] = {}
         for priority, since in self._handed.get(transport, {}).values():
             count, oldest = by_class.get(priority, (0, since))
@@ -256,10 +257,20 @@ class Dispatcher:
                 await self._store.retry_later(message.sms_id, now + NOT_READY_DELAY, "NO_TRANSPORT_READY",
                                               "no transport of the route is ready", now, attempted=False)
             return
+        # Its claim is renewed from here until its outcome is recorded: waiting for the transport, or for a store
+        # that is down, may outlast the lease.
+        handed = self._handed[transport.name]
+        handed[message.sms_id] = (message.priority, now)
+        try:
+            await self._submit_on(transport, message)
+        finally:
+            del handed[message.sms_id]
+
+    async def _submit_on(self, transport: Transport, message: OutboundMessage) -> None:
         attempt = message.previous_attempts + 1
         encoded = encode_message(message.text, _ANY_LENGTH)
         try:
-            smsc_ids = await self._hand_over(transport, message, encoded)
+            smsc_ids = await transport.submit(message, encoded)
         except TransientSubmitError as exc:
             now = self._clock()
             if now >= message.expires_at:  # e.g. it waited for the transport past its ValidityPeriod
@@ -294,14 +305,6 @@ class Dispatcher:
             self._notifier.wake()
             self._events.publish(result.final_state.value, message.sms_id)
 
-    async def _hand_over(self, transport: Transport, message: OutboundMessage, encoded: EncodedMessage) -> list[str]:
-        handed = self._handed[transport.name]
-        handed[message.sms_id] = (message.priority, self._clock())
-        try:
-            return await transport.submit(message, encoded)
-        finally:
-            handed.pop(message.sms_id, None)
-
     async def _record(self, write: Callable[[], Awaitable[T]]) -> T:
         """Record what the SMSC said about a message. It has gone out (or been refused for good): if the store
         is down, keep trying while the claim's lease lasts, for once it passes the message is sent again."""
@@ -322,7 +325,12 @@ class Dispatcher:
             log.info("incoming SMS %s from %s to %s via %s", incoming_id, part.sender, part.recipient, part.transport)
             if self._incoming_url:
                 self._notifier.wake()
-            await self._optouts.heard(part)
+            try:
+                await self._optouts.heard(part)
+            except SmsGatewayError as exc:
+                # The SMS is stored: raised to the transport, it would be refused and sent again by the SMSC.
+                log.log(log_level(exc), "incoming SMS %s: its keyword could not be applied to the opt-out list: %s",
+                        incoming_id, exc)
 
     async def on_receipt(self, receipt: Receipt) -> None:
         receipt_time = self._clock()

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 from .errors import IllegalTransition
 
-__all__ = ["CANCELLABLE_STATES", "FINAL_STATES", "SETTLED_STATES", "SOURCES", "UNSENT_EXPIRY", "State",
+__all__ = ["FAILURE_STATES", "FINAL_STATES", "SETTLED_STATES", "SOURCES", "UNSENT_EXPIRY", "State",
            "check_transition", "is_final"]
 
 
@@ -39,13 +39,14 @@ FINAL_STATES = frozenset({State.DELIVERED, State.UNDELIVERED, State.EXPIRED, Sta
                           State.SENT, State.FAILED, State.CANCELLED})
 # Error code and text of a message whose validity ended before it could be submitted (state `expired`)
 UNSENT_EXPIRY = ("EXPIRED", "validity period ended before the message could be submitted")
-# States a sender may still cancel a message in (a queued one only while no dispatcher holds it)
-CANCELLABLE_STATES = frozenset({State.SCHEDULED, State.ACCEPTED, State.QUEUED})
 # Final states in which nothing went wrong: their messages have no failure reason to rank.
 SETTLED_STATES = frozenset({State.DELIVERED, State.ACKNOWLEDGED, State.SENT})
+# Final states in which a message failed to reach its recipient: the status page and metrics rank their reasons
+# (a message its sender cancelled did not fail).
+FAILURE_STATES = FINAL_STATES - SETTLED_STATES - {State.CANCELLED}
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.SCHEDULED: frozenset({State.ACCEPTED, State.EXPIRED, State.CANCELLED}),
+    State.SCHEDULED: frozenset({State.ACCEPTED, State.CANCELLED}),
     State.ACCEPTED: frozenset({State.QUEUED, State.FAILED, State.EXPIRED, State.REJECTED, State.CANCELLED}),
     State.QUEUED: frozenset({State.QUEUED, State.SUBMITTED, State.FAILED, State.EXPIRED, State.REJECTED,
                              State.CANCELLED}),

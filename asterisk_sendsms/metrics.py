@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .lifecycle import SETTLED_STATES, State, is_final
+from .lifecycle import FAILURE_STATES, State, is_final
 from .traffic import Priority
 from .transports import TransportHealth
 
@@ -34,7 +34,7 @@ class Metrics:
     def observe(self, event: dict[str, Any]) -> None:
         kind = str(event["event"])
         self._events[kind] += 1
-        if kind in FINAL and kind not in SETTLED_STATES:
+        if kind in FAILURE_STATES:
             reason = str(event.get("error") or "").split(" ")[0] or "none"
             self._failures[(kind, reason[:40])] += 1
         latency = event.get("receipt_latency")

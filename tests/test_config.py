@@ -97,6 +97,8 @@ def test_environment_and_command_line_override_the_file(tmp_path: Path) -> None:
     ("[optout]\nrefuse_interactive = 'yes'\n[[transports]]\nurl='simulator'",
      "optout.refuse_interactive: expected true or false"),
     ("[optout]\nkeyword = ['STOP']\n[[transports]]\nurl='simulator'", "optout.keyword: unknown setting"),
+    # A lease of 0 would have the claims of waiting messages renewed in a busy loop.
+    ("[dispatch]\nlease = 0\n[[transports]]\nurl='simulator'", "dispatch.lease: expected at least 1 s"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -286,6 +286,18 @@ async def test_a_renewed_claim_is_not_taken_again(nodes: Nodes) -> None:
         assert await b.renew_claims([message.sms_id], NOW + 10**6) == 0
 
 
+async def test_turns_of_cancelled_messages_are_given_back(store: SqlStore) -> None:
+    paced = Limits({"alice": UserLimits(max_rate=1.0)})
+    campaign = [new_message() for _ in range(100)]
+    await store.accept_many(campaign, paced)  # turns NOW .. NOW + 99
+    for message in campaign[1:]:
+        await store.cancel(message.sms_id, None, NOW + 1)
+    later = new_message(created=NOW + 2)
+    await store.accept(later, paced)
+    view = await store.get(later.sms_id, detail=False)
+    assert view is not None and view.state is State.ACCEPTED  # its turn is now, not 98 s away
+
+
 async def test_reused_smsc_id_goes_to_the_waiting_part(store: SqlStore) -> None:
     first = await submitted(store, ids=["0"])
     await store.apply_receipt(Receipt("smsc", "0", PartOutcome.DELIVERED), NOW + 2)

@@ -46,7 +46,8 @@ class Store(Protocol):
 
     async def accept(self, message: NewMessage, limits: Limits = NO_LIMITS) -> None:
         """Commit the message: accepted, or scheduled until its SendAt or its user's next turn under `limits`.
-        Raises `QuotaExceeded` (nothing written) when its user's quota has no room for its parts."""
+        Raises `RecipientOptedOut` or `QuotaExceeded` (nothing written) when its recipient opted out of its class
+        or its user's quota has no room for its parts."""
         ...
 
     async def accept_many(self, messages: Sequence[NewMessage], limits: Limits = NO_LIMITS

@@ -216,7 +216,9 @@ class PostgresDb(Db):
         self._conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_SCHEMA,))
 
     def lock_keys(self, keys: Sequence[str]) -> None:
-        # In one order everywhere, so two nodes locking overlapping sets cannot deadlock on them.
+        # In one order within a call, so two calls locking overlapping sets cannot deadlock on them. A transaction
+        # that makes several calls (a group commit's operations) can still meet another in the opposite order:
+        # PostgreSQL then breaks the deadlock and the writer runs that batch's operations one by one.
         self._conn.execute("SELECT pg_advisory_xact_lock(%s, h) FROM (SELECT DISTINCT hashtext(k) AS h"
                            " FROM unnest(%s::text[]) AS k ORDER BY 1) AS keys", (_LOCK_KEY, list(keys)))
 

@@ -26,9 +26,7 @@ from ..errors import (
     SmsGatewayError,
 )
 from ..lifecycle import (
-    CANCELLABLE_STATES,
-    FINAL_STATES,
-    SETTLED_STATES,
+    FAILURE_STATES,
     SOURCES,
     UNSENT_EXPIRY,
     State,
@@ -69,7 +67,7 @@ _FINAL_PART_STATES = frozenset(o.value for o in PartOutcome if o.final)
 _WAITING_PART_SET = frozenset({"submitted"} | {o.value for o in PartOutcome if not o.final})
 _WAITING_PART_STATES = "(" + ", ".join(f"'{state}'" for state in sorted(_WAITING_PART_SET)) + ")"
 # Final states that are not a delivery: the status page ranks their reasons.
-_UNSUCCESSFUL_STATES = "(" + ", ".join(f"'{state.value}'" for state in sorted(FINAL_STATES - SETTLED_STATES)) + ")"
+_UNSUCCESSFUL_STATES = "(" + ", ".join(f"'{state.value}'" for state in sorted(FAILURE_STATES)) + ")"
 TOP_REASONS = 5
 # Receipts for ids nobody submitted are dropped after this long.
 EARLY_RECEIPT_TTL = 24 * 3600.0
@@ -550,7 +548,7 @@ class SqlStore(ABC):
             # slot can outlast it): only the dispatcher's record of its outcome frees it.
             if claimed_by is not None:
                 raise NotCancellable(f"Message {sms_id} is being submitted and can no longer be cancelled")
-            if State(state) not in CANCELLABLE_STATES:
+            if State(state) not in SOURCES[State.CANCELLED]:
                 raise NotCancellable(f"Message {sms_id} is {state} and can no longer be cancelled")
             _finish(db, sms_id, State.CANCELLED, "CANCELLED", "cancelled by its sender", now, None)
             view = _view(db, sms_id)
@@ -881,7 +879,7 @@ def _count_quotas(db: Db, messages: list[NewMessage], limits: Limits) -> dict[st
         if limits.quota_keys(message.username, message.created_at):
             by_user.setdefault(message.username, []).append(message)
     for username, own in sorted(by_user.items()):
-        db.lock_keys([f"quota\x1f{username}"])  # two nodes counting for one user take turns
+        db.lock_keys([_user_key(username)])  # two nodes counting for one user take turns
         counters = limits.quota_keys(username, own[0].created_at)
         used = {key: _quota_used(db, username, key) for key, _, _, _ in counters}
         for message in own:
@@ -911,21 +909,34 @@ def _held(db: Db, messages: list[NewMessage], limits: Limits) -> dict[str, tuple
         if message.send_at is None and limits.rate(message.username):
             by_user.setdefault(message.username, []).append(message)
     for username, own in sorted(by_user.items()):
-        slots = _take_turns(db, username, limits, [m.created_at for m in own])
+        slots = _take_turns(db, username, limits, [m.created_at for m in own], own[0].created_at)
         held.update((m.sms_id, (slot, 1)) for m, slot in zip(own, slots, strict=True))
     return held
 
 
-def _take_turns(db: Db, username: str, limits: Limits, earliest: list[float]) -> list[float]:
+def _take_turns(db: Db, username: str, limits: Limits, earliest: list[float], now: float) -> list[float]:
     """Due times one 1/max_rate apart after the user's last (all nodes share the user's turns)."""
     rate = limits.rate(username)
     assert rate is not None
-    db.lock_keys([f"turns\x1f{username}"])
+    db.lock_keys([_user_key(username)])
     row = db.execute("SELECT next_free FROM user_turns WHERE username = ?", (username,)).fetchone()
-    slots, next_free = turns(row[0] if row else 0.0, rate, earliest)
+    next_free = row[0] if row else 0.0
+    if next_free > now + 1.0 / rate:
+        # Turns ahead belong to messages still scheduled, or to ones cancelled since: those are given back, and
+        # the user's next message follows the last turn still taken.
+        (last,) = db.execute("SELECT MAX(due_at) FROM messages WHERE state = 'scheduled' AND paced = 1"
+                             " AND username = ?", (username,)).fetchone()
+        next_free = min(next_free, now if last is None else last + 1.0 / rate)
+    slots, next_free = turns(next_free, rate, earliest)
     db.insert_many("user_turns", ("username", "next_free"), [(username, next_free)],
                    " ON CONFLICT (username) DO UPDATE SET next_free = excluded.next_free")
     return slots
+
+
+def _user_key(username: str) -> str:
+    """The advisory lock of a user's quota counters and turns: one key, so that two transactions counting and
+    pacing for one user cannot each hold one and wait for the other."""
+    return f"user\x1f{username}"
 
 
 def _release(db: Db, now: float, limits: Limits) -> None:
@@ -944,7 +955,7 @@ def _release(db: Db, now: float, limits: Limits) -> None:
             to_pace.setdefault(username, []).append((sms_id, rank, due_at))
     later: list[tuple[str, float]] = []
     for username, own in sorted(to_pace.items()):
-        slots = _take_turns(db, username, limits, [due_at for _, _, due_at in own])
+        slots = _take_turns(db, username, limits, [due_at for _, _, due_at in own], now)
         for (sms_id, rank, _), slot in zip(own, slots, strict=True):
             if slot <= now:
                 ready.append((sms_id, username, rank))
