@@ -342,7 +342,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
             await admin_user(request)
             query = request.rel_url.query
             limit = query.get("limit", "1000")
-            if not limit.isdigit():
+            if not (limit.isascii() and limit.isdigit()):
                 raise InvalidParameter("limit", "OptOuts", "a whole number")
             found = await service.optouts.listed(query.get("number") or None, int(limit))
         except SmsGatewayError as exc:

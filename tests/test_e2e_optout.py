@@ -154,3 +154,29 @@ async def test_http_front_workers_commit_through_the_same_check(daemon_factory: 
             assert await ozeki(session, daemon) == ("306", f"recipient opted out: {PHONE}")
         assert (await ozeki(session, daemon, recipient="+36209999999"))[0] == "200"
         assert await stored_for(session, daemon, PHONE) == []
+
+
+async def test_hostile_input_to_the_list_is_refused_by_name_and_the_daemon_stays_up(
+        daemon_factory: list[Daemon], tmp_path: Path) -> None:
+    config = gateway_config(tmp_path / "gateway.toml", "simulator?receipt_delay=0.1")
+    daemon = start_daemon(daemon_factory, tmp_path / "data", "--config", str(config))
+    url = f"{daemon.base}/api/optouts"
+    async with aiohttp.ClientSession() as session:
+        for body in (b"not json", b"[]", b'"+36201111111"', b"{" * 5000, b'{"number": 36201111111}',
+                     b'{"number": ["+36201111111"]}', b'{"number": "+36201111111", "sender": 1234}',
+                     b'{"number": "+3620\\u0000111"}', b'{"number": "' + b"9" * 10_000 + b'"}',
+                     b'{"number": "nobody\\r\\n2026-12-03 INFO forged"}', b'{"number": "+36201111111", "sender": "'
+                     + b"A" * 5000 + b'"}', b'{"number": ""}'):
+            async with session.post(url, headers={**OPS, "Content-Type": "application/json"}, data=body) as r:
+                answer = await r.json()
+                assert r.status == 400 and answer["code"] in (300, 302), (body[:60], answer)
+        for params in ({"number": "x" * 10_000}, {"number": "+36\x00201"}, {"number": ""}, {}):
+            async with session.delete(url, headers=OPS, params=params) as r:
+                assert r.status == 400 and "'number'" in (await r.json())["error"], params
+        for limit in ("-1", "0", "1e9", "10000000000", "NaN", "１０"):
+            async with session.get(url, headers=OPS, params={"limit": limit}) as r:
+                assert r.status == 400 and "'limit'" in (await r.json())["error"], limit
+        assert await optouts(session, daemon) == []  # nothing was added
+        async with session.get(f"{daemon.base}/healthz") as r:
+            assert r.status == 200
+    assert "Traceback" not in daemon.output() and "forged" not in daemon.output()
