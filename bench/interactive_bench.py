@@ -68,6 +68,12 @@ async def send(session: aiohttp.ClientSession, url: str) -> None:
             raise RuntimeError(f"refused: {body[:300]}")
 
 
+async def send_all(session: aiohttp.ClientSession, urls: list[str], at_once: int = 32) -> None:
+    """Every request, `at_once` at a time (the load of a campaign script)."""
+    for start in range(0, len(urls), at_once):
+        await asyncio.gather(*(send(session, url) for url in urls[start:start + at_once]))
+
+
 async def run(bulk: int, interactive: int, throughput: float, spacing: float, priority: bool) -> None:
     peer = Peer()
     daemon = Daemon(f"""
@@ -81,10 +87,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window=10&throughput={throughput
         bulk_class = "&Priority=bulk" if priority else ""
         queued_at = time.monotonic()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
-            pending = [f"{base}3630{i:07d}{bulk_class}" for i in range(bulk)]
-            while pending:
-                chunk, pending = pending[:32], pending[32:]
-                await asyncio.gather(*(send(session, url) for url in chunk))
+            await send_all(session, [f"{base}3630{i:07d}{bulk_class}" for i in range(bulk)])
             queued = time.monotonic() - queued_at
             while len(peer.submitted) < min(bulk, 20):  # the backlog is draining at the contract's pace
                 await asyncio.sleep(0.05)

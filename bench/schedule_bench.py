@@ -20,7 +20,7 @@ import time
 import aiohttp
 import uvloop
 from common import Daemon
-from interactive_bench import TEXT, Peer, send
+from interactive_bench import TEXT, Peer, send, send_all
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -43,10 +43,7 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window=100{pace}"
         due = time.monotonic() + lead
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as session:
             started = time.monotonic()
-            pending = [f"{base}3630{i:07d}&SendAt={send_at:.3f}" for i in range(scheduled)]
-            while pending:
-                chunk, pending = pending[:32], pending[32:]
-                await asyncio.gather(*(send(session, url) for url in chunk))
+            await send_all(session, [f"{base}3630{i:07d}&SendAt={send_at:.3f}" for i in range(scheduled)])
             accepted_in = time.monotonic() - started
             if time.monotonic() > due - 5:
                 raise SystemExit(f"accepting took {accepted_in:.1f} s: give a --lead over {accepted_in + 10:.0f}")

@@ -839,8 +839,10 @@ def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestE
     if not admitted:
         return [refusals.get(m.sms_id) for m in messages]
     held = _held(db, admitted, limits)
-    ranks = _fair_ranks(db, [(m.sms_id, m.username) for m in admitted if m.priority is Priority.BULK
-                             and (m.sms_id not in held or held[m.sms_id][0] <= m.created_at)], admitted[0].created_at)
+    # Held past its accept: scheduled, out of the dispatch queue and of the bulk turns until it is released.
+    later = {m.sms_id for m in admitted if m.sms_id in held and held[m.sms_id][0] > m.created_at} if held else set()
+    ranks = _fair_ranks(db, [(m.sms_id, m.username) for m in admitted
+                             if m.priority is Priority.BULK and m.sms_id not in later], admitted[0].created_at)
     # Comprehensions: this runs for every message accepted, on the writer thread every accept waits for. Most
     # messages are neither scheduled nor paced and leave those two columns to their defaults.
     accepted, scheduled = State.ACCEPTED.value, State.SCHEDULED.value
@@ -851,7 +853,7 @@ def _accept_all(db: Db, items: list[tuple[NewMessage, Limits]]) -> list[RequestE
     if held:
         db.insert_many("messages", _MESSAGE_COLUMNS, [
             (m.sms_id, m.username, m.sender, m.recipient, m.text, m.coding.value, m.part_count,
-             scheduled if due_at > m.created_at else accepted, m.callback_url, m.created_at, m.created_at,
+             scheduled if m.sms_id in later else accepted, m.callback_url, m.created_at, m.created_at,
              m.expires_at, due_at, m.priority.rank, ranks.get(m.sms_id, 0), m.validity_period, m.send_at, paced)
             for m in admitted if m.sms_id in held for due_at, paced in (held[m.sms_id],)])
     return [refusals.get(m.sms_id) for m in messages] if refusals else [None] * len(messages)
@@ -876,11 +878,13 @@ def _count_quotas(db: Db, messages: list[NewMessage], limits: Limits) -> dict[st
     refusals: dict[str, RequestError] = {}
     by_user: dict[str, list[NewMessage]] = {}
     for message in messages:
-        if limits.quota_keys(message.username, message.created_at):
+        if message.username in limits.users:
             by_user.setdefault(message.username, []).append(message)
     for username, own in sorted(by_user.items()):
-        db.lock_keys([_user_key(username)])  # two nodes counting for one user take turns
         counters = limits.quota_keys(username, own[0].created_at)
+        if not counters:
+            continue  # a max_rate alone
+        db.lock_keys([_user_key(username)])  # two nodes counting for one user take turns
         used = {key: _quota_used(db, username, key) for key, _, _, _ in counters}
         for message in own:
             over = next((c for c in counters if used[c[0]] + message.part_count > c[1]), None)
