@@ -1,10 +1,6 @@
-"""asterisk-sendsms: send SMS from Asterisk dialplans through one durable gateway (Ozeki-compatible API)."""
+"""asterisk-sendsms: send SMS from Asterisk dialplans through one durable gateway (Ozeki-compatible API).
 
-from .config import Config, load_config
-from .errors import SmsGatewayError
-from .lifecycle import State
-from .service import Accepted, SmsService
-
-__all__ = ["Accepted", "Config", "SmsGatewayError", "SmsService", "State", "__version__", "load_config"]
+The root imports nothing, so a child process (an SMPP link, an HTTP front worker, an AGI script) loads only the
+layers it uses: core <- wire <- config <- app <- store <- ops <- edge <- runtime <- cli."""
 
 __version__ = "0.1.0"

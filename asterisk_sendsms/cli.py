@@ -21,15 +21,15 @@ from urllib.parse import urlencode
 import aiohttp
 import uvloop
 
-from . import __version__
-from .config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
-from .errors import ConfigError, SmsGatewayError
-from .files import PRIVATE_UMASK
-from .lifecycle import FINAL_STATES, SETTLED_STATES, State
-from .logs import configure_logging, printable
-from .passwords import hash_password
-from .store import make_store
-from .traffic import CSV_PRIORITY, DEFAULT_PRIORITY, Priority
+from asterisk_sendsms import __version__
+from asterisk_sendsms.config import DEFAULT_FASTAGI_PORT, Config, Overrides, load_config
+from asterisk_sendsms.core.errors import ConfigError, SmsGatewayError
+from asterisk_sendsms.core.lifecycle import FINAL_STATES, SETTLED_STATES, State
+from asterisk_sendsms.core.passwords import hash_password
+from asterisk_sendsms.core.traffic import CSV_PRIORITY, DEFAULT_PRIORITY, Priority
+from asterisk_sendsms.ops.logs import configure_logging, printable
+from asterisk_sendsms.store import make_store
+from asterisk_sendsms.store.files import PRIVATE_UMASK
 
 __all__ = ["main"]
 
@@ -466,7 +466,7 @@ def _install_agi(args: argparse.Namespace) -> int:
     for name, function in AGI_SCRIPTS.items():
         path = target / name
         path.write_text(f"#!{sys.executable}\n# Installed by asterisk-sendsms install-agi.\nimport sys\n\n"
-                        f"from asterisk_sendsms.agi_script import {function}\n\nsys.exit({function}())\n")
+                        f"from asterisk_sendsms.edge.asterisk.agi_script import {function}\n\nsys.exit({function}())\n")
         path.chmod(0o755)
         print(f"installed {path}")
     return 0
@@ -488,7 +488,7 @@ def _hash_password(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .daemon import run_daemon
+    from asterisk_sendsms.runtime.daemon import run_daemon
 
     config = _config(args, http=args.http, transports=tuple(args.transport), fastagi=args.fastagi,
                      ari=tuple(args.ari))

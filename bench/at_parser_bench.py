@@ -15,7 +15,7 @@ READ = 4096
 
 def load(path: str | None) -> ModuleType:
     if path is None:
-        from asterisk_sendsms.modem import at
+        from asterisk_sendsms.wire.modem import at
         return at
     spec = importlib.util.spec_from_file_location("at_under_test", path)
     assert spec is not None and spec.loader is not None

@@ -21,8 +21,8 @@ from pathlib import Path
 import h11
 import uvloop
 
-from asterisk_sendsms.http_client import HttpClient
-from asterisk_sendsms.urlpolicy import UrlPolicy
+from asterisk_sendsms.app.urlpolicy import UrlPolicy
+from asterisk_sendsms.edge.http.client import HttpClient
 
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok"
 FORM = (b"NotificationName=SMSDeliveryReport&SmsId=01a2354e-83ef-7442-bfb3-a65a75668676&Sender=%2B0615546669"
@@ -107,8 +107,14 @@ async def with_h11(port: int, posts: int) -> float:
 
 
 def load_old(revision: str) -> object:
-    source = subprocess.run(["git", "show", f"{revision}:asterisk_sendsms/http_client.py"], check=True,
-                            capture_output=True, cwd=Path(__file__).parent).stdout
+    # The client moved in the layered layout; older revisions keep it at the package's top.
+    for where in ("asterisk_sendsms/edge/http/client.py", "asterisk_sendsms/http_client.py"):
+        shown = subprocess.run(["git", "show", f"{revision}:{where}"], capture_output=True, cwd=Path(__file__).parent)
+        if shown.returncode == 0:
+            source = shown.stdout
+            break
+    else:
+        raise SystemExit(f"no HTTP client in revision {revision}")
     path = Path(tempfile.mkdtemp()) / "old_http_client.py"
     path.write_bytes(source)
     spec = importlib.util.spec_from_file_location("old_http_client", path)

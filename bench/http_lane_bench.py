@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from asterisk_sendsms.config import HttpConfig
-from asterisk_sendsms.http_fast import FastLane
+from asterisk_sendsms.edge.http.fast import FastLane
 
 REQUEST = (b"GET /api?command=SendSms&username=HTTP_User_1&password=qwe123&sender=%2b3612345678"
            b"&recipient=%2b36201234567&message=Your+payment+of+42+EUR+was+received HTTP/1.1\r\n"

@@ -36,8 +36,8 @@ import uvloop
 from aiohttp import web
 from common import REPO, Daemon, cpu_seconds, free_port, peak_rss_mib, rss_mib, wait_port, with_children
 
-from asterisk_sendsms.smpp.pdu import Command, Pdu
-from asterisk_sendsms.smpp.session import SmppSession
+from asterisk_sendsms.wire.smpp.pdu import Command, Pdu
+from asterisk_sendsms.wire.smpp.session import SmppSession
 
 TEXT = "Your payment of 42 EUR was received. Thank you!"
 CASES = ("no receipts", "receipts", "receipts + callbacks")

@@ -8,8 +8,8 @@ import argparse
 import statistics
 import timeit
 
-from asterisk_sendsms.smpp.pdu import Command, Pdu, encode_pdu
-from asterisk_sendsms.smpp.session import BindState, SmppSession
+from asterisk_sendsms.wire.smpp.pdu import Command, Pdu, encode_pdu
+from asterisk_sendsms.wire.smpp.session import BindState, SmppSession
 
 PDUS = 20_000
 READ = 64 * 1024

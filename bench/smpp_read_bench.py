@@ -14,9 +14,9 @@ from typing import Any
 import uvloop
 
 from asterisk_sendsms.config import SmppSettings
-from asterisk_sendsms.smpp.pdu import Command, Pdu, encode_pdu
-from asterisk_sendsms.smpp.session import BindState
-from asterisk_sendsms.smpp.transport import SmppTransport, _Exchange
+from asterisk_sendsms.edge.smpp.transport import SmppTransport, _Exchange
+from asterisk_sendsms.wire.smpp.pdu import Command, Pdu, encode_pdu
+from asterisk_sendsms.wire.smpp.session import BindState
 
 PAIRS = 10_000
 READ = 64 * 1024

@@ -14,8 +14,8 @@ import uuid
 from pathlib import Path
 
 from asterisk_sendsms.config import StoreConfig
-from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.model import NewMessage, PartOutcome, Receipt
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.model import NewMessage, PartOutcome, Receipt
 from asterisk_sendsms.store import SqliteStore
 
 BATCH = 200

@@ -24,8 +24,8 @@ from aiohttp import web
 from hypothesis import settings
 from lxml import etree
 
-from asterisk_sendsms.lifecycle import State, is_final
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.lifecycle import State, is_final
+from asterisk_sendsms.core.passwords import hash_password
 
 from .peers.fake_modem import FakeModem
 from .peers.postgres import PostgresServer

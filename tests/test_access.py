@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from asterisk_sendsms.calls import CallService, check_call
+from asterisk_sendsms.app.calls import CallService, check_call
 from asterisk_sendsms.config import LOOPBACK, AsteriskConfig, CallbackConfig, Overrides, UserConfig, load_config
-from asterisk_sendsms.errors import ConfigError, ForbiddenUser, InvalidParameter
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.errors import ConfigError, ForbiddenUser, InvalidParameter
+from asterisk_sendsms.core.passwords import hash_password
 
 CALLER = UserConfig("ivr", can_call=True, call_destinations=("+3620", "06", "PJSIP/1??"))
 
@@ -158,13 +158,13 @@ class Backend:
         return f"id-{len(self.sent)}"
 
     async def state(self, sms_id: str) -> tuple[Any, str]:
-        from asterisk_sendsms.lifecycle import State
+        from asterisk_sendsms.core.lifecycle import State
         return State.SUBMITTED, ""
 
 
 def fastagi_server(port: int, backend: Backend) -> Any:
     from asterisk_sendsms.config import HostPort, PromptConfig
-    from asterisk_sendsms.fastagi import FastAgiServer
+    from asterisk_sendsms.edge.asterisk.fastagi import FastAgiServer
     return FastAgiServer(HostPort("127.0.0.1", port), backend, None, PromptConfig(), None,  # type: ignore[arg-type]
                          LOOPBACK, None)
 
@@ -198,7 +198,7 @@ async def test_fastagi_connections_made_before_it_runs_wait_in_the_backlog() -> 
 
 async def test_fastagi_closes_connections_beyond_its_cap(monkeypatch: pytest.MonkeyPatch,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    import asterisk_sendsms.fastagi as fastagi_module
+    import asterisk_sendsms.edge.asterisk.fastagi as fastagi_module
 
     from .conftest import free_port
     monkeypatch.setattr(fastagi_module, "MAX_CONNECTIONS", 3)

@@ -9,18 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asterisk_sendsms.addresses import AddressKind, kind_of, parse_recipient, parse_sender
-from asterisk_sendsms.auth import Authenticator, check_destination
+from asterisk_sendsms.app.auth import Authenticator, check_destination
+from asterisk_sendsms.app.routing import Router
 from asterisk_sendsms.config import Route, UserConfig
-from asterisk_sendsms.errors import (
+from asterisk_sendsms.core.addresses import AddressKind, kind_of, parse_recipient, parse_sender
+from asterisk_sendsms.core.errors import (
     AuthenticationFailed,
     AuthenticationRequired,
     ForbiddenAddress,
     ForbiddenUser,
     InvalidParameter,
 )
-from asterisk_sendsms.passwords import hash_password
-from asterisk_sendsms.routing import Router
+from asterisk_sendsms.core.passwords import hash_password
 
 
 @pytest.mark.parametrize(("raw", "value", "kind"), [
@@ -102,7 +102,7 @@ async def test_authentication() -> None:
 
 
 async def test_a_burst_of_logins_costs_one_hash(monkeypatch: pytest.MonkeyPatch) -> None:
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     calls: list[str] = []
     real_verify = auth_module.verify_password
@@ -122,7 +122,7 @@ async def test_a_burst_of_logins_costs_one_hash(monkeypatch: pytest.MonkeyPatch)
 
 
 async def test_brute_force_is_refused_without_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     now = [1000.0]
     auth = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
@@ -144,7 +144,7 @@ async def test_brute_force_is_refused_without_hashing(monkeypatch: pytest.Monkey
 
 
 async def test_guessing_a_name_does_not_lock_its_user_out_elsewhere() -> None:
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     now = [1000.0]
     auth = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
@@ -158,7 +158,7 @@ async def test_guessing_a_name_does_not_lock_its_user_out_elsewhere() -> None:
 
 
 async def test_one_address_guessing_many_names_is_stopped() -> None:
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     now = [1000.0]
     users = [UserConfig(f"user{i}", password_hash=hash_password("pw")) for i in range(2)]
@@ -180,7 +180,7 @@ async def test_one_address_guessing_many_names_is_stopped() -> None:
 
 async def test_a_misconfigured_client_does_not_lock_out_its_neighbours() -> None:
     """Behind one NAT address: one client retrying an old password is stopped, the others still log in."""
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     now = [1000.0]
     users = [UserConfig(name, password_hash=hash_password("pw")) for name in ("app", "bob")]
@@ -193,7 +193,7 @@ async def test_a_misconfigured_client_does_not_lock_out_its_neighbours() -> None
 
 async def test_failures_reach_other_processes_with_the_same_keys() -> None:
     """The HTTP front workers hear of each failure the daemon counts (front.py) and refuse alike."""
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     now = [1000.0]
     daemon = Authenticator([UserConfig("alice", password_hash=hash_password("pw"))], [], clock=lambda: now[0])
@@ -210,7 +210,7 @@ async def test_failures_reach_other_processes_with_the_same_keys() -> None:
 
 
 def test_the_failure_log_stays_bounded_and_keeps_the_latest() -> None:
-    import asterisk_sendsms.auth as auth_module
+    import asterisk_sendsms.app.auth as auth_module
 
     log = auth_module._FailureLog(lambda: 1000.0)
     blocking = auth_module.pair_key("alice", "192.0.2.7")

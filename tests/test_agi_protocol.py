@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from asterisk_sendsms.agi import (
+from asterisk_sendsms.wire.agi import (
     AgiCommandError,
     AgiEnvironment,
     AgiError,

@@ -17,8 +17,8 @@ from asterisk_sendsms.config import (
     load_config,
     parse_transport_url,
 )
-from asterisk_sendsms.errors import ConfigError
-from asterisk_sendsms.passwords import hash_password, verify_password
+from asterisk_sendsms.core.errors import ConfigError
+from asterisk_sendsms.core.passwords import hash_password, verify_password
 
 
 def write(tmp_path: Path, text: str) -> Path:

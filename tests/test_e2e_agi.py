@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import REPO, Daemon, free_port, get_status, start_daemon
 from .peers.fake_asterisk import FakeChannel, base_environment, run_fastagi, run_process_agi

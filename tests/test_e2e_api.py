@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import RUN, Daemon, Receiver, basic_auth, get_status, seed_query, start_daemon, wait_final
 

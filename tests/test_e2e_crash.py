@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-from asterisk_sendsms.dispatcher import STORE_PIPELINE
+from asterisk_sendsms.app.dispatcher import STORE_PIPELINE
 
 from .conftest import Daemon, start_daemon, wait_final
 

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from asterisk_sendsms.modem.at import CNMI_NO_REPORTS, CNMI_REPORTS
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
+from asterisk_sendsms.wire.modem.at import CNMI_NO_REPORTS, CNMI_REPORTS
 
 from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
 from .peers.fake_modem import PROFILES, FakeModem

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from lxml import etree
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import REPO, Daemon, free_port, get_status, start_daemon
 from .peers.fake_ari import FakeAri

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
 from .test_e2e_api import run_cli

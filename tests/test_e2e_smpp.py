@@ -325,7 +325,7 @@ async def test_the_smpp_process_ends_with_the_daemon(daemon_factory: list[Daemon
 
 def _running(pid: int) -> bool:
     try:
-        return b"asterisk_sendsms.smpp.process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"asterisk_sendsms.runtime.smpp_child" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
 

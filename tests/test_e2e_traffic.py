@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 from lxml import etree
 
-from asterisk_sendsms.dispatcher import STORE_PIPELINE
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.app.dispatcher import STORE_PIPELINE
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
 

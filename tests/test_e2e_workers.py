@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from asterisk_sendsms.daemon import _report_stuck_shutdown
+from asterisk_sendsms.runtime.daemon import _report_stuck_shutdown
 
 from .conftest import Daemon, final, gateway_config, send, start_daemon
 
@@ -33,7 +33,7 @@ def workers_of(daemon: Daemon) -> list[int]:
     assert daemon.process is not None
     children = Path(f"/proc/{daemon.process.pid}/task/{daemon.process.pid}/children").read_text().split()
     return [int(pid) for pid in children
-            if b"asterisk_sendsms.front" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if b"asterisk_sendsms.runtime.front" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 async def wait_until(predicate: object, timeout: float = 20.0) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asterisk_sendsms.encoding import (
+from asterisk_sendsms.core.encoding import (
     GSM_BASIC,
     GSM_EXTENSION,
     Coding,
@@ -16,7 +16,7 @@ from asterisk_sendsms.encoding import (
     pack_septets,
     unpack_septets,
 )
-from asterisk_sendsms.errors import InvalidParameter
+from asterisk_sendsms.core.errors import InvalidParameter
 
 
 def gsm_text(message_segments: tuple[object, ...]) -> str:

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from asterisk_sendsms.agi import MAX_LINE, AgiEnvironment, AgiError, ReplyParser, parse_environment_line
-from asterisk_sendsms.errors import SmsGatewayError
-from asterisk_sendsms.modem.at import MAX_BUFFER, AtParser, Response
-from asterisk_sendsms.modem.pdu import ModemPduError
-from asterisk_sendsms.modem.pdu import decode_pdu as decode_modem_pdu
-from asterisk_sendsms.ozml import MAX_BYTES, parse_ozml
-from asterisk_sendsms.smpp.pdu import MAX_PDU, Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
-from asterisk_sendsms.smpp.receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt
+from asterisk_sendsms.core.errors import SmsGatewayError
+from asterisk_sendsms.wire.agi import MAX_LINE, AgiEnvironment, AgiError, ReplyParser, parse_environment_line
+from asterisk_sendsms.wire.modem.at import MAX_BUFFER, AtParser, Response
+from asterisk_sendsms.wire.modem.pdu import ModemPduError
+from asterisk_sendsms.wire.modem.pdu import decode_pdu as decode_modem_pdu
+from asterisk_sendsms.wire.ozml import MAX_BYTES, parse_ozml
+from asterisk_sendsms.wire.smpp.pdu import MAX_PDU, Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length
+from asterisk_sendsms.wire.smpp.receipts import Delivery, IdForm, decode_mo, delivery, parse_receipt
 
 from .conftest import Daemon, start_daemon
 

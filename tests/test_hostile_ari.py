@@ -21,7 +21,7 @@ import pytest_asyncio
 from aiohttp import web
 from lxml import etree
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, free_port
 from .hostile import ALLOWED, VIEWER, delivered, http_send, messages_to, still_running

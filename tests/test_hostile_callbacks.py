@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from lxml import etree
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, Receiver, final, free_port, gateway_config, get_status, send
 from .peers.fake_ari import FakeAri

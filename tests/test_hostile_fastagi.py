@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, free_port
 from .hostile import ALLOWED, VIEWER, delivered, http_send, messages_to, still_running

@@ -28,7 +28,7 @@ BANNER = re.compile(r"asterisk-sendsms listening on |  (store|transports|control
 
 
 def start(daemon_factory: list[Daemon], tmp_path: Path, workers: int) -> Daemon:
-    from asterisk_sendsms.passwords import hash_password
+    from asterisk_sendsms.core.passwords import hash_password
     config = gateway_config(tmp_path / "hostile.toml", "simulator?receipt_delay=0.05",
                             f"[http]\n{TIMEOUTS}workers = {workers}\n")
     # alice's password is this module's own, so that the log can be searched for it.

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from asterisk_sendsms.modem.at import MAX_BUFFER, MAX_LINES, AtParser, Prompt, Response, Unsolicited
+from asterisk_sendsms.wire.modem.at import MAX_BUFFER, MAX_LINES, AtParser, Prompt, Response, Unsolicited
 
 from .conftest import Daemon, basic_auth, send, wait_final
 from .peers.fake_modem import FakeModem

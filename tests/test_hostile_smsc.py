@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from asterisk_sendsms.smpp.pdu import Command, Pdu, Status, encode_pdu
-from asterisk_sendsms.smpp.session import BindState, SmppSession, Unreadable
+from asterisk_sendsms.wire.smpp.pdu import Command, Pdu, Status, encode_pdu
+from asterisk_sendsms.wire.smpp.session import BindState, SmppSession, Unreadable
 
 from .conftest import Daemon, final, gateway_config, send, start_daemon
 from .peers.hostile_smsc import DELIVER_SM, ENQUIRE_LINK, GENERIC_NACK, MO_FLOOD, RESP, UNBIND, HostileSmsc

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from asterisk_sendsms.http_client import HttpClient, HttpError
-from asterisk_sendsms.urlpolicy import UrlPolicy
+from asterisk_sendsms.app.urlpolicy import UrlPolicy
+from asterisk_sendsms.edge.http.client import HttpClient, HttpError
 
 # The receivers of these tests listen on 127.0.0.1, which the policy refuses unless allow-listed.
 LOCAL = UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asterisk_sendsms.http_client import MAX_BODY, MAX_HEAD, HttpClient, HttpError, _build
-from asterisk_sendsms.urlpolicy import UrlPolicy
+from asterisk_sendsms.app.urlpolicy import UrlPolicy
+from asterisk_sendsms.edge.http.client import MAX_BODY, MAX_HEAD, HttpClient, HttpError, _build
 
 LOCAL = UrlPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "400"))

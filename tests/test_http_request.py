@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from asterisk_sendsms.config import HttpConfig
-from asterisk_sendsms.http_fast import FastLane
-from asterisk_sendsms.http_request import BadRequest, NotOurs, Request, RequestReader, Stage
+from asterisk_sendsms.edge.http.fast import FastLane
+from asterisk_sendsms.wire.http1 import BadRequest, NotOurs, Request, RequestReader, Stage
 
 MAX_BODY = 2048
 HTTP = HttpConfig(max_body_bytes=MAX_BODY)

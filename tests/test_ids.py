@@ -6,7 +6,7 @@ import os
 import time
 import uuid
 
-from asterisk_sendsms.ids import new_sms_id
+from asterisk_sendsms.core.ids import new_sms_id
 
 
 def test_a_canonical_version_7_uuid_carrying_the_time() -> None:

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import QuotaExceeded, RecipientOptedOut, RequestError, ServiceUnavailable
-from asterisk_sendsms.intake import (
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.errors import QuotaExceeded, RecipientOptedOut, RequestError, ServiceUnavailable
+from asterisk_sendsms.core.model import NewMessage
+from asterisk_sendsms.runtime.intake import (
     ConnectionInbox,
     DaemonLink,
     FrameReader,
@@ -21,7 +22,6 @@ from asterisk_sendsms.intake import (
     read_frame,
     send_connection,
 )
-from asterisk_sendsms.model import NewMessage
 
 values = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | st.text(),
                       lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner), max_leaves=12)

@@ -6,8 +6,8 @@ import itertools
 
 import pytest
 
-from asterisk_sendsms.errors import IllegalTransition
-from asterisk_sendsms.lifecycle import FINAL_STATES, TRANSITIONS, State, check_transition
+from asterisk_sendsms.core.errors import IllegalTransition
+from asterisk_sendsms.core.lifecycle import FINAL_STATES, TRANSITIONS, State, check_transition
 
 
 def test_the_happy_path_is_allowed() -> None:

@@ -9,13 +9,13 @@ import logging
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asterisk_sendsms.logs import JsonFormatter, TextFormatter, printable
+from asterisk_sendsms.ops.logs import JsonFormatter, TextFormatter, printable
 
 FORGED = "Foo\r\n2026-12-03 08:00:00 INFO asterisk_sendsms: admin logged in\x1b[2J\x9b31m\u2028\u202e"
 
 
 def _record(*args: object) -> logging.LogRecord:
-    return logging.LogRecord("asterisk_sendsms.http_api", logging.INFO, __file__, 1, "unknown command %r: %s",
+    return logging.LogRecord("asterisk_sendsms.edge.http.api", logging.INFO, __file__, 1, "unknown command %r: %s",
                              args, None)
 
 
@@ -23,7 +23,7 @@ def test_a_forged_log_line_stays_inside_its_record() -> None:
     line = TextFormatter("%(levelname)s %(name)s: %(message)s").format(_record(FORGED, FORGED))
     assert "\n" not in line and "\r" not in line and "\x1b" not in line and "\x9b" not in line
     assert "\u2028" not in line and "\u202e" not in line
-    assert line.startswith("INFO asterisk_sendsms.http_api: unknown command ")
+    assert line.startswith("INFO asterisk_sendsms.edge.http.api: unknown command ")
     assert "\\r\\n2026-12-03" in line and "\\x1b[2J" in line
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from asterisk_sendsms.modem.at import (
+from asterisk_sendsms.wire.modem.at import (
     CNMI_NO_REPORTS,
     CNMI_REPORTS,
     AtParser,

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from asterisk_sendsms.errors import TransientSubmitError
-from asterisk_sendsms.model import OutboundMessage
-from asterisk_sendsms.modem.gate import FIRST, PriorityGate
-from asterisk_sendsms.modem.transport import _validity_left
-from asterisk_sendsms.traffic import Order, Priority
+from asterisk_sendsms.core.errors import TransientSubmitError
+from asterisk_sendsms.core.model import OutboundMessage
+from asterisk_sendsms.core.traffic import Order, Priority
+from asterisk_sendsms.edge.modem.gate import FIRST, PriorityGate
+from asterisk_sendsms.edge.modem.transport import _validity_left
 
 INTERACTIVE: Order = (Priority.INTERACTIVE.rank, 0)
 BULK: Order = (Priority.BULK.rank, 0)

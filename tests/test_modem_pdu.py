@@ -10,10 +10,10 @@ from gsmmodem import pdu as reference
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asterisk_sendsms.encoding import GSM_BASIC, GSM_EXTENSION, Coding, encode_message
-from asterisk_sendsms.model import PartOutcome
-from asterisk_sendsms.modem.at import AtParser, Prompt, Response, Unsolicited, cms_code
-from asterisk_sendsms.modem.pdu import Deliver, StatusReport, decode_pdu, encode_submit, validity_octet
+from asterisk_sendsms.core.encoding import GSM_BASIC, GSM_EXTENSION, Coding, encode_message
+from asterisk_sendsms.core.model import PartOutcome
+from asterisk_sendsms.wire.modem.at import AtParser, Prompt, Response, Unsolicited, cms_code
+from asterisk_sendsms.wire.modem.pdu import Deliver, StatusReport, decode_pdu, encode_submit, validity_octet
 
 
 def theirs(submit_hex: str) -> dict[str, object]:

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from asterisk_sendsms import notifier as notifier_module
+from asterisk_sendsms.app import notifier as notifier_module
+from asterisk_sendsms.app.notifier import Notifier
 from asterisk_sendsms.config import CallbackConfig, StoreConfig
-from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.model import CallbackShares, IncomingPart, NewMessage
-from asterisk_sendsms.notifier import Notifier
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.model import CallbackShares, IncomingPart, NewMessage
 from asterisk_sendsms.store import SqliteStore
 from asterisk_sendsms.store.sql import SqlStore
 
@@ -214,7 +214,7 @@ async def test_claims_cap_each_users_share(any_store: SqlStore) -> None:
 
 async def test_a_failing_claim_is_logged_once_and_the_loop_goes_on(store: SqlStore, monkeypatch: pytest.MonkeyPatch,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "asterisk_sendsms.notifier")
+    caplog.set_level(logging.INFO, "asterisk_sendsms.app.notifier")
     real_claim = store.claim_callbacks
     failures = [3]
 

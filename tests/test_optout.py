@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from asterisk_sendsms.app.limits import Limits, optout_classes
+from asterisk_sendsms.app.optout import OptOuts, keyword_change
 from asterisk_sendsms.config import OptOutConfig, OptOutScope, StoreConfig
-from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import ForbiddenUser, InvalidParameter, RecipientOptedOut
-from asterisk_sendsms.limits import Limits, optout_classes
-from asterisk_sendsms.model import IncomingPart, NewMessage, OptOut
-from asterisk_sendsms.optout import OptOuts, keyword_change
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.errors import ForbiddenUser, InvalidParameter, RecipientOptedOut
+from asterisk_sendsms.core.model import IncomingPart, NewMessage, OptOut
+from asterisk_sendsms.core.traffic import Priority
 from asterisk_sendsms.store import SqliteStore
-from asterisk_sendsms.traffic import Priority
 
 NOW = 1_800_000_000.0
 PHONE = "+36201234567"
@@ -64,7 +64,7 @@ async def check(store: SqliteStore, messages: list[NewMessage], config: OptOutCo
 async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
         store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
     optouts = OptOuts(OptOutConfig(scope=OptOutScope.SENDER), store, lambda: NOW)
-    with caplog.at_level(logging.INFO, "asterisk_sendsms.optout"):
+    with caplog.at_level(logging.INFO, "asterisk_sendsms.app.optout"):
         await optouts.heard(incoming(" Stop "))
     assert [r.getMessage() for r in caplog.records] == [
         f"{PHONE} opted out (' Stop ' to 1234 via operator) for sender 1234"]

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
-from asterisk_sendsms.errors import InvalidParameter, ParseError
-from asterisk_sendsms.ozeki import (
+from asterisk_sendsms.core.errors import InvalidParameter, ParseError
+from asterisk_sendsms.wire.ozeki import (
     SUCCESS_MESSAGE,
     command_result,
     form_encode,

@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from asterisk_sendsms.ozml import (
+from asterisk_sendsms.wire.ozml import (
     BlindTransfer,
     Delay,
     GoTo,

@@ -9,9 +9,18 @@ import smpplib.command
 from hypothesis import given
 from hypothesis import strategies as st
 
-from asterisk_sendsms.model import PartOutcome
-from asterisk_sendsms.smpp.pdu import Command, Pdu, PduError, Tlv, decode_pdu, encode_pdu, frame_length, relative_time
-from asterisk_sendsms.smpp.receipts import (
+from asterisk_sendsms.core.model import PartOutcome
+from asterisk_sendsms.wire.smpp.pdu import (
+    Command,
+    Pdu,
+    PduError,
+    Tlv,
+    decode_pdu,
+    encode_pdu,
+    frame_length,
+    relative_time,
+)
+from asterisk_sendsms.wire.smpp.receipts import (
     Delivery,
     IdForm,
     MoText,

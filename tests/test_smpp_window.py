@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from asterisk_sendsms.smpp.window import THROTTLE_PAUSE_INITIAL, THROTTLE_PAUSE_MAX, Pacer, SubmitWindow
+from asterisk_sendsms.wire.smpp.window import THROTTLE_PAUSE_INITIAL, THROTTLE_PAUSE_MAX, Pacer, SubmitWindow
 
 
 def test_slots_are_handed_to_the_waiting_in_order() -> None:

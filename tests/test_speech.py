@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from asterisk_sendsms.config import SpeechConfig
-from asterisk_sendsms.speech import Speaker, SpeechError
+from asterisk_sendsms.edge.speech import Speaker, SpeechError
 
 
 def soxi(path: str, flag: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from asterisk_sendsms.passwords import hash_password
+from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import REPO, Daemon, Receiver, basic_auth, start_daemon, wait_final
 

@@ -15,21 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from asterisk_sendsms.app.limits import Limits, UserLimits
 from asterisk_sendsms.config import StoreConfig
-from asterisk_sendsms.encoding import Coding
-from asterisk_sendsms.errors import (
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.errors import (
     IllegalTransition,
     MessageNotFound,
     NotCancellable,
     QuotaExceeded,
     ServiceUnavailable,
 )
-from asterisk_sendsms.lifecycle import State
-from asterisk_sendsms.limits import Limits, UserLimits
-from asterisk_sendsms.model import MessageView, NewMessage, OptOut, PartOutcome, Receipt, ReceiptResult
+from asterisk_sendsms.core.lifecycle import State
+from asterisk_sendsms.core.model import MessageView, NewMessage, OptOut, PartOutcome, Receipt, ReceiptResult
+from asterisk_sendsms.core.traffic import Priority
 from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
 from asterisk_sendsms.store.sql import SqlStore
-from asterisk_sendsms.traffic import Priority
 
 NOW = 1_800_000_000.0
 

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from asterisk_sendsms import supervision
+from asterisk_sendsms.app.dispatcher import UNEXPECTED_FAILURES, Dispatcher
+from asterisk_sendsms.app.notifier import Notifier
+from asterisk_sendsms.app.optout import OptOuts
+from asterisk_sendsms.app.routing import Router
 from asterisk_sendsms.config import CallbackConfig, DispatchConfig, MessagesConfig, OptOutConfig, Route, StoreConfig
-from asterisk_sendsms.dispatcher import UNEXPECTED_FAILURES, Dispatcher
-from asterisk_sendsms.encoding import Coding, EncodedMessage
-from asterisk_sendsms.lifecycle import State
-from asterisk_sendsms.model import NewMessage, OutboundMessage
-from asterisk_sendsms.notifier import Notifier
-from asterisk_sendsms.optout import OptOuts
-from asterisk_sendsms.routing import Router
+from asterisk_sendsms.core.encoding import Coding, EncodedMessage
+from asterisk_sendsms.core.lifecycle import State
+from asterisk_sendsms.core.model import NewMessage, OutboundMessage
+from asterisk_sendsms.runtime import supervision
+from asterisk_sendsms.runtime.transports import TransportHealth, TransportSink
 from asterisk_sendsms.store import SqliteStore
-from asterisk_sendsms.transports import TransportHealth, TransportSink
 
 
 async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from asterisk_sendsms.errors import InvalidParameter
-from asterisk_sendsms.timetable import QuotaPeriod, parse_send_at, parse_window
+from asterisk_sendsms.core.errors import InvalidParameter
+from asterisk_sendsms.core.timetable import QuotaPeriod, parse_send_at, parse_window
 
 BUDAPEST = ZoneInfo("Europe/Budapest")
 

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asterisk_sendsms.app.notifier import validate_callback_url
+from asterisk_sendsms.app.urlpolicy import AddressRefused, UrlPolicy, UrlRejected, is_internal, literal_address
 from asterisk_sendsms.config import CallbackConfig
-from asterisk_sendsms.errors import InvalidParameter
-from asterisk_sendsms.http_client import HttpClient, HttpRefused
-from asterisk_sendsms.notifier import validate_callback_url
-from asterisk_sendsms.urlpolicy import AddressRefused, UrlPolicy, UrlRejected, is_internal, literal_address
+from asterisk_sendsms.core.errors import InvalidParameter
+from asterisk_sendsms.edge.http.client import HttpClient, HttpRefused
 
 INTERNAL_HOSTS = ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]",
                   "[::ffff:7f00:1]", "2130706433", "0x7f000001", "0x7F.1", "0177.0.0.1", "0.0.0.0", "0", "127.1",

@@ -11,9 +11,9 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.pq import TransactionStatus
 
-from ..config import StoreConfig
-from ..errors import ServiceUnavailable
-from .sql import Cursor, Db, SqlStore
+from asterisk_sendsms.config import StoreConfig
+from asterisk_sendsms.core.errors import ServiceUnavailable
+from asterisk_sendsms.store.sql import Cursor, Db, SqlStore
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 

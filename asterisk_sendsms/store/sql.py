@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, NoReturn, Protocol, TypeVar, cast
 
-from ..encoding import Coding
-from ..errors import (
+from asterisk_sendsms.app.limits import NO_LIMITS, Limits, quota_refusal, turns
+from asterisk_sendsms.app.urlpolicy import url_host
+from asterisk_sendsms.core.encoding import Coding
+from asterisk_sendsms.core.errors import (
     MessageNotFound,
     NotCancellable,
     RecipientOptedOut,
@@ -25,15 +27,14 @@ from ..errors import (
     ServiceUnavailable,
     SmsGatewayError,
 )
-from ..lifecycle import (
+from asterisk_sendsms.core.lifecycle import (
     FAILURE_STATES,
     SOURCES,
     UNSENT_EXPIRY,
     State,
     check_transition,
 )
-from ..limits import NO_LIMITS, Limits, quota_refusal, turns
-from ..model import (
+from asterisk_sendsms.core.model import (
     CallbackJob,
     CallbackShares,
     HistoryEntry,
@@ -49,8 +50,7 @@ from ..model import (
     Receipt,
     ReceiptResult,
 )
-from ..traffic import Priority
-from ..urlpolicy import url_host
+from asterisk_sendsms.core.traffic import Priority
 
 __all__ = ["Cursor", "Db", "SqlStore"]
 

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import StoreConfig
-from ..errors import ServiceUnavailable
-from ..files import make_private
-from .sql import Cursor, Db, SqlStore
+from asterisk_sendsms.config import StoreConfig
+from asterisk_sendsms.core.errors import ServiceUnavailable
+from asterisk_sendsms.store.files import make_private
+from asterisk_sendsms.store.sql import Cursor, Db, SqlStore
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
