@@ -18,7 +18,6 @@ KNOWN_CROSSINGS = frozenset({
     ("asterisk_sendsms.app.notifier", "asterisk_sendsms.edge.http.client"),
     ("asterisk_sendsms.app.ozml_runner", "asterisk_sendsms.edge.http.client"),
     ("asterisk_sendsms.app.ozml_runner", "asterisk_sendsms.edge.speech"),
-    ("asterisk_sendsms.config", "asterisk_sendsms.app.urlpolicy"),
 })
 
 

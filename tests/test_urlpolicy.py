@@ -122,3 +122,24 @@ def test_the_peer_being_this_host_is_refused_after_connect() -> None:
         policy.check_connected("mirror.example", here, here)
     policy.check_connected("other.example", here, ipaddress.ip_address("198.51.100.1"))
     UrlPolicy(allowed_hosts=("mirror.example",)).check_connected("mirror.example", here, here)
+
+
+def _resolver_reads(text: str) -> ipaddress.IPv4Address | None:
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text))
+    except OSError:
+        return None
+
+
+@settings(max_examples=2000)
+@given(st.from_regex(r"(?:0[xX][0-9a-fA-F]{0,9}|[0-9]{1,11})(?:\.(?:0[xX][0-9a-fA-F]{0,9}|[0-9]{1,11})){0,3}",
+                     fullmatch=True))
+def test_the_pure_reading_of_ipv4_spellings_is_the_resolvers(text: str) -> None:
+    # core/urlrules reads the legacy spellings itself (the core opens no socket): exactly as inet_aton does.
+    assert literal_address(text) == _resolver_reads(text)
+
+
+@pytest.mark.parametrize("text", ["0x", "0x.1", "08", "1.2.3.256", "1.256.3", "4294967296", "0x100000000", "00",
+                                  "0X7F.1", "1.2.65535", "1.2.65536", "09.1", "0.0.0.0"])
+def test_legacy_spellings_at_the_edges(text: str) -> None:
+    assert literal_address(text) == _resolver_reads(text)

@@ -7,7 +7,10 @@ addresses) are refused in every spelling an address can take (`127.1`, `21307064
 `allowed_networks` holds the address. A literal address is refused when the URL is accepted; a host name is
 resolved when the client connects, every address it resolves to is checked, and the client connects to the
 address checked (so a name cannot resolve to a public address for the check and an internal one for the
-connection)."""
+connection).
+
+The rules are pure, in `core/urlrules.py` (the configuration checks [incoming] url with them at load); this
+module adds this host's own addresses, resolves names and checks the connected peer."""
 
 from __future__ import annotations
 
@@ -15,81 +18,33 @@ import asyncio
 import functools
 import ipaddress
 import itertools
-import re
 import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-__all__ = ["MAX_URL_LENGTH", "AddressRefused", "IpAddress", "UrlPolicy", "UrlRejected", "is_internal", "url_host"]
+from asterisk_sendsms.core.urlrules import (
+    MAX_URL_LENGTH,
+    IpAddress,
+    Network,
+    UrlRejected,
+    address_allowed,
+    check_url,
+    is_internal,
+    literal_address,
+    url_host,
+)
 
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = ["MAX_URL_LENGTH", "AddressRefused", "IpAddress", "UrlPolicy", "UrlRejected", "is_internal",
+           "literal_address", "url_host"]
 
-MAX_URL_LENGTH = 2048
 _OWN_REFRESH = 60.0  # this host's addresses are read again after this long (DHCP, interfaces coming up)
-# What glibc's inet_aton reads as an IPv4 address (and so getaddrinfo does): 1 to 4 parts, each decimal,
-# octal (leading 0) or hexadecimal (0x); `127.1` and `2130706433` are 127.0.0.1.
-_IPV4_LEGACY = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}")
-_HOST_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*")
-_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-class UrlRejected(ValueError):
-    """A URL the policy does not accept; the text says why in the user's terms."""
 
 
 class AddressRefused(Exception):
     """A host resolves to an address the policy refuses. The text names the host, never whether the address
     would have answered."""
-
-
-@functools.lru_cache(maxsize=4096)  # ipaddress's properties test lists of networks; receivers' addresses repeat
-def is_internal(address: IpAddress) -> bool:
-    """Whether `address` belongs to an internal network (not reachable on the public internet), including
-    IPv6 forms that carry an IPv4 address (mapped, 6to4, Teredo, NAT64)."""
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded: list[ipaddress.IPv4Address] = []
-        if address.ipv4_mapped is not None:
-            embedded.append(address.ipv4_mapped)
-        if address.sixtofour is not None:
-            embedded.append(address.sixtofour)
-        if address.teredo is not None:
-            embedded.extend(address.teredo)
-        if address in _NAT64:
-            embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
-        if any(is_internal(inner) for inner in embedded):
-            return True
-    return (not address.is_global or address.is_multicast or address.is_private or address.is_loopback
-            or address.is_link_local or address.is_unspecified or address.is_reserved)
-
-
-def literal_address(host: str) -> IpAddress | None:
-    """The address a URL's host names literally, in any spelling a resolver accepts; None for a name."""
-    host = host.rstrip(".")
-    if ":" in host:
-        try:
-            return ipaddress.IPv6Address(host.partition("%")[0])
-        except ValueError:
-            return None
-    if _IPV4_LEGACY.fullmatch(host):  # dotted quads too: inet_aton reads them as ip_address would
-        try:
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None  # e.g. a part above 255: no resolver reads it as an address either
-    return None
-
-
-def url_host(url: str) -> str:
-    """The host a URL's requests go to, as fairness between receivers counts it (never empty)."""
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        host = None
-    return (host or "?").rstrip(".")[:255] or "?"
 
 
 def _is_loopback_name(host: str) -> bool:
@@ -140,52 +95,11 @@ class UrlPolicy:
         return UrlPolicy(allowed_hosts, allowed_networks)
 
     def check_url(self, url: str) -> str:
-        """The URL stripped of surrounding blanks, if it may be accepted; else `UrlRejected`. Literal
-        addresses are checked here; names are checked when the client connects."""
-        url = url.strip()
-        if len(url) > MAX_URL_LENGTH:
-            raise UrlRejected(f"the URL is longer than {MAX_URL_LENGTH} characters")
-        if _UNSAFE.search(url):
-            raise UrlRejected("the URL holds spaces or control characters (percent-encode them)")
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            raise UrlRejected("the URL cannot be parsed") from None
-        if parts.scheme.lower() not in ("http", "https") or not host:
-            raise UrlRejected("only http:// and https:// URLs with a host are supported")
-        self.check_host(host)
-        return url
-
-    def check_host(self, host: str) -> None:
-        """Refuses (`UrlRejected`) a host outside `allowed_hosts`, or one that names an internal address
-        literally; a name (`localhost` too) is checked where it resolves to, at connect."""
-        host = host.lower()
-        if self.allowed_hosts:
-            if host.rstrip(".") not in self.allowed_hosts:
-                raise UrlRejected(f"host {host} is not in the callback allow-list")
-            return
-        address = literal_address(host)
-        if address is not None:
-            if not self.address_allowed(address):
-                raise UrlRejected(f"{host} is an internal address ({address}); allow-list it to use it")
-            return
-        try:
-            ascii_host = host.rstrip(".") if host.isascii() else host.rstrip(".").encode("idna").decode("ascii")
-        except UnicodeError:
-            ascii_host = ""
-        if not _HOST_NAME.fullmatch(ascii_host):
-            raise UrlRejected(f"{host[:80]} is not a host name")
+        """`urlrules.check_url` with this policy's lists and this host's addresses."""
+        return check_url(url, self.allowed_hosts, self.allowed_networks, self.own_addresses)
 
     def address_allowed(self, address: IpAddress) -> bool:
-        if any(address in network for network in self.allowed_networks if network.version == address.version):
-            return True
-        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-        if mapped is not None and any(mapped in n for n in self.allowed_networks if n.version == 4):
-            return True
-        return not is_internal(address) and address not in self.own_addresses() and (
-            mapped is None or mapped not in self.own_addresses())
+        return address_allowed(address, self.allowed_networks, self.own_addresses)
 
     def own_addresses(self) -> frozenset[IpAddress]:
         now = time.monotonic()
