@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from asterisk_sendsms.config import (
     DEMO_USER,
+    AgiScriptConfig,
+    AriConfig,
+    AsteriskConfig,
+    Config,
+    HttpConfig,
     ModemSettings,
     OptOutConfig,
     OptOutScope,
     Overrides,
+    Route,
     SimulatorSettings,
     SmppSettings,
+    SpeechConfig,
+    StoreConfig,
+    TransportConfig,
+    UserConfig,
+    load_agi_config,
     load_config,
     parse_transport_url,
 )
+from asterisk_sendsms.config.schema import default_of
 from asterisk_sendsms.core.errors import ConfigError
 from asterisk_sendsms.core.passwords import hash_password, verify_password
 
@@ -168,3 +181,61 @@ def test_optout_defaults_and_keywords_in_one_form(tmp_path: Path) -> None:
                            "refuse_interactive = true\n[[transports]]\nurl = 'simulator'\n")
     config = load_config(Overrides(config_file=path), env={}).optout
     assert config == OptOutConfig(("STOP ALL", "ARRÊT"), (), OptOutScope.SENDER, refuse_interactive=True)
+
+
+HASH = "scrypt$16384$8$1$mxSUkJRQQ9zX+WtAUwL62A$RK5n5r627B4q69RmpquymFuo+XJK4eJhn8ANWtsdQmw"
+# Every table present and empty, each list entry with its required keys only: what is left out is the default.
+EMPTY_TABLES = f"""
+[http]
+[store]
+[messages]
+[dispatch]
+[policy]
+[callbacks]
+[incoming]
+[speech]
+[status]
+[optout]
+[asterisk]
+ari = ["http://u:p@pbx"]
+[asterisk.prompts]
+[[users]]
+name = "a"
+password_hash = "{HASH}"
+[[transports]]
+url = "simulator"
+[[transports]]
+url = "smpp://u:p@smsc"
+[[transports]]
+url = "modem:///dev/ttyUSB0"
+[[routes]]
+transports = ["simulator"]
+"""
+
+
+@pytest.mark.parametrize("text", ["[[transports]]\nurl = 'simulator'\n", EMPTY_TABLES])
+def test_a_key_left_out_takes_the_settings_class_default(tmp_path: Path, text: str) -> None:
+    # The defaults are written once, in config/schema.py; the loaders read them from there.
+    config = load_config(Overrides(config_file=write(tmp_path, text), data_dir=tmp_path), env={})
+    full = text == EMPTY_TABLES
+    simulator = TransportConfig("simulator", "simulator", SimulatorSettings())
+    required = {
+        "data_dir": tmp_path,
+        "store": StoreConfig(tmp_path / "messages.sqlite3"),
+        "http": HttpConfig(),
+        "users": (UserConfig("a", password_hash=HASH),) if full else (),
+        "transports": (simulator, TransportConfig("smpp", "smpp", SmppSettings("smsc", 2775, "u", "p")),
+                       TransportConfig("modem", "modem", ModemSettings("/dev/ttyUSB0"))) if full else (simulator,),
+        "routes": (Route("", ("simulator",)),),
+        "speech": SpeechConfig(tmp_path / "tts"),
+        "asterisk": AsteriskConfig(ari=(AriConfig("http://pbx:8088", "u", "p"),)) if full else AsteriskConfig(),
+    }
+    for item in fields(Config):
+        expected = required[item.name] if item.name in required else default_of(Config, item.name)
+        assert getattr(config, item.name) == expected, item.name
+
+
+def test_the_agi_script_settings_left_out_take_their_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "username = 'u'\npassword = 'p'\n[speech]\n[prompts]\n")
+    assert load_agi_config(path) == AgiScriptConfig("u", "p")
+    assert AgiScriptConfig("u", "p").url == f"http://{HttpConfig().listen}"  # where the daemon listens unless told
