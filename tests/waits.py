@@ -1,0 +1,56 @@
+"""Waits for a positive sign that the running daemon is past the point where something could still happen (a
+duplicate submit or notification): nothing left for it to send, every notification recorded as delivered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+import aiohttp
+
+from .conftest import Daemon, basic_auth, get_status
+
+# Not yet submitted: such a message may still be claimed (and submitted) by a dispatcher.
+UNSENT_STATES = ("scheduled", "accepted", "queued")
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def wait_notified(session: aiohttp.ClientSession, daemon: Daemon, sms_ids: Iterable[str],
+                        timeout: float = 30.0, user: str = "alice", password: str = "pw") -> None:
+    """Until the store holds each message's notification as done: no notifier can claim and post it again."""
+    waiting = set(sms_ids)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        for sms_id in sorted(waiting):
+            if (await get_status(session, daemon, sms_id, user, password))["callback_state"] == "done":
+                waiting.discard(sms_id)
+        assert time.monotonic() < deadline or not waiting, f"notifications not done: {sorted(waiting)[:5]}"
+        await asyncio.sleep(0.05)
+
+
+async def wait_dispatched(session: aiohttp.ClientSession, daemon: Daemon, timeout: float = 30.0,
+                          admin: tuple[str, str] = ("ops", "pw")) -> None:
+    """Until no message waits to be submitted and no transport holds one of ours without its answer: no submit
+    can go out any more. `admin` sees every user's messages and the transports' details."""
+    headers = basic_auth(*admin)
+    deadline = time.monotonic() + timeout
+    while True:
+        unsent = 0
+        for state in UNSENT_STATES:
+            async with session.get(f"{daemon.base}/api/messages?state={state}", headers=headers) as response:
+                assert response.status == 200, await response.text()
+                unsent += len(await response.json())
+        async with session.get(f"{daemon.base}/healthz", headers=headers) as response:
+            transports = (await response.json())["transports"]
+        held = [t["name"] for t in transports if t["in_flight"] or t["waiting"]]
+        if not unsent and not held:
+            return
+        assert time.monotonic() < deadline, f"{unsent} messages unsent, transports holding some: {held}"
+        await asyncio.sleep(0.05)
