@@ -35,6 +35,20 @@ async def wait_notified(session: aiohttp.ClientSession, daemon: Daemon, sms_ids:
         await asyncio.sleep(0.05)
 
 
+async def wait_held(session: aiohttp.ClientSession, daemon: Daemon, seconds: float, timeout: float = 30.0,
+                    admin: tuple[str, str] = ("ops", "pw")) -> None:
+    """Until a transport has held one of our messages, without its answer, for more than `seconds`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.get(f"{daemon.base}/healthz", headers=basic_auth(*admin)) as response:
+            transports = (await response.json())["transports"]
+        oldest = min((since for t in transports for _, _, since in t["waiting"]), default=None)
+        if oldest is not None and time.time() - oldest > seconds:
+            return
+        assert time.monotonic() < deadline, f"no message held for {seconds} s: {transports}"
+        await asyncio.sleep(0.05)
+
+
 async def wait_dispatched(session: aiohttp.ClientSession, daemon: Daemon, timeout: float = 30.0,
                           admin: tuple[str, str] = ("ops", "pw")) -> None:
     """Until no message waits to be submitted and no transport holds one of ours without its answer: no submit
