@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .conftest import Daemon, Receiver, Smsc, basic_auth, final, gateway_config, get_status, send, start_daemon
-from .waits import wait_dispatched
+from .conftest import Daemon, Receiver, Smsc, basic_auth, final, gateway_config, send, start_daemon
+from .waits import until_status, wait_dispatched
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
@@ -175,11 +175,8 @@ async def test_wrong_password_is_reported_once_and_messages_wait(daemon_factory:
     await smsc.wait_for(lambda: any(e["event"] == "bind" for e in smsc.events))
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "waiting")
-        deadline = time.monotonic() + 20
         # Claimed and put back: the dispatcher found no transport ready for it.
-        while (await get_status(session, daemon, sms_id, "alice", "pw"))["error_code"] != "NO_TRANSPORT_READY":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await until_status(session, daemon, sms_id, lambda data: data["error_code"] == "NO_TRANSPORT_READY")
         async with session.get(f"{daemon.base}/healthz", headers=basic_auth("ops", "pw")) as response:
             health = await response.json()
             assert response.status == 503

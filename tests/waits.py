@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import aiohttp
 
@@ -20,6 +21,28 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> No
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.02)
+
+
+async def until_status(session: aiohttp.ClientSession, daemon: Daemon, sms_id: str,
+                       condition: Callable[[dict[str, Any]], bool], timeout: float = 20.0, user: str = "alice",
+                       password: str = "pw") -> dict[str, Any]:
+    """The message's status (GET /api/messages/ID) once `condition` holds of it."""
+    deadline = time.monotonic() + timeout
+    while not condition(data := await get_status(session, daemon, sms_id, user, password)):
+        assert time.monotonic() < deadline, data
+        await asyncio.sleep(0.05)
+    return data
+
+
+async def until_healthy(session: aiohttp.ClientSession, daemon: Daemon, timeout: float = 20.0) -> None:
+    """Until /healthz answers 200: the store and every transport are ready."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with session.get(f"{daemon.base}/healthz") as response:
+            if response.status == 200:
+                return
+        assert time.monotonic() < deadline, "transports not ready"
+        await asyncio.sleep(0.05)
 
 
 async def wait_notified(session: aiohttp.ClientSession, daemon: Daemon, sms_ids: Iterable[str],
