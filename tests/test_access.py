@@ -15,7 +15,7 @@ from asterisk_sendsms.config import LOOPBACK, AsteriskConfig, CallbackConfig, Ov
 from asterisk_sendsms.core.errors import ConfigError, ForbiddenUser, InvalidParameter
 from asterisk_sendsms.core.passwords import hash_password
 
-from .waits import wait_until
+from .waits import established_to, wait_until
 
 CALLER = UserConfig("ivr", can_call=True, call_destinations=("+3620", "06", "PJSIP/1??"))
 
@@ -169,16 +169,6 @@ def fastagi_server(port: int, backend: Backend) -> Any:
     from asterisk_sendsms.edge.asterisk.fastagi import FastAgiServer
     return FastAgiServer(HostPort("127.0.0.1", port), backend, None, PromptConfig(), None,  # type: ignore[arg-type]
                          LOOPBACK, None)
-
-
-def established_to(port: int) -> int:
-    """Connections to `port` on this host that the kernel has established (accepted or still in the backlog)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            _, _, remote, state, *_ = line.split()
-            count += state == "01" and int(remote.rpartition(":")[2], 16) == port
-    return count
 
 
 async def served(port: int, query: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,29 @@ from .conftest import Daemon, basic_auth, get_status
 
 # Not yet submitted: such a message may still be claimed (and submitted) by a dispatcher.
 UNSENT_STATES = ("scheduled", "accepted", "queued")
+
+
+def _established() -> list[tuple[int, int, int]]:
+    """(local port, remote port, bytes received and not yet read) of each established TCP connection on this
+    host, as the kernel lists them."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            _, local, remote, state, queues, *_ = line.split()
+            if state == "01":
+                found.append((int(local.rpartition(":")[2], 16), int(remote.rpartition(":")[2], 16),
+                              int(queues.partition(":")[2], 16)))
+    return found
+
+
+def established_to(port: int) -> int:
+    """Connections to `port` the kernel has established (accepted, or still waiting in the backlog)."""
+    return sum(remote == port for _, remote, _ in _established())
+
+
+def unread_by(port: int) -> int:
+    """Bytes that arrived on the connections of the server at `port` and that it has not read yet."""
+    return sum(unread for local, _, unread in _established() if local == port)
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
