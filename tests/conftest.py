@@ -164,6 +164,7 @@ class Receiver:
     posts: list[dict[str, str]]
     status: list[int]
     arrived: asyncio.Event
+    answered: list[int] = field(default_factory=list)  # the status of every post, 2xx or not
 
     async def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, str]]:
         deadline = time.monotonic() + timeout
@@ -183,10 +184,12 @@ async def receiver() -> AsyncIterator[Receiver]:
     posts: list[dict[str, str]] = []
     status = [200]
     arrived = asyncio.Event()
+    answered: list[int] = []
 
     async def handle(request: web.Request) -> web.Response:
         form = await request.post()
         answer = status[0]
+        answered.append(answer)
         if answer < 300:
             posts.append({k: str(v) for k, v in form.items()})
             arrived.set()
@@ -198,7 +201,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield Receiver(f"http://127.0.0.1:{port}/dlr", posts, status, arrived)
+    yield Receiver(f"http://127.0.0.1:{port}/dlr", posts, status, arrived, answered)
     await runner.cleanup()
 
 

@@ -15,6 +15,8 @@ from asterisk_sendsms.config import LOOPBACK, AsteriskConfig, CallbackConfig, Ov
 from asterisk_sendsms.core.errors import ConfigError, ForbiddenUser, InvalidParameter
 from asterisk_sendsms.core.passwords import hash_password
 
+from .waits import established_to, wait_until
+
 CALLER = UserConfig("ivr", can_call=True, call_destinations=("+3620", "06", "PJSIP/1??"))
 
 
@@ -185,7 +187,7 @@ async def test_fastagi_connections_made_before_it_runs_wait_in_the_backlog() -> 
     server = fastagi_server(port, backend)
     await server.bind()
     early = asyncio.create_task(served(port, "recipient=%2B3620123456&message=early&announce=no"))
-    await asyncio.sleep(0.2)  # connected and waiting (a refused connection would have failed by now)
+    await wait_until(lambda: established_to(port) == 1)  # connected and waiting (a refused one would have failed)
     assert not early.done()
     running = asyncio.create_task(server.run())
     try:
@@ -210,7 +212,7 @@ async def test_fastagi_closes_connections_beyond_its_cap(monkeypatch: pytest.Mon
     try:
         for _ in range(3):
             idle.append(await asyncio.open_connection("127.0.0.1", port))
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: server._open == 3)  # each accepted and holding a slot
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once, unread
         writer.close()

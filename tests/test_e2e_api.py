@@ -19,6 +19,7 @@ from lxml import etree
 from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import RUN, Daemon, Receiver, basic_auth, get_status, seed_query, start_daemon, wait_final
+from .waits import wait_until
 
 XSD = "http://www.w3.org/2001/XMLSchema"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -250,7 +251,7 @@ async def send_with_failing_receiver(daemon_factory: list[Daemon], tmp_path: Pat
 async def test_callback_retried_until_receiver_recovers(daemon_factory: list[Daemon], tmp_path: Path,
                                                         receiver: Receiver) -> None:
     daemon, _, sms_id = await send_with_failing_receiver(daemon_factory, tmp_path, receiver)
-    await asyncio.sleep(1.5)  # several failed attempts
+    await wait_until(lambda: receiver.answered.count(503) >= 3)  # several failed attempts
     assert receiver.posts == []
     receiver.status[0] = 200
     posts = await receiver.wait_for(1)

@@ -19,6 +19,7 @@ from lxml import etree
 
 from .conftest import Daemon, Smsc, final, free_port, gateway_config, get_status, send, start_daemon
 from .peers.postgres import PostgresServer
+from .waits import wait_notified
 
 WINDOW = 10
 
@@ -146,7 +147,7 @@ async def test_callback_receiver_down_hanging_failing_then_back(daemon_factory: 
             assert received == []
             mode[0] = "ok"
             await wait_until(lambda: len(received) >= 2 * count, timeout=60)
-            await asyncio.sleep(0.5)  # a duplicate would arrive now
+            await wait_notified(session, daemon, sms_ids + more)  # none can be posted again
         finally:
             await runner.cleanup()
     assert Counter(received) == Counter(sms_ids + more), "every notification once"

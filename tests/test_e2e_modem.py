@@ -20,6 +20,7 @@ from .conftest import Daemon, Receiver, basic_auth, start_daemon, wait_final
 from .peers.fake_modem import PROFILES, FakeModem
 from .test_e2e_smpp import send
 from .test_e2e_traffic import ozeki_send
+from .waits import until_healthy, until_status, wait_until
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, modem: FakeModem, options: str = "",
@@ -82,7 +83,7 @@ async def test_missing_pin_is_reported_and_the_message_waits(daemon_factory: lis
     daemon = gateway(daemon_factory, tmp_path, modem)
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "waiting for the PIN")
-        await asyncio.sleep(1.5)
+        await until_status(session, daemon, sms_id, lambda data: data["error_code"] == "NO_TRANSPORT_READY")
         async with session.get(f"{daemon.base}/healthz", headers=basic_auth("alice", "pw")) as response:
             health = await response.json()
         async with session.get(f"{daemon.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
@@ -98,7 +99,7 @@ async def test_cms_errors_retry_or_reject(daemon_factory: list[Daemon], tmp_path
     daemon = gateway(daemon_factory, tmp_path, modem)
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "try again")
-        await asyncio.sleep(1.5)
+        await until_status(session, daemon, sms_id, lambda data: data["attempts"] >= 1)  # tried, to be retried
         modem.cms_on_send = None  # the network recovers
         retried = await final(session, daemon, sms_id)
         modem.cms_on_send = 21  # short message transfer rejected: never going through
@@ -131,7 +132,7 @@ async def test_incoming_sms_stored_and_posted(daemon_factory: list[Daemon], tmp_
     [post] = await receiver.wait_for(1)
     assert post["NotificationName"] == "IncomingSMS" and post["Sender"] == "+36301112222"
     assert post["Message"] == "Call me back please" and post["Transport"] == "gsm"
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: modem.deleted == ([] if direct else [1]))  # deleted once stored, before the post
     # +CMTI: read from the SIM, then deleted there (after it was stored); +CMT: never on the SIM
     assert modem.deleted == ([] if direct else [1]) and modem.stored == {}
 
@@ -143,7 +144,7 @@ async def test_stored_status_reports_are_read_and_deleted(daemon_factory: list[D
     async with aiohttp.ClientSession() as session:
         data = await final(session, daemon, await send(session, daemon, "+36201234567", "late"))
     assert data["state"] == "expired" and data["error_code"] == "46"
-    await asyncio.sleep(0.3)
+    await wait_until(lambda: bool(modem.deleted))
     assert "AT+CMGR=101" in modem.commands and modem.deleted == [101]
 
 
@@ -167,8 +168,8 @@ balance = "{balance}"
 async def test_modem_pool_round_robin(daemon_factory: list[Daemon], tmp_path: Path, modem_factory: Any) -> None:
     modems = [modem_factory(), modem_factory()]
     daemon = pool(daemon_factory, tmp_path, modems, "round-robin")
-    await asyncio.sleep(1.0)  # both initialised
     async with aiohttp.ClientSession() as session:
+        await until_healthy(session, daemon)  # both initialised
         for i in range(4):
             data = await final(session, daemon, await send(session, daemon, f"+3620{i:07d}", f"pool {i}"))
             assert data["state"] == "delivered"

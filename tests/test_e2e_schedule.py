@@ -20,8 +20,13 @@ from asterisk_sendsms.core.passwords import hash_password
 from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
 from .test_e2e_api import run_cli
 from .test_e2e_traffic import BOB, ozeki_send, submitted
+from .waits import wait_dispatched, wait_held
 
 PW = hash_password("pw")
+
+
+# Messages of the normal class sent one after another, each its own claim.
+LATER = ("+36207777777", "+36208888888", "+36209999999")
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, extra: str = "",
@@ -82,7 +87,8 @@ async def test_a_scheduled_message_leaves_at_its_time_across_a_kill9_and_a_cance
     left_at = await arrival(smsc, "+36201111111")
     print(f"\nscheduled message left {left_at - send_at:+.2f} s from its SendAt (across a kill -9)")
     assert send_at - 0.05 <= left_at <= send_at + 1.0
-    await asyncio.sleep(1.0)
+    async with aiohttp.ClientSession() as session:
+        await wait_dispatched(session, daemon)  # nothing else can leave now
     assert submitted(smsc) == ["36201111111"]  # the cancelled ones never left
 
 
@@ -142,10 +148,12 @@ async def test_bulk_waits_outside_its_hours_and_a_caller_does_not(daemon_factory
         assert (await ozeki_send(session, daemon, "+36202222222", "interactive"))[0] == "200"
         assert (await ozeki_send(session, daemon, "+36203333333"))[0] == "200"
         await smsc.wait_for(lambda: len(smsc.submits()) >= 2)
-        await asyncio.sleep(1.0)  # several claims later the bulk one still waits
+        for later in LATER:  # several claims later, each of which took one of these, the bulk one still waits
+            assert (await ozeki_send(session, daemon, later))[0] == "200"
+            await arrival(smsc, later)
         async with session.get(f"{daemon.base}/metrics", headers=basic_auth("ops", "pw")) as r:
             metrics = await r.text()
-    assert sorted(submitted(smsc)) == ["36202222222", "36203333333"]
+    assert sorted(submitted(smsc)) == ["36202222222", "36203333333", *(n.lstrip("+") for n in LATER)]
     assert 'sendsms_class_queue_depth{priority="bulk"} 1' in metrics
     listed = await asyncio.to_thread(run_cli, "messages", "--priority", "bulk", data_dir=daemon.data_dir)
     assert listed.returncode == 0 and "+36201111111" in listed.stdout and "+36202222222" not in listed.stdout
@@ -226,7 +234,7 @@ async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelle
     async with aiohttp.ClientSession() as session:
         codes = await asyncio.gather(*[ozeki_send(session, daemon, f"+3620111{i:04d}") for i in range(320)])
         assert all(code == "200" for code, _ in codes)
-        await asyncio.sleep(3)
+        await wait_held(session, daemon, 2.5)  # claimed, and held by the transport past the 2 s lease
         async with session.get(f"{daemon.base}/api/messages?limit=1000&state=queued",
                                headers=basic_auth("alice", "pw")) as r:
             queued = await r.json()
@@ -244,7 +252,7 @@ async def test_a_message_held_by_its_transport_past_its_lease_cannot_be_cancelle
                 break
             assert time.monotonic() < deadline, states
             await asyncio.sleep(0.5)
-    await asyncio.sleep(1.0)  # a submit still on its way would arrive
+        await wait_dispatched(session, daemon)  # no submit is on its way
     at_smsc = set(submitted(smsc))
     assert len(submitted(smsc)) == len(at_smsc), "a message was submitted twice"
     assert not [number for number, state in states.items() if state == "cancelled" and number in at_smsc]

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from .conftest import Daemon, Receiver, Smsc, basic_auth, final, gateway_config, send, start_daemon
+from .waits import until_status, wait_dispatched
 
 
 def gateway(daemon_factory: list[Daemon], tmp_path: Path, smsc: Smsc, options: str = "",
@@ -174,7 +175,8 @@ async def test_wrong_password_is_reported_once_and_messages_wait(daemon_factory:
     await smsc.wait_for(lambda: any(e["event"] == "bind" for e in smsc.events))
     async with aiohttp.ClientSession() as session:
         sms_id = await send(session, daemon, "+36201234567", "waiting")
-        await asyncio.sleep(1.5)
+        # Claimed and put back: the dispatcher found no transport ready for it.
+        await until_status(session, daemon, sms_id, lambda data: data["error_code"] == "NO_TRANSPORT_READY")
         async with session.get(f"{daemon.base}/healthz", headers=basic_auth("ops", "pw")) as response:
             health = await response.json()
             assert response.status == 503
@@ -342,7 +344,8 @@ async def test_stopping_every_process_at_once_still_drains_the_window(daemon_fac
         os.kill(smpp_process(daemon), signal.SIGTERM)
         assert daemon.stop() == 0
         again = start_daemon(daemon_factory, daemon.data_dir, *daemon.args)
-        await asyncio.sleep(1.0)
+        await smsc.wait_for(lambda: sum(e["event"] == "bind" and e["ok"] for e in smsc.events) >= 2)
+        await wait_dispatched(session, again)  # bound again, and nothing left that it could submit
         async with session.get(f"{again.base}/api/messages/{sms_id}", headers=basic_auth("alice", "pw")) as r:
             data = await r.json()
     assert data["state"] in ("submitted", "delivered") and len(smsc.submits()) == 1, (data, smsc.submits())

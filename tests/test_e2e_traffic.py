@@ -16,6 +16,7 @@ from asterisk_sendsms.app.dispatcher import STORE_PIPELINE
 from asterisk_sendsms.core.passwords import hash_password
 
 from .conftest import Daemon, Receiver, Smsc, basic_auth, gateway_config, start_daemon
+from .waits import wait_dispatched
 
 BOB = f"""
 [[users]]
@@ -182,6 +183,6 @@ async def test_messages_waiting_for_their_transport_past_the_lease_are_sent_once
                                            for n in range(start, start + 50)))
             assert {code for code, _ in codes} == {"200"}
         await smsc.wait_for(lambda: len(set(submitted(smsc))) == 300, timeout=30)
-    await asyncio.sleep(1.0)  # a duplicate on its way would arrive
+        await wait_dispatched(session, daemon)  # nothing is left that could be submitted again
     assert len(submitted(smsc)) == 300
     assert "illegal transition" not in daemon.output()

@@ -23,6 +23,8 @@ from asterisk_sendsms.runtime.intake import (
     send_connection,
 )
 
+from .waits import wait_until
+
 values = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | st.text(),
                       lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner), max_leaves=12)
 
@@ -109,19 +111,21 @@ async def test_a_message_refused_on_its_own_fails_its_sender_only_with_its_code(
 
 async def test_failed_logins_reach_the_worker(link: Link) -> None:
     link.daemon.send(("failed-login", "address 192.0.2.1", 12.5))
-    await asyncio.sleep(0.05)
+    await wait_until(lambda: bool(link.failures))
     assert link.failures == [("address 192.0.2.1", 12.5)]
 
 
 async def test_senders_waiting_when_the_daemon_goes_are_told(link: Link) -> None:
     link.committed.clear()
+    reached = asyncio.Event()
 
     async def never(messages: list[NewMessage]) -> list[RequestError | None]:
+        reached.set()
         await asyncio.Event().wait()
         return []
     link.daemon._commit = never
     waiting = asyncio.ensure_future(link.worker.accept(message(1)))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(reached.wait(), 10)  # the daemon has the request
     link.daemon.close()
     with pytest.raises(ServiceUnavailable, match="went away"):
         await waiting

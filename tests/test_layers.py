@@ -12,13 +12,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "asterisk_sendsms"
 LAYERS = ("core", "wire", "config", "app", "store", "ops", "edge", "runtime", "cli", "__main__")
 # The core is pure: these standard modules would bring a loop, a socket or a file into it.
 IO_MODULES = frozenset({"asyncio", "socket", "selectors", "subprocess", "threading", "sqlite3", "aiohttp"})
-# Seams not yet cut, each named with the module that crosses it; the test fails when one is mended and not
-# struck from this list, so the list only shrinks.
-KNOWN_CROSSINGS = frozenset({
-    ("asterisk_sendsms.app.notifier", "asterisk_sendsms.edge.http.client"),
-    ("asterisk_sendsms.app.ozml_runner", "asterisk_sendsms.edge.http.client"),
-    ("asterisk_sendsms.app.ozml_runner", "asterisk_sendsms.edge.speech"),
-})
 
 
 def _layer(module: str) -> str:
@@ -59,8 +52,7 @@ def test_layers_depend_one_way() -> None:
         for target in _imports(path):
             if target.startswith("asterisk_sendsms.") and LAYERS.index(_layer(target)) > rank:
                 crossings.add((name, target))
-    assert sorted(crossings - KNOWN_CROSSINGS) == [], "a module imports from a layer above its own"
-    assert sorted(KNOWN_CROSSINGS - crossings) == [], "mended: strike these from KNOWN_CROSSINGS"
+    assert sorted(crossings) == [], "a module imports from a layer above its own"
 
 
 @pytest.mark.parametrize("name", [name for name in _modules() if _layer(name) == "core"])

@@ -20,6 +20,7 @@ from asterisk_sendsms.app.notifier import Notifier
 from asterisk_sendsms.config import CallbackConfig, StoreConfig
 from asterisk_sendsms.core.encoding import Coding
 from asterisk_sendsms.core.model import CallbackShares, IncomingPart, NewMessage
+from asterisk_sendsms.edge.http.client import HttpClient
 from asterisk_sendsms.store import SqliteStore
 from asterisk_sendsms.store.sql import SqlStore
 
@@ -111,7 +112,7 @@ async def test_a_hanging_host_does_not_hold_back_another_hosts_notifications(sto
     async with Receiver("127.0.0.2", hang=True) as hanging, Receiver("127.0.0.1") as fine:
         await incoming(store, hanging.url, 60)  # due first
         well_behaved = await incoming(store, fine.url, 20, sender="+3621")
-        task, stop = await running(Notifier(store, config))
+        task, stop = await running(Notifier(store, config, HttpClient))
         try:
             await until(lambda: len(fine.posts) == 20)
             # The hanging receiver holds its share and no more, and the posts to it have not timed out: the
@@ -138,7 +139,7 @@ async def test_a_failing_job_is_parked_and_the_others_go_on(store: SqlStore, mon
     async with Receiver("127.0.0.1") as fine:
         [bad] = await incoming(store, fine.url, 1, sender="+3699")
         good = await incoming(store, fine.url, 3)
-        task, stop = await running(Notifier(store, config))
+        task, stop = await running(Notifier(store, config, HttpClient))
         try:
             await until(lambda: len(fine.posts) == 3)
             states = await until_states(store, lambda states: states[bad][0] == "abandoned"
@@ -159,7 +160,7 @@ async def test_a_name_that_leads_inside_is_refused_and_parked(store: SqlStore) -
     async with Receiver("127.0.0.1") as receiver:
         port = receiver.url.rsplit(":", 1)[1].split("/")[0]
         [job] = await incoming(store, f"http://localhost:{port}/dlr", 1)
-        task, stop = await running(Notifier(store, config))
+        task, stop = await running(Notifier(store, config, HttpClient))
         try:
             states = await until_states(store, lambda states: states[job][0] == "abandoned")
             assert states[job][1] == "refused: localhost names this host, which is not allowed"
@@ -227,7 +228,7 @@ async def test_a_failing_claim_is_logged_once_and_the_loop_goes_on(store: SqlSto
     monkeypatch.setattr(notifier_module, "_LOOP_PAUSE", 0.05)
     async with Receiver("127.0.0.1") as fine:
         await incoming(store, fine.url, 2)
-        task, stop = await running(Notifier(store, CallbackConfig(allowed_networks=LOOPBACK)))
+        task, stop = await running(Notifier(store, CallbackConfig(allowed_networks=LOOPBACK), HttpClient))
         try:
             await until(lambda: len(fine.posts) == 2)
             assert not task.done()

@@ -20,6 +20,7 @@ from asterisk_sendsms.config import CallbackConfig, DispatchConfig, MessagesConf
 from asterisk_sendsms.core.encoding import Coding, EncodedMessage
 from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.model import NewMessage, OutboundMessage
+from asterisk_sendsms.edge.http.client import HttpClient
 from asterisk_sendsms.runtime import supervision
 from asterisk_sendsms.runtime.transports import TransportHealth, TransportSink
 from asterisk_sendsms.store import SqliteStore
@@ -90,7 +91,7 @@ async def test_a_message_that_keeps_failing_unexpectedly_is_parked_as_failed(tmp
         transport = _BuggyTransport()
         dispatcher = Dispatcher(store, {"buggy": transport}, Router([Route("", ("buggy",))]),
                                 DispatchConfig(lease=0.1, poll_interval=0.02), MessagesConfig(),
-                                Notifier(store, CallbackConfig()), OptOuts(OptOutConfig(), store))
+                                Notifier(store, CallbackConfig(), HttpClient), OptOuts(OptOutConfig(), store))
         running = asyncio.create_task(dispatcher.run())
 
         async def parked() -> bool:

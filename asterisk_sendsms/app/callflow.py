@@ -21,6 +21,7 @@ __all__ = [
     "CallOutcome",
     "SmsBackend",
     "SmsCallOptions",
+    "SpeechError",
     "WaitFor",
     "agi_status",
     "parse_call_options",
@@ -52,8 +53,14 @@ class CallControl(Protocol):
     async def hangup(self) -> None: ...
 
 
+class SpeechError(SmsGatewayError):
+    """A prompt could not be made; the call goes on without it."""
+
+
 class Prompter(Protocol):
-    async def prompt(self, text: str, voice: str | None = None) -> str: ...
+    async def prompt(self, text: str, voice: str | None = None) -> str:
+        """The sound to play for `text`; raises `SpeechError` when it cannot be made."""
+        ...
 
 
 class SmsBackend(Protocol):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TypeVar
 
+from asterisk_sendsms.app.clock import SYSTEM_CLOCK, wait_event
 from asterisk_sendsms.app.events import EventHub
 from asterisk_sendsms.app.limits import NO_LIMITS, Limits
 from asterisk_sendsms.app.notifier import Notifier
@@ -18,6 +18,7 @@ from asterisk_sendsms.app.routing import Router
 from asterisk_sendsms.app.store import Store
 from asterisk_sendsms.app.transport import Transport
 from asterisk_sendsms.config import DispatchConfig, MessagesConfig
+from asterisk_sendsms.core.clock import Clock
 from asterisk_sendsms.core.encoding import encode_message
 from asterisk_sendsms.core.errors import (
     PermanentSubmitError,
@@ -63,7 +64,7 @@ class Dispatcher:
     def __init__(self, store: Store, transports: Mapping[str, Transport], router: Router,
                  dispatch: DispatchConfig, messages: MessagesConfig, notifier: Notifier, optouts: OptOuts,
                  incoming_url: str | None = None, events: EventHub | None = None,
-                 clock: Callable[[], float] = time.time, bulk_hours: DailyWindow | None = None,
+                 clock: Clock = SYSTEM_CLOCK, bulk_hours: DailyWindow | None = None,
                  limits: Limits = NO_LIMITS) -> None:
         self._store = store
         self._transports = dict(transports)
@@ -100,15 +101,15 @@ class Dispatcher:
         self._wakeup.set()
 
     async def run(self) -> None:
-        released = await self._store.release_claims(self._clock())
+        released = await self._store.release_claims(self._clock.time())
         if released:
             log.info("%d messages claimed before a restart are queued again", released)
         for transport in self._transports.values():
             await transport.resume(await self._store.awaiting_receipts(transport.name))
-        give_up = time.monotonic() + STARTUP_GRACE
+        give_up = self._clock.monotonic() + STARTUP_GRACE
         # Transports tell whether they are ready, not when they become so: looked at every 20 ms, at start-up only.
-        while not all(t.ready for t in self._transports.values()) and time.monotonic() < give_up:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+        while not all(t.ready for t in self._transports.values()) and self._clock.monotonic() < give_up:
+            await self._clock.sleep(0.02)
         async with asyncio.TaskGroup() as group:
             expiry = group.create_task(self._expiry_loop())
             leases = group.create_task(self._lease_loop())
@@ -135,9 +136,7 @@ class Dispatcher:
                 up_to = Priority.INTERACTIVE
                 if not self._interactive_waiting or free <= 0:
                     self._slot_freed.clear()
-                    try:
-                        await asyncio.wait_for(self._slot_freed.wait(), self._config.poll_interval)
-                    except TimeoutError:
+                    if not await wait_event(self._clock, self._slot_freed, self._config.poll_interval):
                         # Look for interactive messages anyway: one accepted by another node, or scheduled
                         # and come due, wakes nobody here.
                         self._interactive_waiting = True
@@ -147,7 +146,7 @@ class Dispatcher:
             if self._stopping:
                 break
             try:
-                batch = await self._store.claim(free, self._clock(), self._config.lease, up_to, self._limits)
+                batch = await self._store.claim(free, self._clock.time(), self._config.lease, up_to, self._limits)
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot claim messages: %s", exc)
                 batch = []
@@ -156,10 +155,7 @@ class Dispatcher:
                 pending.add(task)
                 task.add_done_callback(partial(self._left, pending))
             if not batch:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), self._config.poll_interval)
-                except TimeoutError:
-                    pass
+                await wait_event(self._clock, self._wakeup, self._config.poll_interval)
 
     def waiting(self, transport: str) -> tuple[tuple[Priority, int, float], ...]:
         """What `transport` holds of ours (handed over, outcome not recorded yet), by class: (class, messages,
@@ -174,7 +170,7 @@ class Dispatcher:
         """The least urgent class that may leave now: outside [policy] bulk_hours bulk waits (in the store: what
         a transport holds already goes)."""
         hours = self._bulk_hours
-        return Priority.BULK if hours is None or hours.is_open(self._clock()) else Priority.NORMAL
+        return Priority.BULK if hours is None or hours.is_open(self._clock.time()) else Priority.NORMAL
 
     def _left(self, pending: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
         pending.discard(task)
@@ -184,23 +180,23 @@ class Dispatcher:
     async def _expiry_loop(self) -> None:
         while True:
             try:
-                if await self._store.expire_overdue(self._clock()):
+                if await self._store.expire_overdue(self._clock.time()):
                     self._notifier.wake()
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot expire overdue messages: %s", exc)
-            await asyncio.sleep(EXPIRY_SWEEP_INTERVAL)
+            await self._clock.sleep(EXPIRY_SWEEP_INTERVAL)
 
     async def _lease_loop(self) -> None:
         """Messages handed to a transport may wait there (for a window slot, the throughput, a slow modem) longer
         than the claim's lease: their claims are renewed, or the next claim would take them again and they would
         be sent twice."""
         while True:
-            await asyncio.sleep(self._config.lease * LEASE_RENEWAL)
+            await self._clock.sleep(self._config.lease * LEASE_RENEWAL)
             held = [sms_id for handed in self._handed.values() for sms_id in handed]
             if not held:
                 continue
             try:
-                await self._store.renew_claims(held, self._clock() + self._config.lease)
+                await self._store.renew_claims(held, self._clock.time() + self._config.lease)
             except SmsGatewayError as exc:
                 log.log(log_level(exc), "cannot renew the claims of %d messages waiting for their transport: %s",
                         len(held), exc)
@@ -244,7 +240,7 @@ class Dispatcher:
         del self._unexpected[message.sms_id]
         reason = f"the gateway failed on this message {UNEXPECTED_FAILURES} times ({type(error).__name__})"
         try:
-            await self._store.finish(message.sms_id, State.FAILED, "INTERNAL_ERROR", reason, self._clock())
+            await self._store.finish(message.sms_id, State.FAILED, "INTERNAL_ERROR", reason, self._clock.time())
         except SmsGatewayError as exc:
             log.log(log_level(exc), "message %s: not parked as failed: %s", message.sms_id, exc)
             return
@@ -252,7 +248,7 @@ class Dispatcher:
         self._events.publish("failed", message.sms_id, error=reason)
 
     async def _submit(self, message: OutboundMessage) -> None:
-        now = self._clock()
+        now = self._clock.time()
         transport, routed = self._pick(message.recipient)
         if transport is None:
             if not routed:
@@ -278,7 +274,7 @@ class Dispatcher:
         try:
             smsc_ids = await transport.submit(message, encoded)
         except TransientSubmitError as exc:
-            now = self._clock()
+            now = self._clock.time()
             if now >= message.expires_at:  # e.g. it waited for the transport past its ValidityPeriod
                 await self._record(partial(self._store.finish, message.sms_id, State.EXPIRED, *UNSENT_EXPIRY, now,
                                            transport.name, attempted=True))
@@ -298,11 +294,11 @@ class Dispatcher:
             return
         except PermanentSubmitError as exc:
             await self._record(partial(self._store.finish, message.sms_id, State.REJECTED, exc.code, exc.message,
-                                       self._clock(), transport.name, attempted=True))
+                                       self._clock.time(), transport.name, attempted=True))
             self._notifier.wake()
             self._events.publish("rejected", message.sms_id, error=f"{exc.code} {exc.message}".strip())
             return
-        now = self._clock()
+        now = self._clock.time()
         deadline = now + self._messages.receipt_timeout if transport.expects_receipts else None
         result = await self._record(partial(self._store.mark_submitted, message.sms_id, transport.name, smsc_ids,
                                             now, deadline))
@@ -314,15 +310,15 @@ class Dispatcher:
     async def _record(self, write: Callable[[], Awaitable[T]]) -> T:
         """Record what the SMSC said about a message. It has gone out (or been refused for good): if the store
         is down, keep trying while the claim's lease lasts, for once it passes the message is sent again."""
-        give_up = time.monotonic() + self._config.lease * RECORD_PATIENCE
+        give_up = self._clock.monotonic() + self._config.lease * RECORD_PATIENCE
         delay = RECORD_RETRY_INITIAL
         while True:
             try:
                 return await write()
             except ServiceUnavailable:
-                if self._stopping or time.monotonic() + delay >= give_up:
+                if self._stopping or self._clock.monotonic() + delay >= give_up:
                     raise
-            await asyncio.sleep(delay)
+            await self._clock.sleep(delay)
             delay = min(delay * 2, RECORD_RETRY_MAX)
 
     async def on_incoming(self, part: IncomingPart) -> None:
@@ -339,7 +335,7 @@ class Dispatcher:
                         incoming_id, exc)
 
     async def on_receipt(self, receipt: Receipt) -> None:
-        receipt_time = self._clock()
+        receipt_time = self._clock.time()
         result = await self._store.apply_receipt(receipt, receipt_time)
         if not result.matched:
             log.debug("receipt for unknown SMSC id %s on %s kept for its submit", receipt.smsc_id,

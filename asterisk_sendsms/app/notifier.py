@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 
+from asterisk_sendsms.app.clock import SYSTEM_CLOCK, wait_event
+from asterisk_sendsms.app.http import HttpError, HttpRefused, HttpSession, OpenHttp
 from asterisk_sendsms.app.store import Store
 from asterisk_sendsms.app.urlpolicy import UrlPolicy, UrlRejected, url_host
 from asterisk_sendsms.config import CallbackConfig
+from asterisk_sendsms.core.clock import Clock
 from asterisk_sendsms.core.errors import InvalidParameter, SmsGatewayError, log_level
 from asterisk_sendsms.core.model import CallbackJob, CallbackShares, IncomingView, MessageView
-from asterisk_sendsms.edge.http.client import HttpClient, HttpError, HttpRefused
 from asterisk_sendsms.wire.ozeki import form_encode
 
 __all__ = ["Notifier", "delivery_report_form", "incoming_form", "url_policy", "validate_callback_url"]
@@ -73,9 +73,11 @@ def incoming_form(message: IncomingView) -> dict[str, str]:
 
 
 class Notifier:
-    def __init__(self, store: Store, policy: CallbackConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, policy: CallbackConfig, open_http: OpenHttp, clock: Clock = SYSTEM_CLOCK
+                 ) -> None:
         self._store = store
         self._policy = policy
+        self._open_http = open_http
         self._clock = clock
         self._wakeup = asyncio.Event()
         self._in_flight: Counter[str] = Counter()  # jobs being posted, per host
@@ -96,13 +98,13 @@ class Notifier:
 
     async def run(self) -> None:
         lease = self._policy.timeout + _LEASE_MARGIN
-        client = HttpClient(url_policy(self._policy), self._policy.timeout, self._policy.per_host)
+        client = self._open_http(url_policy(self._policy), self._policy.timeout, idle_per_host=self._policy.per_host)
         try:
             await self._serve(client, lease)
         finally:
             await client.close()
 
-    async def _serve(self, client: HttpClient, lease: float) -> None:
+    async def _serve(self, client: HttpSession, lease: float) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._record_done())
             while True:
@@ -116,7 +118,7 @@ class Notifier:
                         # due jobs of other hosts and users.
                         shares = CallbackShares(self._policy.per_host, self._policy.per_user,
                                                 dict(self._in_flight), dict(self._users))
-                        jobs = await self._store.claim_callbacks(free, self._clock(), lease, shares)
+                        jobs = await self._store.claim_callbacks(free, self._clock.time(), lease, shares)
                     except SmsGatewayError as exc:
                         log.log(log_level(exc), "cannot read pending notifications: %s", exc)
                     except Exception as exc:  # a bug must not end the notifier, nor take the daemon with it
@@ -133,12 +135,9 @@ class Notifier:
                     self._users[job.user] += 1
                     group.create_task(self._deliver(client, job))
                 if len(jobs) < free or free <= 0:
-                    try:
-                        await asyncio.wait_for(self._wakeup.wait(), _LOOP_PAUSE)
-                    except TimeoutError:
-                        pass
+                    await wait_event(self._clock, self._wakeup, _LOOP_PAUSE)
 
-    async def _deliver(self, client: HttpClient, job: CallbackJob) -> None:
+    async def _deliver(self, client: HttpSession, job: CallbackJob) -> None:
         host = url_host(job.url)
         try:
             await self._attempt(client, job, host)
@@ -154,12 +153,12 @@ class Notifier:
                     del counter[key]
             self._wakeup.set()
 
-    async def _attempt(self, client: HttpClient, job: CallbackJob, host: str) -> None:
+    async def _attempt(self, client: HttpSession, job: CallbackJob, host: str) -> None:
         form = self._form(job)
         if form is None:
-            await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock())
+            await self._store.callback_abandon(job.job_id, "message no longer in the store", self._clock.time())
             return
-        started = self._clock()
+        started = self._clock.time()
         try:
             status = await client.post_form(job.url, form_encode(form))
             error = None if 200 <= status < 300 else f"HTTP {status}"
@@ -167,14 +166,14 @@ class Notifier:
             # The policy refuses where the host leads (an internal address): no request went out, and asking
             # again would not change that. The job is parked with the reason; nothing tells whether the
             # internal target would have answered.
-            await self._store.callback_abandon(job.job_id, f"refused: {exc}", self._clock())
+            await self._store.callback_abandon(job.job_id, f"refused: {exc}", self._clock.time())
             if host not in self._refused:  # once per host: a user can queue many
                 self._refused.add(host)
                 log.warning("notification %s for %s refused: %s", job.job_id, job.sms_id, exc)
             return
         except HttpError as exc:
             error = str(exc)
-        now = self._clock()
+        now = self._clock.time()
         self._unexpected.pop(job.job_id, None)
         if error is None:
             self._done.append(job.job_id)
@@ -206,7 +205,7 @@ class Notifier:
             log.error("notification %s for %s to %s failed by an internal error %s; retrying:\n%s", job.job_id,
                       job.sms_id, host, type(exc).__name__, "".join(traceback.format_tb(exc.__traceback__)).rstrip())
         try:
-            now = self._clock()
+            now = self._clock.time()
             if count >= self._policy.max_failures:
                 self._unexpected.pop(job.job_id, None)
                 await self._store.callback_abandon(job.job_id, reason, now)
@@ -231,11 +230,11 @@ class Notifier:
         before the write sends those again (at least once, as receivers of notifications expect)."""
         while True:
             await self._done_waiting.wait()
-            await asyncio.sleep(DONE_BATCH_DELAY)
+            await self._clock.sleep(DONE_BATCH_DELAY)
             self._done_waiting.clear()
             batch, self._done = self._done, []
             try:
-                await self._store.callbacks_done(batch, self._clock())
+                await self._store.callbacks_done(batch, self._clock.time())
             except SmsGatewayError as exc:
                 log.log(log_level(exc, logging.WARNING), "%d delivered notifications not marked done (they may be "
                         "sent again): %s", len(batch), exc)

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from asterisk_sendsms.app.callflow import CallControl, Prompter, SmsBackend, agi_status
+from asterisk_sendsms.app.callflow import CallControl, Prompter, SmsBackend, SpeechError, agi_status
+from asterisk_sendsms.app.http import HttpError, HttpSession, OpenHttp
 from asterisk_sendsms.app.urlpolicy import UrlPolicy
 from asterisk_sendsms.config import PromptConfig
 from asterisk_sendsms.core.errors import SmsGatewayError
-from asterisk_sendsms.edge.http.client import HttpClient, HttpError
-from asterisk_sendsms.edge.speech import SpeechError
 from asterisk_sendsms.wire.agi import AgiEnvironment
 from asterisk_sendsms.wire.ozeki import form_encode
 from asterisk_sendsms.wire.ozml import (
@@ -97,8 +96,9 @@ class _Stop(Exception):
 
 class OzmlRunner:
     def __init__(self, backend: SmsBackend, prompter: Prompter, prompts: PromptConfig, policy: UrlPolicy,
-                 record_dir: str = "", unknown_ends_call: bool = False) -> None:
+                 open_http: OpenHttp, record_dir: str = "", unknown_ends_call: bool = False) -> None:
         self._backend = backend
+        self._open_http = open_http
         self._policy = policy  # every script URL, the dialplan's included, goes where it allows
         self._prompter = prompter
         self._prompts = prompts
@@ -110,14 +110,14 @@ class OzmlRunner:
         """Run a script given as a URL (fetched as the Ozeki phone system does: a POST with CallConnected), a
         file path, or inline XML, following GoTo and UserInput answers. If it cannot be had or run, the OzML
         that `error_url` answers to a POST of the error runs instead; failing that, the call ends politely."""
-        session = HttpClient(self._policy, FETCH_TIMEOUT, max_body=MAX_SCRIPT_BYTES)
+        session = self._open_http(self._policy, FETCH_TIMEOUT, max_body=MAX_SCRIPT_BYTES)
         try:
             await self._run_source(call, details, source, error_url, session)
         finally:
             await session.close()
 
     async def _run_source(self, call: OzmlCall, details: CallDetails, source: str, error_url: str | None,
-                          session: HttpClient) -> None:
+                          session: HttpSession) -> None:
         await self._quietly(call.answer)  # OzML runs on a connected call, as on the Ozeki phone system
         try:
             await self._follow(call, details, await self._load(session, details, source), session)
@@ -143,7 +143,7 @@ class OzmlRunner:
                 await call.play(await self._prompter.prompt(self._prompts.failed))
         await self._quietly(call.hangup)
 
-    async def _load(self, session: HttpClient, details: CallDetails, source: str
+    async def _load(self, session: HttpSession, details: CallDetails, source: str
                     ) -> tuple[Command, ...]:
         if source.lstrip().startswith("<"):
             return parse_ozml(source)
@@ -152,7 +152,7 @@ class OzmlRunner:
         return await self.fetch(session, source, details.form("CallConnected"))
 
     @staticmethod
-    async def fetch(session: HttpClient, url: str, form: Mapping[str, str]) -> tuple[Command, ...]:
+    async def fetch(session: HttpSession, url: str, form: Mapping[str, str]) -> tuple[Command, ...]:
         """POST the call's details to `url` and parse the OzML it answers (the whole answer, however many
         reads it takes, up to MAX_SCRIPT_BYTES)."""
         try:
@@ -164,7 +164,7 @@ class OzmlRunner:
         return parse_ozml(response.body)
 
     async def _follow(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
-                      session: HttpClient) -> None:
+                      session: HttpSession) -> None:
         """Run a script and the scripts it leads to; raises `_Stop` when one ends the call."""
         for _ in range(MAX_SCRIPTS):
             following = await self._run_script(call, details, commands, session)
@@ -193,7 +193,7 @@ class OzmlRunner:
         await call.play(sound)
 
     async def _run_script(self, call: OzmlCall, details: CallDetails, commands: tuple[Command, ...],
-                          session: HttpClient) -> tuple[Command, ...] | None:
+                          session: HttpSession) -> tuple[Command, ...] | None:
         """Run commands in order; returns the script to continue with (GoTo, UserInput, Record), or None."""
         for command in commands:
             if call.hung_up and not isinstance(command, SendSms):

@@ -11,8 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from asterisk_sendsms.app.callflow import SpeechError
 from asterisk_sendsms.config import SpeechConfig
-from asterisk_sendsms.core.errors import SmsGatewayError
 
 __all__ = ["Speaker", "SpeechError"]
 
@@ -20,10 +20,6 @@ log = logging.getLogger(__name__)
 
 SOUND_PREFIX = "sound:"
 MAX_TEXT = 1000
-
-
-class SpeechError(SmsGatewayError):
-    """A prompt could not be made; the call goes on without it."""
 
 
 class Speaker:

@@ -33,6 +33,7 @@ from asterisk_sendsms.core.errors import ServiceUnavailable
 from asterisk_sendsms.edge.asterisk.ari import AriApp
 from asterisk_sendsms.edge.asterisk.fastagi import FastAgiServer
 from asterisk_sendsms.edge.http.api import OzekiEndpoint, build_app, make_runner, operator_identify, tcp_identify
+from asterisk_sendsms.edge.http.client import HttpClient
 from asterisk_sendsms.edge.http.fast import FastLane, to_protocol
 from asterisk_sendsms.edge.speech import Speaker
 from asterisk_sendsms.ops.metrics import Metrics
@@ -173,7 +174,7 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
     await store.open()
     try:
         router = Router(config.routes)
-        notifier = Notifier(store, config.callbacks)
+        notifier = Notifier(store, config.callbacks, HttpClient)
         events = EventHub()
         metrics = Metrics()
         events.listen(metrics.observe)
@@ -194,13 +195,14 @@ async def run_daemon(config: Config, log_setup: tuple[str, str] = ("INFO", "text
         recordings = config.data_dir / "recordings"
         unknown_ends_call = config.asterisk.ozml_unknown_ends_call
         scripts = url_policy(config.callbacks)
-        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, str(recordings),
+        agi_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, HttpClient, str(recordings),
                               unknown_ends_call)
-        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, "", unknown_ends_call)
+        ari_ozml = OzmlRunner(call_backend, speaker, config.asterisk.prompts, scripts, HttpClient, "",
+                              unknown_ends_call)
 
         def ozml_for(user: UserConfig) -> OzmlRunner:  # a call placed by the Call command runs as its user
-            return OzmlRunner(ServiceBackend(service, user), speaker, config.asterisk.prompts, scripts, "",
-                              unknown_ends_call)
+            return OzmlRunner(ServiceBackend(service, user), speaker, config.asterisk.prompts, scripts, HttpClient,
+                              "", unknown_ends_call)
 
         ari_apps = [AriApp(ari, call_backend, speaker, config.asterisk.prompts, ari_ozml, ozml_for)
                     for ari in config.asterisk.ari]

@@ -23,6 +23,7 @@ from asterisk_sendsms.core.errors import RequestError, ServiceUnavailable, SmsGa
 from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.traffic import CALL_PRIORITY
 from asterisk_sendsms.edge.asterisk.agi_channel import AgiChannel, stdio_streams
+from asterisk_sendsms.edge.http.client import HttpClient
 from asterisk_sendsms.edge.speech import Speaker
 from asterisk_sendsms.wire.agi import AgiError
 
@@ -107,7 +108,7 @@ async def run(action: str) -> int:
             if action == "ozml":
                 details = CallDetails.of_agi(environment)
                 policy = UrlPolicy.of(config.ozml_allowed_hosts, config.ozml_allowed_networks)
-                runner = OzmlRunner(backend, speaker, config.prompts, policy, config.record_dir,
+                runner = OzmlRunner(backend, speaker, config.prompts, policy, HttpClient, config.record_dir,
                                     config.ozml_unknown_ends_call)
                 await runner.run_source(channel, details, args[0], args[1] or None)
                 return 0

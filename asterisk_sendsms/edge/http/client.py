@@ -2,7 +2,7 @@
 incoming-SMS callbacks (form POSTs on keep-alive connections pooled per host) and OzML fetches (GET or form
 POST, with the script's body). Answers are parsed by llhttp (httptools); head, body and total time are
 bounded; redirects are never followed; every failure leaves as one exception, `HttpError`. The address
-connected to is the one `UrlPolicy` checked."""
+connected to is the one `UrlPolicy` checked. It is the `HttpSession` of `app/http.py`, whose errors it raises."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import contextlib
 import ipaddress
 import re
 import ssl
-from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 import httptools
 
+from asterisk_sendsms.app.http import HttpError, HttpRefused, Response
 from asterisk_sendsms.app.urlpolicy import AddressRefused, IpAddress, UrlPolicy
 
 __all__ = ["HttpClient", "HttpError", "HttpRefused", "Response"]
@@ -28,21 +28,6 @@ _READ = 65536
 _TARGET_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
 _HOST = re.compile(r"[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\]")
 _NO_BODY = frozenset({204, 304})
-
-
-class HttpError(Exception):
-    """The request did not get a usable HTTP answer (connection, TLS, timeout, a malformed or oversized
-    reply, or a target the URL policy refuses)."""
-
-
-class HttpRefused(HttpError):
-    """The URL policy refused the address the host resolves to: nothing was sent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes  # empty when the caller did not ask for it
 
 
 class _Answer:
