@@ -28,7 +28,8 @@ from asterisk_sendsms.core.errors import (
 from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.model import MessageView, NewMessage, OptOut, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.core.traffic import Priority
-from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
+from asterisk_sendsms.store import SqliteStore, Store, batched, make_store
+from asterisk_sendsms.store.db import Db
 from asterisk_sendsms.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
@@ -409,12 +410,12 @@ async def test_receipts_applied_together_do_what_each_alone_does(store: SqlStore
     """Receipts of one batch share statements where they can (final receipts of one-part messages) and go one
     by one where they cannot; the outcome is the same as applying each alone, in order."""
     batch_sizes: list[int] = []
-    grouped = sql._apply_all_receipts
+    grouped = batched.apply_all_receipts
 
-    def counting(db: sql.Db, items: list[sql._ReceiptAt]) -> list[ReceiptResult]:
+    def counting(db: Db, items: list[batched.ReceiptAt]) -> list[ReceiptResult]:
         batch_sizes.append(len(items))
         return grouped(db, items)
-    monkeypatch.setattr(sql, "_apply_all_receipts", counting)
+    monkeypatch.setattr(batched, "apply_all_receipts", counting)
 
     async def world(name: str) -> tuple[list[str], list[Receipt]]:
         ids = [await submitted(store, ids=[f"{name}-{i}"]) for i in range(16)]

@@ -21,9 +21,11 @@ class Dialect(Enum):
 SQLITE, POSTGRESQL = Dialect.SQLITE, Dialect.POSTGRESQL
 
 
-def in_states(column: str, states: Iterable[State]) -> str:
-    """SQL that is true when `column` holds one of `states` (their values as literals: no parameters to pass)."""
-    values = [f"'{state.value}'" for state in states]
+def in_states(column: str, states: Iterable[str]) -> str:
+    """SQL that is true when `column` holds one of `states` (lifecycle states, or part outcomes: their values as
+    literals, so there are no parameters to pass)."""
+    values = [f"'{state}'" for state in sorted(states)] if isinstance(states, set | frozenset) else [
+        f"'{state}'" for state in states]
     return f"{column} = {values[0]}" if len(values) == 1 else f"{column} IN ({', '.join(values)})"
 
 
