@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -544,6 +545,23 @@ async def submitted_later(store: SqlStore) -> str:
     await store.accept(message)
     await store.claim(10, NOW, 60)
     return message.sms_id
+
+
+async def test_reads_do_not_wait_for_the_writer(store: SqlStore) -> None:
+    """A status, the lists and the status page's counts are read beside the writer: a write that holds it (here
+    one that waits for the test) keeps none of them waiting."""
+    sms_id = await submitted(store)
+    release = threading.Event()
+    held = asyncio.ensure_future(store._run(lambda db: release.wait()))
+    try:
+        view = await store.get(sms_id)
+        assert view is not None and view.state is State.SUBMITTED
+        assert (await store.stats(0))["states"] == {"submitted": 1}
+        assert [m.sms_id for m in await store.list_messages(None, None, None, None, 10)] == [sms_id]
+        assert not held.done()
+    finally:
+        release.set()
+        await held
 
 
 async def test_second_owner_is_refused(store: SqlStore, nodes: Nodes) -> None:

@@ -45,6 +45,10 @@ class Db(ABC):
     @abstractmethod
     def begin(self) -> None: ...
 
+    def begin_read(self) -> None:
+        """Begin a transaction that only reads: one snapshot for its statements, no lock on writers."""
+        self.execute("BEGIN")
+
     @abstractmethod
     def commit(self) -> None: ...
 

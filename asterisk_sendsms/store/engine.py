@@ -1,7 +1,7 @@
 """The store's writer threads: each runs the operations queued meanwhile in one transaction (group commit),
 falls back to one by one when one of them fails, retries what the database broke off (deadlocks), reconnects,
 translates database errors into `ServiceUnavailable` logged once per outage, and brings the schema to its
-version at start."""
+version at start. Operations that only read go to the `readers` instead, beside the writers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any, TypeVar, cast
 
 from asterisk_sendsms.core.errors import ServiceUnavailable, SmsGatewayError
 from asterisk_sendsms.store.db import Db
+from asterisk_sendsms.store.readers import Readers, settle
 
 __all__ = ["Engine", "Grouped"]
 
@@ -35,6 +36,8 @@ RECONNECT_INTERVAL = 1.0
 OUTAGE_QUIET = 1.0
 # Deadlocks between nodes (PostgreSQL breaks them by aborting one side) are retried this often.
 _RETRIES = 3
+# Reader threads (each with its connection): a long read (the status page's counts) leaves one for the others.
+READERS = 2
 
 
 class Engine(ABC):
@@ -53,6 +56,7 @@ class Engine(ABC):
         # After a failed connection attempt, writers fail operations at once until then (shared: one writer
         # that gets through lets the others try again).
         self._retry_connect_at = 0.0
+        self._readers: Readers | None = None
 
     # ------------------------------------------------------------ what each engine supplies
 
@@ -99,6 +103,7 @@ class Engine(ABC):
             if not upgrade:
                 for _ in range(self._writers - 1):
                     await self._start_writer(False, owner=False)
+                self._readers = Readers(self._open_reader, self._translate, READERS)
         except BaseException:
             await self.close()
             raise
@@ -113,6 +118,9 @@ class Engine(ABC):
         return await ready
 
     async def close(self) -> None:
+        if self._readers is not None:
+            await self._readers.close()
+            self._readers = None
         for _ in self._threads:
             self._ops.put(None)
         for thread in self._threads:
@@ -169,9 +177,9 @@ class Engine(ABC):
         try:
             db, found = self._open_db(upgrade, owner)
         except Exception as exc:
-            loop.call_soon_threadsafe(_settle, ready, None, self._translate(exc, "cannot open the message store"))
+            loop.call_soon_threadsafe(settle, ready, None, self._translate(exc, "cannot open the message store"))
             return
-        loop.call_soon_threadsafe(_settle, ready, found, None)
+        loop.call_soon_threadsafe(settle, ready, found, None)
         try:
             while (item := self._ops.get()) is not None:
                 batch = self._gather(item)
@@ -303,6 +311,22 @@ class Engine(ABC):
         self._failed_at = time.monotonic()
         return _logged(ServiceUnavailable(self._failing or fallback))
 
+    def _open_reader(self) -> Db:
+        """A reader's connection; after a failed attempt, readers fail at once for a while, as writers do."""
+        if time.monotonic() < self._retry_connect_at:
+            raise self._still_failing("the message store is unreachable")
+        try:
+            return self._connect(owner=False)
+        except Exception:
+            self._retry_connect_at = time.monotonic() + RECONNECT_INTERVAL
+            raise
+
+    async def _read(self, operation: Callable[[Db], T]) -> T:
+        """Run an operation that writes nothing on a reader, beside the writers."""
+        if self._readers is None:
+            raise ServiceUnavailable("the message store is not open")
+        return await self._readers.run(operation)
+
     async def _run(self, operation: Callable[[Db], T]) -> T:
         if not self._threads:
             raise ServiceUnavailable("the message store is not open")
@@ -316,18 +340,9 @@ def _logged(error: ServiceUnavailable) -> ServiceUnavailable:
     return error
 
 
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the caller was cancelled; the write stands regardless
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
 def _settle_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, error in outcomes:
-        _settle(future, result, error)
+        settle(future, result, error)
 
 
 class Grouped:

@@ -53,6 +53,9 @@ class PostgresDb(Db):
     def begin(self) -> None:
         self._conn.execute("BEGIN")
 
+    def begin_read(self) -> None:
+        self._conn.execute("BEGIN READ ONLY")
+
     def commit(self) -> None:
         self._conn.execute("COMMIT")
 

@@ -104,23 +104,23 @@ class SqlStore(Engine):
                 f" WHERE p.transport = ? AND {in_states('p.state', ops.WAITING_PART_STATES)}"
                 f" AND {in_states('m.state', [State.SUBMITTED])}", (transport,)).fetchall()
             return [(smsc_id, recipient) for smsc_id, recipient in rows]
-        return await self._run(op)
+        return await self._read(op)
 
     async def get(self, sms_id: str, detail: bool = True) -> MessageView | None:
-        return await self._run(lambda db: views.view(db, sms_id, detail))
+        return await self._read(lambda db: views.view(db, sms_id, detail))
 
     async def list_messages(self, username: str | None, state: State | None, recipient: str | None,
                             since: float | None, limit: int, offset: int = 0, priority: Priority | None = None
                             ) -> list[MessageView]:
-        return await self._run(lambda db: views.list_messages(db, username, state, recipient, since, limit, offset,
+        return await self._read(lambda db: views.list_messages(db, username, state, recipient, since, limit, offset,
                                                               priority))
 
     async def stats(self, since: float) -> dict[str, Any]:
-        return await self._run(lambda db: views.stats(db, since))
+        return await self._read(lambda db: views.stats(db, since))
 
     async def quota_use(self, counters: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
         """Parts counted so far on each (user, quota counter key)."""
-        return await self._run(lambda db: {(username, key): admission.quota_used(db, username, key)
+        return await self._read(lambda db: {(username, key): admission.quota_used(db, username, key)
                                            for username, key in counters})
 
     async def store_incoming(self, part: IncomingPart, callback_url: str | None) -> str | None:
@@ -141,7 +141,7 @@ class SqlStore(Engine):
             return [OptOut(*row) for row in db.execute(
                 f"SELECT number, scope, created_at, source FROM optouts {where} ORDER BY created_at DESC LIMIT ?",
                 (*params, limit)).fetchall()]
-        return await self._run(op)
+        return await self._read(op)
 
     async def claim_callbacks(self, limit: int, now: float, lease: float, shares: CallbackShares | None = None
                               ) -> list[CallbackJob]:
@@ -157,7 +157,7 @@ class SqlStore(Engine):
             rows = db.execute("SELECT sms_id, url, attempts, last_error, due_at FROM callbacks"
                               " WHERE state = 'pending' ORDER BY due_at LIMIT ?", (limit,)).fetchall()
             return [PendingCallback(*row) for row in rows]
-        return await self._run(op)
+        return await self._read(op)
 
     async def callback_retry(self, job_id: int, due_at: float, error: str, now: float) -> None:
         await self._run(lambda db: db.execute(

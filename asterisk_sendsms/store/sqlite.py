@@ -1,5 +1,6 @@
 """The SQLite store: one file in WAL mode, owned by one daemon (a lock file says so), written by the shared
-SQL operations on one thread that commits concurrent operations together, so durable accept stays fast."""
+SQL operations on one thread that commits concurrent operations together, so durable accept stays fast, and read
+beside it on connections of its readers (WAL lets a read and a write run at once)."""
 
 from __future__ import annotations
 
