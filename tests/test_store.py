@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from asterisk_sendsms.app.limits import Limits, UserLimits
 from asterisk_sendsms.config import StoreConfig
@@ -28,7 +31,8 @@ from asterisk_sendsms.core.errors import (
 from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.model import MessageView, NewMessage, OptOut, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.core.traffic import Priority
-from asterisk_sendsms.store import SqliteStore, Store, make_store, sql
+from asterisk_sendsms.store import SqliteStore, Store, batched, make_store
+from asterisk_sendsms.store.db import Db
 from asterisk_sendsms.store.sql import SqlStore
 
 NOW = 1_800_000_000.0
@@ -409,12 +413,12 @@ async def test_receipts_applied_together_do_what_each_alone_does(store: SqlStore
     """Receipts of one batch share statements where they can (final receipts of one-part messages) and go one
     by one where they cannot; the outcome is the same as applying each alone, in order."""
     batch_sizes: list[int] = []
-    grouped = sql._apply_all_receipts
+    grouped = batched.apply_all_receipts
 
-    def counting(db: sql.Db, items: list[sql._ReceiptAt]) -> list[ReceiptResult]:
+    def counting(db: Db, items: list[batched.ReceiptAt]) -> list[ReceiptResult]:
         batch_sizes.append(len(items))
         return grouped(db, items)
-    monkeypatch.setattr(sql, "_apply_all_receipts", counting)
+    monkeypatch.setattr(batched, "apply_all_receipts", counting)
 
     async def world(name: str) -> tuple[list[str], list[Receipt]]:
         ids = [await submitted(store, ids=[f"{name}-{i}"]) for i in range(16)]
@@ -463,11 +467,101 @@ async def test_receipts_applied_together_do_what_each_alone_does(store: SqlStore
     assert early.final_state is State.DELIVERED  # the unknown id was kept as an early receipt
 
 
+# A message of a world: its part count, how far it got before the receipts (submitted; submitted and then
+# expired; claimed but not yet submitted, so its receipts come early), and whether its route gives receipts.
+_MESSAGES = st.tuples(st.integers(1, 3), st.sampled_from(["submitted", "expired", "pending"]), st.booleans())
+# A receipt: for which message (beyond the world's messages: an id nobody submitted) and part, what it says.
+_RECEIPTS = st.tuples(st.integers(0, 4), st.integers(0, 2), st.sampled_from(list(PartOutcome)),
+                      st.sampled_from(["", "005"]))
+
+
+async def test_grouped_paths_equal_one_by_one_for_any_world(store: SqlStore) -> None:
+    """Property: receipts applied in one grouped call (`batched.apply_all_receipts`), then submits recorded in
+    one (`batched.mark_all_submitted`, with the early receipts they find), leave the store as applying each alone,
+    in order, does: the same results, states, reasons, parts, history and notifications."""
+
+    async def world(name: str, messages: list[tuple[int, str, bool]]) -> list[str]:
+        ids = []
+        for index, (parts, progress, _) in enumerate(messages):
+            message = new_message(parts, callback="http://127.0.0.1/dlr" if index % 2 else None)
+            await store.accept(message)
+            [claimed] = await store.claim(10, NOW, 60)
+            assert claimed.sms_id == message.sms_id
+            if progress != "pending":
+                await store.mark_submitted(message.sms_id, "smsc", [f"{name}-{index}-{p}" for p in range(parts)],
+                                           NOW + 1, NOW + 100)
+            if progress == "expired":
+                await store.finish(message.sms_id, State.EXPIRED, "NO_RECEIPT", "no receipt in time", NOW + 1)
+            ids.append(message.sms_id)
+        return ids
+
+    def receipts(name: str, plan: list[tuple[int, int, PartOutcome, str]], count: int) -> list[Receipt]:
+        return [Receipt("smsc", f"{name}-{m}-{p}" if m < count else f"{name}-unknown-{m}", outcome, code,
+                        NOW + 2 + k / 1000) for k, (m, p, outcome, code) in enumerate(plan)]
+
+    def submits(name: str, messages: list[tuple[int, str, bool]], ids: list[str]) -> list[batched.Submitted]:
+        return [batched.Submitted(ids[i], "smsc", tuple(f"{name}-{i}-{p}" for p in range(parts)), NOW + 3,
+                                  NOW + 100 if receipted else None)
+                for i, (parts, progress, receipted) in enumerate(messages) if progress == "pending"]
+
+    async def outcome(name: str, sms_id: str) -> tuple[object, ...]:
+        view = await store.get(sms_id)
+        assert view is not None
+        return (view.state, view.error_code, view.error_text.replace(name, ""), view.callback_state,
+                [(p.state, p.error_code, p.smsc_id.replace(name, "")) for p in view.parts],
+                [(h.at, h.state, h.detail.replace(name, "")) for h in view.history])
+
+    def same(ids: list[str], results: list[ReceiptResult]) -> list[tuple[object, ...]]:
+        return [(ids.index(r.sms_id) if r.sms_id else None, r.final_state, r.submitted_at) for r in results]
+
+    async def check(messages: list[tuple[int, str, bool]], plan: list[tuple[int, int, PartOutcome, str]]) -> None:
+        run = uuid.uuid4().hex[:8]
+        alone_name, together_name = f"a{run}", f"t{run}"
+        alone_ids = await world(alone_name, messages)
+        together_ids = await world(together_name, messages)
+        alone = [await store.apply_receipt(r, NOW + 2) for r in receipts(alone_name, plan, len(messages))]
+        batch = [batched.ReceiptAt(r, NOW + 2) for r in receipts(together_name, plan, len(messages))]
+        together = await store._run(lambda db: batched.apply_all_receipts(db, batch))
+        assert same(together_ids, together) == same(alone_ids, alone)
+        alone = [await store.mark_submitted(s.sms_id, s.transport, s.smsc_ids, s.now, s.receipt_deadline)
+                 for s in submits(alone_name, messages, alone_ids)]
+        grouped = submits(together_name, messages, together_ids)
+        together = await store._run(lambda db: batched.mark_all_submitted(db, grouped)) if grouped else []
+        assert same(together_ids, together) == same(alone_ids, alone)
+        assert ([await outcome(together_name, i) for i in together_ids]
+                == [await outcome(alone_name, i) for i in alone_ids])
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_MESSAGES, min_size=1, max_size=4), st.lists(_RECEIPTS, min_size=2, max_size=14))
+    def grouped_equals_alone(messages: list[tuple[int, str, bool]],
+                             plan: list[tuple[int, int, PartOutcome, str]]) -> None:
+        asyncio.run(check(messages, plan))  # on a loop of its own: hypothesis drives examples synchronously
+
+    await asyncio.to_thread(grouped_equals_alone)
+
+
 async def submitted_later(store: SqlStore) -> str:
     message = new_message()
     await store.accept(message)
     await store.claim(10, NOW, 60)
     return message.sms_id
+
+
+async def test_reads_do_not_wait_for_the_writer(store: SqlStore) -> None:
+    """A status, the lists and the status page's counts are read beside the writer: a write that holds it (here
+    one that waits for the test) keeps none of them waiting."""
+    sms_id = await submitted(store)
+    release = threading.Event()
+    held = asyncio.ensure_future(store._run(lambda db: release.wait()))
+    try:
+        view = await store.get(sms_id)
+        assert view is not None and view.state is State.SUBMITTED
+        assert (await store.stats(0))["states"] == {"submitted": 1}
+        assert [m.sms_id for m in await store.list_messages(None, None, None, None, 10)] == [sms_id]
+        assert not held.done()
+    finally:
+        release.set()
+        await held
 
 
 async def test_second_owner_is_refused(store: SqlStore, nodes: Nodes) -> None:
