@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from asterisk_sendsms.core.lifecycle import SOURCES, State
+from asterisk_sendsms.core.lifecycle import FAILURE_STATES, SOURCES, State
 
 __all__ = ["Dialect", "in_states", "migrations"]
 
@@ -210,6 +210,11 @@ VERSIONS: tuple[Version, ...] = (
         Table("user_turns", (Column("username", TEXT, key=True), Column("next_free", TIME))),
         Table("optouts", (Column("number", TEXT), Column("scope", TEXT), Column("created_at", TIME),
                           Column("source", TEXT)), key=("number", "scope")),
+    )),
+    # The status page's and /metrics' failure reasons read the failed messages of a recent time: without this
+    # index they scanned the whole table (about 0.2 s of a core per look on 1,000,000 messages).
+    Version((
+        Index("messages_failed_by_time", "messages", ("updated_at",), in_states("state", FAILURE_STATES)),
     )),
 )
 
