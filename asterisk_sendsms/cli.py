@@ -340,7 +340,7 @@ async def _tail(args: argparse.Namespace) -> int:
 async def _messages(args: argparse.Namespace) -> int:
     query = {"limit": str(args.limit)}
     if args.state or args.scheduled:
-        query["state"] = "scheduled" if args.scheduled else args.state
+        query["state"] = State.SCHEDULED.value if args.scheduled else args.state
     if args.priority:
         query["priority"] = args.priority
     if args.recipient:
