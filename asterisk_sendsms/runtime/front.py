@@ -22,7 +22,7 @@ from asterisk_sendsms.app.service import Accepted, prepare_message
 from asterisk_sendsms.config import Config, HostPort, UserConfig
 from asterisk_sendsms.core.errors import ServiceUnavailable, SmsGatewayError
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority
-from asterisk_sendsms.edge.http.api import HandOver, Identify, OzekiEndpoint, tcp_identify
+from asterisk_sendsms.edge.http.endpoint import HandOver, Identify, OzekiEndpoint, tcp_identify
 from asterisk_sendsms.edge.http.fast import FastLane
 from asterisk_sendsms.ops.logs import configure_logging
 from asterisk_sendsms.runtime.children import child_command, exit_description, hello_frame, read_hello
