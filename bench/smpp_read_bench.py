@@ -14,7 +14,8 @@ from typing import Any
 import uvloop
 
 from asterisk_sendsms.config import SmppSettings
-from asterisk_sendsms.edge.smpp.transport import SmppTransport, _Exchange
+from asterisk_sendsms.edge.smpp.link import Exchange
+from asterisk_sendsms.edge.smpp.transport import SmppTransport
 from asterisk_sendsms.wire.smpp.pdu import Command, Pdu, encode_pdu
 from asterisk_sendsms.wire.smpp.session import BindState
 
@@ -68,7 +69,7 @@ async def run_once(data: bytes) -> float:
     link.session.state = BindState.BOUND
     for sequence in range(2, PAIRS + 2):
         link.session._pending[sequence] = Command.SUBMIT_SM
-        link.waiting[sequence] = _Exchange(loop.create_future(), Command.SUBMIT_SM, time.monotonic() + 60, None)
+        link.waiting[sequence] = Exchange(loop.create_future(), Command.SUBMIT_SM, time.monotonic() + 60, None)
     started = time.process_time()
     async with asyncio.TaskGroup() as group:
         link.deliveries = group

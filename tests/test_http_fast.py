@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from asterisk_sendsms.app.service import Accepted, SmsService
 from asterisk_sendsms.config import HttpConfig, UserConfig
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority
-from asterisk_sendsms.edge.http.api import OzekiEndpoint, build_app, make_runner
+from asterisk_sendsms.edge.http.api import build_app, make_runner
+from asterisk_sendsms.edge.http.endpoint import OzekiEndpoint
 from asterisk_sendsms.edge.http.fast import REQUESTS_PER_TURN, FastLane, to_protocol
 
 from .conftest import Daemon, start_daemon

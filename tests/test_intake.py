@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import marshal
 import socket
 from collections.abc import AsyncIterator
 
@@ -13,15 +14,10 @@ from hypothesis import strategies as st
 from asterisk_sendsms.core.encoding import Coding
 from asterisk_sendsms.core.errors import QuotaExceeded, RecipientOptedOut, RequestError, ServiceUnavailable
 from asterisk_sendsms.core.model import NewMessage
-from asterisk_sendsms.runtime.intake import (
-    ConnectionInbox,
-    DaemonLink,
-    FrameReader,
-    WorkerLink,
-    frame,
-    read_frame,
-    send_connection,
-)
+from asterisk_sendsms.runtime.children import read_frame
+from asterisk_sendsms.runtime.intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
+from asterisk_sendsms.wire.ipc.framing import FrameReader, frame, pack
+from asterisk_sendsms.wire.ipc.front import TO_WORKER, FailedLogin
 
 from .waits import wait_until
 
@@ -31,15 +27,15 @@ values = st.recursive(st.none() | st.integers() | st.floats(allow_nan=False) | s
 
 @given(st.lists(values, max_size=6), st.lists(st.integers(1, 40), max_size=20))
 def test_frames_come_out_whole_however_the_stream_is_cut(sent: list[object], cuts: list[int]) -> None:
-    stream = b"".join(frame(value) for value in sent)
+    stream = b"".join(frame(marshal.dumps(value)) for value in sent)
     reader = FrameReader()
-    received: list[object] = []
+    received: list[bytes] = []
     position = 0
     for cut in [*cuts, len(stream)]:
         received.extend(reader.feed(stream[position:position + cut]))
         position += cut
     received.extend(reader.feed(stream[position:]))
-    assert received == sent
+    assert [marshal.loads(body) for body in received] == sent
 
 
 def test_a_stream_out_of_step_is_refused() -> None:
@@ -110,7 +106,7 @@ async def test_a_message_refused_on_its_own_fails_its_sender_only_with_its_code(
 
 
 async def test_failed_logins_reach_the_worker(link: Link) -> None:
-    link.daemon.send(("failed-login", "address 192.0.2.1", 12.5))
+    link.daemon.send(FailedLogin("address 192.0.2.1", 12.5))
     await wait_until(lambda: bool(link.failures))
     assert link.failures == [("address 192.0.2.1", 12.5)]
 
@@ -162,9 +158,10 @@ async def test_a_connection_is_handed_over_with_the_bytes_read_from_it() -> None
 
 def test_a_frame_read_from_a_blocking_socket_leaves_what_follows() -> None:
     ours, theirs = socket.socketpair()
-    ours.sendall(frame(b"configuration") + frame(("failed-login", "user x", 1.0)))
+    ours.sendall(frame(b"configuration") + pack([FailedLogin("user x", 1.0)]))
     assert read_frame(theirs) == b"configuration"
-    assert FrameReader().feed(theirs.recv(1000)) == [("failed-login", "user x", 1.0)]
+    assert [message for body in FrameReader().feed(theirs.recv(1000)) for message in TO_WORKER.unpack(body)] == [
+        FailedLogin("user x", 1.0)]
     ours.close()
     with pytest.raises(EOFError):
         read_frame(theirs)

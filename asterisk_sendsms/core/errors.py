@@ -5,8 +5,7 @@
     │   ├── ParseError               300  request cannot be parsed
     │   ├── UnknownCommand           301  command not implemented
     │   ├── InvalidParameter         302  missing or invalid parameter
-    │   ├── InappropriateCommand     303  wrong method or context
-    │   │   └── NotCancellable       303  the message is being submitted or is final (HTTP 409)
+    │   ├── NotCancellable           303  the message is being submitted or is final (HTTP 409)
     │   ├── AuthenticationRequired   304
     │   ├── AuthenticationFailed     305
     │   ├── ForbiddenUser            306  user may not send (here)
@@ -36,7 +35,6 @@ __all__ = [
     "ForbiddenAddress",
     "ForbiddenUser",
     "IllegalTransition",
-    "InappropriateCommand",
     "InvalidParameter",
     "MessageNotFound",
     "NoRoute",
@@ -106,12 +104,8 @@ class InvalidParameter(RequestError):
         self.reason = reason
 
 
-class InappropriateCommand(RequestError):
-    ozeki_code = 303
-    http_status = 405
-
-
-class NotCancellable(InappropriateCommand):
+class NotCancellable(RequestError):
+    ozeki_code = 303  # Ozeki's "inappropriate command"
     http_status = 409
 
 

@@ -32,8 +32,9 @@ from asterisk_sendsms.config import DEMO_PASSWORD, Config, UserConfig
 from asterisk_sendsms.core.errors import ServiceUnavailable
 from asterisk_sendsms.edge.asterisk.ari import AriApp
 from asterisk_sendsms.edge.asterisk.fastagi import FastAgiServer
-from asterisk_sendsms.edge.http.api import OzekiEndpoint, build_app, make_runner, operator_identify, tcp_identify
+from asterisk_sendsms.edge.http.api import build_app, make_runner
 from asterisk_sendsms.edge.http.client import HttpClient
+from asterisk_sendsms.edge.http.endpoint import OzekiEndpoint, operator_identify, tcp_identify
 from asterisk_sendsms.edge.http.fast import FastLane, to_protocol
 from asterisk_sendsms.edge.speech import Speaker
 from asterisk_sendsms.ops.metrics import Metrics

@@ -22,12 +22,13 @@ from asterisk_sendsms.app.service import Accepted, prepare_message
 from asterisk_sendsms.config import Config, HostPort, UserConfig
 from asterisk_sendsms.core.errors import ServiceUnavailable, SmsGatewayError
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority
-from asterisk_sendsms.edge.http.api import HandOver, Identify, OzekiEndpoint, tcp_identify
+from asterisk_sendsms.edge.http.endpoint import HandOver, Identify, OzekiEndpoint, tcp_identify
 from asterisk_sendsms.edge.http.fast import FastLane
 from asterisk_sendsms.ops.logs import configure_logging
 from asterisk_sendsms.runtime.children import child_command, exit_description, hello_frame, read_hello
 from asterisk_sendsms.runtime.intake import Commit, ConnectionInbox, DaemonLink, WorkerLink, send_connection
 from asterisk_sendsms.runtime.supervision import keep_running
+from asterisk_sendsms.wire.ipc.front import FailedLogin
 
 __all__ = ["FrontWorkers", "listening_sockets"]
 
@@ -87,7 +88,7 @@ class FrontWorkers:
 
     def _tell_failed_login(self, key: str, at: float) -> None:
         for link in self._links:
-            link.send(("failed-login", key, at))
+            link.send(FailedLogin(key, at))
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
@@ -114,7 +115,8 @@ class FrontWorkers:
             link_theirs.close()
             inbox_theirs.close()
         self._processes.add(process)
-        _, link = await loop.create_unix_connection(lambda: DaemonLink(self._commit), sock=link_ours)
+        _, link = await loop.create_unix_connection(lambda: DaemonLink(self._commit, f"HTTP front worker {number}"),
+                                                    sock=link_ours)
         inbox = ConnectionInbox(inbox_ours, self._adopt)
         self._links.add(link)
         try:

@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import marshal
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-from asterisk_sendsms.core.encoding import Coding
 from asterisk_sendsms.core.errors import RequestError, ServiceUnavailable, SmsGatewayError, refusal
 from asterisk_sendsms.core.model import NewMessage
-from asterisk_sendsms.core.traffic import Priority
+from asterisk_sendsms.runtime.children import LinkEnd
+from asterisk_sendsms.wire.ipc.framing import encode_hello
+from asterisk_sendsms.wire.ipc.front import FROM_WORKER, TO_WORKER, Batch, Outcome, Refusal
 
-__all__ = ["Commit", "ConnectionInbox", "DaemonLink", "FrameReader", "WorkerLink", "frame", "read_frame",
-           "send_connection"]
+__all__ = ["Commit", "ConnectionInbox", "DaemonLink", "WorkerLink", "send_connection"]
 
 log = logging.getLogger(__name__)
 
-_LENGTH = struct.Struct("!I")
-MAX_FRAME = 64 * 1024 * 1024
 # A connection handed over goes as a first packet (with the descriptor and the length of the bytes already
 # read) and that many bytes in packets of at most this size.
+_LENGTH = struct.Struct("!I")
 _CHUNK = 32 * 1024
 HAND_OFF_TIMEOUT = 5.0
 
@@ -34,131 +31,56 @@ HAND_OFF_TIMEOUT = 5.0
 Commit = Callable[[list[NewMessage]], Awaitable[list[RequestError | None]]]
 
 
-def frame(value: Any) -> bytes:
-    """A frame of the stream: its length, then the value in marshal's format (tuples, lists, str, float,
-    int, None: what goes over it; marshal reads them back several times faster than pickle)."""
-    data = marshal.dumps(value)
-    return _LENGTH.pack(len(data)) + data
+class DaemonLink(LinkEnd):
+    """The daemon's end of one worker's stream: after the worker's hello, commits each batch it sends and
+    answers its `Outcome`."""
 
-
-def read_frame(sock: socket.socket) -> Any:
-    """One frame from a blocking socket, and not a byte past it: what follows belongs to the protocol that
-    takes the socket over. EOFError if the stream ends first."""
-    header = sock.recv(_LENGTH.size, socket.MSG_WAITALL)
-    if len(header) == _LENGTH.size:
-        (length,) = _LENGTH.unpack(header)
-        data = sock.recv(length, socket.MSG_WAITALL)
-        if len(data) == length:
-            return marshal.loads(data)  # noqa: S302 - a socketpair
-    raise EOFError("the stream ended within a frame")
-
-
-class FrameReader:
-    """Frames out of the bytes of the stream as they come."""
-
-    def __init__(self) -> None:
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> list[Any]:
-        buffer = self._buffer + data if self._buffer else data
-        values = []
-        start = 0
-        while len(buffer) - start >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(buffer, start)
-            if length > MAX_FRAME:
-                raise ValueError(f"a frame of {length} bytes: the stream is out of step")
-            end = start + _LENGTH.size + length
-            if end > len(buffer):
-                break
-            values.append(marshal.loads(buffer[start + _LENGTH.size:end]))  # noqa: S302 - a socketpair
-            start = end
-        self._buffer = buffer[start:]
-        return values
-
-
-def _message_row(message: NewMessage) -> tuple[Any, ...]:
-    return (message.sms_id, message.username, message.sender, message.recipient, message.text,
-            message.coding.value, message.part_count, message.callback_url, message.created_at,
-            message.expires_at, message.priority.value, message.validity_period, message.send_at)
-
-
-def _message(row: Sequence[Any]) -> NewMessage:
-    (sms_id, username, sender, recipient, text, coding, part_count, callback_url, created_at, expires_at,
-     priority, validity_period, send_at) = row
-    return NewMessage(sms_id, username, sender, recipient, text, Coding(coding), part_count, callback_url,
-                      created_at, expires_at, Priority(priority), validity_period, send_at)
-
-
-class DaemonLink(asyncio.Protocol):
-    """The daemon's end of one worker's stream: commits each batch the worker sends and answers its outcome
-    (None, or the message of the `ServiceUnavailable` that refused the whole batch; then the (index, Ozeki code,
-    HTTP status, message) of each message refused on its own)."""
-
-    def __init__(self, commit: Commit) -> None:
+    def __init__(self, commit: Commit, name: str = "HTTP front worker") -> None:
+        super().__init__(FROM_WORKER, name, greeted=False)
         self._commit = commit
-        self._reader = FrameReader()
-        self._transport: asyncio.Transport | None = None
         self._accepting: set[asyncio.Task[None]] = set()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
     def data_received(self, data: bytes) -> None:
-        try:
-            batches = self._reader.feed(data)
-        except ValueError as exc:
-            log.error("HTTP front worker link: %s; closing it", exc)
-            self.close()
-            return
-        for number, rows in batches:
-            task = asyncio.get_running_loop().create_task(self._accept(number, rows))
+        for batch in self._received(data):
+            task = asyncio.get_running_loop().create_task(self._accept(batch))
             self._accepting.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._accepting.discard)
 
-    async def _accept(self, number: int, rows: list[tuple[Any, ...]]) -> None:
+    async def _accept(self, batch: Batch) -> None:
         error: str | None = None
-        refused: list[tuple[int, int, int, str]] = []
+        refused: tuple[Refusal, ...] = ()
         try:
-            refusals = await self._commit([_message(row) for row in rows])
-            refused = [(index, r.ozeki_code, r.http_status, r.message) for index, r in enumerate(refusals) if r]
+            refusals = await self._commit(list(batch.messages))
+            refused = tuple(Refusal(index, r.ozeki_code, r.http_status, r.message)
+                            for index, r in enumerate(refusals) if r)
         except SmsGatewayError as exc:
             error = exc.message
         except Exception:
-            log.exception("unexpected error committing %d messages of an HTTP front worker", len(rows))
+            log.exception("unexpected error committing %d messages of an HTTP front worker", len(batch.messages))
             error = "internal error; the message was not accepted"
-        self.send(("outcome", number, error, refused))
-
-    def send(self, value: Any) -> None:
-        self.send_frame(frame(value))
-
-    def send_frame(self, data: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self.send(Outcome(batch.number, error, refused))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
 
 
-class WorkerLink(asyncio.Protocol):
-    """A worker's end of the stream: `accept` sends the message with the others validated in the same turn
-    of the event loop and returns once the daemon has committed them."""
+class WorkerLink(LinkEnd):
+    """A worker's end of the stream (whose first frame, the daemon's hello, the worker has read): sends its
+    own hello, then `accept` sends the message with the others validated in the same turn of the event loop
+    and returns once the daemon has committed them."""
 
     def __init__(self, on_failed_login: Callable[[str, float], None]) -> None:
+        super().__init__(TO_WORKER, "daemon", greeted=True)
         self._on_failed_login = on_failed_login
-        self._reader = FrameReader()
-        self._transport: asyncio.Transport | None = None
-        self._batch: list[tuple[Any, ...]] = []
+        self._batch: list[NewMessage] = []
         self._waiting: list[asyncio.Future[None]] = []
         self._sent: dict[int, list[asyncio.Future[None]]] = {}
         self._number = 0
         self.closed = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        super().connection_made(transport)
+        self.send_frame(encode_hello(b""))
 
     async def accept(self, message: NewMessage) -> None:
         if self._transport is None:
@@ -166,7 +88,7 @@ class WorkerLink(asyncio.Protocol):
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
         future = asyncio.get_running_loop().create_future()
-        self._batch.append(_message_row(message))
+        self._batch.append(message)
         self._waiting.append(future)
         await future
 
@@ -175,25 +97,27 @@ class WorkerLink(asyncio.Protocol):
             return
         self._number += 1
         self._sent[self._number] = self._waiting
-        self._transport.write(frame((self._number, self._batch)))
+        self.send(Batch(self._number, tuple(self._batch)))
         self._batch, self._waiting = [], []
 
     def data_received(self, data: bytes) -> None:
-        for value in self._reader.feed(data):
-            if value[0] == "outcome":
-                _, number, error, refused = value
-                refusals = {index: refusal(code, status, message) for index, code, status, message in refused}
-                for index, future in enumerate(self._sent.pop(number, ())):
-                    if future.done():
-                        continue
-                    if error is not None:
-                        future.set_exception(ServiceUnavailable(error))
-                    elif index in refusals:
-                        future.set_exception(refusals[index])
-                    else:
-                        future.set_result(None)
-            elif value[0] == "failed-login":
-                self._on_failed_login(value[1], value[2])
+        for message in self._received(data):
+            if isinstance(message, Outcome):
+                self._settle(message)
+            else:
+                self._on_failed_login(message.key, message.at)
+
+    def _settle(self, outcome: Outcome) -> None:
+        refusals = {r.position: refusal(r.ozeki_code, r.http_status, r.message) for r in outcome.refused}
+        for index, future in enumerate(self._sent.pop(outcome.number, ())):
+            if future.done():
+                continue
+            if outcome.error is not None:
+                future.set_exception(ServiceUnavailable(outcome.error))
+            elif index in refusals:
+                future.set_exception(refusals[index])
+            else:
+                future.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -14,21 +14,34 @@ import logging
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import uvloop
 
 from asterisk_sendsms.app.transport import TransportHealth, TransportSink
 from asterisk_sendsms.config import SmppSettings
-from asterisk_sendsms.core.encoding import Coding, EncodedMessage, Segment
+from asterisk_sendsms.core.encoding import EncodedMessage
 from asterisk_sendsms.core.errors import PermanentSubmitError, ServiceUnavailable, SmsGatewayError, TransientSubmitError
-from asterisk_sendsms.core.model import IncomingPart, OutboundMessage, PartOutcome, Receipt
-from asterisk_sendsms.core.traffic import Priority
+from asterisk_sendsms.core.model import IncomingPart, OutboundMessage, Receipt
 from asterisk_sendsms.edge.smpp.transport import UNBIND_GRACE, SmppTransport
 from asterisk_sendsms.ops.logs import configure_logging
-from asterisk_sendsms.runtime.children import child_command, exit_description, hello_frame, read_hello
-from asterisk_sendsms.runtime.intake import FrameReader, frame
+from asterisk_sendsms.runtime.children import LinkEnd, child_command, exit_description, hello_frame, read_hello
 from asterisk_sendsms.runtime.supervision import keep_running
+from asterisk_sendsms.wire.ipc.framing import Codec, Message, encode_hello
+from asterisk_sendsms.wire.ipc.smpp import (
+    FROM_CHILD,
+    TO_CHILD,
+    Cancel,
+    Failed,
+    Health,
+    Incoming,
+    ReceiptHeard,
+    Stop,
+    Stored,
+    Submit,
+    Submitted,
+)
 
 __all__ = ["SmppProcess"]
 
@@ -45,25 +58,21 @@ HEALTH_EVERY = 0.05
 LINGER = 0.001
 
 
-class _Channel(asyncio.Protocol):
-    """One end of the link: what is sent within a turn of the event loop leaves as one frame (a list of
-    tuples), and what nobody waits for (outcomes of submits, health, new submits behind a backlog) waits up to
-    LINGER for company; each tuple that arrives goes to `heard`."""
+class _Channel(LinkEnd):
+    """One end of the link: what is posted within a turn of the event loop leaves as one frame, and what
+    nobody waits for (outcomes of submits, health, new submits behind a backlog) waits up to LINGER for
+    company; each message that arrives goes to `heard`."""
 
-    def __init__(self, heard: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, heard: Callable[[Any], None], codec: Codec, name: str, greeted: bool) -> None:
+        super().__init__(codec, name, greeted)
         self._heard = heard
-        self._reader = FrameReader()
-        self._transport: asyncio.Transport | None = None
-        self._unsent: list[tuple[Any, ...]] = []
+        self._unsent: list[Message] = []
         self._flushing: asyncio.Handle | None = None
         self._lingering = False
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-
-    def send(self, item: tuple[Any, ...], linger: bool = False) -> None:
-        self._unsent.append(item)
+    def post(self, message: Message, linger: bool = False) -> None:
+        self._unsent.append(message)
         if self._flushing is not None and (linger or not self._lingering):
             return
         if self._flushing is not None:
@@ -72,30 +81,14 @@ class _Channel(asyncio.Protocol):
         self._flushing = loop.call_later(LINGER, self._flush) if linger else loop.call_soon(self._flush)
         self._lingering = linger
 
-    def send_frame(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._transport.write(data)
-
     def _flush(self) -> None:
         self._flushing = None
         unsent, self._unsent = self._unsent, []
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frame(unsent))
+        self.send(*unsent)
 
     def data_received(self, data: bytes) -> None:
-        try:
-            frames = self._reader.feed(data)
-        except ValueError as exc:
-            log.error("SMPP process link: %s; closing it", exc)
-            self.close()
-            return
-        for items in frames:
-            for item in items:
-                self._heard(item)
-
-    def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        for message in self._received(data):
+            self._heard(message)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -144,15 +137,12 @@ class SmppProcess:
         number = next(self._numbers)
         answer: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self._submits[number] = answer
-        channel.send(("submit", number, message.sms_id, message.sender, message.recipient, message.text,
-                      message.previous_attempts, message.expires_at, message.priority.value, message.fair_rank,
-                      message.smsc_validity, encoded.coding.value,
-                      [(segment.text, segment.payload) for segment in encoded.segments]), linger=True)
+        channel.post(Submit(number, message, encoded), linger=True)
         try:
             return await answer
         except asyncio.CancelledError:
             if not answer.done() and channel is self._channel:
-                channel.send(("cancel", number))
+                channel.post(Cancel(number))
             raise
         finally:
             self._submits.pop(number, None)
@@ -170,7 +160,8 @@ class SmppProcess:
         finally:
             theirs.close()
         try:
-            _, channel = await loop.create_unix_connection(lambda: _Channel(self._heard), sock=ours)
+            _, channel = await loop.create_unix_connection(
+                lambda: _Channel(self._heard, FROM_CHILD, f"SMPP {self.name} process", greeted=False), sock=ours)
         except BaseException:
             ours.close()  # the child sees its link end and exits
             raise
@@ -181,7 +172,7 @@ class SmppProcess:
             return exit_description(await process.wait())
         except asyncio.CancelledError:
             # The daemon is stopping, the dispatcher's submits are answered: the child unbinds and exits.
-            channel.send(("stop",))
+            channel.post(Stop())
             try:
                 await asyncio.wait_for(process.wait(), STOP_GRACE)
             except TimeoutError:
@@ -200,44 +191,42 @@ class SmppProcess:
                     answer.set_exception(TransientSubmitError(f"the process of SMPP {self.name} exited",
                                                               "CONNECTION_LOST"))
 
-    def _heard(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "done":
-            answer = self._submits.get(item[1])
+    def _heard(self, message: Submitted | Failed | Health | ReceiptHeard | Incoming) -> None:
+        if isinstance(message, Submitted):
+            answer = self._submits.get(message.number)
             if answer is not None and not answer.done():
-                answer.set_result(list(item[2]))
-        elif kind == "failed":
-            _, number, permanent, message, code = item
-            answer = self._submits.get(number)
+                answer.set_result(list(message.ids))
+        elif isinstance(message, Failed):
+            answer = self._submits.get(message.number)
             if answer is not None and not answer.done():
-                answer.set_exception((PermanentSubmitError if permanent else TransientSubmitError)(message, code))
-        elif kind == "health":
-            _, ready, state, detail, in_flight = item
-            self._health = TransportHealth(self.name, self.kind, ready, state, detail, in_flight)
-        elif kind in ("receipt", "incoming"):
-            task = asyncio.get_running_loop().create_task(self._store(item))
+                failure = PermanentSubmitError if message.permanent else TransientSubmitError
+                answer.set_exception(failure(message.message, message.code))
+        elif isinstance(message, Health):
+            self._health = TransportHealth(self.name, self.kind, message.ready, message.state, message.detail,
+                                           message.in_flight)
+        else:
+            task = asyncio.get_running_loop().create_task(self._store(message))
             self._storing.add(task)  # the loop keeps only a weak reference
             task.add_done_callback(self._storing.discard)
 
-    async def _store(self, item: tuple[Any, ...]) -> None:
+    async def _store(self, message: ReceiptHeard | Incoming) -> None:
         """Store a receipt or an incoming SMS and tell the child, which acknowledges it to the SMSC only then."""
-        kind, number, *fields = item
         assert self._sink is not None
         error: str | None = None
         try:
-            if kind == "receipt":
-                transport, smsc_id, outcome, error_code, at = fields
-                await self._sink.on_receipt(Receipt(transport, smsc_id, PartOutcome(outcome), error_code, at))
+            if isinstance(message, ReceiptHeard):
+                await self._sink.on_receipt(message.receipt)
             else:
-                await self._sink.on_incoming(IncomingPart(*fields))
+                await self._sink.on_incoming(message.part)
         except SmsGatewayError as exc:
             error = exc.message
         except Exception:
-            log.exception("SMPP %s: unexpected error storing a %s", self.name, kind)
+            log.exception("SMPP %s: unexpected error storing %s", self.name,
+                          "a receipt" if isinstance(message, ReceiptHeard) else "an incoming SMS")
             error = "internal error"
         channel = self._channel
         if channel is not None:
-            channel.send(("stored", number, error))
+            channel.post(Stored(message.number, error))
 
 
 # ---------------------------------------------------------------- the child process
@@ -253,56 +242,48 @@ class _Child:
         self._stored: dict[int, asyncio.Future[str | None]] = {}
         self._numbers = itertools.count(1)
         self.stop = asyncio.Event()
-        self.channel = _Channel(self._heard)
+        self.channel = _Channel(self._heard, TO_CHILD, "daemon", greeted=True)
 
-    def _heard(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "submit":
-            (_, number, sms_id, sender, recipient, text, attempts, expires_at, priority, fair_rank, smsc_validity,
-             coding, segments) = item
-            message = OutboundMessage(sms_id, sender, recipient, text, attempts, expires_at, Priority(priority),
-                                      fair_rank, smsc_validity)
-            encoded = EncodedMessage(Coding(coding), tuple(Segment(*segment) for segment in segments))
-            self._submits[number] = asyncio.get_running_loop().create_task(self._submit(number, message, encoded))
-        elif kind == "cancel":
-            task = self._submits.get(item[1])
+    def _heard(self, message: Submit | Cancel | Stored | Stop) -> None:
+        if isinstance(message, Submit):
+            self._submits[message.number] = asyncio.get_running_loop().create_task(
+                self._submit(message.number, message.message, message.encoded))
+        elif isinstance(message, Cancel):
+            task = self._submits.get(message.number)
             if task is not None:
                 task.cancel()
-        elif kind == "stored":
-            stored = self._stored.pop(item[1], None)
+        elif isinstance(message, Stored):
+            stored = self._stored.pop(message.number, None)
             if stored is not None and not stored.done():
-                stored.set_result(item[2])
-        elif kind == "stop":
+                stored.set_result(message.error)
+        else:
             self.stop.set()
 
     async def _submit(self, number: int, message: OutboundMessage, encoded: EncodedMessage) -> None:
         try:
             ids = await self._transport.submit(message, encoded)
         except (TransientSubmitError, PermanentSubmitError) as exc:
-            self.channel.send(("failed", number, isinstance(exc, PermanentSubmitError), exc.message, exc.code),
+            self.channel.post(Failed(number, isinstance(exc, PermanentSubmitError), exc.message, exc.code),
                               linger=True)
         except Exception:
             log.exception("message %s: unexpected error while submitting", message.sms_id)
-            self.channel.send(("failed", number, False, "internal error in the SMPP process", "INTERNAL"),
-                              linger=True)
+            self.channel.post(Failed(number, False, "internal error in the SMPP process", "INTERNAL"), linger=True)
         else:
-            self.channel.send(("done", number, ids), linger=True)
+            self.channel.post(Submitted(number, tuple(ids)), linger=True)
         finally:
             self._submits.pop(number, None)
 
     async def on_receipt(self, receipt: Receipt) -> None:
-        await self._stored_by_daemon(("receipt", receipt.transport, receipt.smsc_id, receipt.outcome.value,
-                                      receipt.error_code, receipt.at))
+        await self._stored_by_daemon(partial(ReceiptHeard, receipt=receipt))
 
     async def on_incoming(self, part: IncomingPart) -> None:
-        await self._stored_by_daemon(("incoming", part.transport, part.sender, part.recipient, part.text,
-                                      part.received_at, part.reference, part.total, part.sequence))
+        await self._stored_by_daemon(partial(Incoming, part=part))
 
-    async def _stored_by_daemon(self, item: tuple[Any, ...]) -> None:
+    async def _stored_by_daemon(self, message: Callable[[int], Message]) -> None:
         number = next(self._numbers)
         stored: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
         self._stored[number] = stored
-        self.channel.send((item[0], number, *item[1:]))
+        self.channel.post(message(number))
         try:
             error = await stored
         finally:
@@ -316,7 +297,7 @@ class _Child:
             health = self._transport.health()
             now = (health.ready, health.state, health.detail, health.in_flight)
             if now != told:
-                self.channel.send(("health", *now), linger=True)
+                self.channel.post(Health(*now), linger=True)
                 told = now
             await asyncio.sleep(HEALTH_EVERY)
 
@@ -326,6 +307,7 @@ async def _serve(name: str, settings: SmppSettings, link: socket.socket) -> None
     transport = SmppTransport(name, settings)
     child = _Child(transport)
     await loop.create_unix_connection(lambda: child.channel, sock=link)
+    child.channel.send_frame(encode_hello(b""))
     # When to stop is the daemon's call (a stop frame, or the end of the link): a Ctrl-C, or systemd stopping
     # the service, signals every process of the group at once, and the daemon first lets the window drain.
     for signum in (signal.SIGINT, signal.SIGTERM):

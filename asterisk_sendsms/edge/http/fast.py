@@ -14,7 +14,7 @@ from http import HTTPStatus
 from typing import cast
 
 from asterisk_sendsms.config import HttpConfig
-from asterisk_sendsms.edge.http.api import HandOver, OzekiEndpoint
+from asterisk_sendsms.edge.http.endpoint import HandOver, OzekiEndpoint
 from asterisk_sendsms.wire.http1 import LINGER, BadRequest, NotOurs, Request, RequestReader, Stage, max_request_line
 from asterisk_sendsms.wire.ozeki import merge_params, parse_form
 

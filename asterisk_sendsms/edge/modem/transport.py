@@ -1,7 +1,7 @@
 """The GSM modem transport: AT commands over a serial port (pyserial opens and configures it, asyncio reads
-and writes it), PDU mode sending, status reports and incoming SMS, reset and reopen when the modem stops
-answering. Whatever the modem sends ends at most the session with it (reopened with backoff): bad lines and
-reports are logged once per session, unsolicited codes beyond a bound are dropped."""
+and writes it), PDU mode sending (what the modem reports by itself goes to `reports`), reset and reopen when
+the modem stops answering. Whatever the modem sends ends at most the session with it (reopened with backoff):
+bad lines and reports are logged once per session, unsolicited codes beyond a bound are dropped."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ import serial
 from asterisk_sendsms.app.transport import TransportHealth, TransportSink
 from asterisk_sendsms.config import ModemSettings
 from asterisk_sendsms.core.encoding import Coding, EncodedMessage, Segment
-from asterisk_sendsms.core.errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
-from asterisk_sendsms.core.model import IncomingPart, OutboundMessage, Receipt
+from asterisk_sendsms.core.errors import PermanentSubmitError, TransientSubmitError
+from asterisk_sendsms.core.model import OutboundMessage
 from asterisk_sendsms.edge.modem.gate import PriorityGate
+from asterisk_sendsms.edge.modem.reports import ModemError, ModemReports, ModemSilent, small_number
 from asterisk_sendsms.wire.modem.at import (
     CNMI_REPORTS,
     CTRL_Z,
@@ -35,9 +36,9 @@ from asterisk_sendsms.wire.modem.at import (
     cms_code,
     explain,
 )
-from asterisk_sendsms.wire.modem.pdu import Deliver, ModemPduError, StatusReport, decode_pdu, encode_submit
+from asterisk_sendsms.wire.modem.pdu import ModemPduError, encode_submit
 
-__all__ = ["ModemError", "ModemTransport"]
+__all__ = ["ModemTransport"]
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ BACKOFF_INITIAL = 1.0
 BACKOFF_MAX = 60.0
 # +CMS ERROR codes after which the same message will never go through (3GPP 27.005 3.2.5, 24.011 E.2)
 PERMANENT_CMS = {1, 8, 10, 21, 27, 28, 29, 30, 50, 96, 304, 305}
-
-
-class ModemError(SmsGatewayError):
-    """The modem refused or did not answer."""
-
-
-class ModemSilent(ModemError):
-    pass
 
 
 class ModemTransport:
@@ -76,6 +69,7 @@ class ModemTransport:
         self._unsolicited: asyncio.Queue[Unsolicited] = asyncio.Queue(MAX_UNSOLICITED)
         # Kinds of bad input already logged in this session: each is logged once.
         self._complained: set[str] = set()
+        self._reports = ModemReports(name, lambda: self._parser, self.command, self._complain)
         # What initialisation found the modem lacks, logged once for the transport (not at every reopen).
         self._told: set[str] = set()
         self._broken = asyncio.Event()
@@ -152,7 +146,7 @@ class ModemTransport:
         loop.add_reader(fd, self._readable, fd)
         try:
             async with asyncio.TaskGroup() as group:
-                handler = group.create_task(self._handle_unsolicited(sink))
+                handler = group.create_task(self._reports.handle(self._unsolicited, sink))
                 try:
                     await self._initialise()
                 except ModemError as exc:
@@ -358,7 +352,7 @@ class ModemTransport:
     def _sent(self, response: Response, recipient: str) -> str:
         if response.ok:
             reference = (response.value("+CMGS:") or "").split(",")[0].strip()
-            if not _small_number(reference):
+            if not small_number(reference):
                 # Sent (the modem said OK), but its status report cannot be matched: it expires unreported.
                 self._complain("+CMGS:", "an AT+CMGS answer without a message reference; its report will not match")
                 reference = "?"
@@ -368,56 +362,6 @@ class ModemTransport:
         if code in PERMANENT_CMS:
             raise PermanentSubmitError(text, f"CMS_{code}")
         raise TransientSubmitError(text, f"CMS_{code}" if code is not None else "MODEM_ERROR")
-
-    # ------------------------------------------------------------ what the modem reports by itself
-
-    async def _handle_unsolicited(self, sink: TransportSink) -> None:
-        while True:
-            event = await self._unsolicited.get()
-            try:
-                if event.code == "+CDS:" and event.pdu is None and self._parser.text_mode:
-                    await self._on_text_report(sink, event.line)
-                elif event.code in ("+CDS:", "+CMT:"):
-                    if event.pdu is None:
-                        raise ModemError("announced without its PDU")
-                    await self._on_pdu(sink, event.pdu)
-                elif event.code in ("+CMTI:", "+CDSI:"):
-                    await self._read_stored(sink, event.line.split(",")[-1].strip())
-            except SmsGatewayError as exc:
-                # The code, not the line: a report's line may carry a number, a +CMT's the sender.
-                self._complain(event.code, f"{event.code} not handled: {exc.message}")
-            except Exception:
-                log.exception("modem %s: unexpected error handling %s", self.name, event.code)
-
-    async def _on_pdu(self, sink: TransportSink, pdu_hex: str) -> None:
-        decoded = decode_pdu(pdu_hex)
-        if isinstance(decoded, StatusReport):
-            await sink.on_receipt(Receipt(self.name, f"{decoded.reference}:{decoded.recipient}", decoded.outcome,
-                                          f"{decoded.status:02X}"))
-        elif isinstance(decoded, Deliver):
-            await sink.on_incoming(IncomingPart(self.name, decoded.sender, "", decoded.text, time.time(),
-                                                decoded.reference, decoded.total, decoded.sequence))
-
-    async def _on_text_report(self, sink: TransportSink, line: str) -> None:
-        """+CDS: <fo>,<mr>,"<ra>",<tora>,"<scts>","<dt>",<st> (text mode)."""
-        fields = [f.strip().strip('"') for f in line[len("+CDS:"):].split(",")]
-        if len(fields) < 7 or not _small_number(fields[1]) or not _small_number(fields[-1]):
-            raise ModemError("an unreadable status report")
-        recipient = fields[2]
-        if fields[3] == "145" and not recipient.startswith("+"):
-            recipient = "+" + recipient
-        report = StatusReport(int(fields[1]), recipient, int(fields[-1]), None)
-        await sink.on_receipt(Receipt(self.name, f"{report.reference}:{report.recipient}", report.outcome,
-                                      f"{report.status:02X}"))
-
-    async def _read_stored(self, sink: TransportSink, index: str) -> None:
-        if not (index.isascii() and index.isdigit() and len(index) <= 5):
-            raise ModemError("a storage index that is not one")
-        response = await self.command(f"AT+CMGR={index}")
-        pdu_line = next((line for line in reversed(response.lines) if not line.startswith("+CMGR:")), None)
-        if response.ok and pdu_line:
-            await self._on_pdu(sink, pdu_line)  # stored first: only then is it deleted from the SIM
-        await self.command(f"AT+CMGD={index}")
 
 
 def _validity_left(message: OutboundMessage) -> float | None:
@@ -430,11 +374,6 @@ def _validity_left(message: OutboundMessage) -> float | None:
         # The dispatcher sees the time is up and expires it here, as it does for SMPP.
         raise TransientSubmitError("its validity period ended while it waited to be sent", "EXPIRED")
     return left
-
-
-def _small_number(text: str) -> bool:
-    """0-255 in ASCII digits (`str.isdigit` takes '²', which `int` does not)."""
-    return text.isascii() and text.isdigit() and int(text) <= 255
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -1,9 +1,8 @@
-"""The SMPP transport: asyncio links (a transceiver, or a transmitter and a receiver) around the sans-I/O
-session, with a window of outstanding submits matched by sequence number, pacing and throttling backoff,
-enquire_link on idle, reconnect with backoff, receipts handed to the store before they are acknowledged.
+"""The SMPP transport: its links (a transceiver, or a transmitter and a receiver, each a `Link`) kept bound
+(reconnect with backoff, enquire_link on idle), submits through a window of outstanding ones with pacing and
+throttling backoff, and what the links read routed (responses to their requests, deliveries to `deliveries`).
 Whatever the SMSC sends ends at most its connection: unreadable PDUs are answered with generic_nack (or fail
-the request they answer), a stream out of step is dropped, and reading pauses while our answers or the
-deliveries being stored pile up."""
+the request they answer), and a stream out of step is dropped."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import hashlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 
 from asterisk_sendsms.app.transport import TransportHealth, TransportSink
@@ -21,19 +20,13 @@ from asterisk_sendsms.config import SmppSettings
 from asterisk_sendsms.core.addresses import AddressKind, kind_of
 from asterisk_sendsms.core.encoding import Coding, EncodedMessage, concat_udh
 from asterisk_sendsms.core.errors import PermanentSubmitError, SmsGatewayError, TransientSubmitError
-from asterisk_sendsms.core.model import IncomingPart, OutboundMessage, Receipt
+from asterisk_sendsms.core.model import OutboundMessage
 from asterisk_sendsms.core.traffic import Order
+from asterisk_sendsms.edge.smpp.deliveries import MAX_DELIVERIES, store_delivery
+from asterisk_sendsms.edge.smpp.link import Link, Wire
 from asterisk_sendsms.wire.smpp.pdu import Command, Pdu, PduError, Status, Tlv, relative_time, status_name
-from asterisk_sendsms.wire.smpp.receipts import (
-    Delivery,
-    IdForm,
-    decode_mo,
-    delivery,
-    parse_receipt,
-    receipt_fields,
-    submit_key,
-)
-from asterisk_sendsms.wire.smpp.session import BindState, SmppSession, Unreadable
+from asterisk_sendsms.wire.smpp.receipts import IdForm, submit_key
+from asterisk_sendsms.wire.smpp.session import SmppSession, Unreadable
 from asterisk_sendsms.wire.smpp.window import THROTTLE_PAUSE_INITIAL, Pacer, SubmitWindow
 
 __all__ = ["SmppTransport"]
@@ -52,225 +45,13 @@ CONNECT_TIMEOUT = 10.0
 # A connection that stayed bound this long was a good one: the reconnect backoff starts over. One that an SMSC
 # breaks sooner after each bind (garbage, unbind) backs off like a connection that cannot be made.
 STABLE_CONNECTION = 30.0
-# Deliveries of one connection being stored at once; beyond it the connection is not read until some are
-# (acknowledged): an SMSC flooding deliver_sm cannot make us hold an unbounded number of them.
-MAX_DELIVERIES = 1024
 UNBIND_GRACE = 2.0
-SWEEP_INTERVAL = 0.5
 # Errors after which the same message may go through later (SMPP 3.4 and common SMSC practice).
 TRANSIENT = {Status.ESME_RSYSERR, Status.ESME_RX_T_APPN, Status.ESME_RMSGQFUL, Status.ESME_RTHROTTLED,
              Status.ESME_RINVBNDSTS}
 SLOW_DOWN = {Status.ESME_RTHROTTLED, Status.ESME_RMSGQFUL}
 # TON/NPI by address kind: (ton, npi)
 TON_NPI = {AddressKind.INTERNATIONAL: (1, 1), AddressKind.NATIONAL: (0, 1), AddressKind.ALPHANUMERIC: (5, 0)}
-
-
-class _Exchange:
-    """A request on the wire: its response future, when it times out, and what must happen the moment the
-    response is read (before the waiting task runs)."""
-
-    __slots__ = ("command", "deadline", "future", "on_answer")
-
-    def __init__(self, future: asyncio.Future[Pdu], command: Command, deadline: float,
-                 on_answer: Callable[[Pdu], None] | None) -> None:
-        self.future = future
-        self.command = command
-        self.deadline = deadline
-        self.on_answer = on_answer
-
-
-class _Link:
-    """One TCP connection and bind."""
-
-    def __init__(self, name: str, mode: str, response_timeout: float) -> None:
-        self.name = name  # the transport's, for the log
-        self.mode = mode
-        self.response_timeout = response_timeout
-        self.session = SmppSession()
-        self.transport: asyncio.Transport | None = None
-        # Settled with the reason when the connection ends, whichever side ends it.
-        self.closed: asyncio.Future[str] | None = None
-        # Where the deliveries of the connection are stored and acknowledged.
-        self.deliveries: asyncio.TaskGroup | None = None
-        self.waiting: dict[int, _Exchange] = {}
-        # PDUs written in one turn of the event loop, or while one read is handled, leave together, in one
-        # system call and segment: the test SMSC spends a quarter less CPU reading a window of 100 so.
-        self._unsent: list[bytes] | None = None
-        # One timer per connection finds the requests past their deadline (a timer per request cost more than
-        # the rest of its bookkeeping); a response may come up to this much later than `response_timeout`.
-        self._sweep_every = min(SWEEP_INTERVAL, response_timeout / 4)
-        self._sweeper: asyncio.TimerHandle | None = None
-        self.state = "connecting"
-        self.bound_at: float | None = None
-        self.last_heard = time.monotonic()
-        self.storing = 0  # deliveries handed to the store, not yet acknowledged
-        # Why reading is paused (our answers not taken by the SMSC, too many deliveries being stored).
-        self._holds: set[str] = set()
-        # Kinds of bad input already logged on this connection: each is logged once.
-        self._complained: set[str] = set()
-
-    @property
-    def bound(self) -> bool:
-        return self.transport is not None and self.session.state is BindState.BOUND
-
-    def send(self, data: bytes) -> None:
-        if self._unsent is None:
-            self._unsent = [data]
-            asyncio.get_running_loop().call_soon(self._flush_turn, self._unsent)
-        else:
-            self._unsent.append(data)
-
-    def _flush_turn(self, unsent: list[bytes]) -> None:
-        if unsent is self._unsent:  # not written by `flush` already, nor dropped with an old connection
-            self.flush()
-
-    def flush(self) -> None:
-        unsent, self._unsent = self._unsent, None
-        if unsent and self.transport is not None:
-            self.transport.write(b"".join(unsent))
-
-    def hold(self, reason: str, on: bool) -> None:
-        """Pause reading the connection while any reason holds it."""
-        held = bool(self._holds)
-        if on:
-            self._holds.add(reason)
-        else:
-            self._holds.discard(reason)
-        if self.transport is not None and not self.transport.is_closing() and held != bool(self._holds):
-            if self._holds:
-                self.transport.pause_reading()
-            else:
-                self.transport.resume_reading()
-
-    def complain(self, kind: str) -> bool:
-        """True the first time `kind` of bad input is seen on this connection (to be logged then only)."""
-        if kind in self._complained:
-            return False
-        self._complained.add(kind)
-        return True
-
-    def connected(self, transport: asyncio.Transport | None) -> None:
-        self.transport = transport
-        self._unsent = None
-        self._holds.clear()
-        self._complained.clear()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        if transport is not None:
-            loop = asyncio.get_running_loop()
-            self.closed = loop.create_future()
-            self._sweeper = loop.call_later(self._sweep_every, self._time_out)
-
-    def close(self, reason: str) -> None:
-        """End the connection (what is queued to send goes first); the requests waiting fail now."""
-        transport = self.transport
-        if transport is not None:
-            self.flush()
-            if "writing" in self._holds:
-                transport.abort()  # the SMSC reads nothing: a close would wait for it forever
-            else:
-                transport.close()
-        self.lost(reason)
-
-    def lost(self, reason: str) -> None:
-        """The connection is over: nothing more is written to it (a write to a closed transport raises, in a
-        callback nobody catches), and what waits for its answers fails now."""
-        self.transport = None
-        self._unsent = None
-        if self.closed is not None and not self.closed.done():
-            self.closed.set_result(reason)
-            self.fail_waiting(f"SMPP connection lost: {reason}")
-
-    def start(self, pdu: Pdu, future: asyncio.Future[Pdu], on_answer: Callable[[Pdu], None] | None = None,
-              need_bind: bool = True) -> None:
-        """Send a request (the session checks it is allowed now); its response, a timeout or the loss of the
-        connection settles `future`. Raises `TransientSubmitError` (no link) or `PduError` (not encodable)."""
-        if self.transport is None or (need_bind and not self.bound):
-            raise TransientSubmitError(f"SMPP link {self.mode} is not {'bound' if need_bind else 'connected'}",
-                                       "NOT_BOUND" if need_bind else "NOT_CONNECTED")
-        data = self.session.request(pdu)
-        self.waiting[pdu.sequence] = _Exchange(future, pdu.command, time.monotonic() + self.response_timeout,
-                                               on_answer)
-        self.send(data)
-
-    async def exchange(self, pdu: Pdu, need_bind: bool = True) -> Pdu:
-        """Send a request and wait for its response."""
-        future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
-        self.start(pdu, future, need_bind=need_bind)
-        return await future
-
-    def answered(self, pdu: Pdu) -> None:
-        exchange = self.waiting.pop(pdu.sequence, None)
-        if exchange is None:
-            # Late (timed out) or never asked for: ignored.
-            if self.complain("unasked"):
-                log.info("SMPP %s (%s): a %s for no request in flight (sequence %d); ignored", self.name,
-                         self.mode, pdu.command.name.lower(), pdu.sequence)
-            return
-        if exchange.on_answer is not None:
-            exchange.on_answer(pdu)
-        if not exchange.future.done():
-            exchange.future.set_result(pdu)
-
-    def unreadable_answer(self, sequence: int, reason: str) -> None:
-        """The answer to a request could not be read: the request failed (a submit is sent again later)."""
-        exchange = self.waiting.pop(sequence, None)
-        if exchange is not None and not exchange.future.done():
-            exchange.future.set_exception(TransientSubmitError(
-                f"unreadable answer to {exchange.command.name.lower()}: {reason}", "BAD_RESPONSE"))
-
-    def _time_out(self) -> None:
-        """Fail the requests past their deadline. All share one timeout and `waiting` keeps the order they
-        were sent in, so the expired ones are at its front."""
-        now = time.monotonic()
-        expired = []
-        for sequence, exchange in self.waiting.items():
-            if exchange.deadline > now:
-                break
-            expired.append(sequence)
-        for sequence in expired:
-            exchange = self.waiting.pop(sequence)
-            self.session.forget(sequence)
-            if not exchange.future.done():
-                exchange.future.set_exception(TransientSubmitError(
-                    f"no {exchange.command.name.lower()}_resp within {self.response_timeout:g}s", "RESPONSE_TIMEOUT"))
-        self._sweeper = asyncio.get_running_loop().call_later(self._sweep_every, self._time_out)
-
-    def fail_waiting(self, reason: str) -> None:
-        for exchange in self.waiting.values():
-            if not exchange.future.done():
-                exchange.future.set_exception(TransientSubmitError(reason, "CONNECTION_LOST"))
-        self.waiting.clear()
-
-
-class _Wire(asyncio.Protocol):
-    """A link's TCP connection. What arrives is handled in the callback that reads it, ahead of the callbacks
-    queued in the event loop: a response frees its window slot and the next submit leaves at once."""
-
-    def __init__(self, link: _Link, received: Callable[[_Link, bytes], None]) -> None:
-        self._link = link
-        self._received = received
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self._received(self._link, data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._link.transport is self._transport:  # not a connection the link has already let go
-            self._link.lost(f"connection broken: {exc}" if exc else "the SMSC closed the connection")
-
-    # An SMSC that sends requests and does not read our answers would grow our write buffer without end.
-    def pause_writing(self) -> None:
-        if self._link.transport is self._transport:
-            self._link.hold("writing", True)
-
-    def resume_writing(self) -> None:
-        if self._link.transport is self._transport:
-            self._link.hold("writing", False)
 
 
 # Where an attempt stands with its window slot.
@@ -283,7 +64,7 @@ class _Attempt:
 
     __slots__ = ("link", "pdu", "response", "slot", "valid_until")
 
-    def __init__(self, link: _Link, pdu: Pdu, response: asyncio.Future[Pdu], valid_until: float | None) -> None:
+    def __init__(self, link: Link, pdu: Pdu, response: asyncio.Future[Pdu], valid_until: float | None) -> None:
         self.link = link
         self.pdu = pdu
         self.response = response
@@ -303,7 +84,7 @@ class SmppTransport:
         self._window: SubmitWindow[_Attempt] = SubmitWindow(settings.window)
         self._pacer = Pacer(settings.throughput)
         modes = {"trx": ["trx"], "tx": ["tx"], "txrx": ["tx", "rx"]}[settings.bind]
-        self._links = [_Link(name, mode, settings.response_timeout) for mode in modes]
+        self._links = [Link(name, mode, settings.response_timeout) for mode in modes]
         self._sink: TransportSink | None = None
 
     # ------------------------------------------------------------ Transport protocol
@@ -373,7 +154,7 @@ class SmppTransport:
         params["source_addr_npi"] = source_npi if settings.source_npi is None else settings.source_npi
         return params
 
-    async def _submit_part(self, link: _Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes],
+    async def _submit_part(self, link: Link, params: dict[str, int | str | bytes], tlvs: dict[int, bytes],
                            order: Order, valid_until: float | None) -> str:
         loop = asyncio.get_running_loop()
         attempt = _Attempt(link, Pdu(Command.SUBMIT_SM, params=params, tlvs=tlvs), loop.create_future(), valid_until)
@@ -459,7 +240,7 @@ class SmppTransport:
 
     # ------------------------------------------------------------ connections
 
-    async def _keep_bound(self, link: _Link) -> None:
+    async def _keep_bound(self, link: Link) -> None:
         backoff = BACKOFF_INITIAL
         reported: str | None = None
         while True:
@@ -483,14 +264,14 @@ class SmppTransport:
             await asyncio.sleep(delay)
             backoff = min(BACKOFF_MAX, backoff * 2)
 
-    async def _connect_and_serve(self, link: _Link) -> tuple[str, float]:
+    async def _connect_and_serve(self, link: Link) -> tuple[str, float]:
         settings = self._settings
         link.session = SmppSession()
         link.state = "connecting"
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: _Wire(link, self._received), settings.host, settings.port),
+                loop.create_connection(lambda: Wire(link, self._received), settings.host, settings.port),
                 CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             return f"cannot connect: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}", 0.0
@@ -506,7 +287,7 @@ class SmppTransport:
             link.connected(None)
             link.session.close()
 
-    async def _bind_and_serve(self, link: _Link) -> tuple[str, float]:
+    async def _bind_and_serve(self, link: Link) -> tuple[str, float]:
         settings = self._settings
         assert link.closed is not None
         async with asyncio.TaskGroup() as group:
@@ -535,14 +316,14 @@ class SmppTransport:
             keepalive.cancel()
             return problem, 0.0
 
-    async def _unbind(self, link: _Link) -> None:
+    async def _unbind(self, link: Link) -> None:
         """Shutting down (the dispatcher has let the window drain): unbind politely."""
         if link.bound:
             with contextlib.suppress(SmsGatewayError, OSError):
                 await asyncio.wait_for(link.exchange(Pdu(Command.UNBIND)), UNBIND_GRACE)
                 log.info("SMPP %s (%s) unbound", self.name, link.mode)
 
-    async def _keepalive(self, link: _Link) -> None:
+    async def _keepalive(self, link: Link) -> None:
         interval = self._settings.enquire_link
         while link.bound:
             await asyncio.sleep(max(0.05, link.last_heard + interval - time.monotonic()))
@@ -553,7 +334,7 @@ class SmppTransport:
                     link.close("no enquire_link_resp")  # logged with the reconnection, once
                     return
 
-    def _received(self, link: _Link, data: bytes) -> None:
+    def _received(self, link: Link, data: bytes) -> None:
         try:
             self._read(link, data)
         except Exception:
@@ -561,7 +342,7 @@ class SmppTransport:
             log.exception("SMPP %s (%s): unexpected error reading the SMSC; reconnecting", self.name, link.mode)
             link.close("internal error reading the SMSC")
 
-    def _read(self, link: _Link, data: bytes) -> None:
+    def _read(self, link: Link, data: bytes) -> None:
         pdus = link.session.receive_data(data)
         if pdus:
             link.last_heard = time.monotonic()  # a whole PDU: a peer trickling bytes is not alive
@@ -581,12 +362,12 @@ class SmppTransport:
                 link.storing += 1
                 if link.storing == MAX_DELIVERIES:  # one at a time: it passes every count
                     link.hold("storing", True)
-                link.deliveries.create_task(self._on_deliver(link, pdu))
+                link.deliveries.create_task(store_delivery(self.name, self._form, self._sink, link, pdu))
             else:
                 link.send(link.session.nack(pdu.sequence, Status.ESME_RINVCMDID))
         link.flush()  # the submits that took the slots freed by this read leave now, not a turn later
 
-    def _unreadable(self, link: _Link, pdu: Unreadable) -> bool:
+    def _unreadable(self, link: Link, pdu: Unreadable) -> bool:
         """Handle a PDU that could not be read; True if the connection is over."""
         if pdu.fatal:
             link.close(f"the SMSC's stream is out of step ({pdu.reason})")
@@ -600,53 +381,3 @@ class SmppTransport:
         else:
             link.send(link.session.refuse(pdu))
         return False
-
-    async def _on_deliver(self, link: _Link, pdu: Pdu) -> None:
-        """Store what arrived, then acknowledge; if it cannot be stored, ask the SMSC to send it again."""
-        status = Status.ESME_ROK
-        kind = delivery(pdu)
-        try:
-            if kind in (Delivery.RECEIPT, Delivery.INTERMEDIATE):
-                parsed = parse_receipt(pdu, self._form, intermediate=kind is Delivery.INTERMEDIATE)
-                if parsed is None:
-                    # Named, not quoted: a receipt quotes the message, and a broken one may be all text.
-                    if link.complain("receipt"):
-                        log.warning("SMPP %s: a receipt without id or state (fields %s); acknowledged and dropped",
-                                    self.name, ", ".join(receipt_fields(pdu)) or "none")
-                elif self._sink is not None:
-                    await self._sink.on_receipt(Receipt(self.name, parsed.key, parsed.outcome, parsed.error_code))
-            elif kind is Delivery.MESSAGE:
-                if self._sink is not None:
-                    mo = decode_mo(pdu)
-                    await self._sink.on_incoming(IncomingPart(
-                        self.name, _address(pdu, "source"), _address(pdu, "dest"), mo.text, time.time(),
-                        mo.reference, mo.total, mo.sequence))
-            else:
-                if kind is Delivery.RESERVED:
-                    status = Status.ESME_RINVESMCLASS
-                if link.complain(kind.value):
-                    log.warning("SMPP %s: a %s with esm_class 0x%02X (%s); %s", self.name,
-                                pdu.command.name.lower(), pdu.number("esm_class"), kind.value,
-                                "refused" if status else "acknowledged, nothing to record")
-        except SmsGatewayError as exc:
-            log.error("SMPP %s: %s not stored (%s); asking the SMSC to send it again", self.name,
-                      "incoming SMS" if kind is Delivery.MESSAGE else "receipt", exc.message)
-            status = Status.ESME_RX_T_APPN
-        except Exception:
-            # A PDU we cannot make sense of must not take the connection (and every message on it) down; sent
-            # again it would fail again, so it is refused for good.
-            log.exception("SMPP %s: cannot process a %s; refused", self.name, pdu.command.name.lower())
-            status = Status.ESME_RX_P_APPN
-        finally:
-            link.storing -= 1
-            if link.storing == MAX_DELIVERIES // 2:
-                link.hold("storing", False)
-        if link.bound:
-            link.send(link.session.respond(pdu, status, message_id=""))
-
-
-def _address(pdu: Pdu, which: str) -> str:
-    """An address as we write numbers: '+' for international (TON 1)."""
-    value = pdu.text("source_addr" if which == "source" else "destination_addr")
-    ton = pdu.number("source_addr_ton" if which == "source" else "dest_addr_ton")
-    return f"+{value}" if ton == 1 and value and not value.startswith("+") else value
