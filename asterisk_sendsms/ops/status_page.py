@@ -23,8 +23,9 @@ __all__ = ["PAGE_SIZE", "Listing", "render_status_page"]
 
 REFRESH_SECONDS = 5
 PAGE_SIZE = 20
-OUTCOME_COLOURS = {"delivered": "#2e7d32", "acknowledged": "#66bb6a", "sent": "#9ccc65", "undelivered": "#c62828",
-                   "expired": "#ef6c00", "rejected": "#6a1b9a", "failed": "#455a64"}
+OUTCOME_COLOURS = {State.DELIVERED: "#2e7d32", State.ACKNOWLEDGED: "#66bb6a", State.SENT: "#9ccc65",
+                   State.UNDELIVERED: "#c62828", State.EXPIRED: "#ef6c00", State.REJECTED: "#6a1b9a",
+                   State.FAILED: "#455a64"}
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222;background:#fafafa}
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:1.6rem}
@@ -172,7 +173,7 @@ def render_status_page(health: Sequence[TransportHealth], stats: dict[str, Any],
         for name, rate, quotas in stats.get("limits", ())) or "<tr><td colspan='3'>none</td></tr>"
     scheduled, next_due = stats["scheduled"]
     tiles = (("waiting to be sent", stats["queue"]), ("scheduled", scheduled), ("awaiting receipts (1 h)", in_flight),
-             ("delivered (1 h)", states.get("delivered", 0)), ("pending notifications", stats["pending_callbacks"]),
+             ("delivered (1 h)", states.get(State.DELIVERED, 0)), ("pending notifications", stats["pending_callbacks"]),
              ("opted out", stats["optouts"]))
     pages = []
     if listing.page > 1:
