@@ -12,12 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asterisk_sendsms.core.encoding import Coding
-from asterisk_sendsms.core.errors import QuotaExceeded, RecipientOptedOut, RequestError, ServiceUnavailable
+from asterisk_sendsms.core.errors import (
+    NotCancellable,
+    QuotaExceeded,
+    RecipientOptedOut,
+    RequestError,
+    ServiceUnavailable,
+    SmsGatewayError,
+    rebuild,
+)
 from asterisk_sendsms.core.model import NewMessage
+from asterisk_sendsms.edge.http.statuses import http_status
 from asterisk_sendsms.runtime.children import read_frame
 from asterisk_sendsms.runtime.intake import ConnectionInbox, DaemonLink, WorkerLink, send_connection
 from asterisk_sendsms.wire.ipc.framing import FrameReader, frame, pack
 from asterisk_sendsms.wire.ipc.front import TO_WORKER, FailedLogin
+from asterisk_sendsms.wire.ozeki import ozeki_code
 
 from .waits import wait_until
 
@@ -100,7 +110,7 @@ async def test_a_message_refused_on_its_own_fails_its_sender_only_with_its_code(
     assert results[0] is None and results[2] is None
     for refused, text in ((results[1], f"recipient opted out: {message(1).recipient}"),
                           (results[3], "id-3 is over quota")):
-        assert isinstance(refused, RequestError) and (refused.ozeki_code, refused.http_status) == (306, 403)
+        assert isinstance(refused, RequestError) and (ozeki_code(refused), http_status(refused)) == (306, 403)
         assert refused.message == text
     assert [m.sms_id for m in link.committed[0]] == ["id-0", "id-2"]
 
@@ -166,3 +176,15 @@ def test_a_frame_read_from_a_blocking_socket_leaves_what_follows() -> None:
     with pytest.raises(EOFError):
         read_frame(theirs)
     theirs.close()
+
+
+@pytest.mark.parametrize("kind", [QuotaExceeded, RecipientOptedOut, ServiceUnavailable, NotCancellable])
+def test_a_refusal_crosses_the_link_as_its_kind(kind: type[SmsGatewayError]) -> None:
+    error = rebuild(kind.__name__, "said by the daemon")
+    assert type(error) is kind and error.message == "said by the daemon"
+    assert (ozeki_code(error), http_status(error)) == (ozeki_code(kind.__new__(kind)), http_status(kind.__new__(kind)))
+
+
+def test_a_refusal_of_a_kind_this_version_does_not_know_is_a_request_error() -> None:
+    error = rebuild("SomethingNewer", "said by a newer daemon")
+    assert type(error) is RequestError and (ozeki_code(error), http_status(error)) == (500, 400)

@@ -62,7 +62,7 @@ encoded = st.builds(EncodedMessage, st.sampled_from(Coding),
 
 TO_WORKER_MESSAGES = st.one_of(
     st.builds(Outcome, number, optional_text,
-              st.lists(st.builds(Refusal, number, number, number, text), max_size=4).map(tuple)),
+              st.lists(st.builds(Refusal, number, text, text), max_size=4).map(tuple)),
     st.builds(FailedLogin, text, moment))
 FROM_WORKER_MESSAGES = st.builds(Batch, number, st.lists(new_messages, max_size=4).map(tuple))
 TO_CHILD_MESSAGES = st.one_of(st.builds(Submit, number, outbound, encoded), st.builds(Cancel, number),

@@ -17,7 +17,9 @@ from asterisk_sendsms.core.encoding import Coding
 from asterisk_sendsms.core.errors import ForbiddenUser, InvalidParameter, RecipientOptedOut
 from asterisk_sendsms.core.model import IncomingPart, NewMessage, OptOut
 from asterisk_sendsms.core.traffic import Priority
+from asterisk_sendsms.edge.http.statuses import http_status
 from asterisk_sendsms.store import SqliteStore
+from asterisk_sendsms.wire.ozeki import ozeki_code
 
 NOW = 1_800_000_000.0
 PHONE = "+36201234567"
@@ -71,8 +73,8 @@ async def test_stop_to_a_short_code_stops_its_normal_and_bulk_messages_only(
     for priority in (Priority.NORMAL, Priority.BULK):
         with pytest.raises(RecipientOptedOut, match=f"recipient opted out: \\{PHONE}") as refused:
             await check(store, [message("1234", Priority.INTERACTIVE), message("1234", priority)])
-        assert isinstance(refused.value, ForbiddenUser) and refused.value.ozeki_code == 306
-        assert refused.value.http_status == 403
+        assert isinstance(refused.value, ForbiddenUser) and ozeki_code(refused.value) == 306
+        assert http_status(refused.value) == 403
     await check(store, [message("1234", Priority.INTERACTIVE), message("ACME"), message(None),
                          message("1234", recipient="+36209999999")])
     await optouts.heard(incoming("START"))

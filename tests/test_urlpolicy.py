@@ -18,6 +18,7 @@ from asterisk_sendsms.app.urlpolicy import AddressRefused, UrlPolicy, UrlRejecte
 from asterisk_sendsms.config import CallbackConfig
 from asterisk_sendsms.core.errors import InvalidParameter
 from asterisk_sendsms.edge.http.client import HttpClient, HttpRefused
+from asterisk_sendsms.wire.ozeki import ozeki_code
 
 INTERNAL_HOSTS = ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]",
                   "[::ffff:7f00:1]", "2130706433", "0x7f000001", "0x7F.1", "0177.0.0.1", "0.0.0.0", "0", "127.1",
@@ -30,7 +31,7 @@ INTERNAL_HOSTS = ["127.0.0.1", "[::1]", "[::ffff:127.0.0.1]",
 def test_internal_hosts_are_refused_at_accept_in_every_spelling(host: str) -> None:
     with pytest.raises(InvalidParameter) as caught:
         validate_callback_url(f"http://{host}:8080/dlr", CallbackConfig())
-    assert caught.value.ozeki_code == 302
+    assert ozeki_code(caught.value) == 302
     assert str(caught.value).startswith("Missing or invalid parameter 'DeliveryReportURL' for command 'SendSms'")
     with pytest.raises(InvalidParameter, match="parameter 'Url' for command 'Call'"):
         validate_callback_url(f"https://{host}/script", CallbackConfig(), "Url", "Call")

@@ -1,25 +1,27 @@
-"""The one exception tree of asterisk-sendsms; each error knows its Ozeki code, HTTP status and AGI status.
+"""The one exception tree of asterisk-sendsms, in the domain's terms only: what each edge answers for an error
+(an Ozeki code in wire/ozeki.py, an HTTP status in edge/http/statuses.py, SMS_STATUS in the call flow) is mapped
+there, by kind.
 
     SmsGatewayError
     ├── RequestError                 the caller asked for something wrong
-    │   ├── ParseError               300  request cannot be parsed
-    │   ├── UnknownCommand           301  command not implemented
-    │   ├── InvalidParameter         302  missing or invalid parameter
-    │   ├── NotCancellable           303  the message is being submitted or is final (HTTP 409)
-    │   ├── AuthenticationRequired   304
-    │   ├── AuthenticationFailed     305
-    │   ├── ForbiddenUser            306  user may not send (here)
-    │   │   └── QuotaExceeded        306  the user's daily or monthly quota is used up
-    │   │   └── RecipientOptedOut    306  the recipient texted STOP
-    │   ├── ForbiddenAddress         307  client address not allowed
-    │   ├── NoRoute                  501  no transport serves the recipient
-    │   └── MessageNotFound          404  status of an unknown SmsId
-    ├── ServiceUnavailable           500  store down, disk full: nothing was accepted
-    ├── ConfigError                       the configuration is wrong (names the key)
-    ├── IllegalTransition                 a lifecycle change the state table forbids
-    └── TransportError                    a transport could not submit
-        ├── TransientSubmitError          retry later (throttled, link down)
-        └── PermanentSubmitError          the message can never go this way
+    │   ├── ParseError               request cannot be parsed
+    │   ├── UnknownCommand           command not implemented
+    │   ├── InvalidParameter         missing or invalid parameter
+    │   ├── NotCancellable           the message is being submitted or is final
+    │   ├── AuthenticationRequired
+    │   ├── AuthenticationFailed
+    │   ├── ForbiddenUser            user may not send (here)
+    │   │   └── QuotaExceeded        the user's daily or monthly quota is used up
+    │   │   └── RecipientOptedOut    the recipient texted STOP
+    │   ├── ForbiddenAddress         client address not allowed
+    │   ├── NoRoute                  no transport serves the recipient
+    │   └── MessageNotFound          status of an unknown SmsId
+    ├── ServiceUnavailable           store down, disk full: nothing was accepted
+    ├── ConfigError                  the configuration is wrong (names the key)
+    ├── IllegalTransition            a lifecycle change the state table forbids
+    └── TransportError               a transport could not submit
+        ├── TransientSubmitError     retry later (throttled, link down)
+        └── PermanentSubmitError     the message can never go this way
 
 Foreign exceptions (sqlite3, psycopg, aiohttp, OSError) are translated where they enter the package.
 """
@@ -50,17 +52,13 @@ __all__ = [
     "TransportError",
     "UnknownCommand",
     "log_level",
-    "refusal",
+    "rebuild",
 ]
 
 
 class SmsGatewayError(Exception):
     """Base of every error this package raises on purpose."""
 
-    ozeki_code: int = 500
-    http_status: int = 500
-    # What a dialplan sees in SMS_STATUS when this error stops a send.
-    agi_status: str = "FAILED"
     # Set where the error arose if it was logged there (a store outage is logged once, not by every caller).
     logged: bool = False
 
@@ -75,18 +73,18 @@ def log_level(exc: SmsGatewayError, level: int = logging.ERROR) -> int:
 
 
 class RequestError(SmsGatewayError):
-    http_status = 400
+    """The caller asked for something wrong; nothing was accepted."""
 
 
 class ParseError(RequestError):
-    ozeki_code = 300
+    """The request cannot be read."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(f"Parse error: {detail}")
 
 
 class UnknownCommand(RequestError):
-    ozeki_code = 301
+    """No such command."""
 
     def __init__(self, command: str) -> None:
         shown = command if len(command) <= 64 else command[:64] + "…"
@@ -95,7 +93,7 @@ class UnknownCommand(RequestError):
 
 
 class InvalidParameter(RequestError):
-    ozeki_code = 302
+    """A parameter is missing or its value is not valid; the message names it."""
 
     def __init__(self, name: str, command: str = "SendSms", reason: str = "") -> None:
         text = f"Missing or invalid parameter '{name}' for command '{command}'"
@@ -105,29 +103,25 @@ class InvalidParameter(RequestError):
 
 
 class NotCancellable(RequestError):
-    ozeki_code = 303  # Ozeki's "inappropriate command"
-    http_status = 409
+    """The message is being submitted or is final: too late to cancel it."""
 
 
 class AuthenticationRequired(RequestError):
-    ozeki_code = 304
-    http_status = 401
+    """No credentials came with the request."""
 
     def __init__(self, message: str = "Authentication required") -> None:
         super().__init__(message)
 
 
 class AuthenticationFailed(RequestError):
-    ozeki_code = 305
-    http_status = 401
+    """The credentials are wrong."""
 
     def __init__(self, message: str = "Authentication failed") -> None:
         super().__init__(message)
 
 
 class ForbiddenUser(RequestError):
-    ozeki_code = 306
-    http_status = 403
+    """The user may not do this (here, now, to this recipient)."""
 
 
 class QuotaExceeded(ForbiddenUser):
@@ -141,36 +135,25 @@ class RecipientOptedOut(ForbiddenUser):
 
 
 class ForbiddenAddress(RequestError):
-    ozeki_code = 307
-    http_status = 403
+    """The client's address may not use the API."""
 
 
 class NoRoute(RequestError):
-    ozeki_code = 501
-    http_status = 404
+    """No transport serves the recipient."""
 
     def __init__(self, recipient: str) -> None:
         super().__init__(f"SMS destination not found: no route for recipient {recipient}")
 
 
 class MessageNotFound(RequestError):
-    ozeki_code = 404
-    http_status = 404
+    """No message has that id (for this user)."""
 
     def __init__(self, sms_id: str) -> None:
         super().__init__(f"No message with SmsId {sms_id}")
 
 
-def refusal(ozeki_code: int, http_status: int, message: str) -> RequestError:
-    """A refusal decided in another process (the daemon, for an HTTP front worker), with its codes."""
-    error = RequestError(message)
-    error.ozeki_code, error.http_status = ozeki_code, http_status
-    return error
-
-
 class ServiceUnavailable(SmsGatewayError):
-    ozeki_code = 500
-    http_status = 503
+    """The gateway cannot take messages now (store down, disk full): nothing was accepted."""
 
 
 class ConfigError(SmsGatewayError):
@@ -196,3 +179,20 @@ class TransientSubmitError(TransportError):
 
 class PermanentSubmitError(TransportError):
     pass
+
+
+def rebuild(kind: str, message: str) -> SmsGatewayError:
+    """An error decided in another process of this gateway (the daemon, for an HTTP front worker), sent as its
+    kind's name and its message: the same kind here, so that each edge answers it as its own. A name this
+    version does not know is a RequestError."""
+    found: type[SmsGatewayError] = RequestError
+    kinds: list[type[SmsGatewayError]] = [SmsGatewayError]
+    while kinds:
+        candidate = kinds.pop()
+        if candidate.__name__ == kind:
+            found = candidate
+            break
+        kinds.extend(candidate.__subclasses__())
+    error = found.__new__(found)
+    SmsGatewayError.__init__(error, message)
+    return error

@@ -10,7 +10,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 
-from asterisk_sendsms.core.errors import RequestError, ServiceUnavailable, SmsGatewayError, refusal
+from asterisk_sendsms.core.errors import RequestError, ServiceUnavailable, SmsGatewayError, rebuild
 from asterisk_sendsms.core.model import NewMessage
 from asterisk_sendsms.runtime.children import LinkEnd
 from asterisk_sendsms.wire.ipc.framing import encode_hello
@@ -51,7 +51,7 @@ class DaemonLink(LinkEnd):
         refused: tuple[Refusal, ...] = ()
         try:
             refusals = await self._commit(list(batch.messages))
-            refused = tuple(Refusal(index, r.ozeki_code, r.http_status, r.message)
+            refused = tuple(Refusal(index, type(r).__name__, r.message)
                             for index, r in enumerate(refusals) if r)
         except SmsGatewayError as exc:
             error = exc.message
@@ -108,7 +108,7 @@ class WorkerLink(LinkEnd):
                 self._on_failed_login(message.key, message.at)
 
     def _settle(self, outcome: Outcome) -> None:
-        refusals = {r.position: refusal(r.ozeki_code, r.http_status, r.message) for r in outcome.refused}
+        refusals = {r.position: rebuild(r.kind, r.message) for r in outcome.refused}
         for index, future in enumerate(self._sent.pop(outcome.number, ())):
             if future.done():
                 continue

@@ -8,12 +8,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote_plus, unquote
 
-from asterisk_sendsms.core.errors import InvalidParameter, ParseError
+from asterisk_sendsms.core.errors import (
+    AuthenticationFailed,
+    AuthenticationRequired,
+    ForbiddenAddress,
+    ForbiddenUser,
+    InvalidParameter,
+    MessageNotFound,
+    NoRoute,
+    NotCancellable,
+    ParseError,
+    SmsGatewayError,
+    UnknownCommand,
+)
 from asterisk_sendsms.core.timetable import parse_send_at
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority, parse_priority
 
-__all__ = ["CallParams", "SendSmsParams", "call_params", "command_result", "form_encode", "merge_params",
-           "parse_form", "send_sms_params"]
+__all__ = ["OZEKI_CODES", "CallParams", "SendSmsParams", "call_params", "command_result", "form_encode",
+           "merge_params", "ozeki_code", "parse_form", "send_sms_params"]
 
 XSD = "http://www.w3.org/2001/XMLSchema"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -181,3 +193,15 @@ def _xml_text(value: str) -> str:
         if raw in text:
             text = text.replace(raw, escaped)
     return text
+
+
+# Ozeki's result code for each kind of error (its documented 3xx codes; 404 and 501 for a message or a route not
+# found); a kind not listed answers as its nearest listed ancestor, and 500 if none is.
+OZEKI_CODES: dict[type[SmsGatewayError], int] = {
+    ParseError: 300, UnknownCommand: 301, InvalidParameter: 302, NotCancellable: 303, AuthenticationRequired: 304,
+    AuthenticationFailed: 305, ForbiddenUser: 306, ForbiddenAddress: 307, MessageNotFound: 404, NoRoute: 501,
+}
+
+
+def ozeki_code(error: SmsGatewayError) -> int:
+    return next((OZEKI_CODES[kind] for kind in type(error).__mro__ if kind in OZEKI_CODES), 500)

@@ -28,10 +28,12 @@ from asterisk_sendsms.core.timetable import parse_send_at
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, parse_priority
 from asterisk_sendsms.edge.http.endpoint import XML_TYPE, OzekiEndpoint, client_of, read_body, request_params, respond
 from asterisk_sendsms.edge.http.status_routes import HealthSource, add_status_routes
+from asterisk_sendsms.edge.http.statuses import http_status
 from asterisk_sendsms.ops.metrics import Metrics
 from asterisk_sendsms.wire.http1 import LINGER, MAX_HEADER_BYTES, MAX_HEADERS, max_request_line
 from asterisk_sendsms.wire.ozeki import (
     command_result,
+    ozeki_code,
     parse_form,
     parse_validity_period,
 )
@@ -86,7 +88,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
         return respond(web.Response(body=reply, status=status, content_type=XML_TYPE, charset="utf-8"))
 
     def json_error(exc: SmsGatewayError) -> web.Response:
-        return respond(web.json_response({"code": exc.ozeki_code, "error": exc.message}, status=exc.http_status))
+        return respond(web.json_response({"code": ozeki_code(exc), "error": exc.message}, status=http_status(exc)))
 
     async def json_object(request: web.Request, command: str, fields: tuple[str, ...]) -> dict[str, str | None]:
         """The body's JSON object of strings; a field of `fields` of another type (a number for send_at) is
@@ -118,7 +120,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
                                           if validity else None,
                                           parse_send_at(send_at, "send_at", "messages") if send_at else None)
         except SmsGatewayError as exc:
-            log.info("JSON send from %s refused: %d %s", client_of(request), exc.ozeki_code, exc.message)
+            log.info("JSON send from %s refused: %d %s", client_of(request), ozeki_code(exc), exc.message)
             return json_error(exc)
         return web.json_response({"sms_id": accepted.sms_id, "parts": accepted.part_count}, status=201)
 
@@ -226,7 +228,7 @@ def build_app(ozeki: OzekiEndpoint, service: SmsService, health: HealthSource, h
         except Exception:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             error = ServiceUnavailable("internal error; the message was not accepted")
-            return web.Response(body=command_result(None, error.ozeki_code, error.message), status=500,
+            return web.Response(body=command_result(None, ozeki_code(error), error.message), status=500,
                                 content_type=XML_TYPE, charset="utf-8")
 
     app = web.Application(client_max_size=http.max_body_bytes, middlewares=[unexpected_errors])

@@ -25,11 +25,13 @@ from asterisk_sendsms.core.errors import (
     UnknownCommand,
 )
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority
+from asterisk_sendsms.edge.http.statuses import HTTP_STATUSES, BodyTimeout, BodyTooLarge, http_status
 from asterisk_sendsms.wire.ozeki import (
     SUCCESS_MESSAGE,
     call_params,
     command_result,
     merge_params,
+    ozeki_code,
     parse_form,
     send_sms_params,
 )
@@ -82,14 +84,6 @@ class HandOver(Exception):
     connection to the daemon."""
 
 
-class _BodyTooLarge(ParseError):
-    http_status = 413
-
-
-class _BodyTimeout(ParseError):
-    http_status = 408
-
-
 _Read = TypeVar("_Read")
 
 
@@ -97,14 +91,14 @@ async def read_body(request: web.BaseRequest, read: Callable[[], Awaitable[_Read
     """A request body, read within `within` seconds (a body trickled in never ends otherwise); every way
     reading it can fail is a ParseError: the client answered, if it is still there, and one line logged."""
     if request.content_length is not None and request.content_length > request.client_max_size:
-        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes")
+        raise BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes")
     try:
         async with asyncio.timeout(within):
             return await read()
     except TimeoutError:
-        raise _BodyTimeout(f"the request body did not arrive within {within:g} s") from None
+        raise BodyTimeout(f"the request body did not arrive within {within:g} s") from None
     except web.HTTPRequestEntityTooLarge:
-        raise _BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
+        raise BodyTooLarge(f"the request body is larger than {request.client_max_size} bytes") from None
     except (ConnectionError, ClientPayloadError, HttpProcessingError) as exc:
         raise ParseError(f"the request body could not be read ({type(exc).__name__}): the client went away "
                          "or framed it wrongly") from None
@@ -112,7 +106,7 @@ async def read_body(request: web.BaseRequest, read: Callable[[], Awaitable[_Read
 
 def respond(response: web.Response) -> web.Response:
     """A connection whose body timed out is closed: the rest of the body may never come."""
-    if response.status == _BodyTimeout.http_status:
+    if response.status == HTTP_STATUSES[BodyTimeout]:
         response.force_close()
     return response
 
@@ -145,12 +139,13 @@ class OzekiEndpoint:
         except HandOver:
             raise
         except SmsGatewayError as exc:
-            log.info("%s from %s refused: %d %s", command or "request", client, exc.ozeki_code, exc.message)
-            return exc.http_status, command_result(command, exc.ozeki_code, exc.message)
+            code = ozeki_code(exc)
+            log.info("%s from %s refused: %d %s", command or "request", client, code, exc.message)
+            return http_status(exc), command_result(command, code, exc.message)
         except Exception:
             log.exception("unexpected error serving %s /api from %s", method, client)
             error = ServiceUnavailable("internal error; the message was not accepted")
-            return error.http_status, command_result(command, error.ozeki_code, error.message)
+            return http_status(error), command_result(command, ozeki_code(error), error.message)
         return 200, command_result(command, 200, SUCCESS_MESSAGE, **values)
 
     async def _run(self, command: str, user: UserConfig, params: dict[str, str]) -> dict[str, str]:

@@ -22,6 +22,7 @@ from asterisk_sendsms.core.errors import (
     SmsGatewayError,
 )
 from asterisk_sendsms.core.model import MessageView
+from asterisk_sendsms.edge.http.statuses import http_status
 from asterisk_sendsms.ops.metrics import Metrics
 from asterisk_sendsms.ops.status_page import PAGE_SIZE, Listing, render_status_page
 
@@ -70,7 +71,7 @@ def add_status_routes(routes: web.RouteTableDef, service: SmsService, health: He
             return web.Response(status=401, text=exc.message,
                                 headers={"WWW-Authenticate": 'Basic realm="asterisk-sendsms", charset="UTF-8"'})
         except SmsGatewayError as exc:
-            return web.Response(status=exc.http_status, text=exc.message)
+            return web.Response(status=http_status(exc), text=exc.message)
         return web.Response(text=page, content_type="text/html", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 
@@ -81,7 +82,7 @@ def add_status_routes(routes: web.RouteTableDef, service: SmsService, health: He
             await admin_user(request)
             text = (metrics or Metrics()).render(await service.stats(time.time() - 3600), health())
         except SmsGatewayError as exc:
-            return web.Response(status=exc.http_status, text=exc.message)
+            return web.Response(status=http_status(exc), text=exc.message)
         return web.Response(text=text, content_type="text/plain", charset="utf-8",
                             headers={"Cache-Control": "no-store"})
 

@@ -16,7 +16,7 @@ __all__ = ["HEADER", "MAX_FRAME", "NUMBER", "OPTIONAL_NUMBER", "OPTIONAL_STR", "
 
 # Raised with every change to a message's fields or to the messages a link carries: the daemon and a child
 # that name different versions refuse each other at the hello instead of misreading fields.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 # A frame: the length of its body, the body's CRC-32, the body. marshal reads any list or tuple length a body
 # claims into memory before it reads a single item (bytes cut or out of step could stall the daemon for
 # seconds and take gigabytes), so a body is read only if it is as our own `pack` wrote it.

@@ -52,15 +52,15 @@ class Batch(NamedTuple):
 
 
 class Refusal(NamedTuple):
-    """One message of a batch refused on its own: its position in the batch and the refusal's codes and text."""
+    """One message of a batch refused on its own: its position in the batch, the refusal's kind (the name of its
+    class in core/errors.py, for the worker to answer it as the daemon would) and its text."""
 
     position: int
-    ozeki_code: int
-    http_status: int
+    kind: str
     message: str
 
 
-_REFUSAL: tuple[Kind, ...] = (int, int, int, str)
+_REFUSAL: tuple[Kind, ...] = (int, str, str)
 
 
 def _refusal(row: Any) -> Refusal:
