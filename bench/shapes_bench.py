@@ -15,7 +15,7 @@ alternate case by case, and the rounds repeat the whole list (a virtual machine'
 Needs Debian's kannel, apache2-utils (ab) and nghttp2-client (h2load), and tests/peers/node_modules.
 """
 
-# ruff: noqa: ASYNC220 - a benchmark driver polling other processes; simple beats clever here
+
 from __future__ import annotations
 
 import argparse
@@ -24,17 +24,15 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote, unquote
 
 import uvloop
-from common import REPO, Daemon, cpu_seconds, free_port, peak_rss_mib, wait_port, with_children
-from smpp_bench import KANNEL_CONF, TEXT, Callbacks, Peer
+from common import REPO, Daemon, cpu_seconds, peak_rss_mib, with_children
+from smpp_bench import TEXT, Callbacks, Peer, kannel
 
 CONNECTIONS = ("new", "keep-alive-1.0", "keep-alive-1.1")
 FORM = "application/x-www-form-urlencoded"
@@ -159,34 +157,11 @@ url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}"
 
 
 async def run_kannel(shape: Shape, messages: int, window: int) -> Run:
-    peer, callbacks = Peer.start(), Callbacks()
-    await callbacks.start()
-    work = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
-    ports = {"admin": free_port(), "smsbox": free_port(), "sendsms": free_port()}
-    config = work / "kannel.conf"
-    config.write_text(KANNEL_CONF.format(work=work, peer=peer.port, window=window, **ports))
-    bearerbox = subprocess.Popen(["bearerbox", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    smsbox = None
-    try:
-        wait_port(ports["smsbox"])
-        smsbox = subprocess.Popen(["smsbox", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(ports["sendsms"])
-        await peer.bound()
+    async with kannel(window) as (peer, callbacks, sendsms, pids):
         report = quote(f"http://127.0.0.1:{callbacks.port}/dlr?id=%i&s=%d", safe="")
-        url = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
+        url = (f"http://127.0.0.1:{sendsms}/cgi-bin/sendsms?username=bench&password=bench"
                f"&from=3612345678&text={quote(TEXT)}&dlr-mask=1&dlr-url={report}&to=36201234567")
-        return await measure("Kannel", shape, messages, peer, callbacks, url, [bearerbox.pid, smsbox.pid])
-    finally:
-        for process in (smsbox, bearerbox):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-        peer.stop()
-        await callbacks.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        return await measure("Kannel", shape, messages, peer, callbacks, url, pids)
 
 
 async def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,7 +257,10 @@ concatenation = true
 """
 
 
-async def run_kannel(messages: int, concurrency: int, window: int, mode: str, warm: int = 0) -> Result:
+@contextlib.asynccontextmanager
+async def kannel(window: int) -> AsyncIterator[tuple[Peer, Callbacks, int, list[int]]]:
+    """Kannel (bearerbox and smsbox on its defaults) bound to a fresh SMSC peer, and a callback receiver:
+    yields them, the sendsms port and Kannel's PIDs."""
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
     work = Path(tempfile.mkdtemp(prefix="bench-kannel-"))
@@ -269,28 +274,7 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str, wa
         smsbox = subprocess.Popen(["smsbox", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(ports["sendsms"])
         await peer.bound()
-        dlr = ""
-        if mode != "no receipts":
-            dlr = "&dlr-mask=1"
-        if mode == "receipts + callbacks":
-            dlr += f"&dlr-url=http%3A%2F%2F127.0.0.1%3A{callbacks.port}%2Fdlr%3Fid%3D%25i%26s%3D%25d"
-        base = (f"http://127.0.0.1:{ports['sendsms']}/cgi-bin/sendsms?username=bench&password=bench"
-                f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
-        with_callbacks = mode == "receipts + callbacks"
-        warm_submits, warm_callbacks = await warm_up(peer, callbacks, [f"{base}9{i:06d}" for i in range(warm)],
-                                                     concurrency, with_callbacks)
-        cpu_before = cpu_seconds(bearerbox.pid, smsbox.pid)
-        start = time.time()
-        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency)
-        stats = await peer.wait_submits(warm_submits + messages - errors)
-        result = Result("Kannel", mode, window, messages / seconds,
-                        (stats["submits"] - warm_submits) / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
-        if with_callbacks:
-            await callbacks.wait(warm_callbacks + messages - errors)
-            result.callbacks = (callbacks.count - warm_callbacks) / (time.time() - start)
-        result.rss = peak_rss_mib(bearerbox.pid, smsbox.pid)
-        result.cpu = (cpu_seconds(bearerbox.pid, smsbox.pid) - cpu_before) / messages * 1e6
-        return result
+        yield peer, callbacks, ports["sendsms"], [bearerbox.pid, smsbox.pid]
     finally:
         for process in (smsbox, bearerbox):
             if process is not None:
@@ -302,6 +286,32 @@ async def run_kannel(messages: int, concurrency: int, window: int, mode: str, wa
         peer.stop()
         await callbacks.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def run_kannel(messages: int, concurrency: int, window: int, mode: str, warm: int = 0) -> Result:
+    async with kannel(window) as (peer, callbacks, sendsms, pids):
+        dlr = ""
+        if mode != "no receipts":
+            dlr = "&dlr-mask=1"
+        if mode == "receipts + callbacks":
+            dlr += f"&dlr-url=http%3A%2F%2F127.0.0.1%3A{callbacks.port}%2Fdlr%3Fid%3D%25i%26s%3D%25d"
+        base = (f"http://127.0.0.1:{sendsms}/cgi-bin/sendsms?username=bench&password=bench"
+                f"&from=3612345678&text={TEXT.replace(' ', '+')}{dlr}&to=3620")
+        with_callbacks = mode == "receipts + callbacks"
+        warm_submits, warm_callbacks = await warm_up(peer, callbacks, [f"{base}9{i:06d}" for i in range(warm)],
+                                                     concurrency, with_callbacks)
+        cpu_before = cpu_seconds(*pids)
+        start = time.time()
+        seconds, errors = await load([f"{base}{i:07d}" for i in range(messages)], concurrency)
+        stats = await peer.wait_submits(warm_submits + messages - errors)
+        result = Result("Kannel", mode, window, messages / seconds,
+                        (stats["submits"] - warm_submits) / max(stats["last"] / 1000 - start, 1e-9), errors=errors)
+        if with_callbacks:
+            await callbacks.wait(warm_callbacks + messages - errors)
+            result.callbacks = (callbacks.count - warm_callbacks) / (time.time() - start)
+        result.rss = peak_rss_mib(*pids)
+        result.cpu = (cpu_seconds(*pids) - cpu_before) / messages * 1e6
+        return result
 
 
 class _RawClient(asyncio.Protocol):
