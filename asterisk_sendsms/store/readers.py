@@ -49,19 +49,28 @@ class Readers:
             while (item := self._queue.get()) is not None:
                 read, future = item
                 result, error = None, None
-                try:
-                    if db is None:
-                        db = self._connect()
-                    db.begin_read()
+                # A connection the database broke off while idle (a restart, an administrator) fails its next
+                # read: a read changes nothing, so it is tried once more on a new connection.
+                for attempt in (1, 2):
+                    fresh = db is None
                     try:
-                        result = read(db)
-                    finally:
-                        db.rollback()  # a read wrote nothing: this only lets its snapshot go
-                except Exception as exc:
-                    error = self._translate(exc, "message store error")
-                    if db is not None and db.broken:
+                        if db is None:
+                            db = self._connect()
+                        db.begin_read()
+                        try:
+                            result = read(db)
+                        finally:
+                            db.rollback()  # a read wrote nothing: this only lets its snapshot go
+                        error = None
+                        break
+                    except Exception as exc:
+                        error = self._translate(exc, "message store error")
+                        if db is None or not db.broken:
+                            break
                         db.close()
                         db = None
+                        if fresh or attempt == 2:
+                            break
                 future.get_loop().call_soon_threadsafe(settle, future, result, error)
         finally:
             if db is not None:
