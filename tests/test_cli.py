@@ -56,7 +56,7 @@ def test_install_agi_writes_launchers_for_this_python(tmp_path: Path) -> None:
         first = script.read_text().splitlines()[0]
         assert first.startswith("#!/") and "python" in first
         assert script.stat().st_mode & 0o111
-        check = subprocess.run([first[2:], "-c", "import asterisk_sendsms.edge.asterisk.agi_script"], check=False)
+        check = subprocess.run([first[2:], "-c", "import asterisk_sendsms.agi_script"], check=False)
         assert check.returncode == 0  # that interpreter has the package
     missing = run("install-agi", "--dir", str(tmp_path / "nope"))
     assert missing.returncode == 1 and "is not a directory" in missing.stderr

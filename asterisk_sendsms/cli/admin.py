@@ -90,7 +90,7 @@ def install_agi(args: argparse.Namespace) -> int:
     for name, function in AGI_SCRIPTS.items():
         path = target / name
         path.write_text(f"#!{sys.executable}\n# Installed by asterisk-sendsms install-agi.\nimport sys\n\n"
-                        f"from asterisk_sendsms.edge.asterisk.agi_script import {function}\n\nsys.exit({function}())\n")
+                        f"from asterisk_sendsms.agi_script import {function}\n\nsys.exit({function}())\n")
         path.chmod(0o755)
         print(f"installed {path}")
     return 0

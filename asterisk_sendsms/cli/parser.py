@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from asterisk_sendsms import __version__
-from asterisk_sendsms.config import DEFAULT_FASTAGI_PORT
+from asterisk_sendsms.config import DEFAULT_FASTAGI_PORT, HttpConfig
 from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.traffic import CSV_PRIORITY, DEFAULT_PRIORITY, Priority
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the gateway daemon")
     _common(serve)
-    serve.add_argument("--http", metavar="HOST:PORT", help="where the HTTP API listens (default 127.0.0.1:9509)")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help=f"where the HTTP API listens (default {HttpConfig().listen})")
     serve.add_argument("--transport", action="append", default=[], metavar="URL",
                        help="a transport, replacing the file's: simulator[?receipt_delay=SECONDS], "
                             "smpp://USER:PASS@HOST:PORT?window=10&bind=trx, "

@@ -182,17 +182,17 @@ class PermanentSubmitError(TransportError):
 
 
 def rebuild(kind: str, message: str) -> SmsGatewayError:
-    """An error decided in another process of this gateway (the daemon, for an HTTP front worker), sent as its
-    kind's name and its message: the same kind here, so that each edge answers it as its own. A name this
-    version does not know is a RequestError."""
-    found: type[SmsGatewayError] = RequestError
-    kinds: list[type[SmsGatewayError]] = [SmsGatewayError]
-    while kinds:
-        candidate = kinds.pop()
-        if candidate.__name__ == kind:
-            found = candidate
-            break
-        kinds.extend(candidate.__subclasses__())
+    """A refusal decided in another process of this gateway (the daemon, for an HTTP front worker), sent as its
+    kind's name and its message: the same kind here, so that each edge answers it as its own. It carries the
+    message only (no edge reads more). A name this version does not know is a RequestError."""
+    found = _REFUSALS.get(kind, RequestError)
     error = found.__new__(found)
     SmsGatewayError.__init__(error, message)
     return error
+
+
+# The kinds a message can be refused with at accept, by name: what crosses the link to an HTTP front worker.
+_REFUSALS: dict[str, type[SmsGatewayError]] = {kind.__name__: kind for kind in (
+    RequestError, ParseError, UnknownCommand, InvalidParameter, NotCancellable, AuthenticationRequired,
+    AuthenticationFailed, ForbiddenUser, QuotaExceeded, RecipientOptedOut, ForbiddenAddress, NoRoute,
+    MessageNotFound, ServiceUnavailable)}

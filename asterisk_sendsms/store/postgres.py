@@ -54,7 +54,9 @@ class PostgresDb(Db):
         self._conn.execute("BEGIN")
 
     def begin_read(self) -> None:
-        self._conn.execute("BEGIN READ ONLY")
+        # REPEATABLE READ: one snapshot for all the statements of a read (READ COMMITTED takes one per statement,
+        # and the status page's counts would not add up); a read-only transaction never fails to serialize.
+        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def commit(self) -> None:
         self._conn.execute("COMMIT")

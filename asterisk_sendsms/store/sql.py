@@ -1,6 +1,7 @@
-"""The `Store` in SQL, shared by SQLite and PostgreSQL: each public method is one operation run by the writer
-(`engine`); what the operations do lives in `admission` (accept, claim), `ops` (the lifecycle one message at a
-time), `batched` (submits and receipts grouped per commit), `outbox` (notifications, incoming SMS) and `views`."""
+"""The `Store` in SQL, shared by SQLite and PostgreSQL: each public method is one operation, run by the writer
+(`engine`) or, if it only reads, by a reader (`readers`); what the operations do lives in `admission` (accept,
+claim), `ops` (the lifecycle one message at a time), `batched` (submits and receipts grouped per commit),
+`outbox` (notifications, incoming SMS) and `views`."""
 
 from __future__ import annotations
 

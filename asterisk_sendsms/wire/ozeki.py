@@ -1,5 +1,6 @@
 """The Ozeki HTTP API protocol, without I/O: form decoding with Ozeki's leniencies (case-insensitive names,
-the `DelivaryReportURL` spelling, `+` in numbers) and the `OzApi_CommandResult_*` XML reply."""
+the `DelivaryReportURL` spelling, `+` in numbers), the `OzApi_CommandResult_*` XML reply, and the result code
+of each kind of error (`OZEKI_CODES`)."""
 
 from __future__ import annotations
 

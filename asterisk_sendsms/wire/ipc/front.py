@@ -1,5 +1,5 @@
 """The messages between the daemon and an HTTP front worker: a worker's batch of validated messages, the
-daemon's outcome of it (the whole batch refused, or each refused message with its codes), and the failed
+daemon's outcome of it (the whole batch refused, or each refused message with its refusal's kind), and the failed
 logins the daemon tells every worker."""
 
 from __future__ import annotations
