@@ -14,6 +14,7 @@ from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Order, Priority
 __all__ = [
     "CallbackJob",
     "CallbackShares",
+    "CallbackState",
     "HistoryEntry",
     "IncomingPart",
     "IncomingView",
@@ -136,6 +137,14 @@ class CallbackShares:
     per_user: int
     hosts: Mapping[str, int]
     users: Mapping[str, int]
+
+
+class CallbackState(StrEnum):
+    """A notification's state in the outbox (the message's own lifecycle is core/lifecycle.py's)."""
+
+    PENDING = "pending"  # to be delivered, now or after a back-off
+    DONE = "done"  # the receiver answered 2xx
+    ABANDONED = "abandoned"  # given up: retries or time ran out, or the URL may no longer be called
 
 
 @dataclass(frozen=True, slots=True)

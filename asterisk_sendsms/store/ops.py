@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, NoReturn
 
 from asterisk_sendsms.core.errors import MessageNotFound, NotCancellable, ServiceUnavailable
 from asterisk_sendsms.core.lifecycle import SOURCES, State, check_transition
-from asterisk_sendsms.core.model import MessageView, PartOutcome, Receipt, ReceiptResult
+from asterisk_sendsms.core.model import CallbackState, MessageView, PartOutcome, Receipt, ReceiptResult
 from asterisk_sendsms.store.db import Db, GroupFailed
 from asterisk_sendsms.store.schema import in_states
 from asterisk_sendsms.store.views import view
@@ -85,7 +85,7 @@ def finish_all(db: Db, finishes: Sequence[Finish]) -> None:
                                        for f in own])
     db.with_values(
         "INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at)"
-        " SELECT m.sms_id, m.callback_url, 'pending', CAST(v.column2 AS DOUBLE PRECISION),"
+        f" SELECT m.sms_id, m.callback_url, '{CallbackState.PENDING}', CAST(v.column2 AS DOUBLE PRECISION),"
         " CAST(v.column2 AS DOUBLE PRECISION), CAST(v.column2 AS DOUBLE PRECISION)"
         " FROM (VALUES {values}) AS v JOIN messages m ON m.sms_id = v.column1 WHERE m.callback_url IS NOT NULL",
         [(f.sms_id, f.now) for f in finishes])

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from asterisk_sendsms.app.urlpolicy import url_host
-from asterisk_sendsms.core.model import CallbackJob, CallbackShares, IncomingPart
+from asterisk_sendsms.core.model import CallbackJob, CallbackShares, CallbackState, IncomingPart
 from asterisk_sendsms.store.db import Db
 from asterisk_sendsms.store.views import incoming, view
 
@@ -41,7 +41,7 @@ def store_incoming(db: Db, part: IncomingPart, callback_url: str | None) -> str 
                (incoming_id, part.transport, part.sender, part.recipient, text, received_at))
     if callback_url:
         db.execute("INSERT INTO callbacks (sms_id, url, state, due_at, created_at, updated_at, kind)"
-                   " VALUES (?, ?, 'pending', ?, ?, ?, 'incoming')",
+                   f" VALUES (?, ?, '{CallbackState.PENDING}', ?, ?, ?, 'incoming')",
                    (incoming_id, callback_url, part.received_at, part.received_at, part.received_at))
     return incoming_id
 
@@ -50,14 +50,14 @@ def claim_callbacks(db: Db, node: str, limit: int, now: float, lease: float, sha
                     ) -> list[CallbackJob]:
     # Hosts are filled here, not where the outbox rows are made (those copy URLs in SQL), and before
     # the claim, so that every due row of a full host is left out of it.
-    unnamed = db.execute("SELECT job_id, url FROM callbacks WHERE state = 'pending' AND host = ''"
+    unnamed = db.execute(f"SELECT job_id, url FROM callbacks WHERE state = '{CallbackState.PENDING}' AND host = ''"
                          " LIMIT ?", (_HOST_FILL,)).fetchall()
     if unnamed:
         db.executemany("UPDATE callbacks SET host = ? WHERE job_id = ?",
                        [(url_host(url), job_id) for job_id, url in unnamed])
     rows = _fair_rows(db, limit, now, shares) if shares else db.execute(
         "SELECT job_id, sms_id, url, attempts, created_at, kind FROM callbacks"
-        " WHERE state = 'pending' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
+        f" WHERE state = '{CallbackState.PENDING}' AND due_at <= ? ORDER BY due_at LIMIT ?" + db.claim_suffix,
         (now, limit)).fetchall()
     db.executemany("UPDATE callbacks SET due_at = ?, attempts = attempts + 1, claimed_by = ?, updated_at = ?"
                    " WHERE job_id = ?", [(now + lease, node, now, row[0]) for row in rows])
@@ -85,7 +85,8 @@ def _fair_rows(db: Db, limit: int, now: float, shares: CallbackShares) -> list[t
         candidates = db.execute(
             "SELECT job_id, sms_id, url, attempts, created_at, kind, host,"
             " COALESCE((SELECT username FROM messages m WHERE m.sms_id = callbacks.sms_id), '') FROM callbacks"
-            f" WHERE state = 'pending' AND due_at <= ?{where} ORDER BY due_at LIMIT ?" + db.claim_suffix,
+            f" WHERE state = '{CallbackState.PENDING}' AND due_at <= ?{where} ORDER BY due_at LIMIT ?"
+            + db.claim_suffix,
             (now, *full_hosts, *full_users, window)).fetchall()
         for row in candidates:
             host, user = row[6], row[7]

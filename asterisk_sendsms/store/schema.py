@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from asterisk_sendsms.core.lifecycle import FAILURE_STATES, SOURCES, State
+from asterisk_sendsms.core.model import CallbackState
 
 __all__ = ["Dialect", "in_states", "migrations"]
 
@@ -119,7 +120,7 @@ def _render(step: Step, dialect: Dialect) -> str:
 
 
 _DISPATCH = in_states("state", SOURCES[State.QUEUED])  # waiting to be claimed: accepted, or queued again
-_PENDING = "state = 'pending'"  # a notification still to deliver (callback states are the outbox's own)
+_PENDING = f"state = '{CallbackState.PENDING}'"  # a notification still to deliver
 
 # Version N of the schema is the first N versions of its engine. Never edit a released version: add the next one.
 VERSIONS: tuple[Version, ...] = (

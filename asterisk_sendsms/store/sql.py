@@ -14,6 +14,7 @@ from asterisk_sendsms.core.lifecycle import State
 from asterisk_sendsms.core.model import (
     CallbackJob,
     CallbackShares,
+    CallbackState,
     IncomingPart,
     MessageView,
     NewMessage,
@@ -53,7 +54,8 @@ class SqlStore(Engine):
 
     async def release_claims(self, now: float) -> int:
         def op(db: Db) -> int:
-            db.execute("UPDATE callbacks SET due_at = ?, claimed_by = NULL WHERE state = 'pending' AND claimed_by = ?",
+            db.execute(f"UPDATE callbacks SET due_at = ?, claimed_by = NULL WHERE state = '{CallbackState.PENDING}'"
+                       " AND claimed_by = ?",
                        (now, self._node))
             return db.execute(f"UPDATE messages SET due_at = ?, claimed_by = NULL WHERE {_QUEUED}"
                               " AND claimed_by = ?", (now, self._node)).rowcount
@@ -150,13 +152,14 @@ class SqlStore(Engine):
 
     async def callbacks_done(self, job_ids: Sequence[int], now: float) -> None:
         await self._run(lambda db: db.executemany(
-            "UPDATE callbacks SET state = 'done', last_error = '', claimed_by = NULL, updated_at = ? WHERE job_id = ?",
+            f"UPDATE callbacks SET state = '{CallbackState.DONE}', last_error = '', claimed_by = NULL, updated_at = ?"
+            " WHERE job_id = ?",
             [(now, job_id) for job_id in job_ids]))
 
     async def pending_callbacks(self, limit: int) -> list[PendingCallback]:
         def op(db: Db) -> list[PendingCallback]:
             rows = db.execute("SELECT sms_id, url, attempts, last_error, due_at FROM callbacks"
-                              " WHERE state = 'pending' ORDER BY due_at LIMIT ?", (limit,)).fetchall()
+                              f" WHERE state = '{CallbackState.PENDING}' ORDER BY due_at LIMIT ?", (limit,)).fetchall()
             return [PendingCallback(*row) for row in rows]
         return await self._read(op)
 
@@ -167,5 +170,5 @@ class SqlStore(Engine):
 
     async def callback_abandon(self, job_id: int, error: str, now: float) -> None:
         await self._run(lambda db: db.execute(
-            "UPDATE callbacks SET state = 'abandoned', last_error = ?, claimed_by = NULL, updated_at = ?"
-            " WHERE job_id = ?", (error, now, job_id)))
+            f"UPDATE callbacks SET state = '{CallbackState.ABANDONED}', last_error = ?, claimed_by = NULL,"
+            " updated_at = ? WHERE job_id = ?", (error, now, job_id)))

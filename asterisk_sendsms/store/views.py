@@ -8,7 +8,7 @@ from typing import Any
 
 from asterisk_sendsms.core.encoding import Coding
 from asterisk_sendsms.core.lifecycle import FAILURE_STATES, SOURCES, State
-from asterisk_sendsms.core.model import HistoryEntry, IncomingView, MessageView, PartView
+from asterisk_sendsms.core.model import CallbackState, HistoryEntry, IncomingView, MessageView, PartView
 from asterisk_sendsms.core.traffic import Priority
 from asterisk_sendsms.store.db import Db
 from asterisk_sendsms.store.schema import in_states
@@ -52,7 +52,7 @@ def stats(db: Db, since: float) -> dict[str, Any]:
     queue = sum(count for count, _ in classes.values())
     scheduled, next_due = db.execute("SELECT COUNT(*), MIN(due_at) FROM messages"
                                      f" WHERE {in_states('state', [State.SCHEDULED])}").fetchone()
-    callbacks = db.execute("SELECT COUNT(*) FROM callbacks WHERE state = 'pending'").fetchone()[0]
+    callbacks = db.execute(f"SELECT COUNT(*) FROM callbacks WHERE state = '{CallbackState.PENDING}'").fetchone()[0]
     optouts = db.execute("SELECT COUNT(*) FROM optouts").fetchone()[0]
     reasons = db.execute(
         "SELECT error_code, COUNT(*) FROM messages WHERE updated_at >= ? AND error_code <> ''"
