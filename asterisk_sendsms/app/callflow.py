@@ -15,6 +15,7 @@ from typing import Protocol
 from asterisk_sendsms.config import PromptConfig
 from asterisk_sendsms.core.errors import InvalidParameter, SmsGatewayError
 from asterisk_sendsms.core.lifecycle import State, is_final
+from asterisk_sendsms.wire.agi import SmsStatus
 
 __all__ = [
     "CallControl",
@@ -132,20 +133,20 @@ def parse_call_options(params: Mapping[str, str]) -> SmsCallOptions:
         voice=params.get("voice") or None)
 
 
-def agi_status(state: State) -> str:
+def agi_status(state: State) -> SmsStatus:
     if state in (State.SCHEDULED, State.ACCEPTED, State.QUEUED):
-        return "QUEUED"
+        return SmsStatus.QUEUED
     if state in (State.SUBMITTED, State.SENT, State.ACKNOWLEDGED):
-        return "SENT"  # gone to the network; a delivery is not confirmed
+        return SmsStatus.SENT
     if state is State.DELIVERED:
-        return "DELIVERED"
-    return "FAILED"
+        return SmsStatus.DELIVERED
+    return SmsStatus.FAILED
 
 
 @dataclass(frozen=True, slots=True)
 class CallOutcome:
     sms_id: str
-    status: str  # QUEUED, SENT, DELIVERED, FAILED
+    status: SmsStatus
     error: str
 
 
@@ -198,18 +199,18 @@ async def run_send_sms(call: CallControl, backend: SmsBackend, prompter: Prompte
     try:
         sms_id = await backend.send(recipient, text, options.sender, options.report_url)
     except SmsGatewayError as exc:
-        outcome = CallOutcome("", "FAILED", exc.message)
+        outcome = CallOutcome("", SmsStatus.FAILED, exc.message)
     else:
         try:
             state, error = await _wait(backend, sms_id, options)
-            outcome = CallOutcome(sms_id, agi_status(state), error if agi_status(state) == "FAILED" else "")
+            outcome = CallOutcome(sms_id, agi_status(state), error if agi_status(state) is SmsStatus.FAILED else "")
         except SmsGatewayError as exc:
             # Accepted (it will be sent) but its progress is unknown: say so without calling it failed.
-            outcome = CallOutcome(sms_id, "QUEUED", f"status unknown: {exc.message}")
+            outcome = CallOutcome(sms_id, SmsStatus.QUEUED, f"status unknown: {exc.message}")
     for name, value in (("SMS_ID", outcome.sms_id), ("SMS_STATUS", outcome.status), ("SMS_ERROR", outcome.error)):
         await channel.run(f"set {name}", functools.partial(call.set_variable, name, value), needs_caller=False)
     if options.announce:
-        if outcome.status == "FAILED":
+        if outcome.status is SmsStatus.FAILED:
             await channel.say(prompts.failed if options.failed is None else options.failed)
         else:
             await channel.say(prompts.after if options.after is None else options.after)
@@ -234,7 +235,7 @@ async def send_sms_from_params(call: CallControl, backend: SmsBackend, prompter:
     except InvalidParameter as exc:
         log.info("SendSms on a call refused: %s", exc.message)
         channel = _Channel(call, prompter, None)
-        for name, value in (("SMS_ID", ""), ("SMS_STATUS", "FAILED"), ("SMS_ERROR", exc.message)):
+        for name, value in (("SMS_ID", ""), ("SMS_STATUS", SmsStatus.FAILED), ("SMS_ERROR", exc.message)):
             await channel.run(f"set {name}", functools.partial(call.set_variable, name, value), needs_caller=False)
-        return CallOutcome("", "FAILED", exc.message)
+        return CallOutcome("", SmsStatus.FAILED, exc.message)
     return await run_send_sms(call, backend, prompter, prompts, recipient, text, options)

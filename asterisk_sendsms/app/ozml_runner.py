@@ -17,7 +17,7 @@ from asterisk_sendsms.app.http import HttpError, HttpSession, OpenHttp
 from asterisk_sendsms.app.urlpolicy import UrlPolicy
 from asterisk_sendsms.config import PromptConfig
 from asterisk_sendsms.core.errors import SmsGatewayError
-from asterisk_sendsms.wire.agi import AgiEnvironment
+from asterisk_sendsms.wire.agi import AgiEnvironment, SmsStatus
 from asterisk_sendsms.wire.ozeki import form_encode
 from asterisk_sendsms.wire.ozml import (
     BlindTransfer,
@@ -245,8 +245,8 @@ class OzmlRunner:
             state, error = await self._backend.state(sms_id)
             status = agi_status(state)
         except SmsGatewayError as exc:
-            sms_id, status, error = "", "FAILED", exc.message
+            sms_id, status, error = "", SmsStatus.FAILED, exc.message
         log.info("OzML SendSms to %s: %s %s", command.recipient, status, sms_id)
-        for name, value in (("SMS_ID", sms_id), ("SMS_STATUS", status), ("SMS_ERROR", error if status == "FAILED"
-                                                                          else "")):
+        shown_error = error if status is SmsStatus.FAILED else ""
+        for name, value in (("SMS_ID", sms_id), ("SMS_STATUS", status), ("SMS_ERROR", shown_error)):
             await self._quietly(functools.partial(call.set_variable, name, value))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from urllib.parse import parse_qsl, unquote
 
 from asterisk_sendsms.core.errors import SmsGatewayError
@@ -18,9 +19,21 @@ __all__ = [
     "AgiHangup",
     "AgiReply",
     "ReplyParser",
+    "SmsStatus",
     "format_command",
     "parse_environment_line",
 ]
+
+
+
+class SmsStatus(StrEnum):
+    """What a dialplan reads in SMS_STATUS after a send."""
+
+    QUEUED = "QUEUED"  # accepted, not yet sent (or its state could not be read)
+    SENT = "SENT"  # gone to the network; a delivery is not confirmed
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+
 
 MAX_LINE = 8192
 # Asterisk passes at most 128 arguments to an AGI (MAX_ARGS in res_agi.c).

@@ -25,7 +25,7 @@ from asterisk_sendsms.core.traffic import CALL_PRIORITY
 from asterisk_sendsms.edge.asterisk.agi_channel import AgiChannel, stdio_streams
 from asterisk_sendsms.edge.http.client import HttpClient
 from asterisk_sendsms.edge.speech import Speaker
-from asterisk_sendsms.wire.agi import AgiError
+from asterisk_sendsms.wire.agi import AgiError, SmsStatus
 
 __all__ = ["HttpBackend", "main", "ozml_main"]
 
@@ -81,7 +81,7 @@ async def _config_path(channel: AgiChannel) -> Path:
 
 async def _fail(channel: AgiChannel, error: str) -> None:
     log.error("SendSms failed: %s", error)
-    for name, value in (("SMS_ID", ""), ("SMS_STATUS", "FAILED"), ("SMS_ERROR", error)):
+    for name, value in (("SMS_ID", ""), ("SMS_STATUS", SmsStatus.FAILED), ("SMS_ERROR", error)):
         try:
             await channel.set_variable(name, value)
         except SmsGatewayError:

@@ -19,7 +19,7 @@ from asterisk_sendsms.app.ozml_runner import CallDetails, OzmlRunner
 from asterisk_sendsms.config import HostPort, Network, PromptConfig, is_loopback
 from asterisk_sendsms.core.errors import ServiceUnavailable, SmsGatewayError
 from asterisk_sendsms.edge.asterisk.agi_channel import AgiChannel
-from asterisk_sendsms.wire.agi import MAX_LINE, AgiEnvironment, AgiError
+from asterisk_sendsms.wire.agi import MAX_LINE, AgiEnvironment, AgiError, SmsStatus
 
 __all__ = ["FastAgiServer"]
 
@@ -135,7 +135,7 @@ class FastAgiServer:
         self._refusals.warn("secret", address, f"FastAGI request from {address} refused: the secret "
                                                f"is {'wrong' if given is not None else 'missing'}")
         with contextlib.suppress(SmsGatewayError):
-            await channel.set_variable("SMS_STATUS", "FAILED")
+            await channel.set_variable("SMS_STATUS", SmsStatus.FAILED)
             await channel.set_variable("SMS_ERROR", "FastAGI request refused: the secret is missing or wrong")
         return False
 
@@ -168,6 +168,6 @@ class FastAgiServer:
         else:
             log.warning("FastAGI request for unknown script %r from %s", script, address)
             with contextlib.suppress(SmsGatewayError):
-                await channel.set_variable("SMS_STATUS", "FAILED")
+                await channel.set_variable("SMS_STATUS", SmsStatus.FAILED)
                 await channel.set_variable("SMS_ERROR", f"unknown FastAGI script '{script}': use sendsms, or "
                                                         "ozml?url=...")
