@@ -29,6 +29,8 @@ Foreign exceptions (sqlite3, psycopg, aiohttp, OSError) are translated where the
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import TypeVar
 
 __all__ = [
     "AuthenticationFailed",
@@ -51,6 +53,7 @@ __all__ = [
     "TransientSubmitError",
     "TransportError",
     "UnknownCommand",
+    "by_kind",
     "log_level",
     "rebuild",
 ]
@@ -65,6 +68,14 @@ class SmsGatewayError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+_Said = TypeVar("_Said")
+
+
+def by_kind(table: Mapping[type[SmsGatewayError], _Said], error: SmsGatewayError, default: _Said) -> _Said:
+    """What an edge's `table` says for `error`: the entry of its kind's nearest listed ancestor, else `default`."""
+    return next((table[kind] for kind in type(error).__mro__ if kind in table), default)
 
 
 def log_level(exc: SmsGatewayError, level: int = logging.ERROR) -> int:

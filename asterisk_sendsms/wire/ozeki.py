@@ -21,6 +21,7 @@ from asterisk_sendsms.core.errors import (
     ParseError,
     SmsGatewayError,
     UnknownCommand,
+    by_kind,
 )
 from asterisk_sendsms.core.timetable import parse_send_at
 from asterisk_sendsms.core.traffic import DEFAULT_PRIORITY, Priority, parse_priority
@@ -205,4 +206,4 @@ OZEKI_CODES: dict[type[SmsGatewayError], int] = {
 
 
 def ozeki_code(error: SmsGatewayError) -> int:
-    return next((OZEKI_CODES[kind] for kind in type(error).__mro__ if kind in OZEKI_CODES), 500)
+    return by_kind(OZEKI_CODES, error, 500)

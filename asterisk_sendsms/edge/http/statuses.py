@@ -15,6 +15,7 @@ from asterisk_sendsms.core.errors import (
     RequestError,
     ServiceUnavailable,
     SmsGatewayError,
+    by_kind,
 )
 
 __all__ = ["HTTP_STATUSES", "BodyTimeout", "BodyTooLarge", "http_status"]
@@ -38,4 +39,4 @@ HTTP_STATUSES: dict[type[SmsGatewayError], int] = {
 
 
 def http_status(error: SmsGatewayError) -> int:
-    return next((HTTP_STATUSES[kind] for kind in type(error).__mro__ if kind in HTTP_STATUSES), 500)
+    return by_kind(HTTP_STATUSES, error, 500)
