@@ -51,7 +51,7 @@ class Readers:
                 result, error = None, None
                 # A connection the database broke off while idle (a restart, an administrator) fails its next
                 # read: a read changes nothing, so it is tried once more on a new connection.
-                for attempt in (1, 2):
+                for _ in (1, 2):
                     fresh = db is None
                     try:
                         if db is None:
@@ -69,7 +69,7 @@ class Readers:
                             break
                         db.close()
                         db = None
-                        if fresh or attempt == 2:
+                        if fresh:  # the second try always runs on a new connection: it ends here
                             break
                 future.get_loop().call_soon_threadsafe(settle, future, result, error)
         finally:
