@@ -140,12 +140,14 @@ class FakeModem:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
-        os.close(self.master)
-        os.close(self.slave)
+        with self._lock:  # a status report still on its timer must not write to a closed descriptor
+            os.close(self.master)
+            os.close(self.slave)
 
     def _write(self, text: str) -> None:
         with self._lock:
-            os.write(self.master, text.encode("latin-1"))
+            if not self._stop.is_set():
+                os.write(self.master, text.encode("latin-1"))
 
     def _reply(self, *lines: str) -> None:
         self._write("".join(f"\r\n{line}\r\n" for line in lines))
