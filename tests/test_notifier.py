@@ -183,8 +183,12 @@ async def test_claims_cap_each_hosts_share(any_store: SqlStore) -> None:
     await incoming(store, "http://slow.example/dlr", 100)
     await incoming(store, "http://Fast.Example:8080/dlr", 3)
 
-    def shares(hosts: dict[str, int]) -> CallbackShares:
-        return CallbackShares(per_host=4, per_user=8, hosts=hosts, users={})
+    def shares(hosts: dict[str, int], look_past_full: bool = True) -> CallbackShares:
+        return CallbackShares(per_host=4, per_user=8, hosts=hosts, users={}, look_past_full=look_past_full)
+    # Not looking past a full host: the first window (4 times the limit, all the slow host's) and no further.
+    assert [j.url for j in await store.claim_callbacks(8, now + 10, 30, shares({}, look_past_full=False))] == [
+        "http://slow.example/dlr"] * 4
+    await store._run(lambda db: db.execute("UPDATE callbacks SET due_at = ?, attempts = 0", (now,)))
     first = await store.claim_callbacks(8, now + 10, 30, shares({}))
     # The first window held only the slow host's rows; once it was full the claim looked again without it.
     assert sorted(j.url for j in first) == ["http://Fast.Example:8080/dlr"] * 3 + ["http://slow.example/dlr"] * 4

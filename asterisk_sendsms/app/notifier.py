@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 DONE_BATCH_DELAY = 0.05
 _LEASE_MARGIN = 30.0
 _LOOP_PAUSE = 1.0  # after the store failed to hand out jobs, or with nothing due
+# How often a claim looks past the due notifications of hosts and users whose share is in flight. That look
+# reads all of their backlog; taken at every claim (each finished post, each receipt) it cost a busy gateway
+# more than the posts. Other hosts' notifications behind such a backlog wait at most this long for a slot.
+_LOOK_PAST_FULL_EVERY = 1.0
 
 
 def url_policy(config: CallbackConfig) -> UrlPolicy:
@@ -89,6 +93,7 @@ class Notifier:
         self._done: list[int] = []
         self._done_waiting = asyncio.Event()
         self._claims_failing = False
+        self._next_look_past_full = 0.0
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -116,9 +121,13 @@ class Notifier:
                         # Claimed with each host's and user's share capped: a host whose receiver hangs
                         # holds at most `per_host` slots, a user at most `per_user`; the others go to the next
                         # due jobs of other hosts and users.
+                        now = self._clock.time()
+                        look_past_full = now >= self._next_look_past_full
+                        if look_past_full:
+                            self._next_look_past_full = now + _LOOK_PAST_FULL_EVERY
                         shares = CallbackShares(self._policy.per_host, self._policy.per_user,
-                                                dict(self._in_flight), dict(self._users))
-                        jobs = await self._store.claim_callbacks(free, self._clock.time(), lease, shares)
+                                                dict(self._in_flight), dict(self._users), look_past_full)
+                        jobs = await self._store.claim_callbacks(free, now, lease, shares)
                     except SmsGatewayError as exc:
                         log.log(log_level(exc), "cannot read pending notifications: %s", exc)
                     except Exception as exc:  # a bug must not end the notifier, nor take the daemon with it

@@ -137,6 +137,9 @@ class CallbackShares:
     per_user: int
     hosts: Mapping[str, int]
     users: Mapping[str, int]
+    # Whether to look past the due rows of full hosts and users (its cost grows with their backlog); else only
+    # the first window of due rows is looked at.
+    look_past_full: bool = True
 
 
 class CallbackState(StrEnum):

@@ -74,7 +74,7 @@ def _fair_rows(db: Db, limit: int, now: float, shares: CallbackShares) -> list[t
     hosts, users = Counter(shares.hosts), Counter(shares.users)
     rows: list[tuple[Any, ...]] = []
     seen: set[int] = set()
-    for _ in range(_CLAIM_ROUNDS):
+    for _ in range(_CLAIM_ROUNDS if shares.look_past_full else 1):
         full_hosts = sorted(h for h, n in hosts.items() if n >= shares.per_host)
         full_users = sorted(u for u, n in users.items() if u and n >= shares.per_user)
         where = "".join([
