@@ -166,7 +166,7 @@ def test_internal_networks_allowed_by_the_file_or_the_environment(tmp_path: Path
                            "[[transports]]\nurl='simulator'\n")
     config = load_config(Overrides(config_file=path), env={})
     assert [str(n) for n in config.callbacks.allowed_networks] == ["10.1.0.0/16"]
-    assert config.callbacks.per_host == 8 and config.callbacks.per_user == 8 and config.callbacks.max_failures == 3
+    assert config.callbacks.per_host == 32 and config.callbacks.per_user == 32 and config.callbacks.max_failures == 3
     env = {"ASTERISK_SENDSMS_ALLOWED_NETWORKS": "127.0.0.1/32, 10.0.0.0/8"}
     config = load_config(Overrides(config_file=path), env=env)
     assert [str(n) for n in config.callbacks.allowed_networks] == ["127.0.0.1/32", "10.0.0.0/8"]

@@ -124,6 +124,35 @@ async def test_a_hanging_host_does_not_hold_back_another_hosts_notifications(sto
     assert {post["Sender"] for post in fine.posts} == {"+3621"}
 
 
+async def test_a_finished_post_starts_the_next_claimed_job_without_waiting_for_a_claim(
+        store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim waits for the store's writer, behind its other work; the jobs claimed ahead (twice the shares)
+    keep the posts going meanwhile."""
+    config = CallbackConfig(allowed_networks=LOOPBACK, concurrency=4, per_host=2, per_user=2)
+    real_claim = store.claim_callbacks
+    claims: list[int] = []
+    store_is_slow = asyncio.Event()
+
+    async def slow_after_the_first(limit, now, lease, shares=None):  # type: ignore[no-untyped-def]
+        claims.append(limit)
+        if len(claims) > 1:
+            await store_is_slow.wait()
+        return await real_claim(limit, now, lease, shares)
+    monkeypatch.setattr(store, "claim_callbacks", slow_after_the_first)
+    async with Receiver("127.0.0.1") as receiver:
+        await incoming(store, receiver.url, 10)
+        _, stop = await running(Notifier(store, config, HttpClient))
+        try:
+            # Two posted at once (the host's share), two more claimed ready: all four go out while the next
+            # claim waits for the store.
+            await until(lambda: len(receiver.posts) == 4)
+            assert len(claims) == 2 and receiver.started == 4
+            store_is_slow.set()
+            await until(lambda: len(receiver.posts) == 10)
+        finally:
+            await stop()
+
+
 async def test_a_failing_job_is_parked_and_the_others_go_on(store: SqlStore, monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     config = CallbackConfig(allowed_networks=LOOPBACK, retry_initial=0.05, retry_max=0.1, max_failures=3)
