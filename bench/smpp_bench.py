@@ -2,12 +2,13 @@
 server in tests/peers/smsc.js), plus that peer's own ceiling with a raw windowed SMPP client.
 
     .venv/bin/python bench/smpp_bench.py [--messages 5000] [--concurrency 64] [--windows 1,10,100] [--rounds 3]
-                                         [--warmup 2000] [--workers 1] [--cases "no receipts,receipts"]
+                                         [--warmup 2000] [--workers N] [--cases "no receipts,receipts"]
     .venv/bin/python bench/smpp_bench.py --soak 1000000    # ours only: RSS while that many messages pass
 
 Needs node with tests/peers/node_modules (`./run test` installs it), Debian's kannel and h2load
 (apt-get install kannel nghttp2-client).
-Every case starts fresh processes. Ours always accepts durably (SQLite, synchronous=FULL); "no receipts" is
+Every case starts fresh processes. Ours runs on its default configuration (no tuning: the file names only the
+SMSC and lets callbacks reach this machine); it always accepts durably (SQLite, synchronous=FULL); "no receipts" is
 its `receipts=no` route and Kannel without dlr-mask. Kannel runs with its default configuration (no store file).
 """
 
@@ -169,16 +170,12 @@ async def warm_up(peer: Peer, callbacks: Callbacks, urls: list[str], concurrency
 
 
 async def run_ours(messages: int, concurrency: int, window: int, with_callbacks: bool,
-                   rss_every: int = 0, receipts: bool = True, warm: int = 0, workers: int = 1) -> Result:
+                   rss_every: int = 0, receipts: bool = True, warm: int = 0, workers: int | None = None) -> Result:
     peer, callbacks = Peer.start(), Callbacks()
     await callbacks.start()
-    daemon = Daemon(f"""
-[http]
-workers = {workers}
+    # The default configuration: only the SMSC, and callbacks let in to this machine's receiver.
+    daemon = Daemon(("" if workers is None else f"[http]\nworkers = {workers}\n") + f"""
 [callbacks]
-concurrency = 64
-per_host = 64
-per_user = 64
 allowed_networks = ["127.0.0.0/8"]   # the benchmark's receiver is on this machine
 [[transports]]
 url = "smpp://esme:secret@127.0.0.1:{peer.port}?window={window}&receipts={'yes' if receipts else 'no'}"
@@ -386,7 +383,8 @@ async def main() -> None:
                         help="unmeasured messages each gateway takes first (0: measure from a cold start)")
     parser.add_argument("--rounds", type=int, default=1, help="run every case this many times, interleaved; "
                                                               "the table shows medians")
-    parser.add_argument("--workers", type=int, default=1, help="ours: HTTP front workers ([http] workers)")
+    parser.add_argument("--workers", type=int, help="ours: HTTP front workers ([http] workers; default: the "
+                                                    "configuration's, one where there are two cores)")
     parser.add_argument("--cases", default=",".join(CASES), help="which of: " + ", ".join(CASES))
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="only ours (window 100, receipts and callbacks): N messages, RSS every N/10")
@@ -421,7 +419,7 @@ async def main() -> None:
     results = _medians(runs)
     print(f"\n{args.messages} one-part messages per case, {args.concurrency} concurrent HTTP clients, "
           f"{os.cpu_count()} cores; submitted/s counted at the SMSC peer; CPU: the gateway's processes (ours: the "
-          f"daemon and its {args.workers} HTTP front workers; Kannel: bearerbox + smsbox) from the first request to "
+          f"daemon and its HTTP front workers; Kannel: bearerbox + smsbox) from the first request to "
           f"the last submit or callback"
           + (f"; each value the median of {args.rounds} rounds" if args.rounds > 1 else "")
           + (f"; measured after {args.warmup} unmeasured messages" if args.warmup else "") + "\n")
