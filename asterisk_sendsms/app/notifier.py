@@ -89,7 +89,7 @@ class Notifier:
         # Claimed jobs waiting for a slot of their host and user: a finished post starts the next at once
         # instead of after a claim (a store round trip behind the writer's other work, 4-18 ms on a busy
         # gateway, which capped one host's notifications at a few hundred a second).
-        self._ready: deque[CallbackJob] = deque()
+        self._ready: dict[str, deque[CallbackJob]] = {}  # per host, in the order claimed
         self._claimed_hosts: Counter[str] = Counter()  # posting and ready, per host
         self._claimed_users: Counter[str] = Counter()
         self._unexpected: Counter[int] = Counter()  # errors of ours per job, until it is parked
@@ -151,29 +151,32 @@ class Notifier:
                             log.info("pending notifications can be read again")
                         self._claims_failing = False
                 for job in jobs:
-                    self._claimed_hosts[url_host(job.url)] += 1
+                    host = url_host(job.url)
+                    self._claimed_hosts[host] += 1
                     self._claimed_users[job.user] += 1
-                    self._ready.append(job)
+                    self._ready.setdefault(host, deque()).append(job)
                 self._start_ready(group, client)
                 if len(jobs) < free or free <= 0:
                     await wait_event(self._clock, self._wakeup, _LOOP_PAUSE)
 
     def _start_ready(self, group: asyncio.TaskGroup, client: HttpSession) -> None:
-        """Posts the ready jobs whose host and user have a free slot, in the order they were claimed."""
-        waiting: deque[CallbackJob] = deque()
+        """Posts the ready jobs whose host and user have a free slot, each host's in the order they were claimed.
+        Called at every finished post: a host without a free slot costs a look, not a pass over its jobs."""
         posting = sum(self._in_flight.values())
-        while self._ready:
-            job = self._ready.popleft()
-            host = url_host(job.url)
-            if (posting >= self._policy.concurrency or self._in_flight[host] >= self._policy.per_host
-                    or (job.user and self._users[job.user] >= self._policy.per_user)):
-                waiting.append(job)
-                continue
-            posting += 1
-            self._in_flight[host] += 1
-            self._users[job.user] += 1
-            group.create_task(self._deliver(group, client, job))
-        self._ready = waiting
+        for host in list(self._ready):
+            jobs, user_full = self._ready[host], deque[CallbackJob]()
+            while jobs and posting < self._policy.concurrency and self._in_flight[host] < self._policy.per_host:
+                job = jobs.popleft()
+                if job.user and self._users[job.user] >= self._policy.per_user:
+                    user_full.append(job)
+                    continue
+                posting += 1
+                self._in_flight[host] += 1
+                self._users[job.user] += 1
+                group.create_task(self._deliver(group, client, job))
+            jobs.extendleft(reversed(user_full))
+            if not jobs:
+                del self._ready[host]
 
     async def _deliver(self, group: asyncio.TaskGroup, client: HttpSession, job: CallbackJob) -> None:
         host = url_host(job.url)
