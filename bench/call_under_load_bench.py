@@ -76,7 +76,7 @@ async def call(port: int, number: str) -> tuple[float, float, str]:
     handle = channel.handle
 
     async def timed(line: str) -> list[str]:
-        if line.startswith("SET VARIABLE SMS_STATUS") and not answered[0]:
+        if line.startswith("SET VARIABLE") and "SMS_STATUS" in line and not answered[0]:
             answered[0] = time.monotonic()
         return await handle(line)
     channel.handle = timed  # type: ignore[method-assign]
