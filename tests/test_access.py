@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,10 @@ class Backend:
     async def state(self, sms_id: str) -> tuple[Any, str]:
         from asterisk_sendsms.core.lifecycle import State
         return State.SUBMITTED, ""
+
+    @contextlib.asynccontextmanager
+    async def watching(self, sms_id: str) -> AsyncIterator[Any]:
+        yield asyncio.sleep
 
 
 def fastagi_server(port: int, backend: Backend) -> Any:

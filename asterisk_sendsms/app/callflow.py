@@ -3,11 +3,11 @@ SMS_ID/SMS_STATUS/SMS_ERROR, tell the outcome, hang up if asked. A failed SMS ne
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -72,6 +72,14 @@ class SmsBackend(Protocol):
     async def state(self, sms_id: str) -> tuple[State, str]:
         """The message's state and error text."""
         ...
+
+    def watching(self, sms_id: str) -> AbstractAsyncContextManager[Changed]:
+        """While the block runs, a function that returns once the message may have changed state, or after
+        the seconds it is given."""
+        ...
+
+
+Changed = Callable[[float], Awaitable[None]]
 
 
 class WaitFor(StrEnum):
@@ -153,13 +161,16 @@ class CallOutcome:
 async def _wait(backend: SmsBackend, sms_id: str, options: SmsCallOptions) -> tuple[State, str]:
     deadline = time.monotonic() + options.timeout
     state, error = State.ACCEPTED, ""
-    while True:
-        state, error = await backend.state(sms_id)
-        reached = (is_final(state) or (options.wait is WaitFor.SUBMITTED and state is State.SUBMITTED)
-                   or options.wait is WaitFor.NONE)
-        if reached or time.monotonic() >= deadline:
-            return state, error
-        await asyncio.sleep(POLL_INTERVAL)
+    # Watched from before the first read, so that no change between a read and the wait is missed. The poll
+    # stays for changes this process does not see (another node's dispatcher).
+    async with backend.watching(sms_id) as changed:
+        while True:
+            state, error = await backend.state(sms_id)
+            reached = (is_final(state) or (options.wait is WaitFor.SUBMITTED and state is State.SUBMITTED)
+                       or options.wait is WaitFor.NONE)
+            if reached or time.monotonic() >= deadline:
+                return state, error
+            await changed(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
 
 class _Channel:

@@ -4,13 +4,16 @@ encode, route-check and durably accept a message; look a message up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from asterisk_sendsms.app.auth import check_destination, check_priority
+from asterisk_sendsms.app.callflow import Changed
 from asterisk_sendsms.app.events import EventHub
 from asterisk_sendsms.app.limits import Limits
 from asterisk_sendsms.app.notifier import validate_callback_url
@@ -192,3 +195,14 @@ class ServiceBackend:
     async def state(self, sms_id: str) -> tuple[State, str]:
         message = await self._service.status(self._user, sms_id, detail=False)
         return message.state, " ".join(filter(None, (message.error_code, message.error_text)))
+
+    @asynccontextmanager
+    async def watching(self, sms_id: str) -> AsyncIterator[Changed]:
+        """Woken by the dispatcher's events of the message (a call learns its SMS was submitted at once, not at
+        the next poll)."""
+        async with self._service.events.watching(sms_id) as event:
+            async def changed(within: float) -> None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), within)
+                event.clear()
+            yield changed

@@ -10,12 +10,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
 
-from asterisk_sendsms.app.callflow import send_sms_from_params
+from asterisk_sendsms.app.callflow import Changed, send_sms_from_params
 from asterisk_sendsms.app.ozml_runner import CallDetails, OzmlRunner
 from asterisk_sendsms.app.urlpolicy import UrlPolicy
 from asterisk_sendsms.config import AgiScriptConfig, load_agi_config
@@ -70,6 +72,11 @@ class HttpBackend:
         data = await self._call("GET", f"/api/messages/{quote(sms_id)}")
         error = " ".join(filter(None, (str(data.get("error_code", "")), str(data.get("error_text", "")))))
         return State(str(data["state"])), error
+
+    @asynccontextmanager
+    async def watching(self, sms_id: str) -> AsyncIterator[Changed]:
+        """Nothing tells this process of a change: the call flow polls."""
+        yield asyncio.sleep
 
 
 async def _config_path(channel: AgiChannel) -> Path:
