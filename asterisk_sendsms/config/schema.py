@@ -64,7 +64,7 @@ class HttpConfig:
     # Processes that answer SendSms requests beside the daemon (0: the daemon answers them itself). One where
     # this process may run on a second core: the daemon (store, dispatch, notifications) holds one core at most,
     # and parsing, logins and checks of requests then run beside it (+8-23 % end to end on two cores, for about
-    # 50 MiB; two workers on two cores gave no more).
+    # 58 MiB; two workers on two cores gave no more).
     workers: int = 1 if len(os.sched_getaffinity(0)) > 1 else 0
     # A request's head must arrive within head_timeout of its first byte and its body within body_timeout of
     # the head; a connection waiting for its next request is closed after idle_timeout. Slow clients cannot
